@@ -1,0 +1,123 @@
+//! The `[broker]` section of `sluice.toml`.
+
+use serde::{Deserialize, Serialize};
+
+/// Which storage I/O backend the broker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoBackendKind {
+    /// io_uring where the kernel allows it, plain I/O otherwise.
+    Auto,
+    /// io_uring or fail at start.
+    IoUring,
+    /// pread/pwrite/fdatasync on a blocking thread pool.
+    Plain,
+}
+
+/// What the broker does to batches that producers send uncompressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressionType {
+    /// Store every batch exactly as the producer sent it.
+    Producer,
+    /// Compress uncompressed batches with zstd; compressed ones stay as sent.
+    Zstd,
+    /// Compress uncompressed batches with lz4 (Kafka's frame format); compressed ones stay as sent.
+    Lz4,
+    /// Never compress on the broker (batches stay as sent, like `producer`).
+    None,
+}
+
+impl CompressionType {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "producer" => Some(Self::Producer),
+            "zstd" => Some(Self::Zstd),
+            "lz4" => Some(Self::Lz4),
+            "none" | "uncompressed" => Some(Self::None),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Producer => "producer",
+            Self::Zstd => "zstd",
+            Self::Lz4 => "lz4",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Broker settings. Every key has a default; `config/sluice.toml` documents each one.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Kafka protocol listener.
+    pub listen: String,
+    /// host:port told to clients in Metadata; empty means the listener's address.
+    pub advertised_listener: String,
+    /// This broker's node id in Metadata.
+    pub node_id: i32,
+    /// Storage I/O backend.
+    pub io_backend: IoBackendKind,
+    /// Create a topic when a client first produces to it or asks for its metadata.
+    pub auto_create_topics: bool,
+    /// Partition count of auto-created topics.
+    pub default_partitions: u32,
+    /// Largest record batch accepted (Kafka's `max.message.bytes`).
+    pub max_message_bytes: u32,
+    /// Largest request frame; a larger one closes the connection.
+    pub max_request_bytes: u32,
+    /// Requests one connection may have in flight (being made durable) at once.
+    pub max_in_flight_per_connection: usize,
+    /// Roll to a new segment when the active one reaches this size.
+    pub segment_bytes: u64,
+    /// Roll to a new segment when the active one is this old (milliseconds).
+    pub segment_ms: u64,
+    /// One offset-index entry per this many bytes of log.
+    pub index_interval_bytes: u32,
+    /// Delete closed segments older than this (milliseconds); -1 keeps them forever.
+    pub retention_ms: i64,
+    /// Delete the oldest closed segments while a partition is larger than this; -1: no limit.
+    pub retention_bytes: i64,
+    /// How often retention and the free-disk guard run (milliseconds).
+    pub retention_check_interval_ms: u64,
+    /// Refuse produce while the data directory's file system has less free space than this.
+    pub min_free_bytes: u64,
+    /// Default `compression.type` of new topics: producer | zstd | lz4 | none.
+    pub compression_type: CompressionType,
+    /// Group commit: the longest a durable (acks=all) write waits for others to share its fsync (microseconds).
+    pub flush_linger_us: u64,
+    /// Group commit: an fsync cycle starts at once when this many durable writes are waiting.
+    pub flush_max_pending: usize,
+    /// Writes with acks=0/1 reach the disk (fdatasync) within this many milliseconds.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9092".into(),
+            advertised_listener: String::new(),
+            node_id: 1,
+            io_backend: IoBackendKind::Auto,
+            auto_create_topics: true,
+            default_partitions: 3,
+            max_message_bytes: 1_048_588,
+            max_request_bytes: 104_857_600,
+            max_in_flight_per_connection: 32,
+            segment_bytes: 268_435_456,
+            segment_ms: 604_800_000,
+            index_interval_bytes: 4096,
+            retention_ms: 604_800_000,
+            retention_bytes: -1,
+            retention_check_interval_ms: 30_000,
+            min_free_bytes: 268_435_456,
+            compression_type: CompressionType::Producer,
+            flush_linger_us: 0,
+            flush_max_pending: 1024,
+            flush_interval_ms: 1000,
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The Sluice broker: a partitioned, compressed log that speaks the Kafka wire protocol.
+//!
+//! `storage` keeps topics as partitions of segment files (RecordBatch v2 as producers sent them,
+//! with sparse indexes), written through io_uring or plain I/O and made durable by group commit;
+//! `server` decodes Kafka requests with the `kafka-protocol` codecs and answers them from storage;
+//! `metrics` is what both export to Prometheus; `config` is the `[broker]` section.
+
+mod config;
+pub mod metrics;
+mod server;
+pub mod storage;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use config::{BrokerConfig, CompressionType, IoBackendKind};
+use metrics::BrokerMetrics;
+use server::Context;
+use storage::Storage;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running broker's storage and background work; `serve` answers clients.
+pub struct Broker {
+    config: BrokerConfig,
+    storage: Arc<Storage>,
+    metrics: BrokerMetrics,
+    cluster_id: String,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Broker {
+    /// Opens (and recovers) the log under `dir` and starts retention and periodic flushing.
+    pub async fn open(
+        config: BrokerConfig,
+        dir: &Path,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
+        let metrics = BrokerMetrics::register(registry)?;
+        let storage = Storage::open(config.clone(), dir, metrics.clone()).await?;
+        let cluster_id = cluster_id(dir)?;
+        let background = vec![
+            tokio::spawn(storage.clone().housekeeping_loop()),
+            tokio::spawn(storage.clone().flush_loop()),
+        ];
+        Ok(Self {
+            config,
+            storage,
+            metrics,
+            cluster_id,
+            background,
+        })
+    }
+
+    pub fn io_backend(&self) -> &'static str {
+        self.storage.io_backend()
+    }
+
+    /// Answers Kafka clients on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let local = listener.local_addr()?;
+        let (host, port) = match self.config.advertised_listener.rsplit_once(':') {
+            Some((host, port)) => (
+                host.to_owned(),
+                port.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "[broker] advertised_listener {:?}: expected HOST:PORT",
+                        self.config.advertised_listener
+                    )
+                })?,
+            ),
+            None => (local.ip().to_string(), local.port() as i32),
+        };
+        let ctx = Arc::new(Context {
+            storage: self.storage.clone(),
+            metrics: self.metrics.clone(),
+            node_id: self.config.node_id,
+            advertised_host: host,
+            advertised_port: port,
+            cluster_id: self.cluster_id.clone(),
+        });
+        server::serve(
+            ctx,
+            listener,
+            shutdown,
+            self.config.max_request_bytes,
+            self.config.max_in_flight_per_connection,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stops background work, syncs every partition and marks the stop clean.
+    pub async fn close(self) -> anyhow::Result<()> {
+        for task in &self.background {
+            task.abort();
+        }
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || storage.close()).await??;
+        Ok(())
+    }
+}
+
+/// The cluster id clients see: made once per data directory and kept.
+fn cluster_id(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("cluster-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_owned());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let id = format!("sluice-{:x}-{:x}", nanos, std::process::id());
+    std::fs::write(&path, &id)?;
+    Ok(id)
+}

@@ -1,0 +1,240 @@
+//! The Kafka protocol server: one task per connection reads size-prefixed frames, decodes them
+//! with `kafka-protocol`'s codecs and dispatches by API key to the handler modules. Responses
+//! leave in request order. Work that only waits (an acks=all fsync, a long-polling fetch) runs
+//! in its own task, so one connection can have several requests waiting at once (bounded by
+//! `max_in_flight_per_connection`) while their side effects still happen in arrival order.
+
+mod admin;
+mod fetch;
+mod metadata;
+mod offsets;
+mod produce;
+mod versions;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::metrics::BrokerMetrics;
+use crate::storage::Storage;
+
+/// What every handler may use.
+pub struct Context {
+    pub storage: Arc<Storage>,
+    pub metrics: BrokerMetrics,
+    pub node_id: i32,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub cluster_id: String,
+}
+
+/// A request's answer: ready now, still being worked on, or none (acks=0).
+enum Reply {
+    Now(Option<Bytes>),
+    Later(JoinHandle<Option<Bytes>>),
+}
+
+/// Why a connection is closed instead of answered.
+#[derive(Debug)]
+struct Close {
+    kind: &'static str,
+    detail: String,
+}
+
+impl Close {
+    fn new(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` resolves.
+pub async fn serve(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    max_frame: u32,
+    max_in_flight: usize,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let gauge = ctx.metrics.connections.with_label_values(&["kafka"]);
+                    gauge.inc();
+                    if let Err(close) = connection(ctx.clone(), stream, max_frame, max_in_flight).await {
+                        tracing::warn!(%peer, kind = close.kind, detail = %close.detail, "closing connection");
+                        ctx.metrics.protocol_errors.with_label_values(&[close.kind]).inc();
+                    }
+                    gauge.dec();
+                });
+            }
+        }
+    }
+}
+
+async fn connection(
+    ctx: Arc<Context>,
+    stream: TcpStream,
+    max_frame: u32,
+    max_in_flight: usize,
+) -> Result<(), Close> {
+    let (mut reader, mut writer) = stream.into_split();
+    let (queue, mut replies) =
+        mpsc::channel::<(Reply, &'static str, Instant)>(max_in_flight.max(1));
+    let metrics = ctx.metrics.clone();
+    let write_task = tokio::spawn(async move {
+        while let Some((reply, api, started)) = replies.recv().await {
+            let bytes = match reply {
+                Reply::Now(bytes) => bytes,
+                Reply::Later(task) => task.await.ok().flatten(),
+            };
+            metrics
+                .request_seconds
+                .with_label_values(&[api])
+                .observe(started.elapsed().as_secs_f64());
+            if let Some(bytes) = bytes {
+                if writer.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let result = async {
+        loop {
+            let mut size = [0u8; 4];
+            match reader.read_exact(&mut size).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) => return Err(Close::new("io", e.to_string())),
+            }
+            let size = i32::from_be_bytes(size);
+            if size < 8 || size as u32 > max_frame {
+                return Err(Close::new(
+                    "bad_frame_size",
+                    format!("frame of {size} bytes (allowed 8 to {max_frame})"),
+                ));
+            }
+            let mut frame = BytesMut::zeroed(size as usize);
+            reader
+                .read_exact(&mut frame)
+                .await
+                .map_err(|e| Close::new("io", e.to_string()))?;
+            let started = Instant::now();
+            let (api, reply) = dispatch(&ctx, frame.freeze()).await?;
+            if queue.send((reply, api, started)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    drop(queue);
+    let _ = write_task.await;
+    result
+}
+
+/// A decoded request: header, API, version, and the undecoded body.
+struct Request {
+    header: RequestHeader,
+    version: i16,
+    body: Bytes,
+}
+
+impl Request {
+    fn decode<T: Decodable + Message>(&mut self) -> Result<T, Close> {
+        T::decode(&mut self.body, self.version)
+            .map_err(|e| Close::new("malformed", format!("v{} body: {e:#}", self.version)))
+    }
+
+    fn respond<T: Encodable>(&self, api: ApiKey, body: &T) -> Result<Bytes, Close> {
+        encode_response(api, self.version, self.header.correlation_id, body)
+    }
+}
+
+fn encode_response<T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Result<Bytes, Close> {
+    let header_version = api.response_header_version(version);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let encode = || -> anyhow::Result<Bytes> {
+        let size = header.compute_size(header_version)? + body.compute_size(version)?;
+        let mut buf = BytesMut::with_capacity(4 + size);
+        buf.put_i32(size as i32);
+        header.encode(&mut buf, header_version)?;
+        body.encode(&mut buf, version)?;
+        Ok(buf.freeze())
+    };
+    encode().map_err(|e| Close::new("encode", format!("{api:?} v{version} response: {e:#}")))
+}
+
+async fn dispatch(ctx: &Arc<Context>, mut frame: Bytes) -> Result<(&'static str, Reply), Close> {
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(api) = ApiKey::try_from(key) else {
+        return Err(Close::new("unknown_api", format!("API key {key}")));
+    };
+    let Some(name) = versions::supported_name(api) else {
+        return Err(Close::new("unknown_api", format!("{api:?} is not served")));
+    };
+    if api == ApiKey::ApiVersions && !versions::serves(api, version) {
+        return Ok((
+            name,
+            Reply::Now(Some(versions::unsupported_version(correlation_id)?)),
+        ));
+    }
+    if !versions::serves(api, version) {
+        return Err(Close::new(
+            "unsupported_version",
+            format!("{api:?} v{version}"),
+        ));
+    }
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| Close::new("malformed", format!("request header: {e:#}")))?;
+    let mut req = Request {
+        header,
+        version,
+        body: frame,
+    };
+    let reply = match api {
+        ApiKey::ApiVersions => Reply::Now(Some(versions::handle(&mut req)?)),
+        ApiKey::Metadata => Reply::Now(Some(metadata::handle(ctx, &mut req).await?)),
+        ApiKey::Produce => produce::handle(ctx, &mut req).await?,
+        ApiKey::Fetch => fetch::handle(ctx, &mut req)?,
+        ApiKey::ListOffsets => Reply::Later(offsets::list_offsets(ctx, &mut req)?),
+        ApiKey::OffsetForLeaderEpoch => Reply::Now(Some(offsets::leader_epoch(ctx, &mut req)?)),
+        ApiKey::CreateTopics => Reply::Now(Some(admin::create_topics(ctx, &mut req).await?)),
+        ApiKey::DeleteTopics => Reply::Now(Some(admin::delete_topics(ctx, &mut req).await?)),
+        ApiKey::CreatePartitions => {
+            Reply::Now(Some(admin::create_partitions(ctx, &mut req).await?))
+        }
+        ApiKey::DescribeConfigs => Reply::Now(Some(admin::describe_configs(ctx, &mut req)?)),
+        _ => return Err(Close::new("unknown_api", format!("{api:?} is not served"))),
+    };
+    Ok((name, reply))
+}

@@ -1,0 +1,119 @@
+//! Produce: appends happen now, in request order; the acks=all answer waits in its own task for
+//! the group commit, so the connection can take the next request meanwhile.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::{Close, Context, Reply, Request};
+use crate::storage::AppendError;
+
+pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Close> {
+    let request: ProduceRequest = req.decode()?;
+    let acks = request.acks;
+    let mut files: Vec<Arc<File>> = Vec::new();
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    for topic_data in request.topic_data {
+        let name = topic_data.name.0.to_string();
+        let topic = ctx.storage.topic(&name);
+        let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
+        for data in topic_data.partition_data {
+            let response = PartitionProduceResponse::default().with_index(data.index);
+            let partition = topic.as_ref().and_then(|t| t.partition(data.index));
+            let (Some(topic), Some(partition)) = (&topic, partition) else {
+                partitions.push(refuse(
+                    ctx,
+                    response,
+                    ResponseError::UnknownTopicOrPartition,
+                    None,
+                ));
+                continue;
+            };
+            if request.transactional_id.is_some() {
+                let why = "transactions are not supported".to_owned();
+                partitions.push(refuse(
+                    ctx,
+                    response,
+                    ResponseError::InvalidRequest,
+                    Some(why),
+                ));
+                continue;
+            }
+            let records = data.records.unwrap_or_default();
+            match ctx.storage.append(topic, &partition, records).await {
+                Ok((appended, file)) => {
+                    if !files.iter().any(|f| Arc::ptr_eq(f, &file)) {
+                        files.push(file);
+                    }
+                    partitions.push(
+                        response
+                            .with_base_offset(appended.base_offset)
+                            .with_log_start_offset(appended.log_start_offset),
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %name, partition = data.index, error = %e, "produce refused");
+                    let code = match e {
+                        AppendError::Corrupt(_) => ResponseError::CorruptMessage,
+                        AppendError::TooLarge { .. } => ResponseError::MessageTooLarge,
+                        AppendError::DiskFull | AppendError::Io(_) => {
+                            ResponseError::KafkaStorageError
+                        }
+                    };
+                    partitions.push(refuse(ctx, response, code, Some(e.to_string())));
+                }
+            }
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic_data.name)
+                .with_partition_responses(partitions),
+        );
+    }
+    if acks == 0 {
+        return Ok(Reply::Now(None));
+    }
+    let body = ProduceResponse::default().with_responses(responses);
+    if acks != -1 || files.is_empty() {
+        return Ok(Reply::Now(Some(req.respond(ApiKey::Produce, &body)?)));
+    }
+    let ctx = ctx.clone();
+    let (version, correlation_id) = (req.version, req.header.correlation_id);
+    Ok(Reply::Later(tokio::spawn(async move {
+        let mut body = body;
+        if let Err(e) = ctx.storage.make_durable(files).await {
+            tracing::error!(error = %e, "acks=all write could not be made durable");
+            for topic in &mut body.responses {
+                for p in &mut topic.partition_responses {
+                    if p.error_code == 0 {
+                        p.error_code = ResponseError::KafkaStorageError.code();
+                        p.base_offset = -1;
+                    }
+                }
+            }
+        }
+        super::encode_response(ApiKey::Produce, version, correlation_id, &body)
+            .map_err(|e| tracing::error!(detail = %e.detail, "encoding a produce response"))
+            .ok()
+    })))
+}
+
+fn refuse(
+    ctx: &Context,
+    response: PartitionProduceResponse,
+    error: ResponseError,
+    message: Option<String>,
+) -> PartitionProduceResponse {
+    ctx.metrics
+        .produce_refused
+        .with_label_values(&[&format!("{error:?}")])
+        .inc();
+    response
+        .with_error_code(error.code())
+        .with_base_offset(-1)
+        .with_error_message(message.map(StrBytes::from_string))
+}

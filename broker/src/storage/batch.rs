@@ -1,0 +1,239 @@
+//! Kafka RecordBatch v2 headers: reading the fixed fields, checking the CRC-32C and assigning the
+//! base offset. The records themselves are never touched here; batches are stored as sent.
+//!
+//! Layout (big-endian): baseOffset i64 @0, batchLength i32 @8, partitionLeaderEpoch i32 @12,
+//! magic i8 @16, crc u32 @17, attributes i16 @21, lastOffsetDelta i32 @23, baseTimestamp i64 @27,
+//! maxTimestamp i64 @35, producerId i64 @43, producerEpoch i16 @51, baseSequence i32 @53,
+//! recordCount i32 @57, records @61. The CRC covers attributes to the end of the batch.
+
+use thiserror::Error;
+
+/// Bytes before the records.
+pub const HEADER_LEN: usize = 61;
+/// Bytes of baseOffset + batchLength: what precedes the length-counted part.
+pub const LOG_OVERHEAD: usize = 12;
+const CRC_START: usize = 21;
+
+/// Why a batch was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("empty record set")]
+    Empty,
+    #[error("batch shorter than its {HEADER_LEN}-byte header")]
+    Truncated,
+    #[error("batch length {0} does not match the bytes sent")]
+    BadLength(i64),
+    #[error("magic {0} is not RecordBatch v2")]
+    BadMagic(i8),
+    #[error("CRC-32C mismatch: header says {expected:#010x}, data gives {actual:#010x}")]
+    BadCrc { expected: u32, actual: u32 },
+    #[error("record count {count} does not match last offset delta {delta}")]
+    BadCount { count: i32, delta: i32 },
+}
+
+/// The fixed fields of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    /// Whole batch size in bytes, including the 12-byte log overhead.
+    pub size: usize,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Reads the header at the start of `buf` without checking the CRC.
+    pub fn parse(buf: &[u8]) -> Result<Self, BatchError> {
+        if buf.len() < HEADER_LEN {
+            return Err(BatchError::Truncated);
+        }
+        let length = i32_at(buf, 8) as i64;
+        if length < (HEADER_LEN - LOG_OVERHEAD) as i64 {
+            return Err(BatchError::BadLength(length));
+        }
+        let magic = buf[16] as i8;
+        if magic != 2 {
+            return Err(BatchError::BadMagic(magic));
+        }
+        Ok(Self {
+            base_offset: i64_at(buf, 0),
+            size: length as usize + LOG_OVERHEAD,
+            attributes: i16_at(buf, 21),
+            last_offset_delta: i32_at(buf, 23),
+            base_timestamp: i64_at(buf, 27),
+            max_timestamp: i64_at(buf, 35),
+            producer_id: i64_at(buf, 43),
+            producer_epoch: i16_at(buf, 51),
+            base_sequence: i32_at(buf, 53),
+            record_count: i32_at(buf, 57),
+        })
+    }
+
+    /// Reads and fully checks the batch at the start of `buf`, which must hold all of it.
+    pub fn validate(buf: &[u8]) -> Result<Self, BatchError> {
+        let header = Self::parse(buf)?;
+        if buf.len() < header.size {
+            return Err(BatchError::BadLength(
+                header.size as i64 - LOG_OVERHEAD as i64,
+            ));
+        }
+        let expected = u32::from_be_bytes(buf[17..21].try_into().expect("4 bytes"));
+        let actual = crc32c::crc32c(&buf[CRC_START..header.size]);
+        if expected != actual {
+            return Err(BatchError::BadCrc { expected, actual });
+        }
+        if header.record_count != header.last_offset_delta + 1 || header.record_count < 1 {
+            return Err(BatchError::BadCount {
+                count: header.record_count,
+                delta: header.last_offset_delta,
+            });
+        }
+        Ok(header)
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + self.last_offset_delta as i64
+    }
+
+    /// Compression codec id from the attributes: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd.
+    pub fn compression(&self) -> i16 {
+        self.attributes & 0x7
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & 0x20 != 0
+    }
+}
+
+/// Writes the base offset the broker assigned and its leader epoch (always 0: one broker, one
+/// leader). Both lie outside the CRC, so the batch stays valid.
+pub fn set_base_offset(buf: &mut [u8], base_offset: i64) {
+    buf[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    buf[12..16].copy_from_slice(&0i32.to_be_bytes());
+}
+
+/// Splits a produce request's record set into its batches, validating each.
+pub fn split_batches(
+    mut buf: &[u8],
+) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, BatchError> {
+    if buf.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while !buf.is_empty() {
+        let header = BatchHeader::validate(buf)?;
+        batches.push((header, start..start + header.size));
+        start += header.size;
+        buf = &buf[header.size..];
+    }
+    Ok(batches)
+}
+
+fn i16_at(buf: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes(buf[at..at + 2].try_into().expect("2 bytes"))
+}
+
+fn i32_at(buf: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn i64_at(buf: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Builds valid batches for tests and benchmarks (records are opaque bytes to the broker).
+#[doc(hidden)]
+pub mod testing {
+    use super::*;
+
+    /// An uncompressed batch of `count` records whose body is `payload_len` filler bytes.
+    pub fn batch(count: i32, payload_len: usize, timestamp: i64) -> Vec<u8> {
+        let mut buf = vec![0u8; HEADER_LEN];
+        buf[16] = 2;
+        buf[23..27].copy_from_slice(&(count - 1).to_be_bytes());
+        buf[27..35].copy_from_slice(&timestamp.to_be_bytes());
+        buf[35..43].copy_from_slice(&timestamp.to_be_bytes());
+        buf[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+        buf[51..53].copy_from_slice(&(-1i16).to_be_bytes());
+        buf[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+        buf[57..61].copy_from_slice(&count.to_be_bytes());
+        buf.extend((0..payload_len).map(|i| (i * 31 % 251) as u8));
+        seal(&mut buf);
+        buf
+    }
+
+    /// Fixes the length and CRC after a test changed the batch.
+    pub fn seal(buf: &mut [u8]) {
+        let length = (buf.len() - LOG_OVERHEAD) as i32;
+        buf[8..12].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[CRC_START..]);
+        buf[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::batch;
+    use super::*;
+
+    #[test]
+    fn valid_batch_parses() {
+        let b = batch(5, 100, 1_700_000_000_000);
+        let h = BatchHeader::validate(&b).unwrap();
+        assert_eq!(h.size, b.len());
+        assert_eq!(h.record_count, 5);
+        assert_eq!(h.max_timestamp, 1_700_000_000_000);
+    }
+
+    #[test]
+    fn base_offset_is_outside_the_crc() {
+        let mut b = batch(1, 10, 0);
+        set_base_offset(&mut b, 12345);
+        assert_eq!(BatchHeader::validate(&b).unwrap().base_offset, 12345);
+    }
+
+    #[test]
+    fn flipped_bit_fails_crc() {
+        let mut b = batch(1, 10, 0);
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert!(matches!(
+            BatchHeader::validate(&b),
+            Err(BatchError::BadCrc { .. })
+        ));
+    }
+
+    #[test]
+    fn truncation_and_bad_magic_are_errors() {
+        let b = batch(1, 10, 0);
+        assert_eq!(BatchHeader::validate(&b[..20]), Err(BatchError::Truncated));
+        assert!(matches!(
+            BatchHeader::validate(&b[..b.len() - 1]),
+            Err(BatchError::BadLength(_))
+        ));
+        let mut v1 = b.clone();
+        v1[16] = 1;
+        assert_eq!(BatchHeader::validate(&v1), Err(BatchError::BadMagic(1)));
+    }
+
+    #[test]
+    fn split_finds_every_batch() {
+        let mut set = batch(2, 10, 0);
+        set.extend(batch(3, 20, 0));
+        let parts = split_batches(&set).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].0.record_count, 3);
+        assert_eq!(parts[1].1.end, set.len());
+    }
+}

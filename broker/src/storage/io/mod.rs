@@ -1,0 +1,139 @@
+//! Storage I/O: io_uring where the kernel allows it, positional syscalls where it does not.
+//! Both do the same three things; the broker logs and exports which one runs.
+
+mod plain;
+mod uring;
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::IoBackendKind;
+
+/// The storage I/O backend in use.
+#[derive(Clone)]
+pub enum Io {
+    Uring(uring::Uring),
+    Plain,
+}
+
+impl Io {
+    /// Starts the configured backend; `auto` falls back to plain I/O when io_uring is refused.
+    pub fn start(kind: IoBackendKind) -> anyhow::Result<Self> {
+        match kind {
+            IoBackendKind::Plain => Ok(Self::Plain),
+            IoBackendKind::IoUring => uring::Uring::start().map(Self::Uring).map_err(|e| {
+                anyhow::anyhow!("io_backend = \"io_uring\": io_uring unavailable: {e}")
+            }),
+            IoBackendKind::Auto => match uring::Uring::start() {
+                Ok(ring) => Ok(Self::Uring(ring)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring unavailable, using plain I/O");
+                    Ok(Self::Plain)
+                }
+            },
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Uring(_) => "io_uring",
+            Self::Plain => "plain",
+        }
+    }
+
+    /// Writes all of `data` at `offset`.
+    pub async fn write_at(&self, file: &Arc<File>, offset: u64, data: Bytes) -> io::Result<()> {
+        match self {
+            Self::Uring(ring) => ring.write_at(file, offset, data).await,
+            Self::Plain => plain::write_at(file, offset, data).await,
+        }
+    }
+
+    /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
+    pub async fn read_at(&self, file: &Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        match self {
+            Self::Uring(ring) => ring.read_at(file, offset, len).await,
+            Self::Plain => plain::read_at(file, offset, len).await,
+        }
+    }
+
+    /// fdatasyncs every file; returns when all are durable.
+    pub async fn sync_all(&self, files: &[Arc<File>]) -> io::Result<()> {
+        match self {
+            Self::Uring(ring) => ring.sync_all(files).await,
+            Self::Plain => plain::sync_all(files).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn round_trip(io: Io) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .open(dir.path().join("f"))
+                .unwrap(),
+        );
+        io.write_at(&file, 0, Bytes::from_static(b"hello "))
+            .await
+            .unwrap();
+        io.write_at(&file, 6, Bytes::from_static(b"world"))
+            .await
+            .unwrap();
+        io.sync_all(&[file.clone(), file.clone()]).await.unwrap();
+        assert_eq!(io.read_at(&file, 0, 11).await.unwrap(), b"hello world");
+        assert_eq!(
+            io.read_at(&file, 6, 100).await.unwrap(),
+            b"world",
+            "short read at EOF"
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_round_trip() {
+        round_trip(Io::Plain).await;
+    }
+
+    #[tokio::test]
+    async fn uring_round_trip() {
+        round_trip(Io::start(IoBackendKind::IoUring).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn uring_many_concurrent_writes() {
+        let io = Io::start(IoBackendKind::IoUring).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .open(dir.path().join("f"))
+                .unwrap(),
+        );
+        let writes = (0..1000u64).map(|i| {
+            let io = io.clone();
+            let file = file.clone();
+            tokio::spawn(async move {
+                io.write_at(&file, i * 8, Bytes::copy_from_slice(&i.to_be_bytes()))
+                    .await
+            })
+        });
+        for w in writes.collect::<Vec<_>>() {
+            w.await.unwrap().unwrap();
+        }
+        let all = io.read_at(&file, 0, 8000).await.unwrap();
+        for i in 0..1000u64 {
+            assert_eq!(all[i as usize * 8..][..8], i.to_be_bytes());
+        }
+    }
+}

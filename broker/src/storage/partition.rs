@@ -1,0 +1,361 @@
+//! One partition: an ordered log of segments. Appends are serialised by an async lock (one
+//! writer at a time keeps offsets dense and batches in order); readers take a snapshot of the
+//! segment they need under a short std lock and read without holding anything.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+
+use super::batch::{set_base_offset, BatchHeader, HEADER_LEN};
+use super::io::Io;
+use super::segment::{cut_batches, Cut, ScanReport, Segment};
+
+/// Settings a partition needs from its topic.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSettings {
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+    pub index_interval_bytes: u32,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub log_start_offset: i64,
+    pub records: i64,
+}
+
+/// Why a read could not be served.
+#[derive(Debug)]
+pub enum ReadError {
+    OffsetOutOfRange,
+    Io(io::Error),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+struct Log {
+    segments: BTreeMap<i64, Segment>,
+    next_offset: i64,
+}
+
+pub struct Partition {
+    pub dir: PathBuf,
+    io: Io,
+    settings: Mutex<LogSettings>,
+    log: Mutex<Log>,
+    append_lock: tokio::sync::Mutex<()>,
+    /// Written since the last fdatasync of the active segment.
+    dirty: AtomicBool,
+}
+
+/// What a fetch read returned.
+pub struct ReadResult {
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    /// Set when a corrupt batch was found where the read wanted to start.
+    pub corrupt: bool,
+}
+
+impl Partition {
+    /// Opens (or creates) the partition in `dir`. With `verify`, the last segment is scanned batch
+    /// by batch and cut at the first torn or corrupt batch: the recovery after an unclean stop.
+    pub fn open(dir: &Path, io: Io, settings: LogSettings, verify: bool) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut bases: Vec<i64> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".log")?.parse().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        let mut segments = BTreeMap::new();
+        let last = bases.last().copied();
+        for base in bases {
+            let verify_this = verify && Some(base) == last;
+            let (segment, report) =
+                Segment::open(dir, base, settings.index_interval_bytes, verify_this)?;
+            log_recovery(dir, base, &report);
+            segments.insert(base, segment);
+        }
+        if segments.is_empty() {
+            segments.insert(0, Segment::create(dir, 0, settings.index_interval_bytes)?);
+        }
+        let next_offset = segments.values().next_back().map_or(0, |s| s.next_offset);
+        Ok(Self {
+            dir: dir.to_owned(),
+            io,
+            settings: Mutex::new(settings),
+            log: Mutex::new(Log {
+                segments,
+                next_offset,
+            }),
+            append_lock: tokio::sync::Mutex::new(()),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_settings(&self, settings: LogSettings) {
+        *self.settings.lock().expect("settings lock") = settings;
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().expect("partition lock poisoned")
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.log().next_offset
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log()
+            .segments
+            .values()
+            .next()
+            .map_or(0, |s| s.base_offset)
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.log().segments.values().map(|s| s.size).sum()
+    }
+
+    /// Appends validated batches (one produce request's record set for this partition), assigning
+    /// consecutive offsets. Returns once the bytes are written (not yet synced) together with the
+    /// file that must be synced for durability.
+    pub async fn append(
+        &self,
+        batches: &[(BatchHeader, std::ops::Range<usize>)],
+        records: &[u8],
+    ) -> io::Result<(Appended, Arc<File>)> {
+        let _writer = self.append_lock.lock().await;
+        let settings = *self.settings.lock().expect("settings lock");
+        let mut data = BytesMut::from(records);
+        let (file, position, base_offset, headers) = {
+            let mut log = self.log();
+            let mut next = log.next_offset;
+            let mut headers = Vec::with_capacity(batches.len());
+            for (header, range) in batches {
+                set_base_offset(&mut data[range.clone()], next);
+                headers.push(BatchHeader {
+                    base_offset: next,
+                    ..*header
+                });
+                next += header.last_offset_delta as i64 + 1;
+            }
+            let active = log
+                .segments
+                .values()
+                .next_back()
+                .expect("a partition has a segment");
+            if active.is_full(
+                data.len() as u64,
+                settings.segment_bytes,
+                settings.segment_ms,
+            ) {
+                let base = log.next_offset;
+                active.sync()?;
+                let fresh = Segment::create(&self.dir, base, settings.index_interval_bytes)?;
+                log.segments.insert(base, fresh);
+            }
+            let active = log
+                .segments
+                .values()
+                .next_back()
+                .expect("a partition has a segment");
+            (active.log.clone(), active.size, log.next_offset, headers)
+        };
+        let len = data.len() as u64;
+        self.io.write_at(&file, position, data.freeze()).await?;
+        let mut log = self.log();
+        let log_start_offset = log.segments.values().next().map_or(0, |s| s.base_offset);
+        let active = log
+            .segments
+            .values_mut()
+            .next_back()
+            .expect("a partition has a segment");
+        let mut at = position;
+        for header in &headers {
+            active.note_batch(header, at)?;
+            at += header.size as u64;
+        }
+        active.size = position + len;
+        let last_offset = active.next_offset - 1;
+        log.next_offset = last_offset + 1;
+        self.dirty.store(true, Ordering::Release);
+        Ok((
+            Appended {
+                base_offset,
+                last_offset,
+                log_start_offset,
+                records: last_offset - base_offset + 1,
+            },
+            file,
+        ))
+    }
+
+    /// The active segment's file when it has writes not yet synced (for the periodic flush).
+    pub fn take_dirty(&self) -> Option<Arc<File>> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.log()
+            .segments
+            .values()
+            .next_back()
+            .map(|s| s.log.clone())
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to about `max_bytes`
+    /// (always at least that one batch, whatever its size).
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, ReadError> {
+        let (file, mut position, end, high_watermark, log_start_offset) = {
+            let log = self.log();
+            let start = log.segments.values().next().map_or(0, |s| s.base_offset);
+            if offset < start || offset > log.next_offset {
+                return Err(ReadError::OffsetOutOfRange);
+            }
+            let empty = ReadResult {
+                records: Bytes::new(),
+                high_watermark: log.next_offset,
+                log_start_offset: start,
+                corrupt: false,
+            };
+            if offset == log.next_offset {
+                return Ok(empty);
+            }
+            // The segment holding `offset`, or the next one when offsets skip past this one.
+            let Some(segment) = log
+                .segments
+                .range(..=offset)
+                .next_back()
+                .filter(|(_, s)| offset < s.next_offset)
+                .or_else(|| log.segments.range(offset + 1..).next())
+                .map(|(_, s)| s)
+            else {
+                return Ok(empty);
+            };
+            (
+                segment.log.clone(),
+                segment.position_for_offset(offset),
+                segment.size,
+                log.next_offset,
+                start,
+            )
+        };
+        let mut want = max_bytes.max(HEADER_LEN);
+        loop {
+            let len = want.min((end - position) as usize);
+            let buf = self.io.read_at(&file, position, len).await?;
+            match cut_batches(&buf, offset, max_bytes) {
+                Cut::Batches(range) if range.is_empty() && position + (buf.len() as u64) < end => {
+                    // Everything read precedes `offset`: move on.
+                    position += buf.len() as u64;
+                }
+                Cut::Batches(range) => {
+                    let records = Bytes::from(buf).slice(range);
+                    return Ok(ReadResult {
+                        records,
+                        high_watermark,
+                        log_start_offset,
+                        corrupt: false,
+                    });
+                }
+                Cut::NeedMore(more) => want = len + more,
+                Cut::Corrupt(at) => {
+                    tracing::error!(dir = %self.dir.display(), position = position + at as u64,
+                        "corrupt batch in the log; not serving it");
+                    return Ok(ReadResult {
+                        records: Bytes::new(),
+                        high_watermark,
+                        log_start_offset,
+                        corrupt: true,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The first offset whose batch holds a record at or after `timestamp` (ms), with the batch
+    /// bytes so the caller can find the exact record; `None` when every record is older.
+    pub async fn find_timestamp(&self, timestamp: i64) -> io::Result<Option<(i64, Bytes)>> {
+        let candidates: Vec<(Arc<File>, u64, u64)> = {
+            let log = self.log();
+            log.segments
+                .values()
+                .filter(|s| s.max_timestamp >= timestamp)
+                .map(|s| (s.log.clone(), s.position_for_timestamp(timestamp), s.size))
+                .collect()
+        };
+        for (file, mut position, end) in candidates {
+            while position + HEADER_LEN as u64 <= end {
+                let head = self.io.read_at(&file, position, HEADER_LEN).await?;
+                let Ok(header) = BatchHeader::parse(&head) else {
+                    break;
+                };
+                if header.max_timestamp >= timestamp {
+                    let whole = self.io.read_at(&file, position, header.size).await?;
+                    return Ok(Some((header.base_offset, Bytes::from(whole))));
+                }
+                position += header.size as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes closed segments that retention no longer wants: those whose newest record is older
+    /// than `retention_ms`, and the oldest while the partition is larger than `retention_bytes`.
+    /// The active segment always stays. Returns how many were deleted.
+    pub fn enforce_retention(&self, retention_ms: i64, retention_bytes: i64) -> io::Result<usize> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as i64;
+        let mut doomed = Vec::new();
+        {
+            let mut log = self.log();
+            let mut total: u64 = log.segments.values().map(|s| s.size).sum();
+            let closed: Vec<i64> = log.segments.keys().rev().skip(1).rev().copied().collect();
+            for base in closed {
+                let segment = &log.segments[&base];
+                let expired = retention_ms >= 0 && segment.max_timestamp < now_ms - retention_ms;
+                let oversized = retention_bytes >= 0 && total > retention_bytes as u64;
+                if !(expired || oversized) {
+                    break;
+                }
+                total -= segment.size;
+                doomed.push(log.segments.remove(&base).expect("key from the map"));
+            }
+        }
+        let deleted = doomed.len();
+        for segment in doomed {
+            segment.delete()?;
+        }
+        Ok(deleted)
+    }
+
+    /// Makes every segment durable (clean shutdown).
+    pub fn sync(&self) -> io::Result<()> {
+        self.log().segments.values().try_for_each(Segment::sync)
+    }
+}
+
+fn log_recovery(dir: &Path, base: i64, report: &ScanReport) {
+    if report.truncated_bytes > 0 {
+        tracing::warn!(dir = %dir.display(), segment = base, truncated_bytes = report.truncated_bytes,
+            batches_kept = report.batches, "recovery cut a torn or corrupt tail");
+    }
+}

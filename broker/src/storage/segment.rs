@@ -1,0 +1,421 @@
+//! One segment: `<base offset>.log` holds record batches as received (base offsets assigned),
+//! `<base offset>.index` a sparse index of 16-byte entries, one per `index_interval_bytes` of log:
+//! (offset relative to the segment base: u32, file position: u32, newest timestamp of the batches
+//! before this position: i64). The offset column finds a batch by offset, the timestamp column
+//! finds where to start looking for a time. The index is derived data: rebuilt from the log when
+//! missing, damaged, or after an unclean stop.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::batch::{BatchHeader, HEADER_LEN};
+
+const INDEX_ENTRY: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub relative_offset: u32,
+    pub position: u32,
+    pub max_timestamp_before: i64,
+}
+
+impl IndexEntry {
+    fn encode(&self) -> [u8; INDEX_ENTRY] {
+        let mut out = [0u8; INDEX_ENTRY];
+        out[0..4].copy_from_slice(&self.relative_offset.to_be_bytes());
+        out[4..8].copy_from_slice(&self.position.to_be_bytes());
+        out[8..16].copy_from_slice(&self.max_timestamp_before.to_be_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> Self {
+        Self {
+            relative_offset: u32::from_be_bytes(b[0..4].try_into().expect("4 bytes")),
+            position: u32::from_be_bytes(b[4..8].try_into().expect("4 bytes")),
+            max_timestamp_before: i64::from_be_bytes(b[8..16].try_into().expect("8 bytes")),
+        }
+    }
+}
+
+/// What a recovery scan found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    pub batches: usize,
+    /// Bytes cut from the end because they were torn or corrupt.
+    pub truncated_bytes: u64,
+}
+
+pub struct Segment {
+    pub base_offset: i64,
+    pub log: Arc<File>,
+    index_file: File,
+    log_path: PathBuf,
+    index_path: PathBuf,
+    /// Bytes of log written and visible to readers.
+    pub size: u64,
+    /// One past the last offset in this segment (the base offset while empty).
+    pub next_offset: i64,
+    /// Newest batch timestamp in the segment, or -1 while empty.
+    pub max_timestamp: i64,
+    index: Vec<IndexEntry>,
+    bytes_since_index: u64,
+    index_interval: u64,
+    pub created: SystemTime,
+}
+
+pub fn log_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.log"))
+}
+
+fn index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.index"))
+}
+
+fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+impl Segment {
+    /// Creates a new empty segment.
+    pub fn create(dir: &Path, base_offset: i64, index_interval: u32) -> io::Result<Self> {
+        let log_path = log_path(dir, base_offset);
+        let index_path = index_path(dir, base_offset);
+        let log = open_rw(&log_path)?;
+        log.set_len(0)?;
+        let index_file = open_rw(&index_path)?;
+        index_file.set_len(0)?;
+        Ok(Self {
+            base_offset,
+            log: Arc::new(log),
+            index_file,
+            log_path,
+            index_path,
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            index: Vec::new(),
+            bytes_since_index: 0,
+            index_interval: index_interval as u64,
+            created: SystemTime::now(),
+        })
+    }
+
+    /// Opens an existing segment. With `verify`, every batch's CRC is checked and the log is cut
+    /// at the first torn or corrupt batch; the index is rebuilt whenever it cannot be trusted.
+    pub fn open(
+        dir: &Path,
+        base_offset: i64,
+        index_interval: u32,
+        verify: bool,
+    ) -> io::Result<(Self, ScanReport)> {
+        let log_path = log_path(dir, base_offset);
+        let index_path = index_path(dir, base_offset);
+        let log = open_rw(&log_path)?;
+        let index_file = open_rw(&index_path)?;
+        let created = log
+            .metadata()?
+            .modified()
+            .unwrap_or_else(|_| SystemTime::now());
+        let mut segment = Self {
+            base_offset,
+            log: Arc::new(log),
+            index_file,
+            log_path,
+            index_path,
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            index: Vec::new(),
+            bytes_since_index: 0,
+            index_interval: index_interval as u64,
+            created,
+        };
+        let file_len = segment.log.metadata()?.len();
+        let loaded = if verify {
+            None
+        } else {
+            segment.load_index(file_len)?
+        };
+        let report = match loaded {
+            // Trust the index; only the tail after its last entry needs walking.
+            Some(()) => {
+                let start = segment.index.last().map_or(0, |e| e.position as u64);
+                let mut report = segment.scan_from(start, file_len, false)?;
+                report.batches += segment.index.len().saturating_sub(1);
+                report
+            }
+            None => {
+                segment.index.clear();
+                segment.index_file.set_len(0)?;
+                segment.scan_from(0, file_len, true)?
+            }
+        };
+        if report.truncated_bytes > 0 {
+            segment.log.set_len(segment.size)?;
+            segment.log.sync_data()?;
+        }
+        Ok((segment, report))
+    }
+
+    fn load_index(&mut self, file_len: u64) -> io::Result<Option<()>> {
+        let bytes = std::fs::read(&self.index_path)?;
+        if bytes.len() % INDEX_ENTRY != 0 {
+            return Ok(None);
+        }
+        let entries: Vec<IndexEntry> = bytes.chunks(INDEX_ENTRY).map(IndexEntry::decode).collect();
+        let ordered = entries
+            .windows(2)
+            .all(|w| w[0].position < w[1].position && w[0].relative_offset <= w[1].relative_offset);
+        let in_bounds = entries
+            .last()
+            .is_none_or(|e| (e.position as u64) < file_len);
+        if !ordered || !in_bounds {
+            return Ok(None);
+        }
+        self.index = entries;
+        Ok(Some(()))
+    }
+
+    /// Walks batches from `start` to `end`, adopting each into size/offset/timestamp state; with
+    /// `verify` it checks CRCs and rebuilds index entries. Stops at the first bad batch.
+    fn scan_from(&mut self, start: u64, end: u64, verify: bool) -> io::Result<ScanReport> {
+        let mut report = ScanReport::default();
+        let mut pos = start;
+        if let Some(last) = self.index.last() {
+            self.max_timestamp = last.max_timestamp_before;
+        }
+        while pos + HEADER_LEN as u64 <= end {
+            let mut head = [0u8; HEADER_LEN];
+            self.log.read_exact_at(&mut head, pos)?;
+            let Ok(header) = BatchHeader::parse(&head) else {
+                break;
+            };
+            if pos + header.size as u64 > end {
+                break;
+            }
+            if verify {
+                let mut whole = vec![0u8; header.size];
+                self.log.read_exact_at(&mut whole, pos)?;
+                if BatchHeader::validate(&whole).is_err() {
+                    break;
+                }
+                self.note_batch(&header, pos)?;
+            } else {
+                self.adopt(&header);
+            }
+            pos += header.size as u64;
+            self.size = pos;
+            report.batches += 1;
+        }
+        self.size = pos.max(self.size);
+        report.truncated_bytes = end - self.size;
+        Ok(report)
+    }
+
+    fn adopt(&mut self, header: &BatchHeader) {
+        self.next_offset = header.last_offset() + 1;
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+    }
+
+    /// Records a batch appended at `position`: index entry when due, offsets and timestamps.
+    pub fn note_batch(&mut self, header: &BatchHeader, position: u64) -> io::Result<()> {
+        if self.index.is_empty() || self.bytes_since_index >= self.index_interval {
+            let entry = IndexEntry {
+                relative_offset: (header.base_offset - self.base_offset) as u32,
+                position: position as u32,
+                max_timestamp_before: self.max_timestamp,
+            };
+            self.index_file
+                .write_all_at(&entry.encode(), (self.index.len() * INDEX_ENTRY) as u64)?;
+            self.index.push(entry);
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += header.size as u64;
+        self.adopt(header);
+        Ok(())
+    }
+
+    /// Where to start reading for `offset`: the last indexed batch at or before it.
+    pub fn position_for_offset(&self, offset: i64) -> u64 {
+        let relative = (offset - self.base_offset).max(0) as u32;
+        let i = self
+            .index
+            .partition_point(|e| e.relative_offset <= relative);
+        i.checked_sub(1)
+            .map_or(0, |i| self.index[i].position as u64)
+    }
+
+    /// Where to start reading for the first record at or after `timestamp`.
+    pub fn position_for_timestamp(&self, timestamp: i64) -> u64 {
+        let i = self
+            .index
+            .partition_point(|e| e.max_timestamp_before < timestamp);
+        i.checked_sub(1)
+            .map_or(0, |i| self.index[i].position as u64)
+    }
+
+    /// Whether appending `len` more bytes must go to a new segment.
+    pub fn is_full(&self, len: u64, segment_bytes: u64, segment_ms: u64) -> bool {
+        if self.size == 0 {
+            return false;
+        }
+        let too_big = self.size + len > segment_bytes || self.size + len > u32::MAX as u64;
+        let too_old = self
+            .created
+            .elapsed()
+            .is_ok_and(|age| age.as_millis() as u64 >= segment_ms);
+        too_big || too_old
+    }
+
+    /// Makes the log and the index durable (on roll and at shutdown).
+    pub fn sync(&self) -> io::Result<()> {
+        self.log.sync_data()?;
+        self.index_file.sync_data()
+    }
+
+    pub fn delete(self) -> io::Result<()> {
+        std::fs::remove_file(&self.log_path)?;
+        match std::fs::remove_file(&self.index_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Cuts a buffer read from a log at `start` into whole batches: skips batches that end before
+/// `from_offset`, keeps at most `max_bytes` (but always the first wanted batch whole), and stops at
+/// anything torn or corrupt. Returns the kept byte range, or what is still missing to complete the
+/// first wanted batch.
+pub enum Cut {
+    Batches(std::ops::Range<usize>),
+    NeedMore(usize),
+    Corrupt(usize),
+}
+
+pub fn cut_batches(buf: &[u8], from_offset: i64, max_bytes: usize) -> Cut {
+    let mut pos = 0;
+    let mut first = None;
+    while pos + HEADER_LEN <= buf.len() {
+        let Ok(header) = BatchHeader::parse(&buf[pos..]) else {
+            return first.map_or(Cut::Corrupt(pos), |f| Cut::Batches(f..pos));
+        };
+        let end = pos + header.size;
+        if header.last_offset() < from_offset {
+            pos = end;
+            continue;
+        }
+        let start = *first.get_or_insert(pos);
+        if end > buf.len() {
+            return if start == pos {
+                Cut::NeedMore(end - buf.len())
+            } else {
+                Cut::Batches(start..pos)
+            };
+        }
+        if end - start > max_bytes && start != pos {
+            return Cut::Batches(start..pos);
+        }
+        if BatchHeader::validate(&buf[pos..end]).is_err() {
+            return if start == pos {
+                Cut::Corrupt(pos)
+            } else {
+                Cut::Batches(start..pos)
+            };
+        }
+        pos = end;
+    }
+    match first {
+        Some(start) => Cut::Batches(start..pos),
+        None => Cut::Batches(pos..pos),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::batch::{set_base_offset, testing::batch};
+    use super::*;
+
+    fn append(seg: &mut Segment, count: i32, ts: i64) -> Vec<u8> {
+        let mut b = batch(count, 100, ts);
+        set_base_offset(&mut b, seg.next_offset);
+        let header = BatchHeader::validate(&b).unwrap();
+        seg.log.write_all_at(&b, seg.size).unwrap();
+        let pos = seg.size;
+        seg.note_batch(&header, pos).unwrap();
+        seg.size += b.len() as u64;
+        b
+    }
+
+    #[test]
+    fn index_finds_offsets_and_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 100, 1).unwrap();
+        let first = append(&mut seg, 10, 1000);
+        append(&mut seg, 10, 2000);
+        append(&mut seg, 10, 3000);
+        assert_eq!(seg.next_offset, 130);
+        assert_eq!(seg.position_for_offset(100), 0);
+        assert_eq!(seg.position_for_offset(115), first.len() as u64);
+        assert_eq!(seg.position_for_timestamp(1500), first.len() as u64);
+        assert_eq!(seg.position_for_timestamp(500), 0);
+    }
+
+    #[test]
+    fn reopen_cuts_torn_tail_and_rebuilds_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 1).unwrap();
+        append(&mut seg, 5, 1);
+        let good = seg.size;
+        let torn = batch(5, 100, 2);
+        seg.log.write_all_at(&torn[..40], seg.size).unwrap();
+        drop(seg);
+        std::fs::write(index_path(dir.path(), 0), b"garbage").unwrap();
+        let (seg, report) = Segment::open(dir.path(), 0, 1, true).unwrap();
+        assert_eq!(seg.size, good);
+        assert_eq!(seg.next_offset, 5);
+        assert_eq!(report.truncated_bytes, 40);
+        assert_eq!(
+            std::fs::metadata(log_path(dir.path(), 0)).unwrap().len(),
+            good
+        );
+    }
+
+    #[test]
+    fn reopen_cuts_at_corrupt_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 1).unwrap();
+        append(&mut seg, 1, 1);
+        let good = seg.size;
+        append(&mut seg, 1, 2);
+        seg.log.write_all_at(&[0xff], good + 70).unwrap();
+        drop(seg);
+        let (seg, _) = Segment::open(dir.path(), 0, 1, true).unwrap();
+        assert_eq!(seg.size, good);
+        assert_eq!(seg.next_offset, 1);
+    }
+
+    #[test]
+    fn cut_keeps_whole_batches() {
+        let mut buf = batch(2, 100, 0);
+        let one = buf.len();
+        let mut second = batch(2, 100, 0);
+        set_base_offset(&mut second, 2);
+        buf.extend(&second);
+        assert!(matches!(cut_batches(&buf, 3, 10), Cut::Batches(r) if r == (one..2 * one)));
+        assert!(matches!(cut_batches(&buf, 0, one + 1), Cut::Batches(r) if r == (0..one)));
+        assert!(
+            matches!(cut_batches(&buf[..one + 70], 3, 1000), Cut::NeedMore(n) if n == one - 70)
+        );
+        buf[one + 70] ^= 1;
+        assert!(matches!(cut_batches(&buf, 0, 10_000), Cut::Batches(r) if r == (0..one)));
+    }
+}

@@ -1,0 +1,166 @@
+//! Topic configuration: the Kafka config names a topic accepts, their defaults from `[broker]`,
+//! and the per-topic overrides kept in `topics.json`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::partition::LogSettings;
+use crate::config::{BrokerConfig, CompressionType};
+
+/// The topic-level settings Sluice honours, by their Kafka names.
+pub const TOPIC_CONFIG_NAMES: &[&str] = &[
+    "compression.type",
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "segment.ms",
+    "max.message.bytes",
+];
+
+/// A topic as stored in `topics.json`: its partition count and the configs set on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub partitions: u32,
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+/// A topic's effective settings: overrides on top of the broker's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopicSettings {
+    pub compression: CompressionType,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+    pub max_message_bytes: u32,
+    pub index_interval_bytes: u32,
+}
+
+impl TopicSettings {
+    /// Applies `configs` over the broker defaults; the error names the bad key and value.
+    pub fn resolve(
+        defaults: &BrokerConfig,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<Self, String> {
+        let mut s = Self {
+            compression: defaults.compression_type,
+            retention_ms: defaults.retention_ms,
+            retention_bytes: defaults.retention_bytes,
+            segment_bytes: defaults.segment_bytes,
+            segment_ms: defaults.segment_ms,
+            max_message_bytes: defaults.max_message_bytes,
+            index_interval_bytes: defaults.index_interval_bytes,
+        };
+        for (key, value) in configs {
+            let bad = |what: &str| format!("config {key}={value:?}: expected {what}");
+            match key.as_str() {
+                "compression.type" => {
+                    s.compression = CompressionType::parse(value)
+                        .ok_or_else(|| bad("producer, zstd, lz4 or none"))?;
+                }
+                "retention.ms" => {
+                    s.retention_ms = value.parse().map_err(|_| bad("milliseconds or -1"))?
+                }
+                "retention.bytes" => {
+                    s.retention_bytes = value.parse().map_err(|_| bad("bytes or -1"))?
+                }
+                "segment.bytes" => {
+                    s.segment_bytes = value
+                        .parse()
+                        .ok()
+                        .filter(|&b| b >= 1024)
+                        .ok_or_else(|| bad("bytes, at least 1024"))?
+                }
+                "segment.ms" => s.segment_ms = value.parse().map_err(|_| bad("milliseconds"))?,
+                "max.message.bytes" => {
+                    s.max_message_bytes = value.parse().map_err(|_| bad("bytes"))?
+                }
+                _ => {
+                    return Err(format!(
+                        "config {key} is not supported (supported: {})",
+                        TOPIC_CONFIG_NAMES.join(", ")
+                    ))
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn log_settings(&self) -> LogSettings {
+        LogSettings {
+            segment_bytes: self.segment_bytes,
+            segment_ms: self.segment_ms,
+            index_interval_bytes: self.index_interval_bytes,
+        }
+    }
+
+    /// Every supported config with its effective value, for DescribeConfigs.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("compression.type", self.compression.as_str().to_owned()),
+            ("retention.ms", self.retention_ms.to_string()),
+            ("retention.bytes", self.retention_bytes.to_string()),
+            ("segment.bytes", self.segment_bytes.to_string()),
+            ("segment.ms", self.segment_ms.to_string()),
+            ("max.message.bytes", self.max_message_bytes.to_string()),
+        ]
+    }
+}
+
+/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!("topic name {name:?} must be 1 to 249 characters"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is reserved"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "topic name {name:?} may hold only letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_apply_and_bad_values_are_named() {
+        let defaults = BrokerConfig::default();
+        let mut configs = BTreeMap::new();
+        configs.insert("compression.type".into(), "zstd".into());
+        configs.insert("retention.ms".into(), "1000".into());
+        let s = TopicSettings::resolve(&defaults, &configs).unwrap();
+        assert_eq!(s.compression, CompressionType::Zstd);
+        assert_eq!(s.retention_ms, 1000);
+        assert_eq!(s.segment_bytes, defaults.segment_bytes);
+        configs.insert("retention.ms".into(), "soon".into());
+        let err = TopicSettings::resolve(&defaults, &configs).unwrap_err();
+        assert!(
+            err.contains("retention.ms") && err.contains("soon"),
+            "{err}"
+        );
+        let mut unknown = BTreeMap::new();
+        unknown.insert("flux.capacitor".into(), "1".into());
+        assert!(TopicSettings::resolve(&defaults, &unknown)
+            .unwrap_err()
+            .contains("not supported"));
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("logs.v1_x-2").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("a/b").is_err());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! The HTTP endpoint every process serves: `/metrics` (Prometheus text) and `/health`.
+
+use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::net::TcpListener;
+
+/// Binds `addr`, naming it in the error so the operator sees which port is taken.
+pub async fn bind(what: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{what} {addr}: cannot listen: {e}"))
+}
+
+/// Serves the endpoints until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .with_state(registry);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
+    let mut body = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&registry.gather(), &mut body) {
+        tracing::warn!(error = %e, "encoding metrics");
+    }
+    (
+        [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+        body,
+    )
+}
+
+async fn health() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"status\":\"ok\"}\n",
+    )
+}
+
+/// The registry every part registers into: process metrics and a build-info gauge come with it.
+pub fn new_registry() -> Registry {
+    let registry = Registry::new();
+    let build_info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("sluice_build_info", "Build of the running sluice binary"),
+        &["version"],
+    )
+    .expect("static metric definition");
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    registry
+        .register(Box::new(build_info))
+        .expect("first registration");
+    let process = prometheus::process_collector::ProcessCollector::for_self();
+    registry
+        .register(Box::new(process))
+        .expect("first registration");
+    registry
+}

@@ -1,0 +1,85 @@
+//! `sluice`: one binary that composes the agent, broker and indexer crates.
+
+mod cli;
+mod config;
+mod http;
+mod server;
+mod shutdown;
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go out whole; any other usage error becomes one line and exit status 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("error: bad usage");
+            eprintln!("{first} (try --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Quiet by default (warnings, plus a line at start and stop); `RUST_LOG` overrides.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,sluice=info,sluice_broker=info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => server::up(args).await,
+        Command::Broker(args) => server::broker(args.server).await,
+        Command::Indexer(_) => not_built("indexer", 6),
+        Command::Agent(_) => not_built("agent", 5),
+        Command::Topics { .. } | Command::Produce(_) | Command::Consume(_) => {
+            not_built("topics/produce/consume", 3)
+        }
+        Command::Groups { .. } => not_built("groups", 4),
+        Command::Search { .. } => not_built("search", 6),
+        Command::Bench { .. } => not_built("bench", 3),
+    }
+}
+
+fn not_built(what: &str, issue: u32) -> anyhow::Result<()> {
+    anyhow::bail!("`sluice {what}` is not built yet (issue #{issue})")
+}
