@@ -27,28 +27,25 @@ pub enum Command {
     /// Run an agent: ships logs and metrics from this host into the broker.
     Agent(AgentArgs),
     /// Manage topics on a broker.
-    Topics {
-        #[command(subcommand)]
-        action: TopicsAction,
-    },
+    Topics(TopicsArgs),
     /// Inspect consumer groups on a broker.
     Groups {
         #[command(subcommand)]
         action: GroupsAction,
     },
-    /// Write records to a topic from stdin or a file, one per line.
-    Produce(ClientArgs),
+    /// Write records to a topic, one per line of stdin or a file.
+    Produce(ProduceArgs),
     /// Read records from a topic.
-    Consume(ClientArgs),
+    Consume(ConsumeArgs),
     /// Search the indexed logs.
     Search {
         /// Query in Lucene-like syntax, e.g. 'level:error AND host:web-1'.
         query: String,
     },
-    /// Run an end-to-end benchmark.
+    /// Run an end-to-end benchmark against a real broker.
     Bench {
-        /// What to benchmark, e.g. `produce`.
-        target: String,
+        #[command(subcommand)]
+        target: BenchTarget,
     },
 }
 
@@ -102,13 +99,42 @@ pub struct AgentArgs {
     pub brokers: Option<String>,
 }
 
+/// Where a client command finds the broker.
+#[derive(Debug, Args)]
+pub struct BrokersArg {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "127.0.0.1:9092",
+        env = "SLUICE_BROKERS"
+    )]
+    pub brokers: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    #[command(flatten)]
+    pub brokers: BrokersArg,
+    #[command(subcommand)]
+    pub action: TopicsAction,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TopicsAction {
-    /// List topics.
+    /// List topics with their partition counts.
     List,
     /// Create a topic.
-    Create { name: String },
-    /// Show a topic's partitions and configuration.
+    Create {
+        name: String,
+        /// Partition count; the broker's default when absent.
+        #[arg(long, short)]
+        partitions: Option<i32>,
+        /// A topic config, e.g. `--config compression.type=zstd` (repeatable).
+        #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// Show a topic's partitions, offsets and configuration.
     Describe { name: String },
     /// Delete a topic and its data.
     Delete { name: String },
@@ -123,7 +149,94 @@ pub enum GroupsAction {
 }
 
 #[derive(Debug, Args)]
-pub struct ClientArgs {
-    /// Topic to use.
+pub struct ProduceArgs {
+    /// Topic to write to.
     pub topic: String,
+    #[command(flatten)]
+    pub brokers: BrokersArg,
+    /// Read records from this file instead of stdin.
+    #[arg(long, short, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Split each line at the first SEP into key and value.
+    #[arg(long, value_name = "SEP")]
+    pub key_separator: Option<String>,
+    /// Write every record to this partition (else the key, or round robin, decides).
+    #[arg(long, short)]
+    pub partition: Option<i32>,
+    /// Acknowledgement the broker must give: all, 1 or 0.
+    #[arg(long, default_value = "all", value_parser = ["all", "-1", "1", "0"])]
+    pub acks: String,
+    /// Batch compression.
+    #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
+    pub compression: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Topic to read.
+    pub topic: String,
+    #[command(flatten)]
+    pub brokers: BrokersArg,
+    /// Where to start: `beginning`, `end`, or an offset number.
+    #[arg(long, default_value = "beginning", conflicts_with = "timestamp")]
+    pub from: String,
+    /// Start at the first record at or after this time (RFC 3339 or epoch milliseconds).
+    #[arg(long, value_name = "TIME")]
+    pub timestamp: Option<String>,
+    /// Only this partition (default: all).
+    #[arg(long, short)]
+    pub partition: Option<i32>,
+    /// Keep waiting for new records instead of stopping at the end.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Stop after this many records.
+    #[arg(long, short = 'n')]
+    pub max: Option<u64>,
+    /// Print one JSON object per record (partition, offset, timestamp, key, value, headers).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchTarget {
+    /// Produce through librdkafka and report MB/s and acknowledgement latency.
+    Produce(BenchProduceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchProduceArgs {
+    /// Broker to drive; without it the bench starts its own `sluice broker` on a temporary
+    /// directory (needed to report the broker's CPU use).
+    #[arg(long, value_name = "LIST")]
+    pub brokers: Option<String>,
+    /// Data directory for the broker the bench starts (default: a temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Record payload size in bytes (random bytes: incompressible).
+    #[arg(long, default_value_t = 1024)]
+    pub record_size: usize,
+    /// Use the lines of this file as records instead of random bytes (cycled).
+    #[arg(long, value_name = "FILE")]
+    pub lines: Option<PathBuf>,
+    /// How long to produce, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Target rate in MB/s; 0 sends as fast as acknowledgements allow.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_mb: f64,
+    /// Producer acks: all, 1 or 0.
+    #[arg(long, default_value = "all", value_parser = ["all", "-1", "1", "0"])]
+    pub acks: String,
+    /// Batch compression.
+    #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
+    pub compression: String,
+    /// Partitions of the bench topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Storage backend of the broker the bench starts: io_uring or plain.
+    #[arg(long, value_parser = ["auto", "io_uring", "plain"], default_value = "auto")]
+    pub io_backend: String,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }

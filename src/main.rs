@@ -1,6 +1,8 @@
 //! `sluice`: one binary that composes the agent, broker and indexer crates.
 
+mod bench;
 mod cli;
+mod client;
 mod config;
 mod http;
 mod server;
@@ -71,12 +73,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Broker(args) => server::broker(args.server).await,
         Command::Indexer(_) => not_built("indexer", 6),
         Command::Agent(_) => not_built("agent", 5),
-        Command::Topics { .. } | Command::Produce(_) | Command::Consume(_) => {
-            not_built("topics/produce/consume", 3)
+        Command::Topics(args) => client::topics::run(args).await,
+        Command::Produce(args) => {
+            tokio::task::spawn_blocking(|| client::produce::run(args)).await?
+        }
+        Command::Consume(args) => {
+            tokio::task::spawn_blocking(|| client::consume::run(args)).await?
         }
         Command::Groups { .. } => not_built("groups", 4),
         Command::Search { .. } => not_built("search", 6),
-        Command::Bench { .. } => not_built("bench", 3),
+        Command::Bench {
+            target: cli::BenchTarget::Produce(args),
+        } => bench::produce(args).await,
     }
 }
 

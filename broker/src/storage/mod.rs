@@ -134,7 +134,7 @@ impl Storage {
             std::fs::remove_file(&marker)?;
         }
         let io = Io::start(defaults.io_backend)?;
-        tracing::info!(backend = io.name(), clean_start = clean, "storage opened");
+        tracing::info!(backend = io.name(), dir = %dir.display(), "storage opened");
         metrics.io_backend.with_label_values(&[io.name()]).set(1);
         let flusher = Flusher::start(
             io.clone(),
@@ -152,6 +152,9 @@ impl Storage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e.into()),
         };
+        if !clean && !records.is_empty() {
+            tracing::warn!("the last stop was not clean: checking the tail of every partition");
+        }
         let storage = Arc::new(Self {
             dir: dir.to_owned(),
             defaults,

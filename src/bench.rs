@@ -1,0 +1,318 @@
+//! `sluice bench produce`: drives a broker with librdkafka and reports throughput and
+//! acknowledgement latency. Without `--brokers` it starts its own `sluice broker` child on a
+//! temporary directory, so it can also report the broker's CPU time.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+use crate::cli::BenchProduceArgs;
+use crate::client;
+
+/// What one bench run measured.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    records: u64,
+    failed: u64,
+    payload_bytes: u64,
+    seconds: f64,
+    mb_per_s: f64,
+    records_per_s: f64,
+    ack_p50_ms: f64,
+    ack_p99_ms: f64,
+    ack_max_ms: f64,
+    /// Broker CPU seconds per wall second (only when the bench started the broker).
+    broker_cores: Option<f64>,
+    /// Broker cores used per 100 MB/s of payload.
+    broker_cores_per_100mb_s: Option<f64>,
+}
+
+struct Acks {
+    latency_us: Mutex<Histogram<u64>>,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct BenchContext(Arc<Acks>);
+
+impl ClientContext for BenchContext {}
+
+impl ProducerContext for BenchContext {
+    type DeliveryOpaque = Box<Instant>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Instant>) {
+        match result {
+            Ok(message) => {
+                let micros = sent.elapsed().as_micros() as u64;
+                if let Ok(mut h) = self.0.latency_us.lock() {
+                    let _ = h.record(micros.max(1));
+                }
+                self.0.records.fetch_add(1, Ordering::Relaxed);
+                let len = rdkafka::Message::payload(message).map_or(0, <[u8]>::len) as u64;
+                self.0.bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.0.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A broker child process the bench owns; killed on drop.
+struct OwnedBroker {
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for OwnedBroker {
+    fn drop(&mut self) {
+        // SIGTERM, so the broker closes cleanly.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
+    let (brokers, owned) = match &args.brokers {
+        Some(list) => (list.clone(), None),
+        None => {
+            let (addr, broker) = start_broker(&args)?;
+            (addr, Some(broker))
+        }
+    };
+    let topic = format!("bench-{}", std::process::id());
+    create_topic(&brokers, &topic, args.partitions).await?;
+    let records = payloads(&args)?;
+    let cpu_before = owned
+        .as_ref()
+        .map(|b| cpu_seconds(b.child.id()))
+        .transpose()?;
+    let report = drive(
+        &args,
+        &brokers,
+        &topic,
+        &records,
+        owned.as_ref().map(|b| b.child.id()),
+        cpu_before,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} records ({} failed), {:.1} MB/s, {:.0} records/s; ack latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            report.records, report.failed, report.mb_per_s, report.records_per_s,
+            report.ack_p50_ms, report.ack_p99_ms, report.ack_max_ms
+        );
+        if let (Some(cores), Some(per)) = (report.broker_cores, report.broker_cores_per_100mb_s) {
+            println!("broker CPU: {cores:.2} cores, {per:.2} cores per 100 MB/s");
+        }
+    }
+    drop(owned);
+    Ok(())
+}
+
+fn drive(
+    args: &BenchProduceArgs,
+    brokers: &str,
+    topic: &str,
+    records: &[Vec<u8>],
+    broker_pid: Option<u32>,
+    cpu_before: Option<f64>,
+) -> anyhow::Result<Report> {
+    let acks = Arc::new(Acks {
+        latency_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        records: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
+    let acks_setting = if args.acks == "all" {
+        "-1"
+    } else {
+        args.acks.as_str()
+    };
+    let producer: ThreadedProducer<BenchContext> = client::config(brokers)
+        .set("acks", acks_setting)
+        .set("compression.type", &args.compression)
+        .set("linger.ms", "2")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .create_with_context(BenchContext(acks.clone()))?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.seconds);
+    let bytes_per_s = args.rate_mb * 1_000_000.0;
+    let mut sent_bytes = 0f64;
+    let mut i = 0usize;
+    while Instant::now() < deadline {
+        if bytes_per_s > 0.0 {
+            let due = started + Duration::from_secs_f64(sent_bytes / bytes_per_s);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let payload = &records[i % records.len()];
+        let mut record: BaseRecord<'_, (), [u8], Box<Instant>> =
+            BaseRecord::with_opaque_to(topic, Box::new(Instant::now())).payload(payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err((e, _)) => bail!("queueing a record: {e}"),
+            }
+        }
+        sent_bytes += payload.len() as f64;
+        i += 1;
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cores = match (broker_pid, cpu_before) {
+        (Some(pid), Some(before)) => Some((cpu_seconds(pid)? - before) / seconds),
+        _ => None,
+    };
+    let histogram = acks
+        .latency_us
+        .lock()
+        .map_err(|_| anyhow::anyhow!("latency lock"))?;
+    let bytes = acks.bytes.load(Ordering::Relaxed);
+    let mb_per_s = bytes as f64 / seconds / 1e6;
+    Ok(Report {
+        records: acks.records.load(Ordering::Relaxed),
+        failed: acks.failed.load(Ordering::Relaxed),
+        payload_bytes: bytes,
+        seconds,
+        mb_per_s,
+        records_per_s: acks.records.load(Ordering::Relaxed) as f64 / seconds,
+        ack_p50_ms: histogram.value_at_quantile(0.50) as f64 / 1000.0,
+        ack_p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        ack_max_ms: histogram.max() as f64 / 1000.0,
+        broker_cores: cores,
+        broker_cores_per_100mb_s: cores
+            .filter(|_| mb_per_s > 0.0)
+            .map(|c| c / (mb_per_s / 100.0)),
+    })
+}
+
+/// Random (incompressible) payloads, or the lines of `--lines`.
+fn payloads(args: &BenchProduceArgs) -> anyhow::Result<Vec<Vec<u8>>> {
+    if let Some(path) = &args.lines {
+        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let lines: Vec<Vec<u8>> = text
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        if lines.is_empty() {
+            bail!("{} has no lines", path.display());
+        }
+        return Ok(lines);
+    }
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    Ok((0..4096)
+        .map(|_| {
+            (0..args.record_size)
+                .map(|_| {
+                    // xorshift64: fast, and plenty random for "incompressible".
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect()
+        })
+        .collect())
+}
+
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client::config(brokers).create()?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().request_timeout(Some(client::TIMEOUT));
+    for result in admin.create_topics([&new], &options).await? {
+        if let Err((name, code)) = result {
+            bail!("creating bench topic {name}: {code}");
+        }
+    }
+    Ok(())
+}
+
+fn start_broker(args: &BenchProduceArgs) -> anyhow::Result<(String, OwnedBroker)> {
+    let (dir, temp) = match &args.data_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("sluice-bench-")
+                .tempdir_in(".")?;
+            (temp.path().to_owned(), Some(temp))
+        }
+    };
+    let kafka = free_port()?;
+    let http = free_port()?;
+    let config_path: PathBuf = dir.join("bench.toml");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        &config_path,
+        format!("[broker]\nio_backend = \"{}\"\n", args.io_backend),
+    )?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("broker")
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{kafka}"))
+        .arg("--http")
+        .arg(format!("127.0.0.1:{http}"))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the broker")?;
+    let broker = OwnedBroker { child, _dir: temp };
+    let addr = format!("127.0.0.1:{kafka}");
+    let waited = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        if waited.elapsed() > Duration::from_secs(10) {
+            bail!("the bench broker did not start listening on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((addr, broker))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// User + system CPU seconds a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    // Linux reports these in USER_HZ, which is 100 on every architecture we run on.
+    Ok(ticks / 100.0)
+}

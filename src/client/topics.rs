@@ -1,0 +1,129 @@
+//! `sluice topics list|create|describe|delete`.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context as _};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use super::{config, TIMEOUT};
+use crate::cli::{TopicsAction, TopicsArgs};
+
+pub async fn run(args: TopicsArgs) -> anyhow::Result<()> {
+    let brokers = &args.brokers.brokers;
+    match args.action {
+        TopicsAction::List => list(brokers),
+        TopicsAction::Create {
+            name,
+            partitions,
+            configs,
+        } => create(brokers, &name, partitions, &configs).await,
+        TopicsAction::Describe { name } => describe(brokers, &name).await,
+        TopicsAction::Delete { name } => delete(brokers, &name).await,
+    }
+}
+
+fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    config(brokers)
+        .create()
+        .with_context(|| format!("connecting to {brokers}"))
+}
+
+fn options() -> AdminOptions {
+    AdminOptions::new().request_timeout(Some(super::TIMEOUT))
+}
+
+fn list(brokers: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = config(brokers).create()?;
+    let metadata = consumer
+        .fetch_metadata(None, TIMEOUT)
+        .with_context(|| format!("reading metadata from {brokers}"))?;
+    for topic in metadata.topics() {
+        println!("{}\t{} partitions", topic.name(), topic.partitions().len());
+    }
+    Ok(())
+}
+
+async fn create(
+    brokers: &str,
+    name: &str,
+    partitions: Option<i32>,
+    configs: &[String],
+) -> anyhow::Result<()> {
+    let mut topic = NewTopic::new(name, partitions.unwrap_or(-1), TopicReplication::Fixed(1));
+    for entry in configs {
+        let Some((key, value)) = entry.split_once('=') else {
+            bail!("--config {entry:?}: expected KEY=VALUE");
+        };
+        topic = topic.set(key, value);
+    }
+    let results = admin(brokers)?.create_topics([&topic], &options()).await?;
+    for result in results {
+        match result {
+            Ok(name) => println!("created topic {name}"),
+            Err((name, code)) => bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+async fn delete(brokers: &str, name: &str) -> anyhow::Result<()> {
+    let results = admin(brokers)?.delete_topics(&[name], &options()).await?;
+    for result in results {
+        match result {
+            Ok(name) => println!("deleted topic {name}"),
+            Err((name, code)) => bail!("cannot delete topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+async fn describe(brokers: &str, name: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = config(brokers).create()?;
+    let metadata = consumer
+        .fetch_metadata(Some(name), TIMEOUT)
+        .with_context(|| format!("reading metadata from {brokers}"))?;
+    let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
+        bail!("topic {name} not found");
+    };
+    if let Some(error) = topic.error() {
+        bail!(
+            "topic {name}: {:?}",
+            rdkafka::types::RDKafkaRespErr::from(error)
+        );
+    }
+    println!("topic {name}: {} partitions", topic.partitions().len());
+    println!("partition\tleader\tlow\thigh");
+    for partition in topic.partitions() {
+        let (low, high) = consumer.fetch_watermarks(name, partition.id(), TIMEOUT)?;
+        println!("{}\t{}\t{low}\t{high}", partition.id(), partition.leader());
+    }
+    let configs = admin(brokers)?
+        .describe_configs([&ResourceSpecifier::Topic(name)], &options())
+        .await?;
+    for resource in configs {
+        let resource = resource.map_err(|code| anyhow::anyhow!("describing {name}: {code}"))?;
+        let entries: HashMap<_, _> = resource
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    (e.value.clone().unwrap_or_default(), e.is_default),
+                )
+            })
+            .collect();
+        let mut names: Vec<_> = entries.keys().collect();
+        names.sort();
+        println!("config\tvalue\tsource");
+        for key in names {
+            let (value, default) = &entries[key];
+            println!(
+                "{key}\t{value}\t{}",
+                if *default { "default" } else { "topic" }
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! The broker against kcat (librdkafka, as Debian ships it) and the `sluice` client commands:
+//! every compression codec through both I/O backends, topic compression, and topic admin.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// (attributes codec, record count) of every batch in a partition's first segment.
+fn stored_batches(data_dir: &Path, topic: &str, partition: i32) -> Vec<(i16, i32)> {
+    let log = data_dir
+        .join("broker")
+        .join(format!("{topic}-{partition}"))
+        .join(format!("{:020}.log", 0));
+    let bytes = std::fs::read(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    let mut batches = Vec::new();
+    let mut pos = 0;
+    while pos + 61 <= bytes.len() {
+        let length = i32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
+        let attributes = i16::from_be_bytes(bytes[pos + 21..pos + 23].try_into().unwrap());
+        let count = i32::from_be_bytes(bytes[pos + 57..pos + 61].try_into().unwrap());
+        batches.push((attributes & 7, count));
+        pos += 12 + length;
+    }
+    assert_eq!(pos, bytes.len(), "the segment holds whole batches only");
+    batches
+}
+
+fn codec_id(name: &str) -> i16 {
+    ["none", "gzip", "snappy", "lz4", "zstd"]
+        .iter()
+        .position(|c| *c == name)
+        .unwrap() as i16
+}
+
+fn kcat_every_codec(backend: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(
+        tmp.path(),
+        &format!("[broker]\nio_backend = \"{backend}\"\n"),
+    );
+    assert!(
+        sluice
+            .log_text()
+            .contains(&format!("backend=\"{backend}\"")),
+        "{}",
+        sluice.log_text()
+    );
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("kcat-{codec}");
+        let input: String = (0..200)
+            .map(|i| format!("key-{}\t{codec} record {i} {}\n", i % 7, "x".repeat(i % 50)))
+            .collect();
+        let out = run_with_input(
+            kcat()
+                .args([
+                    "-P",
+                    "-b",
+                    &sluice.kafka,
+                    "-t",
+                    &topic,
+                    "-p",
+                    "0",
+                    "-z",
+                    codec,
+                    "-K",
+                    "\t",
+                ])
+                .args(["-H", "source=kcat", "-H", &format!("codec={codec}")])
+                .args(["-X", "linger.ms=50"]),
+            input.as_bytes(),
+            T,
+        );
+        assert!(
+            out.status.success(),
+            "kcat -P {codec}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let consumed = run_ok(
+            kcat()
+                .args([
+                    "-C",
+                    "-b",
+                    &sluice.kafka,
+                    "-t",
+                    &topic,
+                    "-p",
+                    "0",
+                    "-e",
+                    "-q",
+                ])
+                .args(["-f", "%o\t%k\t%s\t%h\n"]),
+            T,
+        );
+        let lines: Vec<&str> = consumed.lines().collect();
+        assert_eq!(lines.len(), 200, "{codec}: {consumed}");
+        for (i, line) in lines.iter().enumerate() {
+            let expected = format!(
+                "{i}\tkey-{}\t{codec} record {i} {}\tsource=kcat,codec={codec}",
+                i % 7,
+                "x".repeat(i % 50)
+            );
+            assert_eq!(*line, expected, "{codec} record {i}");
+        }
+        // Batches stay on disk exactly as the producer compressed them.
+        let batches = stored_batches(&sluice.data_dir, &topic, 0);
+        assert!(!batches.is_empty());
+        assert!(
+            batches.iter().all(|(c, _)| *c == codec_id(codec)),
+            "{codec}: stored codecs {batches:?}"
+        );
+        assert_eq!(batches.iter().map(|(_, n)| n).sum::<i32>(), 200);
+    }
+}
+
+#[test]
+fn kcat_every_codec_io_uring() {
+    kcat_every_codec("io_uring");
+}
+
+#[test]
+fn kcat_every_codec_plain() {
+    kcat_every_codec("plain");
+}
+
+#[test]
+fn topic_compression_compresses_what_arrives_uncompressed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    for codec in ["zstd", "lz4"] {
+        let topic = format!("packed-{codec}");
+        let out = sluice.client(&[
+            "topics",
+            "create",
+            &topic,
+            "-p",
+            "1",
+            "-c",
+            &format!("compression.type={codec}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = std::fs::read_to_string("../shared/data/loghub/Apache_2k.log")
+            .or_else(|_| {
+                std::fs::read_to_string(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../shared/data/loghub/Apache_2k.log"
+                ))
+            })
+            .expect("Loghub sample");
+        let out = run_with_input(
+            kcat().args([
+                "-P",
+                "-b",
+                &sluice.kafka,
+                "-t",
+                &topic,
+                "-z",
+                "none",
+                "-X",
+                "linger.ms=100",
+            ]),
+            log.as_bytes(),
+            T,
+        );
+        assert!(out.status.success());
+        let consumed = run_ok(
+            kcat().args(["-C", "-b", &sluice.kafka, "-t", &topic, "-e", "-q"]),
+            T,
+        );
+        let sent: Vec<&str> = log.lines().collect();
+        let got: Vec<&str> = consumed.lines().collect();
+        assert_eq!(got.len(), sent.len(), "{codec}: record count");
+        if let Some(i) = (0..sent.len()).find(|&i| got[i] != sent[i]) {
+            panic!("{codec}: record {i} differs: {:?} != {:?}", got[i], sent[i]);
+        }
+        let batches = stored_batches(&sluice.data_dir, &topic, 0);
+        assert!(
+            batches.iter().all(|(c, _)| *c == codec_id(codec)),
+            "{batches:?}"
+        );
+        let on_disk = std::fs::metadata(
+            sluice
+                .data_dir
+                .join(format!("broker/{topic}-0/{:020}.log", 0)),
+        )
+        .unwrap()
+        .len();
+        assert!(
+            (on_disk as usize) < log.len() / 3,
+            "{codec}: {on_disk} bytes on disk for {} bytes of log text",
+            log.len()
+        );
+    }
+}
+
+#[test]
+fn sluice_cli_topics_produce_consume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let ok = |args: &[&str]| {
+        let out = sluice.client(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(ok(&[
+        "topics",
+        "create",
+        "orders",
+        "-p",
+        "4",
+        "-c",
+        "retention.ms=3600000"
+    ])
+    .contains("created"));
+    let refused = sluice.client(&["topics", "create", "orders"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already exists"));
+    let bad = sluice.client(&["topics", "create", "x", "-c", "retention.ms=soon"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("InvalidConfig") || !bad.status.success()
+    );
+    assert!(ok(&["topics", "list"]).contains("orders\t4 partitions"));
+
+    let input: String = (0..100)
+        .map(|i| format!("k{}:order {i}\n", i % 5))
+        .collect();
+    let out = run_with_input(
+        Command::new(SLUICE).args([
+            "produce",
+            "orders",
+            "--brokers",
+            &sluice.kafka,
+            "--key-separator",
+            ":",
+            "--compression",
+            "lz4",
+        ]),
+        input.as_bytes(),
+        T,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let describe = ok(&["topics", "describe", "orders"]);
+    assert!(
+        describe.contains("retention.ms\t3600000\ttopic"),
+        "{describe}"
+    );
+    let total: i64 = describe
+        .lines()
+        .filter_map(|l| l.split('\t').nth(3)?.parse::<i64>().ok())
+        .sum();
+    assert_eq!(total, 100, "{describe}");
+
+    let all = ok(&["consume", "orders", "--json"]);
+    let records: Vec<serde_json::Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 100);
+    // One key stays on one partition, in order.
+    for key in 0..5 {
+        let values: Vec<i64> = records
+            .iter()
+            .filter(|r| r["key"] == format!("k{key}"))
+            .map(|r| r["value"].as_str().unwrap()[6..].parse().unwrap())
+            .collect();
+        assert_eq!(values, (0..20).map(|i| i * 5 + key).collect::<Vec<_>>());
+    }
+    let p = records[0]["partition"].as_i64().unwrap().to_string();
+    let from_two = ok(&["consume", "orders", "-p", &p, "--from", "2"]);
+    assert_eq!(
+        from_two.lines().count() as i64,
+        records
+            .iter()
+            .filter(|r| r["partition"].as_i64().unwrap().to_string() == p)
+            .count() as i64
+            - 2
+    );
+    let future = ok(&["consume", "orders", "--timestamp", "2999-01-01T00:00:00Z"]);
+    assert!(future.is_empty());
+    let past = ok(&["consume", "orders", "--timestamp", "2000-01-01T00:00:00Z"]);
+    assert_eq!(past.lines().count(), 100);
+    assert!(ok(&["topics", "delete", "orders"]).contains("deleted"));
+    assert!(!ok(&["topics", "list"]).contains("orders"));
+    assert!(!sluice.data_dir.join("broker/orders-0").exists());
+}
+
+#[test]
+fn record_batch_over_max_message_bytes_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let out = sluice.client(&[
+        "topics",
+        "create",
+        "small",
+        "-p",
+        "1",
+        "-c",
+        "max.message.bytes=2000",
+    ]);
+    assert!(out.status.success());
+    let big = format!("{}\n", "y".repeat(5000));
+    let out = run_with_input(
+        kcat().args([
+            "-P",
+            "-b",
+            &sluice.kafka,
+            "-t",
+            "small",
+            "-X",
+            "message.max.bytes=100000",
+        ]),
+        big.as_bytes(),
+        T,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Message size too large"), "{stderr}");
+    assert!(
+        sluice
+            .metric("sluice_broker_produce_refused_total{error=\"MessageTooLarge\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    // A record that fits still goes in.
+    let out = run_with_input(
+        kcat().args(["-P", "-b", &sluice.kafka, "-t", "small"]),
+        b"fits\n",
+        T,
+    );
+    assert!(out.status.success());
+    let consumed = run_ok(
+        kcat().args(["-C", "-b", &sluice.kafka, "-t", "small", "-e", "-q"]),
+        T,
+    );
+    assert_eq!(consumed, "fits\n");
+}

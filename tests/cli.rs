@@ -1,0 +1,210 @@
+//! The `sluice` binary as an operator meets it: starting, answering, stopping, and refusing bad
+//! configuration, flags, data dirs and ports with one clear line.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn sluice(args: &[&str]) -> std::process::Output {
+    run(Command::new(SLUICE).args(args), Duration::from_secs(30))
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got {}",
+        out.status
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected a one-line error, got:\n{stderr}");
+    lines[0].to_owned()
+}
+
+#[test]
+fn up_answers_on_both_ports_and_exits_zero_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::up(tmp.path(), "");
+    let (status, body) = http_get(&sluice.http, "/health");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ok"));
+    let metrics = sluice.metrics();
+    assert!(metrics.contains("sluice_build_info{version="), "{metrics}");
+    assert!(
+        metrics.contains("process_resident_memory_bytes"),
+        "{metrics}"
+    );
+    // The Kafka port answers a real client's metadata request.
+    let listing = run_ok(
+        kcat().args(["-b", &sluice.kafka, "-L", "-m", "10"]),
+        Duration::from_secs(30),
+    );
+    assert!(listing.contains("1 brokers"), "{listing}");
+    assert!(listing.contains(&sluice.kafka), "{listing}");
+    let status = sluice.stop_with("TERM");
+    assert_eq!(status.code(), Some(0), "log:\n{}", sluice.log_text());
+    assert!(sluice.log_text().contains("stopped cleanly"));
+}
+
+#[test]
+fn sigint_also_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(tmp.path(), "");
+    assert_eq!(sluice.stop_with("INT").code(), Some(0));
+}
+
+#[test]
+fn bad_config_names_file_line_key_and_expectation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[broker]\nlisten = \"127.0.0.1:0\"\ndefault_partitions = \"many\"\n",
+    )
+    .unwrap();
+    let line = one_line_error(&sluice(&["up", "--config", path.to_str().unwrap()]));
+    assert!(line.contains(path.to_str().unwrap()), "{line}");
+    assert!(line.contains("line 3"), "{line}");
+    assert!(line.contains("broker.default_partitions"), "{line}");
+    assert!(line.contains("expected u32"), "{line}");
+
+    std::fs::write(&path, "[broker]\nlisten_adress = \"127.0.0.1:0\"\n").unwrap();
+    let line = one_line_error(&sluice(&["broker", "--config", path.to_str().unwrap()]));
+    assert!(
+        line.contains("line 2") && line.contains("listen_adress"),
+        "{line}"
+    );
+    assert!(line.contains("expected one of"), "{line}");
+
+    let missing = tmp.path().join("nope.toml");
+    let line = one_line_error(&sluice(&["up", "--config", missing.to_str().unwrap()]));
+    assert!(
+        line.contains("nope.toml") && line.contains("cannot read"),
+        "{line}"
+    );
+}
+
+#[test]
+fn unknown_flag_is_one_line_and_exit_2() {
+    let out = sluice(&["up", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_line_error(&out);
+    assert!(line.contains("--bogus"), "{line}");
+}
+
+#[test]
+fn unusable_data_dir_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let data_dir = file.join("data");
+    let kafka = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let out = sluice(&[
+        "up",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen",
+        &kafka,
+        "--http",
+        &http,
+    ]);
+    let line = one_line_error(&out);
+    assert!(line.contains(data_dir.to_str().unwrap()), "{line}");
+    assert!(line.contains("data dir"), "{line}");
+}
+
+#[test]
+fn second_process_on_the_same_data_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = Sluice::broker(tmp.path(), "");
+    let kafka = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let out = sluice(&[
+        "broker",
+        "--data-dir",
+        first.data_dir.to_str().unwrap(),
+        "--listen",
+        &kafka,
+        "--http",
+        &http,
+    ]);
+    let line = one_line_error(&out);
+    assert!(line.contains("in use by another sluice process"), "{line}");
+}
+
+#[test]
+fn port_in_use_names_the_port() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    let free = format!("127.0.0.1:{}", free_port());
+    let out = sluice(&[
+        "up",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &port,
+        "--http",
+        &free,
+    ]);
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("Kafka listener") && line.contains(&port),
+        "{line}"
+    );
+    let out = sluice(&[
+        "up",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &free,
+        "--http",
+        &port,
+    ]);
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("HTTP listener") && line.contains(&port),
+        "{line}"
+    );
+}
+
+#[test]
+fn commands_not_built_yet_say_so() {
+    for args in [
+        &["agent"][..],
+        &["indexer"],
+        &["groups", "list"],
+        &["search", "level:error"],
+    ] {
+        let line = one_line_error(&sluice(args));
+        assert!(line.contains("not built yet"), "{args:?}: {line}");
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        &["--help"][..],
+        &["up", "--help"],
+        &["broker", "--help"],
+        &["indexer", "--help"],
+        &["agent", "--help"],
+        &["topics", "--help"],
+        &["produce", "--help"],
+        &["consume", "--help"],
+        &["bench", "produce", "--help"],
+    ] {
+        let out = sluice(args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{args:?}"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! Shared harness for end-to-end tests: runs the real `sluice` binary on free ports and a
+//! temporary data dir, and the real third-party clients (kcat, Python clients) against it.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `sluice` process; killed when dropped.
+pub struct Sluice {
+    child: Option<Child>,
+    pub kafka: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Sluice {
+    /// `sluice up` with `config` (TOML text, may be empty) in a fresh temporary data dir.
+    pub fn up(tmp: &Path, config: &str) -> Self {
+        Self::start(tmp, "up", config)
+    }
+
+    /// `sluice broker` with `config` in a fresh temporary data dir.
+    pub fn broker(tmp: &Path, config: &str) -> Self {
+        Self::start(tmp, "broker", config)
+    }
+
+    fn start(tmp: &Path, command: &str, config: &str) -> Self {
+        let config_path = tmp.join("sluice.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let data_dir = tmp.join("data");
+        let kafka = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        let args = vec![
+            command.to_owned(),
+            "--config".into(),
+            config_path.display().to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            kafka.clone(),
+            "--http".into(),
+            http.clone(),
+        ];
+        let mut sluice = Self {
+            child: None,
+            kafka,
+            http,
+            data_dir,
+            args,
+            log: tmp.join("sluice.log"),
+        };
+        sluice.restart();
+        sluice
+    }
+
+    /// Starts the process again with the same ports, config and data dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(SLUICE)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice");
+        self.child = Some(child);
+        wait_for_port(&self.kafka, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log_text()));
+        wait_for_port(&self.http, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log_text()));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Sends `signal` (TERM, INT) and waits for the exit status.
+    pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal_pid(child.id(), signal);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("sluice did not exit within 20 s of SIG{signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&self.http, "/metrics").1
+    }
+
+    /// The value of one sample in /metrics, e.g. `sluice_broker_protocol_errors_total{kind="malformed"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// Runs `sluice ARGS --brokers <this broker>` as a client.
+    pub fn client(&self, args: &[&str]) -> Output {
+        Command::new(SLUICE)
+            .args(args)
+            .env("SLUICE_BROKERS", &self.kafka)
+            .output()
+            .expect("run sluice client")
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn signal_pid(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+pub fn wait_for_port(addr: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("nothing listens on {addr} after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.0 GET: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Runs a command to completion with a time limit, returning its output. Output is drained
+/// while it runs, so a chatty command cannot block on a full pipe.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    finish(child, &format!("{cmd:?}"), timeout)
+}
+
+fn finish(child: Child, what: &str, timeout: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            signal_pid(pid, "KILL");
+            let out = rx.recv().unwrap().unwrap();
+            panic!(
+                "{what} ran past {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn run_ok(cmd: &mut Command, timeout: Duration) -> String {
+    let out = run(cmd, timeout);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({})\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Feeds `input` to a command's stdin; returns its output.
+pub fn run_with_input(cmd: &mut Command, input: &[u8], timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = finish(child, &format!("{cmd:?}"), timeout);
+    let _ = writer.join();
+    out
+}
+
+/// The project's test client scripts.
+pub fn client_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(name)
+}
+
+pub fn python() -> Command {
+    Command::new("python3")
+}
+
+pub fn kcat() -> Command {
+    Command::new("kcat")
+}
