@@ -107,7 +107,8 @@ pub struct BrokersArg {
         long,
         value_name = "LIST",
         default_value = "127.0.0.1:9092",
-        env = "SLUICE_BROKERS"
+        env = "SLUICE_BROKERS",
+        global = true
     )]
     pub brokers: String,
 }

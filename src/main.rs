@@ -1,5 +1,6 @@
 //! `sluice`: one binary that composes the agent, broker and indexer crates.
 
+mod alloc;
 mod bench;
 mod cli;
 mod client;
@@ -14,6 +15,9 @@ use clap::error::ErrorKind;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
+
+#[global_allocator]
+static ALLOCATOR: alloc::LazyHugeAlloc = alloc::LazyHugeAlloc;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

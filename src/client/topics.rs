@@ -88,10 +88,7 @@ async fn describe(brokers: &str, name: &str) -> anyhow::Result<()> {
         bail!("topic {name} not found");
     };
     if let Some(error) = topic.error() {
-        bail!(
-            "topic {name}: {:?}",
-            rdkafka::types::RDKafkaRespErr::from(error)
-        );
+        bail!("topic {name}: {error:?}");
     }
     println!("topic {name}: {} partitions", topic.partitions().len());
     println!("partition\tleader\tlow\thigh");

@@ -73,16 +73,21 @@ impl Io {
 mod tests {
     use super::*;
 
-    async fn round_trip(io: Io) {
-        let dir = tempfile::tempdir().unwrap();
-        let file = Arc::new(
+    fn scratch_file(dir: &tempfile::TempDir) -> Arc<File> {
+        Arc::new(
             std::fs::OpenOptions::new()
                 .create(true)
+                .truncate(true)
                 .read(true)
                 .write(true)
                 .open(dir.path().join("f"))
                 .unwrap(),
-        );
+        )
+    }
+
+    async fn round_trip(io: Io) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = scratch_file(&dir);
         io.write_at(&file, 0, Bytes::from_static(b"hello "))
             .await
             .unwrap();
@@ -112,14 +117,7 @@ mod tests {
     async fn uring_many_concurrent_writes() {
         let io = Io::start(IoBackendKind::IoUring).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let file = Arc::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .read(true)
-                .write(true)
-                .open(dir.path().join("f"))
-                .unwrap(),
-        );
+        let file = scratch_file(&dir);
         let writes = (0..1000u64).map(|i| {
             let io = io.clone();
             let file = file.clone();

@@ -1,0 +1,175 @@
+//! Bad input never crashes the broker or costs other data: each case closes only the offending
+//! connection (or answers with the protocol's error) and is counted; real clients keep working.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::*;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Sends raw bytes; returns what came back before the broker closed the connection (or 2 s).
+fn exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
+
+fn frame(api: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend((8 + 2 + body.len() as i32).to_be_bytes());
+    f.extend(api.to_be_bytes());
+    f.extend(version.to_be_bytes());
+    f.extend(42i32.to_be_bytes());
+    f.extend((-1i16).to_be_bytes()); // null client id
+    f.extend(body);
+    f
+}
+
+fn errors(sluice: &Sluice, kind: &str) -> f64 {
+    sluice
+        .metric(&format!(
+            "sluice_broker_protocol_errors_total{{kind=\"{kind}\"}}"
+        ))
+        .unwrap_or(0.0)
+}
+
+fn produce_request(records: Bytes) -> Vec<u8> {
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("victim")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])]);
+    let header = RequestHeader::default()
+        .with_request_api_key(0)
+        .with_request_api_version(7)
+        .with_correlation_id(9)
+        .with_client_id(Some(StrBytes::from_static_str("bad-input-test")));
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header.encode(&mut buf, 1).unwrap();
+    request.encode(&mut buf, 7).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    buf.to_vec()
+}
+
+fn one_record_batch() -> BytesMut {
+    let record = Record {
+        transactional: false,
+        control: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 1_700_000_000_000,
+        key: None,
+        value: Some(Bytes::from_static(b"tampered")),
+        headers: Default::default(),
+        delete_horizon: false,
+    };
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, [&record], &options).unwrap();
+    buf
+}
+
+#[test]
+fn bad_frames_close_only_their_connection_and_are_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let out = run_with_input(
+        kcat().args(["-P", "-b", &sluice.kafka, "-t", "victim", "-p", "0"]),
+        b"before\n",
+        T,
+    );
+    assert!(out.status.success());
+
+    // A length prefix far over max_request_bytes.
+    assert!(exchange(&sluice.kafka, &0x7fff_ffffi32.to_be_bytes()).is_empty());
+    assert_eq!(errors(&sluice, "bad_frame_size"), 1.0);
+    // A frame too short to hold a request header.
+    assert!(exchange(&sluice.kafka, &[0, 0, 0, 3, 1, 2, 3]).is_empty());
+    assert_eq!(errors(&sluice, "bad_frame_size"), 2.0);
+    // An API key that does not exist.
+    assert!(exchange(&sluice.kafka, &frame(999, 0, &[])).is_empty());
+    assert_eq!(errors(&sluice, "unknown_api"), 1.0);
+    // A known API at a version nobody advertised, and Produce v2 (advertised for old librdkafka's
+    // feature checks, never served).
+    assert!(exchange(&sluice.kafka, &frame(3, 99, &[])).is_empty());
+    assert!(exchange(&sluice.kafka, &frame(0, 2, &[0; 16])).is_empty());
+    assert_eq!(errors(&sluice, "unsupported_version"), 2.0);
+    // A Metadata request announcing 2^31-1 topics in a 4-byte body: the codec reserves for
+    // them before reading; the broker must survive that.
+    assert!(exchange(&sluice.kafka, &frame(3, 1, &0x7fff_ffffi32.to_be_bytes())).is_empty());
+    // Random garbage after a valid header.
+    assert!(exchange(&sluice.kafka, &frame(1, 4, &[0xde, 0xad, 0xbe, 0xef])).is_empty());
+    assert_eq!(errors(&sluice, "malformed"), 2.0);
+
+    // An ApiVersions request newer than the broker gets the v0 fallback answer (KIP-511):
+    // correlation id, then UNSUPPORTED_VERSION (35), then our ApiVersions range.
+    let reply = exchange(&sluice.kafka, &frame(18, 99, &[]));
+    assert!(reply.len() >= 10, "{reply:?}");
+    assert_eq!(i32::from_be_bytes(reply[4..8].try_into().unwrap()), 42);
+    assert_eq!(i16::from_be_bytes(reply[8..10].try_into().unwrap()), 35);
+
+    // A batch whose CRC does not match gets CORRUPT_MESSAGE and is not stored.
+    let mut batch = one_record_batch();
+    let last = batch.len() - 1;
+    batch[last] ^= 0x55;
+    let reply = exchange(&sluice.kafka, &produce_request(batch.freeze()));
+    let mut body = Bytes::from(reply[4..].to_vec());
+    let header = ResponseHeader::decode(&mut body, 0).unwrap();
+    assert_eq!(header.correlation_id, 9);
+    let response = ProduceResponse::decode(&mut body, 7).unwrap();
+    let partition = &response.responses[0].partition_responses[0];
+    assert_eq!(partition.error_code, 2, "CORRUPT_MESSAGE");
+
+    // The broker is alive, other data is intact, and real clients still work.
+    let out = run_with_input(
+        kcat().args(["-P", "-b", &sluice.kafka, "-t", "victim", "-p", "0"]),
+        b"after\n",
+        T,
+    );
+    assert!(out.status.success());
+    let consumed = run_ok(
+        kcat().args([
+            "-C",
+            "-b",
+            &sluice.kafka,
+            "-t",
+            "victim",
+            "-p",
+            "0",
+            "-e",
+            "-q",
+        ]),
+        T,
+    );
+    assert_eq!(consumed, "before\nafter\n");
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test. On a fresh machine it first installs what the tests use and the machine lacks:
+# kcat (Debian), the Python Kafka clients (PyPI) and cargo-nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v kcat >/dev/null || missing+=(kcat)
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+python3 -c 'import confluent_kafka, kafka' 2>/dev/null || pip install -q confluent-kafka kafka-python
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+cargo nextest run --workspace --no-fail-fast "$@"
