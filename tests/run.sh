@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test. On a fresh machine it first installs what the tests use and the machine lacks:
-# kcat (Debian), the Python Kafka clients (PyPI) and cargo-nextest.
+# kcat (Debian), the Python Kafka clients and their codecs (PyPI) and cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +11,8 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -c 'import confluent_kafka, kafka' 2>/dev/null || pip install -q confluent-kafka kafka-python
+python3 -c 'import confluent_kafka, kafka, lz4, zstandard, snappy' 2>/dev/null ||
+  pip install -q confluent-kafka kafka-python lz4 zstandard python-snappy
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
 cargo nextest run --workspace --no-fail-fast "$@"

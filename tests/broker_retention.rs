@@ -1,0 +1,248 @@
+//! Retention deletes whole old segments (by size and by age), and the free-disk floor refuses
+//! produce with KAFKA_STORAGE_ERROR until space returns, without harming what is stored.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+fn low_watermark(sluice: &Sluice, topic: &str) -> i64 {
+    let out = run_ok(
+        Command::new(SLUICE).args(["topics", "describe", topic, "--brokers", &sluice.kafka]),
+        T,
+    );
+    out.lines()
+        .find(|l| l.starts_with("0\t"))
+        .and_then(|l| l.split('\t').nth(2)?.parse().ok())
+        .unwrap_or_else(|| panic!("no partition 0 in {out}"))
+}
+
+fn segments(sluice: &Sluice, topic: &str) -> usize {
+    std::fs::read_dir(sluice.data_dir.join(format!("broker/{topic}-0")))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count()
+}
+
+fn produce(sluice: &Sluice, topic: &str, lines: &str, extra: &[&str]) -> std::process::Output {
+    run_with_input(
+        kcat()
+            .args(["-P", "-b", &sluice.kafka, "-t", topic, "-p", "0"])
+            .args(["-X", "batch.num.messages=10", "-X", "linger.ms=0"])
+            .args(extra),
+        lines.as_bytes(),
+        T,
+    )
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn retention_by_size_deletes_oldest_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "[broker]\nretention_check_interval_ms = 100\n");
+    let out = sluice.client(&[
+        "topics",
+        "create",
+        "sized",
+        "-p",
+        "1",
+        "-c",
+        "segment.bytes=4096",
+        "-c",
+        "retention.bytes=16384",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: String = (0..1000)
+        .map(|i| format!("record {i:05} {}\n", "z".repeat(80)))
+        .collect();
+    assert!(produce(&sluice, "sized", &lines, &[]).status.success());
+    assert!(
+        segments(&sluice, "sized") > 10,
+        "segments should roll at 4 KiB"
+    );
+    wait_until("size retention", Duration::from_secs(10), || {
+        low_watermark(&sluice, "sized") > 0
+    });
+    let size: u64 = std::fs::read_dir(sluice.data_dir.join("broker/sized-0"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        size <= 16384 + 4096 * 2,
+        "{size} bytes left for retention.bytes=16384"
+    );
+    // What remains is a whole, contiguous suffix of what was written.
+    let low = low_watermark(&sluice, "sized");
+    let consumed = run_ok(
+        kcat().args([
+            "-C",
+            "-b",
+            &sluice.kafka,
+            "-t",
+            "sized",
+            "-p",
+            "0",
+            "-e",
+            "-q",
+            "-f",
+            "%o %s\n",
+        ]),
+        T,
+    );
+    let got: Vec<&str> = consumed.lines().collect();
+    assert_eq!(got.len() as i64, 1000 - low);
+    for (i, line) in got.iter().enumerate() {
+        let offset = low + i as i64;
+        assert!(
+            line.starts_with(&format!("{offset} record {offset:05} ")),
+            "{line}"
+        );
+    }
+    assert!(
+        sluice
+            .metric("sluice_broker_segments_deleted_total{topic=\"sized\"}")
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[test]
+fn retention_by_age_deletes_expired_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "[broker]\nretention_check_interval_ms = 100\n");
+    let out = sluice.client(&[
+        "topics",
+        "create",
+        "aged",
+        "-p",
+        "1",
+        "-c",
+        "segment.ms=300",
+        "-c",
+        "retention.ms=1500",
+    ]);
+    assert!(out.status.success());
+    assert!(produce(&sluice, "aged", "old 1\nold 2\nold 3\n", &[])
+        .status
+        .success());
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(produce(&sluice, "aged", "newer\n", &[]).status.success());
+    assert_eq!(low_watermark(&sluice, "aged"), 0, "nothing has expired yet");
+    wait_until("age retention", Duration::from_secs(10), || {
+        low_watermark(&sluice, "aged") == 3
+    });
+    let consumed = run_ok(
+        kcat().args(["-C", "-b", &sluice.kafka, "-t", "aged", "-e", "-q"]),
+        T,
+    );
+    assert_eq!(consumed, "newer\n", "the active segment always stays");
+}
+
+/// A small tmpfs, so the file system really runs low; unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size_mb: u32) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (the CI machine runs tests as root)"
+        );
+        Self(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn free_disk_floor_refuses_produce_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), 64);
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 30 << 20]).unwrap();
+    let config = format!(
+        "[broker]\nmin_free_bytes = {}\nretention_check_interval_ms = 100\n",
+        40u64 << 20
+    );
+    // Data dir, config and log all live on the small disk.
+    let sluice = Sluice::broker(&disk.0, &config);
+
+    let refused = produce(
+        &sluice,
+        "floor",
+        "while low\n",
+        &["-X", "message.send.max.retries=0"],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("Disk error"),
+        "expected KAFKA_STORAGE_ERROR, got: {stderr}"
+    );
+    assert!(
+        sluice
+            .metric("sluice_broker_produce_refused_total{error=\"KafkaStorageError\"}")
+            .unwrap()
+            >= 1.0
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let accepted = produce(&sluice, "floor", "after space returned\n", &[]);
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    let consumed = run_ok(
+        kcat().args([
+            "-C",
+            "-b",
+            &sluice.kafka,
+            "-t",
+            "floor",
+            "-p",
+            "0",
+            "-e",
+            "-q",
+        ]),
+        T,
+    );
+    assert_eq!(consumed, "after space returned\n");
+    assert!(sluice
+        .log_text()
+        .contains("refusing produce until space returns"));
+    assert!(sluice.log_text().contains("accepting produce"));
+}
