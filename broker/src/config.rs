@@ -93,6 +93,8 @@ pub struct BrokerConfig {
     pub flush_max_pending: usize,
     /// Writes with acks=0/1 reach the disk (fdatasync) within this many milliseconds.
     pub flush_interval_ms: u64,
+    /// A new consumer group's first rebalance waits this long for more members to join.
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -118,6 +120,7 @@ impl Default for BrokerConfig {
             flush_linger_us: 0,
             flush_max_pending: 1024,
             flush_interval_ms: 1000,
+            group_initial_rebalance_delay_ms: 1000,
         }
     }
 }

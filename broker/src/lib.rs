@@ -3,9 +3,11 @@
 //! `storage` keeps topics as partitions of segment files (RecordBatch v2 as producers sent them,
 //! with sparse indexes), written through io_uring or plain I/O and made durable by group commit;
 //! `server` decodes Kafka requests with the `kafka-protocol` codecs and answers them from storage;
-//! `metrics` is what both export to Prometheus; `config` is the `[broker]` section.
+//! `coordinator` runs consumer groups and keeps their committed offsets in `__consumer_offsets`;
+//! `metrics` is what all of them export to Prometheus; `config` is the `[broker]` section.
 
 mod config;
+pub mod coordinator;
 pub mod metrics;
 mod server;
 pub mod storage;
@@ -14,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use config::{BrokerConfig, CompressionType, IoBackendKind};
+use coordinator::Coordinator;
 use metrics::BrokerMetrics;
 use server::Context;
 use storage::Storage;
@@ -24,6 +27,7 @@ use tokio::task::JoinHandle;
 pub struct Broker {
     config: BrokerConfig,
     storage: Arc<Storage>,
+    coordinator: Arc<Coordinator>,
     metrics: BrokerMetrics,
     cluster_id: String,
     background: Vec<JoinHandle<()>>,
@@ -39,13 +43,21 @@ impl Broker {
         let metrics = BrokerMetrics::register(registry)?;
         let storage = Storage::open(config.clone(), dir, metrics.clone()).await?;
         let cluster_id = cluster_id(dir)?;
+        let coordinator = Coordinator::open(
+            storage.clone(),
+            metrics.clone(),
+            std::time::Duration::from_millis(config.group_initial_rebalance_delay_ms),
+        )
+        .await?;
         let background = vec![
             tokio::spawn(storage.clone().housekeeping_loop()),
             tokio::spawn(storage.clone().flush_loop()),
+            tokio::spawn(coordinator.clone().tick_loop()),
         ];
         Ok(Self {
             config,
             storage,
+            coordinator,
             metrics,
             cluster_id,
             background,
@@ -77,6 +89,7 @@ impl Broker {
         };
         let ctx = Arc::new(Context {
             storage: self.storage.clone(),
+            coordinator: self.coordinator.clone(),
             metrics: self.metrics.clone(),
             node_id: self.config.node_id,
             advertised_host: host,

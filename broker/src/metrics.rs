@@ -23,6 +23,7 @@ pub struct BrokerMetrics {
     pub corrupt_reads: IntCounterVec,
     pub segments_deleted: IntCounterVec,
     pub connections: IntGaugeVec,
+    pub consumer_lag: IntGaugeVec,
 }
 
 impl BrokerMetrics {
@@ -124,7 +125,15 @@ impl BrokerMetrics {
                 Opts::new("sluice_broker_connections", "Open client connections"),
                 &["listener"],
             )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_broker_consumer_lag",
+                    "Records between a group's committed offset and the log end",
+                ),
+                &["group", "topic", "partition"],
+            )?,
         };
+        registry.register(Box::new(metrics.consumer_lag.clone()))?;
         registry.register(Box::new(metrics.bytes_in.clone()))?;
         registry.register(Box::new(metrics.records_in.clone()))?;
         registry.register(Box::new(metrics.bytes_out.clone()))?;

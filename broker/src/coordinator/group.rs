@@ -150,17 +150,24 @@ impl Group {
             });
         };
         if !self.members.is_empty() && self.protocol_type.as_deref() != Some(&req.protocol_type) {
-            return fail(reply, ResponseError::InconsistentGroupProtocol, req.member_id);
+            return fail(
+                reply,
+                ResponseError::InconsistentGroupProtocol,
+                req.member_id,
+            );
         }
-        if !self.members.is_empty()
-            && !req.protocols.iter().any(|(p, _)| self.all_support(p))
-        {
-            return fail(reply, ResponseError::InconsistentGroupProtocol, req.member_id);
+        if !self.members.is_empty() && !req.protocols.iter().any(|(p, _)| self.all_support(p)) {
+            return fail(
+                reply,
+                ResponseError::InconsistentGroupProtocol,
+                req.member_id,
+            );
         }
         let member_id = if req.member_id.is_empty() {
             let id = self.new_member_id(&req.client_id);
             if req.require_known_member_id {
-                self.pending_ids.insert(id.clone(), now + req.session_timeout);
+                self.pending_ids
+                    .insert(id.clone(), now + req.session_timeout);
                 return fail(reply, ResponseError::MemberIdRequired, id);
             }
             id
@@ -174,19 +181,22 @@ impl Group {
         if self.state == State::CompletingRebalance || self.state == State::Stable {
             self.fail_pending_syncs();
         }
-        let member = self.members.entry(member_id.clone()).or_insert_with(|| Member {
-            id: member_id.clone(),
-            instance_id: req.instance_id.clone(),
-            client_id: req.client_id.clone(),
-            client_host: req.client_host.clone(),
-            session_timeout: req.session_timeout,
-            rebalance_timeout: req.rebalance_timeout,
-            protocols: Vec::new(),
-            assignment: Bytes::new(),
-            last_heard: now,
-            pending_join: None,
-            pending_sync: None,
-        });
+        let member = self
+            .members
+            .entry(member_id.clone())
+            .or_insert_with(|| Member {
+                id: member_id.clone(),
+                instance_id: req.instance_id.clone(),
+                client_id: req.client_id.clone(),
+                client_host: req.client_host.clone(),
+                session_timeout: req.session_timeout,
+                rebalance_timeout: req.rebalance_timeout,
+                protocols: Vec::new(),
+                assignment: Bytes::new(),
+                last_heard: now,
+                pending_join: None,
+                pending_sync: None,
+            });
         member.protocols = req.protocols;
         member.session_timeout = req.session_timeout;
         member.rebalance_timeout = req.rebalance_timeout;
@@ -252,11 +262,22 @@ impl Group {
         }
         self.generation += 1;
         self.protocol = self.choose_protocol();
-        if !self.leader.as_ref().is_some_and(|l| self.members.contains_key(l)) {
+        if !self
+            .leader
+            .as_ref()
+            .is_some_and(|l| self.members.contains_key(l))
+        {
             self.leader = self.members.keys().next().cloned();
         }
         self.state = State::CompletingRebalance;
-        self.deadline = Some(now + self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default());
+        self.deadline = Some(
+            now + self
+                .members
+                .values()
+                .map(|m| m.rebalance_timeout)
+                .max()
+                .unwrap_or_default(),
+        );
         let protocol = self.protocol.clone().unwrap_or_default();
         let leader = self.leader.clone().unwrap_or_default();
         let roster: Vec<(String, Option<String>, Bytes)> = self
@@ -275,7 +296,11 @@ impl Group {
                     protocol: self.protocol.clone(),
                     leader: leader.clone(),
                     member_id: member.id.clone(),
-                    members: if member.id == leader { roster.clone() } else { Vec::new() },
+                    members: if member.id == leader {
+                        roster.clone()
+                    } else {
+                        Vec::new()
+                    },
                 });
             }
         }
@@ -297,9 +322,17 @@ impl Group {
                 let votes = self
                     .members
                     .values()
-                    .filter(|m| m.protocols.iter().find(|(q, _)| candidates.contains(&q)).is_some_and(|(q, _)| q == **p))
+                    .filter(|m| {
+                        m.protocols
+                            .iter()
+                            .find(|(q, _)| candidates.contains(&q))
+                            .is_some_and(|(q, _)| q == **p)
+                    })
                     .count();
-                (votes, std::cmp::Reverse(first.protocols.iter().position(|(q, _)| q == **p)))
+                (
+                    votes,
+                    std::cmp::Reverse(first.protocols.iter().position(|(q, _)| q == **p)),
+                )
             })
             .map(|p| (*p).clone())
     }
@@ -334,7 +367,9 @@ impl Group {
         }
         member.last_heard = now;
         match self.state {
-            State::Empty | State::PreparingRebalance => fail(reply, ResponseError::RebalanceInProgress),
+            State::Empty | State::PreparingRebalance => {
+                fail(reply, ResponseError::RebalanceInProgress)
+            }
             State::Stable => {
                 let _ = reply.send(self.sync_result(member_id));
             }
@@ -350,7 +385,11 @@ impl Group {
                     let ids: Vec<String> = self.members.keys().cloned().collect();
                     for id in ids {
                         let result = self.sync_result(&id);
-                        if let Some(reply) = self.members.get_mut(&id).and_then(|m| m.pending_sync.take()) {
+                        if let Some(reply) = self
+                            .members
+                            .get_mut(&id)
+                            .and_then(|m| m.pending_sync.take())
+                        {
                             let _ = reply.send(result);
                         }
                     }
@@ -420,7 +459,9 @@ impl Group {
         let expired: Vec<String> = self
             .members
             .values()
-            .filter(|m| m.pending_join.is_none() && now.duration_since(m.last_heard) > m.session_timeout)
+            .filter(|m| {
+                m.pending_join.is_none() && now.duration_since(m.last_heard) > m.session_timeout
+            })
             .map(|m| m.id.clone())
             .collect();
         for id in &expired {
@@ -452,7 +493,10 @@ mod tests {
             session_timeout: Duration::from_secs(10),
             rebalance_timeout: Duration::from_secs(30),
             protocol_type: "consumer".into(),
-            protocols: vec![("range".into(), Bytes::from_static(b"m")), ("roundrobin".into(), Bytes::new())],
+            protocols: vec![
+                ("range".into(), Bytes::from_static(b"m")),
+                ("roundrobin".into(), Bytes::new()),
+            ],
             require_known_member_id: true,
         }
     }
@@ -491,8 +535,14 @@ mod tests {
             (follower.member_id.clone(), Bytes::from_static(b"p1")),
         ];
         g.sync(&leader.member_id, 1, plan, t0, ltx);
-        assert_eq!(lrx.try_recv().unwrap().assignment, Bytes::from_static(b"p0"));
-        assert_eq!(frx.try_recv().unwrap().assignment, Bytes::from_static(b"p1"));
+        assert_eq!(
+            lrx.try_recv().unwrap().assignment,
+            Bytes::from_static(b"p0")
+        );
+        assert_eq!(
+            frx.try_recv().unwrap().assignment,
+            Bytes::from_static(b"p1")
+        );
         assert_eq!(g.state, State::Stable);
         assert_eq!(g.heartbeat(&a, 1, t0), 0);
     }
@@ -509,7 +559,10 @@ mod tests {
         g.sync(&a, 1, vec![(a.clone(), Bytes::new())], t0, tx);
         let b = join(&mut g, "", t0).try_recv().unwrap().member_id;
         let _jb = join(&mut g, &b, t0);
-        assert_eq!(g.heartbeat(&a, 1, t0), ResponseError::RebalanceInProgress.code());
+        assert_eq!(
+            g.heartbeat(&a, 1, t0),
+            ResponseError::RebalanceInProgress.code()
+        );
         let mut ja = join(&mut g, &a, t0);
         let r = ja.try_recv().unwrap();
         assert_eq!(r.generation, 2);
@@ -517,7 +570,10 @@ mod tests {
         g.tick(t0 + Duration::from_secs(11));
         assert!(!g.members.contains_key(&b));
         assert_eq!(g.state, State::PreparingRebalance);
-        assert_eq!(g.heartbeat(&a, 2, t0 + Duration::from_secs(11)), ResponseError::RebalanceInProgress.code());
+        assert_eq!(
+            g.heartbeat(&a, 2, t0 + Duration::from_secs(11)),
+            ResponseError::RebalanceInProgress.code()
+        );
     }
 
     #[test]
@@ -536,12 +592,18 @@ mod tests {
     fn unknown_member_and_wrong_generation_are_refused() {
         let t0 = Instant::now();
         let mut g = Group::new("g", Duration::ZERO);
-        assert_eq!(join(&mut g, "stranger", t0).try_recv().unwrap().error, ResponseError::UnknownMemberId.code());
+        assert_eq!(
+            join(&mut g, "stranger", t0).try_recv().unwrap().error,
+            ResponseError::UnknownMemberId.code()
+        );
         let a = join(&mut g, "", t0).try_recv().unwrap().member_id;
         let _ = join(&mut g, &a, t0);
         g.tick(t0);
         let (tx, mut rx) = oneshot::channel();
         g.sync(&a, 7, vec![], t0, tx);
-        assert_eq!(rx.try_recv().unwrap().error, ResponseError::IllegalGeneration.code());
+        assert_eq!(
+            rx.try_recv().unwrap().error,
+            ResponseError::IllegalGeneration.code()
+        );
     }
 }

@@ -89,5 +89,6 @@ fn describe(ctx: &Context, topic: &Topic) -> MetadataResponseTopic {
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&topic.name)))
+        .with_is_internal(topic.name.starts_with("__"))
         .with_partitions(partitions)
 }

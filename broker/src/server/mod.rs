@@ -6,6 +6,7 @@
 
 mod admin;
 mod fetch;
+mod groups;
 mod metadata;
 mod offsets;
 mod produce;
@@ -22,12 +23,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::coordinator::Coordinator;
 use crate::metrics::BrokerMetrics;
 use crate::storage::Storage;
 
 /// What every handler may use.
 pub struct Context {
     pub storage: Arc<Storage>,
+    pub coordinator: Arc<Coordinator>,
     pub metrics: BrokerMetrics,
     pub node_id: i32,
     pub advertised_host: String,
@@ -83,7 +86,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let gauge = ctx.metrics.connections.with_label_values(&["kafka"]);
                     gauge.inc();
-                    if let Err(close) = connection(ctx.clone(), stream, max_frame, max_in_flight).await {
+                    if let Err(close) = connection(ctx.clone(), stream, peer, max_frame, max_in_flight).await {
                         tracing::warn!(%peer, kind = close.kind, detail = %close.detail, "closing connection");
                         ctx.metrics.protocol_errors.with_label_values(&[close.kind]).inc();
                     }
@@ -97,6 +100,7 @@ pub async fn serve(
 async fn connection(
     ctx: Arc<Context>,
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     max_frame: u32,
     max_in_flight: usize,
 ) -> Result<(), Close> {
@@ -143,7 +147,7 @@ async fn connection(
                 .await
                 .map_err(|e| Close::new("io", e.to_string()))?;
             let started = Instant::now();
-            let (api, reply) = dispatch(&ctx, frame.freeze()).await?;
+            let (api, reply) = dispatch(&ctx, frame.freeze(), peer).await?;
             if queue.send((reply, api, started)).await.is_err() {
                 return Ok(());
             }
@@ -160,6 +164,8 @@ struct Request {
     header: RequestHeader,
     version: i16,
     body: Bytes,
+    /// The client's address, as DescribeGroups reports it.
+    peer: String,
 }
 
 impl Request {
@@ -192,7 +198,11 @@ fn encode_response<T: Encodable>(
     encode().map_err(|e| Close::new("encode", format!("{api:?} v{version} response: {e:#}")))
 }
 
-async fn dispatch(ctx: &Arc<Context>, mut frame: Bytes) -> Result<(&'static str, Reply), Close> {
+async fn dispatch(
+    ctx: &Arc<Context>,
+    mut frame: Bytes,
+    peer: std::net::SocketAddr,
+) -> Result<(&'static str, Reply), Close> {
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -220,6 +230,7 @@ async fn dispatch(ctx: &Arc<Context>, mut frame: Bytes) -> Result<(&'static str,
         header,
         version,
         body: frame,
+        peer: format!("/{}", peer.ip()),
     };
     let reply = match api {
         ApiKey::ApiVersions => Reply::Now(Some(versions::handle(&mut req)?)),
@@ -234,6 +245,16 @@ async fn dispatch(ctx: &Arc<Context>, mut frame: Bytes) -> Result<(&'static str,
             Reply::Now(Some(admin::create_partitions(ctx, &mut req).await?))
         }
         ApiKey::DescribeConfigs => Reply::Now(Some(admin::describe_configs(ctx, &mut req)?)),
+        ApiKey::FindCoordinator => Reply::Now(Some(groups::find_coordinator(ctx, &mut req)?)),
+        ApiKey::JoinGroup => Reply::Later(groups::join_group(ctx, &mut req)?),
+        ApiKey::SyncGroup => Reply::Later(groups::sync_group(ctx, &mut req)?),
+        ApiKey::Heartbeat => Reply::Now(Some(groups::heartbeat(ctx, &mut req)?)),
+        ApiKey::LeaveGroup => Reply::Now(Some(groups::leave_group(ctx, &mut req)?)),
+        ApiKey::OffsetCommit => Reply::Now(Some(groups::offset_commit(ctx, &mut req).await?)),
+        ApiKey::OffsetFetch => Reply::Now(Some(groups::offset_fetch(ctx, &mut req)?)),
+        ApiKey::DescribeGroups => Reply::Now(Some(groups::describe_groups(ctx, &mut req)?)),
+        ApiKey::ListGroups => Reply::Now(Some(groups::list_groups(ctx, &mut req)?)),
+        ApiKey::DeleteGroups => Reply::Now(Some(groups::delete_groups(ctx, &mut req).await?)),
         _ => return Err(Close::new("unknown_api", format!("{api:?} is not served"))),
     };
     Ok((name, reply))

@@ -22,77 +22,39 @@ struct Supported {
     max: i16,
 }
 
+/// One row: API, metric label, advertised min, lowest served, max.
+const fn api(api: ApiKey, name: &'static str, min: i16, served_min: i16, max: i16) -> Supported {
+    Supported {
+        api,
+        name,
+        min,
+        served_min,
+        max,
+    }
+}
+
+#[rustfmt::skip]
 const SUPPORTED: &[Supported] = &[
-    Supported {
-        api: ApiKey::Produce,
-        name: "produce",
-        min: 0,
-        served_min: 3,
-        max: 10,
-    },
-    Supported {
-        api: ApiKey::Fetch,
-        name: "fetch",
-        min: 4,
-        served_min: 4,
-        max: 12,
-    },
-    Supported {
-        api: ApiKey::ListOffsets,
-        name: "list_offsets",
-        min: 1,
-        served_min: 1,
-        max: 6,
-    },
-    Supported {
-        api: ApiKey::Metadata,
-        name: "metadata",
-        min: 0,
-        served_min: 0,
-        max: 12,
-    },
-    Supported {
-        api: ApiKey::ApiVersions,
-        name: "api_versions",
-        min: 0,
-        served_min: 0,
-        max: 4,
-    },
-    Supported {
-        api: ApiKey::CreateTopics,
-        name: "create_topics",
-        min: 2,
-        served_min: 2,
-        max: 4,
-    },
-    Supported {
-        api: ApiKey::DeleteTopics,
-        name: "delete_topics",
-        min: 1,
-        served_min: 1,
-        max: 4,
-    },
-    Supported {
-        api: ApiKey::OffsetForLeaderEpoch,
-        name: "offset_for_leader_epoch",
-        min: 2,
-        served_min: 2,
-        max: 3,
-    },
-    Supported {
-        api: ApiKey::DescribeConfigs,
-        name: "describe_configs",
-        min: 1,
-        served_min: 1,
-        max: 2,
-    },
-    Supported {
-        api: ApiKey::CreatePartitions,
-        name: "create_partitions",
-        min: 0,
-        served_min: 0,
-        max: 2,
-    },
+    api(ApiKey::Produce, "produce", 0, 3, 10),
+    api(ApiKey::Fetch, "fetch", 4, 4, 12),
+    api(ApiKey::ListOffsets, "list_offsets", 1, 1, 6),
+    api(ApiKey::Metadata, "metadata", 0, 0, 12),
+    api(ApiKey::ApiVersions, "api_versions", 0, 0, 4),
+    api(ApiKey::CreateTopics, "create_topics", 2, 2, 4),
+    api(ApiKey::DeleteTopics, "delete_topics", 1, 1, 4),
+    api(ApiKey::OffsetForLeaderEpoch, "offset_for_leader_epoch", 2, 2, 3),
+    api(ApiKey::DescribeConfigs, "describe_configs", 1, 1, 2),
+    api(ApiKey::CreatePartitions, "create_partitions", 0, 0, 2),
+    api(ApiKey::FindCoordinator, "find_coordinator", 0, 0, 3),
+    api(ApiKey::JoinGroup, "join_group", 0, 0, 5),
+    api(ApiKey::SyncGroup, "sync_group", 0, 0, 3),
+    api(ApiKey::Heartbeat, "heartbeat", 0, 0, 3),
+    api(ApiKey::LeaveGroup, "leave_group", 0, 0, 3),
+    api(ApiKey::OffsetCommit, "offset_commit", 2, 2, 8),
+    api(ApiKey::OffsetFetch, "offset_fetch", 1, 1, 7),
+    api(ApiKey::DescribeGroups, "describe_groups", 0, 0, 4),
+    api(ApiKey::ListGroups, "list_groups", 0, 0, 4),
+    api(ApiKey::DeleteGroups, "delete_groups", 0, 0, 2),
 ];
 
 fn find(api: ApiKey) -> Option<&'static Supported> {
@@ -167,6 +129,16 @@ mod tests {
             }
             ApiKey::DescribeConfigs => range!(DescribeConfigsRequest, DescribeConfigsResponse),
             ApiKey::CreatePartitions => range!(CreatePartitionsRequest, CreatePartitionsResponse),
+            ApiKey::FindCoordinator => range!(FindCoordinatorRequest, FindCoordinatorResponse),
+            ApiKey::JoinGroup => range!(JoinGroupRequest, JoinGroupResponse),
+            ApiKey::SyncGroup => range!(SyncGroupRequest, SyncGroupResponse),
+            ApiKey::Heartbeat => range!(HeartbeatRequest, HeartbeatResponse),
+            ApiKey::LeaveGroup => range!(LeaveGroupRequest, LeaveGroupResponse),
+            ApiKey::OffsetCommit => range!(OffsetCommitRequest, OffsetCommitResponse),
+            ApiKey::OffsetFetch => range!(OffsetFetchRequest, OffsetFetchResponse),
+            ApiKey::DescribeGroups => range!(DescribeGroupsRequest, DescribeGroupsResponse),
+            ApiKey::ListGroups => range!(ListGroupsRequest, ListGroupsResponse),
+            ApiKey::DeleteGroups => range!(DeleteGroupsRequest, DeleteGroupsResponse),
             other => panic!("{other:?} missing from the test"),
         }
     }

@@ -475,9 +475,13 @@ impl Storage {
                 let settings = topic.settings();
                 let partitions = topic.partitions.read().expect("topic lock").clone();
                 for (i, partition) in partitions.iter().enumerate() {
-                    match partition
-                        .enforce_retention(settings.retention_ms, settings.retention_bytes)
-                    {
+                    // A compact-only topic keeps its segments; compaction thins them instead.
+                    let (retention_ms, retention_bytes) = if settings.delete {
+                        (settings.retention_ms, settings.retention_bytes)
+                    } else {
+                        (-1, -1)
+                    };
+                    match partition.enforce_retention(retention_ms, retention_bytes) {
                         Ok(0) => {}
                         Ok(n) => {
                             tracing::info!(topic = %topic.name, partition = i, segments = n, "retention deleted segments");

@@ -16,6 +16,8 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "segment.bytes",
     "segment.ms",
     "max.message.bytes",
+    "cleanup.policy",
+    "delete.retention.ms",
 ];
 
 /// A topic as stored in `topics.json`: its partition count and the configs set on it.
@@ -36,6 +38,12 @@ pub struct TopicSettings {
     pub segment_ms: u64,
     pub max_message_bytes: u32,
     pub index_interval_bytes: u32,
+    /// `cleanup.policy` holds `delete`: retention removes old segments.
+    pub delete: bool,
+    /// `cleanup.policy` holds `compact`: only the newest record of each key is kept.
+    pub compact: bool,
+    /// How long a compacted topic keeps tombstones (null values) before removing them.
+    pub delete_retention_ms: i64,
 }
 
 impl TopicSettings {
@@ -52,6 +60,9 @@ impl TopicSettings {
             segment_ms: defaults.segment_ms,
             max_message_bytes: defaults.max_message_bytes,
             index_interval_bytes: defaults.index_interval_bytes,
+            delete: true,
+            compact: false,
+            delete_retention_ms: 86_400_000,
         };
         for (key, value) in configs {
             let bad = |what: &str| format!("config {key}={value:?}: expected {what}");
@@ -76,6 +87,17 @@ impl TopicSettings {
                 "segment.ms" => s.segment_ms = value.parse().map_err(|_| bad("milliseconds"))?,
                 "max.message.bytes" => {
                     s.max_message_bytes = value.parse().map_err(|_| bad("bytes"))?
+                }
+                "cleanup.policy" => {
+                    let policies: Vec<&str> = value.split(',').map(str::trim).collect();
+                    if !policies.iter().all(|p| matches!(*p, "delete" | "compact")) {
+                        return Err(bad("delete, compact or compact,delete"));
+                    }
+                    s.delete = policies.contains(&"delete");
+                    s.compact = policies.contains(&"compact");
+                }
+                "delete.retention.ms" => {
+                    s.delete_retention_ms = value.parse().map_err(|_| bad("milliseconds"))?
                 }
                 _ => {
                     return Err(format!(
@@ -105,7 +127,17 @@ impl TopicSettings {
             ("segment.bytes", self.segment_bytes.to_string()),
             ("segment.ms", self.segment_ms.to_string()),
             ("max.message.bytes", self.max_message_bytes.to_string()),
+            ("cleanup.policy", self.cleanup_policy().to_owned()),
+            ("delete.retention.ms", self.delete_retention_ms.to_string()),
         ]
+    }
+
+    fn cleanup_policy(&self) -> &'static str {
+        match (self.compact, self.delete) {
+            (true, true) => "compact,delete",
+            (true, false) => "compact",
+            _ => "delete",
+        }
     }
 }
 

@@ -1,0 +1,381 @@
+//! The group coordinator: consumer-group membership (`group`), and committed offsets kept in
+//! the compacted internal topic `__consumer_offsets` (one JSON record per group, topic and
+//! partition; a null value deletes), replayed into memory at start. A commit is acknowledged
+//! only once its record is fdatasynced.
+
+pub mod group;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use kafka_protocol::ResponseError;
+use serde::{Deserialize, Serialize};
+
+use self::group::{Group, State};
+use crate::metrics::BrokerMetrics;
+use crate::storage::batch::BatchHeader;
+use crate::storage::{Storage, Topic, TopicError};
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// A committed offset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Committed {
+    pub offset: i64,
+    pub metadata: String,
+    pub timestamp: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OffsetKey {
+    group: String,
+    topic: String,
+    partition: i32,
+}
+
+/// One partition's offset in an OffsetCommit.
+pub struct CommitRequest {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub metadata: String,
+}
+
+type Offsets = HashMap<String, BTreeMap<(String, i32), Committed>>;
+
+pub struct Coordinator {
+    storage: Arc<Storage>,
+    metrics: BrokerMetrics,
+    pub groups: Mutex<HashMap<String, Group>>,
+    offsets: Mutex<Offsets>,
+    initial_delay: Duration,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl Coordinator {
+    /// Creates `__consumer_offsets` if needed and replays it.
+    pub async fn open(
+        storage: Arc<Storage>,
+        metrics: BrokerMetrics,
+        initial_delay: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
+        let topic = offsets_topic(&storage).await?;
+        let offsets = replay(&topic).await?;
+        let committed: usize = offsets.values().map(BTreeMap::len).sum();
+        if committed > 0 {
+            tracing::info!(
+                groups = offsets.len(),
+                offsets = committed,
+                "loaded committed offsets"
+            );
+        }
+        Ok(Arc::new(Self {
+            storage,
+            metrics,
+            groups: Mutex::new(HashMap::new()),
+            offsets: Mutex::new(offsets),
+            initial_delay,
+        }))
+    }
+
+    pub fn with_group<R>(&self, id: &str, f: impl FnOnce(&mut Group) -> R) -> R {
+        let mut groups = self.groups.lock().expect("groups lock");
+        let group = groups
+            .entry(id.to_owned())
+            .or_insert_with(|| Group::new(id, self.initial_delay));
+        f(group)
+    }
+
+    /// Stores offsets for `group`, durably. Members of an active group must name their current
+    /// generation; a group nobody joined (manual assignment, generation -1) may always commit.
+    pub async fn commit(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        requests: Vec<CommitRequest>,
+    ) -> Result<(), i16> {
+        {
+            let groups = self.groups.lock().expect("groups lock");
+            if let Some(group) = groups.get(group_id) {
+                let simple = generation < 0 && group.state == State::Empty;
+                if !simple {
+                    if group.state == State::CompletingRebalance {
+                        return Err(ResponseError::RebalanceInProgress.code());
+                    }
+                    if !group.members.contains_key(member_id) {
+                        return Err(ResponseError::UnknownMemberId.code());
+                    }
+                    if generation != group.generation {
+                        return Err(ResponseError::IllegalGeneration.code());
+                    }
+                }
+            } else if generation >= 0 {
+                return Err(ResponseError::UnknownMemberId.code());
+            }
+        }
+        let timestamp = now_ms();
+        let entries: Vec<(OffsetKey, Option<Committed>)> = requests
+            .into_iter()
+            .map(|r| {
+                (
+                    OffsetKey {
+                        group: group_id.to_owned(),
+                        topic: r.topic,
+                        partition: r.partition,
+                    },
+                    Some(Committed {
+                        offset: r.offset,
+                        metadata: r.metadata,
+                        timestamp,
+                    }),
+                )
+            })
+            .collect();
+        self.persist(&entries).await?;
+        let mut offsets = self.offsets.lock().expect("offsets lock");
+        let group = offsets.entry(group_id.to_owned()).or_default();
+        for (key, value) in entries {
+            group.insert(
+                (key.topic, key.partition),
+                value.expect("a commit has values"),
+            );
+        }
+        Ok(())
+    }
+
+    async fn persist(&self, entries: &[(OffsetKey, Option<Committed>)]) -> Result<(), i16> {
+        let storage_error = |e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "writing __consumer_offsets");
+            ResponseError::CoordinatorNotAvailable.code()
+        };
+        let topic = self
+            .storage
+            .topic(OFFSETS_TOPIC)
+            .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
+        let partition = topic
+            .partition(0)
+            .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
+        let timestamp = now_ms();
+        let records: Vec<Record> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (key, value))| Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                // The encoder keeps one batch while offset - sequence stays constant.
+                sequence: i as i32 - 1,
+                timestamp,
+                key: serde_json::to_vec(key).ok().map(Bytes::from),
+                value: value
+                    .as_ref()
+                    .and_then(|v| serde_json::to_vec(v).ok())
+                    .map(Bytes::from),
+                headers: Default::default(),
+                delete_horizon: false,
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, &records, &options).map_err(|e| storage_error(&e))?;
+        let (_, file) = self
+            .storage
+            .append(&topic, &partition, buf.freeze())
+            .await
+            .map_err(|e| storage_error(&e))?;
+        self.storage
+            .make_durable(vec![file])
+            .await
+            .map_err(|e| storage_error(&e))
+    }
+
+    /// Committed offsets of a group: all of them, or those of the listed partitions.
+    pub fn committed(&self, group_id: &str) -> BTreeMap<(String, i32), Committed> {
+        self.offsets
+            .lock()
+            .expect("offsets lock")
+            .get(group_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every group with members or committed offsets: (id, protocol type, state).
+    pub fn list(&self) -> Vec<(String, String, &'static str)> {
+        let groups = self.groups.lock().expect("groups lock");
+        let offsets = self.offsets.lock().expect("offsets lock");
+        let mut ids: Vec<&String> = groups.keys().chain(offsets.keys()).collect();
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| match groups.get(id) {
+                Some(g) => (
+                    id.clone(),
+                    g.protocol_type.clone().unwrap_or_default(),
+                    g.state.name(),
+                ),
+                None => (id.clone(), "consumer".to_owned(), State::Empty.name()),
+            })
+            .collect()
+    }
+
+    /// Deletes an empty group and its offsets (tombstones in `__consumer_offsets`).
+    pub async fn delete(&self, group_id: &str) -> Result<(), i16> {
+        {
+            let mut groups = self.groups.lock().expect("groups lock");
+            match groups.get(group_id) {
+                Some(g) if !g.members.is_empty() => return Err(ResponseError::NonEmptyGroup.code()),
+                Some(_) => {
+                    groups.remove(group_id);
+                }
+                None if !self
+                    .offsets
+                    .lock()
+                    .expect("offsets lock")
+                    .contains_key(group_id) =>
+                {
+                    return Err(ResponseError::GroupIdNotFound.code())
+                }
+                None => {}
+            }
+        }
+        let doomed: Vec<(OffsetKey, Option<Committed>)> = self
+            .committed(group_id)
+            .into_keys()
+            .map(|(topic, partition)| {
+                (
+                    OffsetKey {
+                        group: group_id.to_owned(),
+                        topic,
+                        partition,
+                    },
+                    None,
+                )
+            })
+            .collect();
+        if !doomed.is_empty() {
+            self.persist(&doomed).await?;
+        }
+        self.offsets.lock().expect("offsets lock").remove(group_id);
+        Ok(())
+    }
+
+    /// Drives timeouts (every 50 ms) and refreshes the lag gauge (every 5 s).
+    pub async fn tick_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut last_lag = Instant::now();
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            for group in self.groups.lock().expect("groups lock").values_mut() {
+                group.tick(now);
+            }
+            if now.duration_since(last_lag) >= Duration::from_secs(5) {
+                last_lag = now;
+                self.export_lag();
+            }
+        }
+    }
+
+    fn export_lag(&self) {
+        self.metrics.consumer_lag.reset();
+        let offsets = self.offsets.lock().expect("offsets lock").clone();
+        for (group, committed) in offsets {
+            for ((topic, partition), c) in committed {
+                let Some(end) = self
+                    .storage
+                    .topic(&topic)
+                    .and_then(|t| t.partition(partition))
+                else {
+                    continue;
+                };
+                let lag = (end.log_end_offset() - c.offset).max(0);
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&group, &topic, &partition.to_string()])
+                    .set(lag);
+            }
+        }
+    }
+}
+
+async fn offsets_topic(storage: &Storage) -> anyhow::Result<Arc<Topic>> {
+    if let Some(topic) = storage.topic(OFFSETS_TOPIC) {
+        return Ok(topic);
+    }
+    let configs = BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]);
+    match storage.create_topic(OFFSETS_TOPIC, 1, configs, false).await {
+        Ok(topic) => Ok(topic),
+        Err(TopicError::Exists(_)) => storage
+            .topic(OFFSETS_TOPIC)
+            .ok_or_else(|| anyhow::anyhow!("{OFFSETS_TOPIC} vanished")),
+        Err(e) => Err(anyhow::anyhow!("creating {OFFSETS_TOPIC}: {e}")),
+    }
+}
+
+/// Folds the offsets log into the latest committed offset per group, topic and partition.
+async fn replay(topic: &Topic) -> anyhow::Result<Offsets> {
+    let mut offsets = Offsets::new();
+    let Some(partition) = topic.partition(0) else {
+        return Ok(offsets);
+    };
+    let mut next = partition.log_start_offset();
+    while next < partition.log_end_offset() {
+        let read = partition
+            .read(next, 1 << 20)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading {OFFSETS_TOPIC}: {e:?}"))?;
+        if read.records.is_empty() {
+            break;
+        }
+        let mut rest = &read.records[..];
+        while let Ok(header) = BatchHeader::parse(rest) {
+            let mut batch = read.records.slice_ref(&rest[..header.size.min(rest.len())]);
+            rest = &rest[header.size.min(rest.len())..];
+            next = next.max(header.last_offset() + 1);
+            let set = RecordBatchDecoder::decode(&mut batch)?;
+            for record in set.records {
+                let Some(key) = record
+                    .key
+                    .as_deref()
+                    .and_then(|k| serde_json::from_slice::<OffsetKey>(k).ok())
+                else {
+                    continue;
+                };
+                let group = offsets.entry(key.group).or_default();
+                match record
+                    .value
+                    .as_deref()
+                    .and_then(|v| serde_json::from_slice::<Committed>(v).ok())
+                {
+                    Some(committed) => {
+                        group.insert((key.topic, key.partition), committed);
+                    }
+                    None => {
+                        group.remove(&(key.topic, key.partition));
+                    }
+                }
+            }
+        }
+    }
+    offsets.retain(|_, g| !g.is_empty());
+    Ok(offsets)
+}
