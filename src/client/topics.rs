@@ -1,6 +1,7 @@
 //! `sluice topics list|create|describe|delete`.
 
 use std::collections::HashMap;
+use std::io::Write;
 
 use anyhow::{bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -39,8 +40,14 @@ fn list(brokers: &str) -> anyhow::Result<()> {
     let metadata = consumer
         .fetch_metadata(None, TIMEOUT)
         .with_context(|| format!("reading metadata from {brokers}"))?;
+    let mut out = std::io::stdout().lock();
     for topic in metadata.topics() {
-        println!("{}\t{} partitions", topic.name(), topic.partitions().len());
+        writeln!(
+            out,
+            "{}\t{} partitions",
+            topic.name(),
+            topic.partitions().len()
+        )?;
     }
     Ok(())
 }
@@ -90,11 +97,17 @@ async fn describe(brokers: &str, name: &str) -> anyhow::Result<()> {
     if let Some(error) = topic.error() {
         bail!("topic {name}: {error:?}");
     }
-    println!("topic {name}: {} partitions", topic.partitions().len());
-    println!("partition\tleader\tlow\thigh");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "topic {name}: {} partitions", topic.partitions().len())?;
+    writeln!(out, "partition\tleader\tlow\thigh")?;
     for partition in topic.partitions() {
         let (low, high) = consumer.fetch_watermarks(name, partition.id(), TIMEOUT)?;
-        println!("{}\t{}\t{low}\t{high}", partition.id(), partition.leader());
+        writeln!(
+            out,
+            "{}\t{}\t{low}\t{high}",
+            partition.id(),
+            partition.leader()
+        )?;
     }
     let configs = admin(brokers)?
         .describe_configs([&ResourceSpecifier::Topic(name)], &options())
@@ -113,13 +126,11 @@ async fn describe(brokers: &str, name: &str) -> anyhow::Result<()> {
             .collect();
         let mut names: Vec<_> = entries.keys().collect();
         names.sort();
-        println!("config\tvalue\tsource");
+        writeln!(out, "config\tvalue\tsource")?;
         for key in names {
             let (value, default) = &entries[key];
-            println!(
-                "{key}\t{value}\t{}",
-                if *default { "default" } else { "topic" }
-            );
+            let source = if *default { "default" } else { "topic" };
+            writeln!(out, "{key}\t{value}\t{source}")?;
         }
     }
     Ok(())

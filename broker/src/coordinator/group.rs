@@ -567,6 +567,7 @@ mod tests {
         let r = ja.try_recv().unwrap();
         assert_eq!(r.generation, 2);
         // b goes silent after the rebalance: its session expires, a is asked to rejoin.
+        assert_eq!(g.heartbeat(&a, 2, t0 + Duration::from_secs(6)), 0);
         g.tick(t0 + Duration::from_secs(11));
         assert!(!g.members.contains_key(&b));
         assert_eq!(g.state, State::PreparingRebalance);

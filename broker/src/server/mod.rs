@@ -7,6 +7,7 @@
 mod admin;
 mod fetch;
 mod groups;
+mod init_producer_id;
 mod metadata;
 mod offsets;
 mod produce;
@@ -245,6 +246,7 @@ async fn dispatch(
             Reply::Now(Some(admin::create_partitions(ctx, &mut req).await?))
         }
         ApiKey::DescribeConfigs => Reply::Now(Some(admin::describe_configs(ctx, &mut req)?)),
+        ApiKey::InitProducerId => Reply::Now(Some(init_producer_id::handle(ctx, &mut req)?)),
         ApiKey::FindCoordinator => Reply::Now(Some(groups::find_coordinator(ctx, &mut req)?)),
         ApiKey::JoinGroup => Reply::Later(groups::join_group(ctx, &mut req)?),
         ApiKey::SyncGroup => Reply::Later(groups::sync_group(ctx, &mut req)?),

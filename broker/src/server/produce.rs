@@ -60,6 +60,11 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
                     let code = match e {
                         AppendError::Corrupt(_) => ResponseError::CorruptMessage,
                         AppendError::TooLarge { .. } => ResponseError::MessageTooLarge,
+                        AppendError::OutOfOrderSequence { .. } => {
+                            ResponseError::OutOfOrderSequenceNumber
+                        }
+                        AppendError::ProducerFenced { .. } => ResponseError::InvalidProducerEpoch,
+                        AppendError::UnknownProducer => ResponseError::UnknownProducerId,
                         AppendError::DiskFull | AppendError::Io(_) => {
                             ResponseError::KafkaStorageError
                         }

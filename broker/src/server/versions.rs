@@ -55,6 +55,7 @@ const SUPPORTED: &[Supported] = &[
     api(ApiKey::DescribeGroups, "describe_groups", 0, 0, 4),
     api(ApiKey::ListGroups, "list_groups", 0, 0, 4),
     api(ApiKey::DeleteGroups, "delete_groups", 0, 0, 2),
+    api(ApiKey::InitProducerId, "init_producer_id", 0, 0, 4),
 ];
 
 fn find(api: ApiKey) -> Option<&'static Supported> {
@@ -139,6 +140,7 @@ mod tests {
             ApiKey::DescribeGroups => range!(DescribeGroupsRequest, DescribeGroupsResponse),
             ApiKey::ListGroups => range!(ListGroupsRequest, ListGroupsResponse),
             ApiKey::DeleteGroups => range!(DeleteGroupsRequest, DeleteGroupsResponse),
+            ApiKey::InitProducerId => range!(InitProducerIdRequest, InitProducerIdResponse),
             other => panic!("{other:?} missing from the test"),
         }
     }

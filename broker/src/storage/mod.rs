@@ -11,6 +11,7 @@ pub mod compress;
 pub mod flusher;
 pub mod io;
 pub mod partition;
+pub mod producers;
 pub mod segment;
 pub mod topics;
 
@@ -28,6 +29,7 @@ use self::batch::{split_batches, BatchError, BatchHeader};
 use self::flusher::Flusher;
 use self::io::Io;
 use self::partition::{Appended, Partition};
+use self::producers::ProducerIds;
 use self::topics::{validate_topic_name, TopicRecord, TopicSettings};
 use crate::config::BrokerConfig;
 use crate::metrics::BrokerMetrics;
@@ -90,6 +92,12 @@ pub enum AppendError {
     TooLarge { size: usize, max: u32 },
     #[error("free disk space is below min_free_bytes; produce refused until space returns")]
     DiskFull,
+    #[error("out of order sequence number: expected {expected}, got {got}")]
+    OutOfOrderSequence { expected: i32, got: i32 },
+    #[error("producer epoch {got} is older than the current epoch {current}")]
+    ProducerFenced { current: i16, got: i16 },
+    #[error("unknown producer id for a batch that does not start its sequence at 0")]
+    UnknownProducer,
     #[error("storage error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -106,6 +114,8 @@ pub struct Storage {
     disk_low: AtomicBool,
     /// Woken on every append, so long-polling fetches see new data at once.
     pub appended: tokio::sync::Notify,
+    /// Producer ids for InitProducerId; set once the logs are open.
+    producer_ids: std::sync::OnceLock<ProducerIds>,
     _dir_lock: File,
 }
 
@@ -165,6 +175,7 @@ impl Storage {
             metrics,
             disk_low: AtomicBool::new(false),
             appended: tokio::sync::Notify::new(),
+            producer_ids: std::sync::OnceLock::new(),
             _dir_lock: dir_lock,
         });
         for (name, record) in records {
@@ -177,6 +188,16 @@ impl Storage {
                 .expect("topics lock")
                 .insert(name, topic);
         }
+        let floor = storage
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions.read().expect("topic lock").clone())
+            .map(|p| p.max_producer_id())
+            .max()
+            .unwrap_or(-1)
+            + 1;
+        let ids = ProducerIds::open(dir.join("producer-ids"), floor)?;
+        let _ = storage.producer_ids.set(ids);
         storage.check_disk();
         Ok(storage)
     }
@@ -209,6 +230,14 @@ impl Storage {
             settings: RwLock::new(settings),
             partitions: RwLock::new(partitions),
         }))
+    }
+
+    /// A producer id no producer has had before.
+    pub fn new_producer_id(&self) -> std::io::Result<i64> {
+        self.producer_ids
+            .get()
+            .ok_or_else(|| std::io::Error::other("storage is still opening"))?
+            .next()
     }
 
     pub fn io_backend(&self) -> &'static str {
@@ -404,6 +433,9 @@ impl Storage {
         }
         let (batches, records) = compress_as_configured(batches, records, &settings);
         let (appended, file) = partition.append(&batches, &records).await?;
+        if appended.duplicate {
+            return Ok((appended, file));
+        }
         self.metrics
             .bytes_in
             .with_label_values(&[&topic.name])
@@ -547,7 +579,7 @@ fn compress_as_configured(
     (rebuilt, Bytes::from(out))
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp)?;

@@ -14,7 +14,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::batch::{set_base_offset, BatchHeader, HEADER_LEN};
 use super::io::Io;
+use super::producers::{ProducerStates, Sequence};
 use super::segment::{cut_batches, Cut, ScanReport, Segment};
+use super::AppendError;
 
 /// Settings a partition needs from its topic.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +33,8 @@ pub struct Appended {
     pub last_offset: i64,
     pub log_start_offset: i64,
     pub records: i64,
+    /// A retried batch that was already in the log: nothing was written.
+    pub duplicate: bool,
 }
 
 /// Why a read could not be served.
@@ -57,6 +61,8 @@ pub struct Partition {
     settings: Mutex<LogSettings>,
     log: Mutex<Log>,
     append_lock: tokio::sync::Mutex<()>,
+    /// Idempotent producers' sequences; read and changed only under `append_lock`.
+    producers: Mutex<ProducerStates>,
     /// Written since the last fdatasync of the active segment.
     dirty: AtomicBool,
 }
@@ -96,6 +102,12 @@ impl Partition {
             segments.insert(0, Segment::create(dir, 0, settings.index_interval_bytes)?);
         }
         let next_offset = segments.values().next_back().map_or(0, |s| s.next_offset);
+        let mut producers = ProducerStates::default();
+        for segment in segments.values() {
+            for header in segment.headers()? {
+                producers.record(&header);
+            }
+        }
         Ok(Self {
             dir: dir.to_owned(),
             io,
@@ -105,6 +117,7 @@ impl Partition {
                 next_offset,
             }),
             append_lock: tokio::sync::Mutex::new(()),
+            producers: Mutex::new(producers),
             dirty: AtomicBool::new(false),
         })
     }
@@ -129,19 +142,31 @@ impl Partition {
             .map_or(0, |s| s.base_offset)
     }
 
+    /// The largest producer id in this partition's log, or -1.
+    pub fn max_producer_id(&self) -> i64 {
+        self.producers
+            .lock()
+            .expect("producers lock")
+            .max_producer_id()
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.log().segments.values().map(|s| s.size).sum()
     }
 
     /// Appends validated batches (one produce request's record set for this partition), assigning
     /// consecutive offsets. Returns once the bytes are written (not yet synced) together with the
-    /// file that must be synced for durability.
+    /// file that must be synced for durability. A batch an idempotent producer already wrote is
+    /// not written again: the answer carries its original offset.
     pub async fn append(
         &self,
         batches: &[(BatchHeader, std::ops::Range<usize>)],
         records: &[u8],
-    ) -> io::Result<(Appended, Arc<File>)> {
+    ) -> Result<(Appended, Arc<File>), AppendError> {
         let _writer = self.append_lock.lock().await;
+        if let Some(answer) = self.check_sequences(batches)? {
+            return Ok(answer);
+        }
         let settings = *self.settings.lock().expect("settings lock");
         let mut data = BytesMut::from(records);
         let (file, position, base_offset, headers) = {
@@ -180,6 +205,9 @@ impl Partition {
         };
         let len = data.len() as u64;
         self.io.write_at(&file, position, data.freeze()).await?;
+        let mut producers = self.producers.lock().expect("producers lock");
+        headers.iter().for_each(|h| producers.record(h));
+        drop(producers);
         let mut log = self.log();
         let log_start_offset = log.segments.values().next().map_or(0, |s| s.base_offset);
         let active = log
@@ -202,9 +230,60 @@ impl Partition {
                 last_offset,
                 log_start_offset,
                 records: last_offset - base_offset + 1,
+                duplicate: false,
             },
             file,
         ))
+    }
+
+    /// Idempotence: `Some` answer for a retried batch, an error for a sequence gap or a fenced
+    /// epoch, `None` to go on and append.
+    fn check_sequences(
+        &self,
+        batches: &[(BatchHeader, std::ops::Range<usize>)],
+    ) -> Result<Option<(Appended, Arc<File>)>, AppendError> {
+        let producers = self.producers.lock().expect("producers lock");
+        let mut duplicate = None;
+        for (header, _) in batches {
+            match producers.check(header) {
+                Sequence::Append => {}
+                Sequence::Duplicate(offset) => duplicate = Some((offset, header.last_offset_delta)),
+                Sequence::OutOfOrder { expected, got } => {
+                    return Err(AppendError::OutOfOrderSequence { expected, got })
+                }
+                Sequence::Fenced { current, got } => {
+                    return Err(AppendError::ProducerFenced { current, got })
+                }
+                Sequence::UnknownProducer => return Err(AppendError::UnknownProducer),
+            }
+        }
+        let Some((base_offset, delta)) = duplicate else {
+            return Ok(None);
+        };
+        if batches.len() > 1 {
+            return Err(AppendError::OutOfOrderSequence {
+                expected: -1,
+                got: -1,
+            });
+        }
+        let log = self.log();
+        let file = log
+            .segments
+            .values()
+            .next_back()
+            .expect("a partition has a segment")
+            .log
+            .clone();
+        Ok(Some((
+            Appended {
+                base_offset,
+                last_offset: base_offset + delta as i64,
+                log_start_offset: log.segments.values().next().map_or(0, |s| s.base_offset),
+                records: 0,
+                duplicate: true,
+            },
+            file,
+        )))
     }
 
     /// The active segment's file when it has writes not yet synced (for the periodic flush).

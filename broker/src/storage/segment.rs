@@ -244,6 +244,22 @@ impl Segment {
         Ok(())
     }
 
+    /// Every batch header in the segment, in order (for rebuilding producer state).
+    pub fn headers(&self) -> io::Result<Vec<BatchHeader>> {
+        let mut headers = Vec::new();
+        let mut pos = 0;
+        let mut head = [0u8; HEADER_LEN];
+        while pos + HEADER_LEN as u64 <= self.size {
+            self.log.read_exact_at(&mut head, pos)?;
+            let Ok(header) = BatchHeader::parse(&head) else {
+                break;
+            };
+            pos += header.size as u64;
+            headers.push(header);
+        }
+        Ok(headers)
+    }
+
     /// Where to start reading for `offset`: the last indexed batch at or before it.
     pub fn position_for_offset(&self, offset: i64) -> u64 {
         let relative = (offset - self.base_offset).max(0) as u32;
