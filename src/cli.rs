@@ -29,10 +29,7 @@ pub enum Command {
     /// Manage topics on a broker.
     Topics(TopicsArgs),
     /// Inspect consumer groups on a broker.
-    Groups {
-        #[command(subcommand)]
-        action: GroupsAction,
-    },
+    Groups(GroupsArgs),
     /// Write records to a topic, one per line of stdin or a file.
     Produce(ProduceArgs),
     /// Read records from a topic.
@@ -139,6 +136,14 @@ pub enum TopicsAction {
     Describe { name: String },
     /// Delete a topic and its data.
     Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct GroupsArgs {
+    #[command(flatten)]
+    pub brokers: BrokersArg,
+    #[command(subcommand)]
+    pub action: GroupsAction,
 }
 
 #[derive(Debug, Subcommand)]

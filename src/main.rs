@@ -94,7 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => {
             tokio::task::spawn_blocking(|| client::consume::run(args)).await?
         }
-        Command::Groups { .. } => not_built("groups", 4),
+        Command::Groups(args) => tokio::task::spawn_blocking(|| client::groups::run(args)).await?,
         Command::Search { .. } => not_built("search", 6),
         Command::Bench {
             target: cli::BenchTarget::Produce(args),

@@ -1,7 +1,8 @@
-//! The client commands (`topics`, `produce`, `consume`), all through librdkafka: what works here
+//! The client commands (`topics`, `groups`, `produce`, `consume`), all through librdkafka: what works here
 //! works against any Kafka cluster too.
 
 pub mod consume;
+pub mod groups;
 pub mod produce;
 pub mod topics;
 
