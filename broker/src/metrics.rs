@@ -24,6 +24,7 @@ pub struct BrokerMetrics {
     pub segments_deleted: IntCounterVec,
     pub connections: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
+    pub records_compacted: IntCounterVec,
 }
 
 impl BrokerMetrics {
@@ -125,6 +126,13 @@ impl BrokerMetrics {
                 Opts::new("sluice_broker_connections", "Open client connections"),
                 &["listener"],
             )?,
+            records_compacted: IntCounterVec::new(
+                Opts::new(
+                    "sluice_broker_records_compacted_total",
+                    "Superseded records and expired tombstones removed by compaction",
+                ),
+                topic,
+            )?,
             consumer_lag: IntGaugeVec::new(
                 Opts::new(
                     "sluice_broker_consumer_lag",
@@ -134,6 +142,7 @@ impl BrokerMetrics {
             )?,
         };
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
+        registry.register(Box::new(metrics.records_compacted.clone()))?;
         registry.register(Box::new(metrics.bytes_in.clone()))?;
         registry.register(Box::new(metrics.records_in.clone()))?;
         registry.register(Box::new(metrics.bytes_out.clone()))?;

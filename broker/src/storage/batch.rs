@@ -75,7 +75,8 @@ impl BatchHeader {
         })
     }
 
-    /// Reads and fully checks the batch at the start of `buf`, which must hold all of it.
+    /// Reads and checks the batch at the start of `buf`, which must hold all of it: length, magic,
+    /// CRC, and at most as many records as its offset span (compaction leaves gaps).
     pub fn validate(buf: &[u8]) -> Result<Self, BatchError> {
         let header = Self::parse(buf)?;
         if buf.len() < header.size {
@@ -88,7 +89,7 @@ impl BatchHeader {
         if expected != actual {
             return Err(BatchError::BadCrc { expected, actual });
         }
-        if header.record_count != header.last_offset_delta + 1 || header.record_count < 1 {
+        if header.record_count < 0 || header.record_count > header.last_offset_delta + 1 {
             return Err(BatchError::BadCount {
                 count: header.record_count,
                 delta: header.last_offset_delta,
@@ -122,7 +123,8 @@ pub fn set_base_offset(buf: &mut [u8], base_offset: i64) {
     buf[12..16].copy_from_slice(&0i32.to_be_bytes());
 }
 
-/// Splits a produce request's record set into its batches, validating each.
+/// Splits a produce request's record set into its batches, validating each. A producer's batch
+/// has no gaps: one record per offset.
 pub fn split_batches(
     mut buf: &[u8],
 ) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, BatchError> {
@@ -133,6 +135,12 @@ pub fn split_batches(
     let mut start = 0;
     while !buf.is_empty() {
         let header = BatchHeader::validate(buf)?;
+        if header.record_count != header.last_offset_delta + 1 || header.record_count < 1 {
+            return Err(BatchError::BadCount {
+                count: header.record_count,
+                delta: header.last_offset_delta,
+            });
+        }
         batches.push((header, start..start + header.size));
         start += header.size;
         buf = &buf[header.size..];

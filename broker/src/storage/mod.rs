@@ -3,10 +3,12 @@
 //! `batch` reads and checks RecordBatch headers; `segment` is one log file and its index;
 //! `partition` is the ordered log of segments; `io` does the disk I/O (io_uring or plain);
 //! `flusher` makes acks=all writes durable by group commit; `compress` applies a topic's
-//! `compression.type`; `topics` holds topic configuration. This module owns the set of topics,
+//! `compression.type`; `compaction` keeps the newest record per key of compacted topics;
+//! `producers` tracks idempotent producers' sequences; `topics` holds topic configuration. This module owns the set of topics,
 //! the data-dir lock, clean-shutdown detection, retention and the free-disk guard.
 
 pub mod batch;
+pub mod compaction;
 pub mod compress;
 pub mod flusher;
 pub mod io;
@@ -114,6 +116,10 @@ pub struct Storage {
     disk_low: AtomicBool,
     /// Woken on every append, so long-polling fetches see new data at once.
     pub appended: tokio::sync::Notify,
+    /// Per compacted partition: the log end offset and time of its last compaction, so an idle
+    /// partition is not re-read (it is again once tombstones may have expired).
+    compacted:
+        std::sync::Mutex<std::collections::HashMap<(String, usize), (i64, std::time::Instant)>>,
     /// Producer ids for InitProducerId; set once the logs are open.
     producer_ids: std::sync::OnceLock<ProducerIds>,
     _dir_lock: File,
@@ -176,6 +182,7 @@ impl Storage {
             disk_low: AtomicBool::new(false),
             appended: tokio::sync::Notify::new(),
             producer_ids: std::sync::OnceLock::new(),
+            compacted: Default::default(),
             _dir_lock: dir_lock,
         });
         for (name, record) in records {
@@ -526,6 +533,10 @@ impl Storage {
                             tracing::error!(topic = %topic.name, partition = i, error = %e, "retention failed")
                         }
                     }
+                    if settings.compact {
+                        self.compact_partition(&topic.name, i, partition, &settings)
+                            .await;
+                    }
                     let label = i.to_string();
                     self.metrics
                         .log_end_offset
@@ -536,6 +547,63 @@ impl Storage {
                         .with_label_values(&[&topic.name, &label])
                         .set(partition.size_bytes() as i64);
                 }
+            }
+        }
+    }
+
+    async fn compact_partition(
+        &self,
+        topic: &str,
+        index: usize,
+        partition: &Arc<Partition>,
+        settings: &TopicSettings,
+    ) {
+        let end = partition.log_end_offset();
+        let key = (topic.to_owned(), index);
+        if let Some((last_end, at)) = self.compacted.lock().expect("compacted lock").get(&key) {
+            let tombstones_due = at.elapsed().as_millis() as i64 >= settings.delete_retention_ms;
+            if *last_end == end && !tombstones_due {
+                return;
+            }
+        }
+        self.compacted
+            .lock()
+            .expect("compacted lock")
+            .insert(key, (end, std::time::Instant::now()));
+        let (closed, active) = partition.segment_files();
+        if closed.is_empty() {
+            return;
+        }
+        let delete_retention_ms = settings.delete_retention_ms;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        let partition = partition.clone();
+        let done = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            let rewrites = compaction::compact(&closed, &active, delete_retention_ms, now_ms)?;
+            Ok(partition.apply_rewrites(rewrites)?)
+        })
+        .await;
+        match done {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => {
+                tracing::info!(
+                    topic,
+                    partition = index,
+                    removed,
+                    "compaction removed superseded records"
+                );
+                self.metrics
+                    .records_compacted
+                    .with_label_values(&[topic])
+                    .inc_by(removed);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(topic, partition = index, error = %e, "compaction failed")
+            }
+            Err(e) => {
+                tracing::error!(topic, partition = index, error = %e, "compaction task failed")
             }
         }
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use super::batch::{set_base_offset, BatchHeader, HEADER_LEN};
+use super::compaction::{Rewrite, SegmentFile};
 use super::io::Io;
 use super::producers::{ProducerStates, Sequence};
 use super::segment::{cut_batches, Cut, ScanReport, Segment};
@@ -426,9 +427,73 @@ impl Partition {
         Ok(deleted)
     }
 
+    /// The closed segments and the active one, as files to read, for compaction.
+    pub fn segment_files(&self) -> (Vec<SegmentFile>, SegmentFile) {
+        let log = self.log();
+        let mut files: Vec<SegmentFile> = log
+            .segments
+            .values()
+            .map(|s| SegmentFile {
+                base_offset: s.base_offset,
+                path: s.log_path().to_owned(),
+                size: s.size,
+            })
+            .collect();
+        let active = files.pop().expect("a partition has a segment");
+        (files, active)
+    }
+
+    /// Swaps compacted segments in: the cleaned file is renamed over the segment's log and its
+    /// index rebuilt; a segment with nothing left is deleted. A segment that is no longer there,
+    /// or has become the active one, is left alone.
+    pub fn apply_rewrites(&self, rewrites: Vec<Rewrite>) -> io::Result<u64> {
+        let settings = *self.settings.lock().expect("settings lock");
+        let mut removed = 0;
+        for rewrite in rewrites {
+            let mut log = self.log();
+            let active = log.segments.keys().next_back().copied();
+            let Some(old) = log.segments.get(&rewrite.base_offset) else {
+                discard(&rewrite);
+                continue;
+            };
+            if Some(rewrite.base_offset) == active {
+                discard(&rewrite);
+                continue;
+            }
+            let old_path = old.log_path().to_owned();
+            let old = log
+                .segments
+                .remove(&rewrite.base_offset)
+                .expect("checked above");
+            match &rewrite.cleaned {
+                Some(cleaned) => {
+                    std::fs::rename(cleaned, &old_path)?;
+                    drop(old);
+                    let _ = std::fs::remove_file(old_path.with_extension("index"));
+                    let (segment, _) = Segment::open(
+                        &self.dir,
+                        rewrite.base_offset,
+                        settings.index_interval_bytes,
+                        true,
+                    )?;
+                    log.segments.insert(rewrite.base_offset, segment);
+                }
+                None => old.delete()?,
+            }
+            removed += rewrite.removed;
+        }
+        Ok(removed)
+    }
+
     /// Makes every segment durable (clean shutdown).
     pub fn sync(&self) -> io::Result<()> {
         self.log().segments.values().try_for_each(Segment::sync)
+    }
+}
+
+fn discard(rewrite: &Rewrite) {
+    if let Some(path) = &rewrite.cleaned {
+        let _ = std::fs::remove_file(path);
     }
 }
 

@@ -298,6 +298,10 @@ impl Segment {
         self.index_file.sync_data()
     }
 
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
     pub fn delete(self) -> io::Result<()> {
         std::fs::remove_file(&self.log_path)?;
         match std::fs::remove_file(&self.index_path) {
