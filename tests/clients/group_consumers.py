@@ -7,7 +7,7 @@ Orchestrator (the default mode):
      --records numbered records (key and value = str(i), so the keys spread the records over
      the partitions; acks=all), recording every delivery report's (partition, offset);
   2. starts 3 member processes (this script with --member), each a consumer of the same
-     library in the group (session timeout 6 s, heartbeat every 1 s, no auto commit, reset to
+     library (with --lib mixed: alternately confluent-kafka and kafka-python) in the group (session timeout 6 s, heartbeat every 1 s, no auto commit, reset to
      earliest, eager assignors range/roundrobin). A member appends every record it consumes
      ("partition offset value") to its own output file, flushes and fsyncs it, and only then
      commits the consumed offsets synchronously (commit after processing). After every
@@ -34,7 +34,7 @@ whole run is bounded by --deadline seconds (default 120); on any failure or time
 member processes are killed. Their logs are kept in --workdir (default: a fresh temporary
 directory, removed on success) and their tails are printed on failure.
 
-    group_consumers.py --lib confluent|kafka-python --bootstrap HOST:PORT --topic NAME
+    group_consumers.py --lib confluent|kafka-python|mixed --bootstrap HOST:PORT --topic NAME
                        --group NAME [--partitions 6] [--records 6000] [--deadline 120]
                        [--workdir DIR]
 """
@@ -479,6 +479,8 @@ def member_main(args):
 class Member:
     def __init__(self, args, workdir, index):
         self.name = f"member{index}"
+        # --lib mixed: odd members use confluent-kafka, even ones kafka-python.
+        self.lib = args.lib if args.lib != "mixed" else ("confluent" if index % 2 else "kafka-python")
         self.out = os.path.join(workdir, f"{self.name}.out")
         self.state = os.path.join(workdir, f"{self.name}.state")
         self.log_path = os.path.join(workdir, f"{self.name}.log")
@@ -486,7 +488,7 @@ class Member:
         self.killed = False
         cmd = [
             sys.executable, os.path.abspath(__file__), "--member",
-            "--lib", args.lib, "--bootstrap", args.bootstrap, "--topic", args.topic,
+            "--lib", self.lib, "--bootstrap", args.bootstrap, "--topic", args.topic,
             "--group", args.group, "--name", self.name, "--out", self.out,
             "--state", self.state, "--deadline", str(args.deadline),
         ]  # fmt: skip
@@ -504,9 +506,11 @@ class Member:
         return self.proc.poll() is None
 
     def tail(self, n=25):
+        """The last lines of the member's log, indented (librdkafka's own log lines start with
+        words like FAIL that are not this test's verdict)."""
         try:
             with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-n:])
+                return "".join(f"  | {line}" for line in f.readlines()[-n:])
         except OSError:
             return ""
 
@@ -654,7 +658,7 @@ def orchestrate(args, orch, side):
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait(timeout=5)
     victim.killed = True
-    log(f"killed {victim.name} (it owned {sorted(claims[victim.name])})")
+    log(f"killed {victim.name} ({victim.lib}; it owned {sorted(claims[victim.name])})")
     limit = SESSION_TIMEOUT_MS / 1000 + KILL_MARGIN_S
     claims, took = orch.wait_balanced(f"after killing {victim.name}", limit)
     log(f"survivors own every partition {took:.1f}s after the kill: { {k: sorted(v) for k, v in claims.items()} }")
@@ -663,7 +667,7 @@ def orchestrate(args, orch, side):
     step = "start a new member"
     newcomer = orch.start_member()
     claims, took = orch.wait_balanced(f"after starting {newcomer.name}", STEP_TIMEOUT_S, must_include=newcomer)
-    log(f"{newcomer.name} got {sorted(claims[newcomer.name])} after {took:.1f}s: { {k: sorted(v) for k, v in claims.items()} }")
+    log(f"{newcomer.name} ({newcomer.lib}) got {sorted(claims[newcomer.name])} after {took:.1f}s: { {k: sorted(v) for k, v in claims.items()} }")
 
     step = "produce the second records"
     producer.join(timeout=STEP_TIMEOUT_S + 30)
@@ -719,6 +723,9 @@ def orchestrate(args, orch, side):
         raise Fail(f"live members claimed a partition at the same time {len(orch.overlaps)} times, first: {orch.overlaps[0][1]}")
     duplicates = sum(n - 1 for n in seen.values())
     dup_records = sum(1 for n in seen.values() if n > 1)
+    dup_parts = Counter()
+    for (p, _, _), n in seen.items():
+        dup_parts[p] += n - 1
     per_member = {}
     for m in orch.members:
         try:
@@ -726,19 +733,27 @@ def orchestrate(args, orch, side):
                 per_member[m.name] = sum(1 for _ in f)
         except FileNotFoundError:
             per_member[m.name] = 0
-    summaries = [line for m in live for line in m.tail(5).splitlines() if "closed cleanly" in line]
-    for s in summaries:
-        log(s)
+    for m in live:
+        with open(m.log_path, errors="replace") as f:
+            for line in f:
+                if "closed cleanly" in line:
+                    log(line.strip())
     return (
         f"{a.lib}: {len(want)} records on {a.partitions} partitions all consumed across 3 members, "
         f"a SIGKILL and a new member (assignments always disjoint and complete); "
-        f"duplicates: {duplicates} extra deliveries of {dup_records} records; per member {per_member}"
+        f"duplicates: {duplicates} extra deliveries of {dup_records} records "
+        f"(per partition {dict(sorted((p, n) for p, n in dup_parts.items() if n))}); records consumed per member {per_member}"
     )
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lib", choices=["confluent", "kafka-python"], required=True)
+    ap.add_argument(
+        "--lib",
+        choices=["confluent", "kafka-python", "mixed"],
+        required=True,
+        help="mixed: members alternate between the two libraries in one group; confluent produces",
+    )
     ap.add_argument("--bootstrap", required=True, help="HOST:PORT")
     ap.add_argument("--topic", required=True, help="a topic that does not exist yet")
     ap.add_argument("--group", required=True)
@@ -760,7 +775,7 @@ def main():
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="group_consumers.")
     os.makedirs(workdir, exist_ok=True)
-    side = (ConfluentProducerSide if args.lib == "confluent" else KafkaPythonProducerSide)(args.bootstrap, args.topic)
+    side = (KafkaPythonProducerSide if args.lib == "kafka-python" else ConfluentProducerSide)(args.bootstrap, args.topic)
     orch = Orchestrator(args, workdir)
 
     def on_alarm(signum, frame):
@@ -776,6 +791,8 @@ def main():
         orch.kill_all()
         for m in orch.members:
             print(f"--- last lines of {m.name}'s log ({m.log_path}):\n{m.tail()}")
+        for _, desc in orch.overlaps[:3]:
+            print(f"  overlap seen: {desc}")
         errs = getattr(side, "client_errors", [])
         if errs:
             print(f"  orchestrator client errors seen: {errs[-10:]}")

@@ -87,10 +87,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let gauge = ctx.metrics.connections.with_label_values(&["kafka"]);
                     gauge.inc();
-                    if let Err(close) = connection(ctx.clone(), stream, peer, max_frame, max_in_flight).await {
-                        tracing::warn!(%peer, kind = close.kind, detail = %close.detail, "closing connection");
-                        ctx.metrics.protocol_errors.with_label_values(&[close.kind]).inc();
-                    }
+                    connection(ctx.clone(), stream, peer, max_frame, max_in_flight).await;
                     gauge.dec();
                 });
             }
@@ -98,13 +95,14 @@ pub async fn serve(
     }
 }
 
+/// Serves one connection until the client leaves or sends something that closes it.
 async fn connection(
     ctx: Arc<Context>,
     stream: TcpStream,
     peer: std::net::SocketAddr,
     max_frame: u32,
     max_in_flight: usize,
-) -> Result<(), Close> {
+) {
     let (mut reader, mut writer) = stream.into_split();
     let (queue, mut replies) =
         mpsc::channel::<(Reply, &'static str, Instant)>(max_in_flight.max(1));
@@ -126,7 +124,7 @@ async fn connection(
             }
         }
     });
-    let result = async {
+    let result: Result<(), Close> = async {
         loop {
             let mut size = [0u8; 4];
             match reader.read_exact(&mut size).await {
@@ -155,9 +153,16 @@ async fn connection(
         }
     }
     .await;
+    // Counted while the socket is still open, so whoever sees it close sees the count too.
+    if let Err(close) = result {
+        tracing::warn!(%peer, kind = close.kind, detail = %close.detail, "closing connection");
+        ctx.metrics
+            .protocol_errors
+            .with_label_values(&[close.kind])
+            .inc();
+    }
     drop(queue);
     let _ = write_task.await;
-    result
 }
 
 /// A decoded request: header, API, version, and the undecoded body.
