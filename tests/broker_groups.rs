@@ -112,3 +112,179 @@ fn kcat_balanced_consumers_split_the_partitions() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+fn group_members(lib: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(
+        tmp.path(),
+        "[broker]\ngroup_initial_rebalance_delay_ms = 300\n",
+    );
+    let out = run(
+        python().arg(client_script("group_consumers.py")).args([
+            "--lib",
+            lib,
+            "--bootstrap",
+            &sluice.kafka,
+            "--topic",
+            "members",
+            "--group",
+            "members",
+        ]),
+        Duration::from_secs(180),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok:"),
+        "{lib}: {stdout}\n{}\nbroker log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sluice.log_text()
+    );
+}
+
+#[test]
+fn confluent_group_shares_rebalances_on_kill_and_join_without_loss() {
+    group_members("confluent");
+}
+
+#[test]
+fn kafka_python_group_shares_rebalances_on_kill_and_join_without_loss() {
+    group_members("kafka-python");
+}
+
+#[test]
+fn committed_offsets_survive_a_broker_kill9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(
+        tmp.path(),
+        "[broker]\ngroup_initial_rebalance_delay_ms = 300\n",
+    );
+    let phase = |sluice: &Sluice, args: &[&str]| {
+        let out = run(
+            python()
+                .arg(client_script("group_resume.py"))
+                .args([
+                    "--bootstrap",
+                    &sluice.kafka,
+                    "--topic",
+                    "resume",
+                    "--group",
+                    "resumers",
+                ])
+                .args(args),
+            Duration::from_secs(180),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && stdout.contains("ok:"),
+            "{args:?}: {stdout}\n{}\nbroker log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            sluice.log_text()
+        );
+        stdout
+    };
+    let first = phase(&sluice, &["--phase", "produce-and-consume-half"]);
+    let previous = tmp.path().join("phase1.txt");
+    std::fs::write(&previous, first).unwrap();
+    sluice.kill9();
+    sluice.restart();
+    phase(
+        &sluice,
+        &[
+            "--phase",
+            "resume",
+            "--previous",
+            previous.to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn internal_offsets_topic_cannot_be_written_or_deleted_by_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(tmp.path(), "");
+    let forged = r#"{"group":"forged","topic":"t","partition":0}:{"offset":123,"metadata":"","timestamp":0}"#;
+    let out = run_with_input(
+        kcat().args([
+            "-P",
+            "-b",
+            &sluice.kafka,
+            "-t",
+            "__consumer_offsets",
+            "-K",
+            ":",
+            "-X",
+            "message.send.max.retries=0",
+        ]),
+        format!("{forged}\n").as_bytes(),
+        T,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Invalid topic"),
+        "expected INVALID_TOPIC_EXCEPTION: {stderr}"
+    );
+    let deleted = sluice.client(&["topics", "delete", "__consumer_offsets"]);
+    assert!(!deleted.status.success());
+    assert!(
+        String::from_utf8_lossy(&deleted.stderr).contains("InvalidTopic"),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    // The broker restarts fine and has no forged group.
+    sluice.kill9();
+    sluice.restart();
+    let listed = run_ok(
+        Command::new(SLUICE).args(["groups", "list", "--brokers", &sluice.kafka]),
+        T,
+    );
+    assert!(!listed.contains("forged"), "{listed}");
+}
+
+#[test]
+fn a_second_consumer_with_the_same_instance_id_fences_the_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(
+        tmp.path(),
+        "[broker]\ngroup_initial_rebalance_delay_ms = 0\n",
+    );
+    assert!(sluice
+        .client(&["topics", "create", "statics", "-p", "3"])
+        .status
+        .success());
+    let script = r#"
+import sys, time
+from confluent_kafka import Consumer, KafkaException
+conf = {"bootstrap.servers": sys.argv[1], "group.id": "static", "group.instance.id": "host-1",
+        "session.timeout.ms": 6000, "auto.offset.reset": "earliest"}
+def assigned(c):
+    deadline = time.time() + 20
+    while time.time() < deadline and not c.assignment():
+        c.poll(0.2)
+    return [p.partition for p in c.assignment()]
+first = Consumer(conf); first.subscribe(["statics"])
+print("first", assigned(first))
+second = Consumer(conf); second.subscribe(["statics"])
+print("second", assigned(second))
+fenced = None
+deadline = time.time() + 20
+while time.time() < deadline and fenced is None:
+    try:
+        msg = first.poll(0.5)
+        if msg is not None and msg.error():
+            fenced = msg.error().str()
+    except KafkaException as e:
+        fenced = e.args[0].str()
+print("first fenced:", fenced)
+second.close()
+"#;
+    let out = run_ok(
+        python().args(["-c", script, &sluice.kafka]),
+        Duration::from_secs(90),
+    );
+    assert!(out.contains("first [0, 1, 2]"), "{out}");
+    assert!(
+        out.contains("second [0, 1, 2]"),
+        "the restarted instance takes the place over: {out}"
+    );
+    assert!(out.contains("Static consumer fenced"), "{out}");
+}

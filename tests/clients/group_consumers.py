@@ -7,8 +7,9 @@ Orchestrator (the default mode):
      --records numbered records (key and value = str(i), so the keys spread the records over
      the partitions; acks=all), recording every delivery report's (partition, offset);
   2. starts 3 member processes (this script with --member), each a consumer of the same
-     library (with --lib mixed: alternately confluent-kafka and kafka-python) in the group (session timeout 6 s, heartbeat every 1 s, no auto commit, reset to
-     earliest, eager assignors range/roundrobin). A member appends every record it consumes
+     library in the group (with --lib mixed: alternately confluent-kafka and kafka-python;
+     session timeout 6 s, heartbeat every 1 s, no auto commit, reset to earliest, the eager
+     assignors range/roundrobin). A member appends every record it consumes
      ("partition offset value") to its own output file, flushes and fsyncs it, and only then
      commits the consumed offsets synchronously (commit after processing). After every
      rebalance callback it atomically rewrites a state file with its current assignment;

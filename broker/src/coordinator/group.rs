@@ -103,6 +103,8 @@ pub struct Group {
     pub members: BTreeMap<String, Member>,
     /// Ids handed out with MEMBER_ID_REQUIRED, waiting for their owner's second JoinGroup.
     pending_ids: HashMap<String, Instant>,
+    /// Static members: group.instance.id -> the member id that holds it now.
+    instances: HashMap<String, String>,
     deadline: Option<Instant>,
     /// A first rebalance waits this long for more members before it completes.
     initial_delay: Duration,
@@ -124,6 +126,7 @@ impl Group {
             leader: None,
             members: BTreeMap::new(),
             pending_ids: HashMap::new(),
+            instances: HashMap::new(),
             deadline: None,
             initial_delay,
             next_member: 0,
@@ -163,9 +166,20 @@ impl Group {
                 req.member_id,
             );
         }
+        if let Some(instance) = req.instance_id.clone() {
+            match self.instances.get(&instance).cloned() {
+                Some(holder) if !req.member_id.is_empty() && holder != req.member_id => {
+                    return fail(reply, ResponseError::FencedInstanceId, req.member_id);
+                }
+                Some(holder) if req.member_id.is_empty() => {
+                    return self.replace_static_member(&holder, &instance, req, now, reply);
+                }
+                _ => {}
+            }
+        }
         let member_id = if req.member_id.is_empty() {
             let id = self.new_member_id(&req.client_id);
-            if req.require_known_member_id {
+            if req.require_known_member_id && req.instance_id.is_none() {
                 self.pending_ids
                     .insert(id.clone(), now + req.session_timeout);
                 return fail(reply, ResponseError::MemberIdRequired, id);
@@ -181,8 +195,7 @@ impl Group {
         if self.state == State::CompletingRebalance || self.state == State::Stable {
             self.fail_pending_syncs();
         }
-        let member = self
-            .members
+        self.members
             .entry(member_id.clone())
             .or_insert_with(|| Member {
                 id: member_id.clone(),
@@ -197,6 +210,10 @@ impl Group {
                 pending_join: None,
                 pending_sync: None,
             });
+        if let Some(instance) = &req.instance_id {
+            self.instances.insert(instance.clone(), member_id.clone());
+        }
+        let member = self.members.get_mut(&member_id).expect("inserted above");
         member.protocols = req.protocols;
         member.session_timeout = req.session_timeout;
         member.rebalance_timeout = req.rebalance_timeout;
@@ -207,6 +224,82 @@ impl Group {
             self.prepare_rebalance(now);
         }
         self.maybe_complete_join(now);
+    }
+
+    /// A static member restarted (same group.instance.id, no member id): the new process takes
+    /// the old one's place. In a stable group with unchanged protocols it keeps the assignment and
+    /// the generation, so nobody rebalances; otherwise the group rebalances as for a new member.
+    fn replace_static_member(
+        &mut self,
+        old_id: &str,
+        instance: &str,
+        req: JoinRequest,
+        now: Instant,
+        reply: oneshot::Sender<JoinResult>,
+    ) {
+        let new_id = self.new_member_id(&req.client_id);
+        let Some(mut member) = self.members.remove(old_id) else {
+            self.instances.remove(instance);
+            let req = JoinRequest {
+                instance_id: Some(instance.to_owned()),
+                ..req
+            };
+            return self.join(req, now, reply);
+        };
+        let fenced = code(ResponseError::FencedInstanceId);
+        if let Some(old) = member.pending_join.take() {
+            let _ = old.send(JoinResult {
+                error: fenced,
+                generation: -1,
+                ..Default::default()
+            });
+        }
+        if let Some(old) = member.pending_sync.take() {
+            let _ = old.send(SyncResult {
+                error: fenced,
+                ..Default::default()
+            });
+        }
+        let unchanged = member.protocols == req.protocols;
+        let was_leader = self.leader.as_deref() == Some(old_id);
+        member.id = new_id.clone();
+        member.client_id = req.client_id.clone();
+        member.client_host = req.client_host.clone();
+        member.session_timeout = req.session_timeout;
+        member.rebalance_timeout = req.rebalance_timeout;
+        member.protocols = req.protocols;
+        member.last_heard = now;
+        if was_leader {
+            self.leader = Some(new_id.clone());
+        }
+        self.members.insert(new_id.clone(), member);
+        self.instances.insert(instance.to_owned(), new_id.clone());
+        if self.state == State::Stable && unchanged {
+            let _ = reply.send(JoinResult {
+                error: 0,
+                generation: self.generation,
+                protocol_type: self.protocol_type.clone(),
+                protocol: self.protocol.clone(),
+                leader: self.leader.clone().unwrap_or_default(),
+                member_id: new_id,
+                members: Vec::new(),
+            });
+            return;
+        }
+        self.members
+            .get_mut(&new_id)
+            .expect("just inserted")
+            .pending_join = Some(reply);
+        if self.state != State::PreparingRebalance {
+            self.prepare_rebalance(now);
+        }
+        self.maybe_complete_join(now);
+    }
+
+    /// FENCED_INSTANCE_ID when `instance` is now held by another member id.
+    pub fn fenced(&self, member_id: &str, instance: Option<&str>) -> Option<i16> {
+        let holder = self.instances.get(instance?)?;
+        (holder != member_id).then(|| code(ResponseError::FencedInstanceId))
     }
 
     fn all_support(&self, protocol: &str) -> bool {
@@ -255,7 +348,17 @@ impl Group {
         if !(now >= deadline || (everyone && !initial)) {
             return;
         }
-        self.members.retain(|_, m| m.pending_join.is_some());
+        let gone: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.pending_join.is_none())
+            .map(|m| m.id.clone())
+            .collect();
+        for id in gone {
+            if let Some(member) = self.members.remove(&id) {
+                self.forget_instance(&member);
+            }
+        }
         if self.members.is_empty() {
             self.to_empty();
             return;
@@ -431,6 +534,7 @@ impl Group {
         let Some(member) = self.members.remove(member_id) else {
             return code(ResponseError::UnknownMemberId);
         };
+        self.forget_instance(&member);
         if let Some(reply) = member.pending_join {
             let _ = reply.send(JoinResult {
                 error: code(ResponseError::UnknownMemberId),
@@ -440,6 +544,14 @@ impl Group {
         }
         self.after_removal(now);
         0
+    }
+
+    fn forget_instance(&mut self, member: &Member) {
+        if let Some(instance) = &member.instance_id {
+            if self.instances.get(instance) == Some(&member.id) {
+                self.instances.remove(instance);
+            }
+        }
     }
 
     fn after_removal(&mut self, now: Instant) {
@@ -466,7 +578,9 @@ impl Group {
             .collect();
         for id in &expired {
             tracing::info!(group = %self.id, member = %id, "member's session expired");
-            self.members.remove(id);
+            if let Some(member) = self.members.remove(id) {
+                self.forget_instance(&member);
+            }
         }
         if !expired.is_empty() {
             self.after_removal(now);
@@ -574,6 +688,60 @@ mod tests {
         assert_eq!(
             g.heartbeat(&a, 2, t0 + Duration::from_secs(11)),
             ResponseError::RebalanceInProgress.code()
+        );
+    }
+
+    #[test]
+    fn restarted_static_member_takes_over_without_a_rebalance() {
+        let t0 = Instant::now();
+        let mut g = Group::new("g", Duration::ZERO);
+        let static_join = |g: &mut Group, member: &str| {
+            let (tx, rx) = oneshot::channel();
+            let mut req = request(member);
+            req.instance_id = Some("host-1".into());
+            g.join(req, t0, tx);
+            rx
+        };
+        let mut first = static_join(&mut g, "");
+        g.tick(t0);
+        let first = first.try_recv().unwrap();
+        assert_eq!(first.error, 0, "static members skip MEMBER_ID_REQUIRED");
+        let (tx, _rx) = oneshot::channel();
+        g.sync(
+            &first.member_id,
+            1,
+            vec![(first.member_id.clone(), Bytes::from_static(b"all"))],
+            t0,
+            tx,
+        );
+        assert_eq!(g.state, State::Stable);
+        // The process restarts: same instance id, no member id.
+        let second = static_join(&mut g, "").try_recv().unwrap();
+        assert_eq!(
+            (second.error, second.generation),
+            (0, 1),
+            "same generation: no rebalance"
+        );
+        assert_ne!(second.member_id, first.member_id);
+        assert_eq!(g.state, State::Stable);
+        let (tx, mut rx) = oneshot::channel();
+        g.sync(&second.member_id, 1, vec![], t0, tx);
+        assert_eq!(
+            rx.try_recv().unwrap().assignment,
+            Bytes::from_static(b"all")
+        );
+        // The old process, if still alive, is fenced.
+        assert_eq!(
+            g.fenced(&first.member_id, Some("host-1")),
+            Some(ResponseError::FencedInstanceId.code())
+        );
+        assert_eq!(g.fenced(&second.member_id, Some("host-1")), None);
+        assert_eq!(
+            static_join(&mut g, &first.member_id)
+                .try_recv()
+                .unwrap()
+                .error,
+            ResponseError::FencedInstanceId.code()
         );
     }
 

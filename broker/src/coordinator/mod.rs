@@ -351,7 +351,14 @@ async fn replay(topic: &Topic) -> anyhow::Result<Offsets> {
             let mut batch = read.records.slice_ref(&rest[..header.size.min(rest.len())]);
             rest = &rest[header.size.min(rest.len())..];
             next = next.max(header.last_offset() + 1);
-            let set = RecordBatchDecoder::decode(&mut batch)?;
+            // Only the broker writes this topic, but a damaged batch must not stop the start.
+            let set = match RecordBatchDecoder::decode(&mut batch) {
+                Ok(set) => set,
+                Err(e) => {
+                    tracing::warn!(offset = header.base_offset, error = %e, "skipping an undecodable batch in {OFFSETS_TOPIC}");
+                    continue;
+                }
+            };
             for record in set.records {
                 let Some(key) = record
                     .key

@@ -142,14 +142,24 @@ pub fn sync_group(
         .into_iter()
         .map(|a| (a.member_id.to_string(), a.assignment))
         .collect();
+    let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
     ctx.coordinator.with_group(request.group_id.as_str(), |g| {
-        g.sync(
-            request.member_id.as_str(),
-            request.generation_id,
-            assignments,
-            Instant::now(),
-            tx,
-        )
+        match g.fenced(request.member_id.as_str(), instance.as_deref()) {
+            Some(error) => {
+                let result = crate::coordinator::group::SyncResult {
+                    error,
+                    ..Default::default()
+                };
+                let _ = tx.send(result);
+            }
+            None => g.sync(
+                request.member_id.as_str(),
+                request.generation_id,
+                assignments,
+                Instant::now(),
+                tx,
+            ),
+        }
     });
     Ok(tokio::spawn(async move {
         let result = rx.await.ok()?;
@@ -169,12 +179,16 @@ pub fn sync_group(
 
 pub fn heartbeat(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close> {
     let request: HeartbeatRequest = req.decode()?;
+    let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
     let error = ctx.coordinator.with_group(request.group_id.as_str(), |g| {
-        g.heartbeat(
-            request.member_id.as_str(),
-            request.generation_id,
-            Instant::now(),
-        )
+        g.fenced(request.member_id.as_str(), instance.as_deref())
+            .unwrap_or_else(|| {
+                g.heartbeat(
+                    request.member_id.as_str(),
+                    request.generation_id,
+                    Instant::now(),
+                )
+            })
     });
     req.respond(
         ApiKey::Heartbeat,
@@ -241,7 +255,13 @@ pub async fn offset_commit(ctx: &Arc<Context>, req: &mut Request) -> Result<Byte
         }
     }
     let (entries, commits): (Vec<_>, Vec<_>) = known.into_iter().unzip();
-    let error = if commits.is_empty() {
+    let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
+    let fenced = ctx.coordinator.with_group(request.group_id.as_str(), |g| {
+        g.fenced(request.member_id.as_str(), instance.as_deref())
+    });
+    let error = if let Some(fenced) = fenced {
+        fenced
+    } else if commits.is_empty() {
         0
     } else {
         ctx.coordinator

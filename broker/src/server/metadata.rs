@@ -67,7 +67,9 @@ pub fn topic_error_code(e: &TopicError) -> i16 {
     match e {
         TopicError::Exists(_) => ResponseError::TopicAlreadyExists,
         TopicError::Unknown(_) => ResponseError::UnknownTopicOrPartition,
-        TopicError::InvalidName(_) => ResponseError::InvalidTopicException,
+        TopicError::InvalidName(_) | TopicError::Internal(_) => {
+            ResponseError::InvalidTopicException
+        }
         TopicError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         TopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
         TopicError::Io(_) => ResponseError::KafkaStorageError,
@@ -89,6 +91,6 @@ fn describe(ctx: &Context, topic: &Topic) -> MetadataResponseTopic {
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&topic.name)))
-        .with_is_internal(topic.name.starts_with("__"))
+        .with_is_internal(crate::storage::is_internal(&topic.name))
         .with_partitions(partitions)
 }

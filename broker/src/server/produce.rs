@@ -33,6 +33,17 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
                 ));
                 continue;
             };
+            if crate::storage::is_internal(&name) {
+                // Internal topics are written by the broker alone (Kafka refuses the same way).
+                let why = format!("{name} is an internal topic; clients cannot write to it");
+                partitions.push(refuse(
+                    ctx,
+                    response,
+                    ResponseError::InvalidTopicException,
+                    Some(why),
+                ));
+                continue;
+            }
             if request.transactional_id.is_some() {
                 let why = "transactions are not supported".to_owned();
                 partitions.push(refuse(

@@ -77,6 +77,8 @@ pub enum TopicError {
     Unknown(String),
     #[error("{0}")]
     InvalidName(String),
+    #[error("{0} is an internal topic")]
+    Internal(String),
     #[error("{0}")]
     InvalidPartitions(String),
     #[error("{0}")]
@@ -338,6 +340,9 @@ impl Storage {
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
+        if is_internal(name) {
+            return Err(TopicError::Internal(name.to_owned()));
+        }
         let _admin = self.admin.lock().await;
         let topic = self
             .topics
@@ -373,6 +378,9 @@ impl Storage {
         total: i32,
         validate_only: bool,
     ) -> Result<(), TopicError> {
+        if is_internal(name) {
+            return Err(TopicError::Internal(name.to_owned()));
+        }
         let _admin = self.admin.lock().await;
         let topic = self
             .topic(name)
@@ -658,6 +666,11 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
         File::open(parent)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Topics the broker itself owns (`__consumer_offsets`): clients may read but not change them.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with("__")
 }
 
 fn free_bytes(dir: &Path) -> std::io::Result<u64> {
