@@ -35,30 +35,13 @@ print("partitions:", len(admin.list_topics(timeout=10).topics["grow"].partitions
         out.contains("shrink refused") && out.contains("INVALID_PARTITIONS"),
         "{out}"
     );
-    let produced = run_with_input(
-        kcat().args(["-P", "-b", &sluice.kafka, "-t", "grow", "-p", "4"]),
-        b"in the new partition\n",
-        T,
-    );
+    let produced = sluice.kcat_produce("grow", &["-p", "4"], b"in the new partition\n");
     assert!(
         produced.status.success(),
         "{}",
         String::from_utf8_lossy(&produced.stderr)
     );
-    let consumed = run_ok(
-        kcat().args([
-            "-C",
-            "-b",
-            &sluice.kafka,
-            "-t",
-            "grow",
-            "-p",
-            "4",
-            "-e",
-            "-q",
-        ]),
-        T,
-    );
+    let consumed = sluice.kcat_consume("grow", &["-p", "4"]);
     assert_eq!(consumed, "in the new partition\n");
     assert!(sluice.data_dir.join("broker/grow-4").is_dir());
 }
@@ -67,18 +50,10 @@ print("partitions:", len(admin.list_topics(timeout=10).topics["grow"].partitions
 fn unknown_topics_are_refused_when_auto_creation_is_off() {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "[broker]\nauto_create_topics = false\n");
-    let out = run_with_input(
-        kcat().args([
-            "-P",
-            "-b",
-            &sluice.kafka,
-            "-t",
-            "nope",
-            "-X",
-            "topic.metadata.propagation.max.ms=500",
-        ]),
+    let out = sluice.kcat_produce(
+        "nope",
+        &["-X", "topic.metadata.propagation.max.ms=500"],
         b"lost\n",
-        T,
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

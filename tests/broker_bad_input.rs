@@ -18,7 +18,6 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-const T: Duration = Duration::from_secs(30);
 
 /// Sends raw bytes; returns what came back before the broker closed the connection (or 2 s).
 fn exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
@@ -103,11 +102,7 @@ fn one_record_batch() -> BytesMut {
 fn bad_frames_close_only_their_connection_and_are_counted() {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "");
-    let out = run_with_input(
-        kcat().args(["-P", "-b", &sluice.kafka, "-t", "victim", "-p", "0"]),
-        b"before\n",
-        T,
-    );
+    let out = sluice.kcat_produce("victim", &["-p", "0"], b"before\n");
     assert!(out.status.success());
 
     // A length prefix far over max_request_bytes.
@@ -151,25 +146,8 @@ fn bad_frames_close_only_their_connection_and_are_counted() {
     assert_eq!(partition.error_code, 2, "CORRUPT_MESSAGE");
 
     // The broker is alive, other data is intact, and real clients still work.
-    let out = run_with_input(
-        kcat().args(["-P", "-b", &sluice.kafka, "-t", "victim", "-p", "0"]),
-        b"after\n",
-        T,
-    );
+    let out = sluice.kcat_produce("victim", &["-p", "0"], b"after\n");
     assert!(out.status.success());
-    let consumed = run_ok(
-        kcat().args([
-            "-C",
-            "-b",
-            &sluice.kafka,
-            "-t",
-            "victim",
-            "-p",
-            "0",
-            "-e",
-            "-q",
-        ]),
-        T,
-    );
+    let consumed = sluice.kcat_consume("victim", &["-p", "0"]);
     assert_eq!(consumed, "before\nafter\n");
 }

@@ -28,22 +28,7 @@ fn produce(sluice: &Sluice, lines: &str, null_values: bool) {
 
 /// (offset, key, value or None for a tombstone) of every record, from the beginning.
 fn read_all(sluice: &Sluice) -> Vec<(i64, String, Option<String>)> {
-    let out = run_ok(
-        kcat().args([
-            "-C",
-            "-b",
-            &sluice.kafka,
-            "-t",
-            "kv",
-            "-p",
-            "0",
-            "-e",
-            "-q",
-            "-f",
-            "%o %k %S %s\n",
-        ]),
-        T,
-    );
+    let out = sluice.kcat_consume("kv", &["-p", "0", "-f", "%o %k %S %s\n"]);
     out.lines()
         .map(|l| {
             let mut f = l.splitn(4, ' ');

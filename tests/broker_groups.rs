@@ -19,11 +19,7 @@ fn kcat_balanced_consumers_split_the_partitions() {
     let out = sluice.client(&["topics", "create", "shared", "-p", "4"]);
     assert!(out.status.success());
     let input: String = (0..400).map(|i| format!("{i}:record {i}\n")).collect();
-    let out = run_with_input(
-        kcat().args(["-P", "-b", &sluice.kafka, "-t", "shared", "-K", ":"]),
-        input.as_bytes(),
-        T,
-    );
+    let out = sluice.kcat_produce("shared", &["-K", ":"], input.as_bytes());
     assert!(out.status.success());
 
     let consumer = || {
@@ -88,11 +84,7 @@ fn kcat_balanced_consumers_split_the_partitions() {
 
     // Ten more records: the exported lag (refreshed every 5 s) adds up to ten.
     let more: String = (400..410).map(|i| format!("{i}:record {i}\n")).collect();
-    let out = run_with_input(
-        kcat().args(["-P", "-b", &sluice.kafka, "-t", "shared", "-K", ":"]),
-        more.as_bytes(),
-        T,
-    );
+    let out = sluice.kcat_produce("shared", &["-K", ":"], more.as_bytes());
     assert!(out.status.success());
     let lag = || -> f64 {
         sluice
@@ -203,20 +195,10 @@ fn internal_offsets_topic_cannot_be_written_or_deleted_by_clients() {
     let tmp = tempfile::tempdir().unwrap();
     let mut sluice = Sluice::broker(tmp.path(), "");
     let forged = r#"{"group":"forged","topic":"t","partition":0}:{"offset":123,"metadata":"","timestamp":0}"#;
-    let out = run_with_input(
-        kcat().args([
-            "-P",
-            "-b",
-            &sluice.kafka,
-            "-t",
-            "__consumer_offsets",
-            "-K",
-            ":",
-            "-X",
-            "message.send.max.retries=0",
-        ]),
+    let out = sluice.kcat_produce(
+        "__consumer_offsets",
+        &["-K", ":", "-X", "message.send.max.retries=0"],
         format!("{forged}\n").as_bytes(),
-        T,
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

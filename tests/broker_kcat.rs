@@ -56,47 +56,30 @@ fn kcat_every_codec(backend: &str) {
         let input: String = (0..200)
             .map(|i| format!("key-{}\t{codec} record {i} {}\n", i % 7, "x".repeat(i % 50)))
             .collect();
-        let out = run_with_input(
-            kcat()
-                .args([
-                    "-P",
-                    "-b",
-                    &sluice.kafka,
-                    "-t",
-                    &topic,
-                    "-p",
-                    "0",
-                    "-z",
-                    codec,
-                    "-K",
-                    "\t",
-                ])
-                .args(["-H", "source=kcat", "-H", &format!("codec={codec}")])
-                .args(["-X", "linger.ms=50"]),
+        let out = sluice.kcat_produce(
+            &topic,
+            &[
+                "-p",
+                "0",
+                "-z",
+                codec,
+                "-K",
+                "\t",
+                "-H",
+                "source=kcat",
+                "-H",
+                &format!("codec={codec}"),
+                "-X",
+                "linger.ms=50",
+            ],
             input.as_bytes(),
-            T,
         );
         assert!(
             out.status.success(),
             "kcat -P {codec}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let consumed = run_ok(
-            kcat()
-                .args([
-                    "-C",
-                    "-b",
-                    &sluice.kafka,
-                    "-t",
-                    &topic,
-                    "-p",
-                    "0",
-                    "-e",
-                    "-q",
-                ])
-                .args(["-f", "%o\t%k\t%s\t%h\n"]),
-            T,
-        );
+        let consumed = sluice.kcat_consume(&topic, &["-p", "0", "-f", "%o\t%k\t%s\t%h\n"]);
         let lines: Vec<&str> = consumed.lines().collect();
         assert_eq!(lines.len(), 200, "{codec}: {consumed}");
         for (i, line) in lines.iter().enumerate() {
@@ -156,26 +139,13 @@ fn topic_compression_compresses_what_arrives_uncompressed() {
                 ))
             })
             .expect("Loghub sample");
-        let out = run_with_input(
-            kcat().args([
-                "-P",
-                "-b",
-                &sluice.kafka,
-                "-t",
-                &topic,
-                "-z",
-                "none",
-                "-X",
-                "linger.ms=100",
-            ]),
+        let out = sluice.kcat_produce(
+            &topic,
+            &["-z", "none", "-X", "linger.ms=100"],
             log.as_bytes(),
-            T,
         );
         assert!(out.status.success());
-        let consumed = run_ok(
-            kcat().args(["-C", "-b", &sluice.kafka, "-t", &topic, "-e", "-q"]),
-            T,
-        );
+        let consumed = sluice.kcat_consume(&topic, &[]);
         let sent: Vec<&str> = log.lines().collect();
         let got: Vec<&str> = consumed.lines().collect();
         assert_eq!(got.len(), sent.len(), "{codec}: record count");
@@ -316,19 +286,7 @@ fn record_batch_over_max_message_bytes_is_refused() {
     ]);
     assert!(out.status.success());
     let big = format!("{}\n", "y".repeat(5000));
-    let out = run_with_input(
-        kcat().args([
-            "-P",
-            "-b",
-            &sluice.kafka,
-            "-t",
-            "small",
-            "-X",
-            "message.max.bytes=100000",
-        ]),
-        big.as_bytes(),
-        T,
-    );
+    let out = sluice.kcat_produce("small", &["-X", "message.max.bytes=100000"], big.as_bytes());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Message size too large"), "{stderr}");
     assert!(
@@ -338,15 +296,8 @@ fn record_batch_over_max_message_bytes_is_refused() {
             >= 1.0
     );
     // A record that fits still goes in.
-    let out = run_with_input(
-        kcat().args(["-P", "-b", &sluice.kafka, "-t", "small"]),
-        b"fits\n",
-        T,
-    );
+    let out = sluice.kcat_produce("small", &[], b"fits\n");
     assert!(out.status.success());
-    let consumed = run_ok(
-        kcat().args(["-C", "-b", &sluice.kafka, "-t", "small", "-e", "-q"]),
-        T,
-    );
+    let consumed = sluice.kcat_consume("small", &[]);
     assert_eq!(consumed, "fits\n");
 }

@@ -97,22 +97,7 @@ fn retention_by_size_deletes_oldest_segments() {
     );
     // What remains is a whole, contiguous suffix of what was written.
     let low = low_watermark(&sluice, "sized");
-    let consumed = run_ok(
-        kcat().args([
-            "-C",
-            "-b",
-            &sluice.kafka,
-            "-t",
-            "sized",
-            "-p",
-            "0",
-            "-e",
-            "-q",
-            "-f",
-            "%o %s\n",
-        ]),
-        T,
-    );
+    let consumed = sluice.kcat_consume("sized", &["-p", "0", "-f", "%o %s\n"]);
     let got: Vec<&str> = consumed.lines().collect();
     assert_eq!(got.len() as i64, 1000 - low);
     for (i, line) in got.iter().enumerate() {
@@ -155,10 +140,7 @@ fn retention_by_age_deletes_expired_segments() {
     wait_until("age retention", Duration::from_secs(10), || {
         low_watermark(&sluice, "aged") == 3
     });
-    let consumed = run_ok(
-        kcat().args(["-C", "-b", &sluice.kafka, "-t", "aged", "-e", "-q"]),
-        T,
-    );
+    let consumed = sluice.kcat_consume("aged", &[]);
     assert_eq!(consumed, "newer\n", "the active segment always stays");
 }
 
@@ -226,20 +208,7 @@ fn free_disk_floor_refuses_produce_and_recovers() {
         "{}",
         String::from_utf8_lossy(&accepted.stderr)
     );
-    let consumed = run_ok(
-        kcat().args([
-            "-C",
-            "-b",
-            &sluice.kafka,
-            "-t",
-            "floor",
-            "-p",
-            "0",
-            "-e",
-            "-q",
-        ]),
-        T,
-    );
+    let consumed = sluice.kcat_consume("floor", &["-p", "0"]);
     assert_eq!(consumed, "after space returned\n");
     assert!(sluice
         .log_text()

@@ -138,6 +138,27 @@ impl Sluice {
         })
     }
 
+    /// `kcat -P` into `topic` with `extra` flags, fed `input`.
+    pub fn kcat_produce(&self, topic: &str, extra: &[&str], input: &[u8]) -> Output {
+        run_with_input(
+            kcat()
+                .args(["-P", "-b", &self.kafka, "-t", topic])
+                .args(extra),
+            input,
+            Duration::from_secs(60),
+        )
+    }
+
+    /// `kcat -C` of `topic` from the beginning to its end, with `extra` flags; must succeed.
+    pub fn kcat_consume(&self, topic: &str, extra: &[&str]) -> String {
+        run_ok(
+            kcat()
+                .args(["-C", "-b", &self.kafka, "-t", topic, "-e", "-q"])
+                .args(extra),
+            Duration::from_secs(60),
+        )
+    }
+
     /// Runs `sluice ARGS --brokers <this broker>` as a client.
     pub fn client(&self, args: &[&str]) -> Output {
         Command::new(SLUICE)

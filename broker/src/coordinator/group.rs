@@ -360,7 +360,7 @@ impl Group {
             }
         }
         if self.members.is_empty() {
-            self.to_empty();
+            self.become_empty();
             return;
         }
         self.generation += 1;
@@ -440,7 +440,7 @@ impl Group {
             .map(|p| (*p).clone())
     }
 
-    fn to_empty(&mut self) {
+    fn become_empty(&mut self) {
         self.state = State::Empty;
         self.leader = None;
         self.protocol = None;
@@ -557,7 +557,7 @@ impl Group {
     fn after_removal(&mut self, now: Instant) {
         if self.members.is_empty() {
             self.fail_pending_syncs();
-            self.to_empty();
+            self.become_empty();
         } else if self.state == State::PreparingRebalance {
             self.maybe_complete_join(now);
         } else {
@@ -750,7 +750,7 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Group::new("g", Duration::ZERO);
         let a = join(&mut g, "", t0).try_recv().unwrap().member_id;
-        let _ = join(&mut g, &a, t0);
+        let _joined = join(&mut g, &a, t0);
         g.tick(t0);
         assert_eq!(g.leave(&a, t0), 0);
         assert_eq!(g.state, State::Empty);
@@ -766,7 +766,7 @@ mod tests {
             ResponseError::UnknownMemberId.code()
         );
         let a = join(&mut g, "", t0).try_recv().unwrap().member_id;
-        let _ = join(&mut g, &a, t0);
+        let _joined = join(&mut g, &a, t0);
         g.tick(t0);
         let (tx, mut rx) = oneshot::channel();
         g.sync(&a, 7, vec![], t0, tx);
