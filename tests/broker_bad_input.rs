@@ -18,7 +18,6 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-
 /// Sends raw bytes; returns what came back before the broker closed the connection (or 2 s).
 fn exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).unwrap();
