@@ -147,7 +147,7 @@ fn drive(
     let producer: ThreadedProducer<BenchContext> = client::config(brokers)
         .set("acks", acks_setting)
         .set("compression.type", &args.compression)
-        .set("linger.ms", "2")
+        .set("linger.ms", args.linger_ms.to_string())
         .set("batch.size", "1000000")
         .set("queue.buffering.max.kbytes", "262144")
         .create_with_context(BenchContext(acks.clone()))?;

@@ -236,6 +236,9 @@ pub struct BenchProduceArgs {
     /// Batch compression.
     #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
     pub compression: String,
+    /// Producer linger.ms: how long librdkafka waits to fill a batch (part of every ack latency).
+    #[arg(long, default_value_t = 2)]
+    pub linger_ms: u32,
     /// Partitions of the bench topic.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,

@@ -1,12 +1,14 @@
-//! The io_uring backend: one thread owns a ring; callers hand it operations over a channel and
-//! wake it through an eventfd that the ring itself keeps a read posted on, so the thread sleeps in
-//! one place (the ring) whether it waits for new work or for the disk.
+//! The io_uring backend. Callers push their operation onto the ring and submit it themselves
+//! (one `io_uring_enter`, under a lock that keeps the submission queue single-writer); one reaper
+//! thread only waits for completions and hands each result back through a oneshot channel. No
+//! hop through another thread on the way in keeps acknowledgement latency close to a direct
+//! syscall while many operations (every partition's fsync of a group commit) fly at once.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::mpsc;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -14,7 +16,10 @@ use io_uring::{opcode, types, IoUring};
 use tokio::sync::oneshot;
 
 const RING_ENTRIES: u32 = 256;
-const WAKE: u64 = u64::MAX;
+/// user_data of the no-op that tells the reaper its last handle is gone.
+const STOP: u64 = u64::MAX;
+/// `IORING_ENTER_GETEVENTS` from <linux/io_uring.h> (the crate keeps its copy private).
+const ENTER_GETEVENTS: u32 = 1;
 
 enum OpKind {
     Write {
@@ -36,37 +41,84 @@ struct Op {
 }
 
 struct Shared {
-    /// Taken on drop, so the thread sees the channel close before it is woken for the last time.
-    queue: Mutex<Option<mpsc::Sender<Op>>>,
-    wake_fd: OwnedFd,
+    ring: IoUring,
+    /// Held while pushing onto the submission queue and submitting: the queue has one writer.
+    submit_lock: Mutex<()>,
+    /// Operations the kernel is working on; each keeps its buffer and file alive until reaped.
+    in_flight: Mutex<HashMap<u64, Op>>,
+    next_id: AtomicU64,
 }
 
 impl Shared {
-    fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own; the result needs no check
-        // because the counter only has to become non-zero.
-        unsafe {
-            libc::write(
-                self.wake_fd.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            );
+    fn entry(&self, id: u64, op: &Op) -> io_uring::squeue::Entry {
+        let fd = types::Fd(op.file.as_raw_fd());
+        match &op.kind {
+            OpKind::Write { offset, data, done } => {
+                let rest = &data[*done..];
+                opcode::Write::new(fd, rest.as_ptr(), rest.len() as u32)
+                    .offset(offset + *done as u64)
+                    .build()
+            }
+            OpKind::Read { offset, buf } => {
+                opcode::Read::new(fd, buf.as_ptr() as *mut u8, buf.len() as u32)
+                    .offset(*offset)
+                    .build()
+            }
+            OpKind::Sync => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+        }
+        .user_data(id)
+    }
+
+    /// Registers `op` and submits it to the kernel.
+    fn start(&self, op: Op) -> io::Result<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) % STOP;
+        let entry = self.entry(id, &op);
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(id, op);
+        self.submit(&entry).inspect_err(|_| {
+            self.in_flight.lock().expect("in-flight lock").remove(&id);
+        })
+    }
+
+    fn submit(&self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+        let _one_writer = self.submit_lock.lock().expect("submit lock");
+        loop {
+            // SAFETY: `submit_lock` is held, so this is the only SubmissionQueue in existence.
+            // Every buffer an entry points at outlives its operation: write data is a `Bytes` and
+            // read buffers are `Vec`s owned by the `Op` in `in_flight` until it is reaped (a Vec's
+            // heap buffer does not move when the Op moves), and the `Op` holds its file open.
+            let pushed = unsafe { self.ring.submission_shared().push(entry) }.is_ok();
+            if pushed {
+                break;
+            }
+            self.ring.submit()?;
+        }
+        self.ring.submit()?;
+        Ok(())
+    }
+}
+
+/// Tells the reaper to finish once the last `Uring` handle is dropped.
+struct Stopper(Arc<Shared>);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        let stop = opcode::Nop::new().build().user_data(STOP);
+        if let Err(e) = self.0.submit(&stop) {
+            tracing::error!(error = %e, "stopping the io_uring reaper");
         }
     }
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        drop(self.queue.lock().map(|mut q| q.take()));
-        self.wake();
-    }
-}
-
-/// Handle to the ring thread; cheap to clone. The thread ends when the last handle is dropped.
+/// Handle to the ring; cheap to clone.
 #[derive(Clone)]
 pub struct Uring {
     shared: Arc<Shared>,
+    _stopper: Arc<Stopper>,
 }
 
 impl Uring {
@@ -74,59 +126,45 @@ impl Uring {
     pub fn start() -> io::Result<Self> {
         let mut ring = IoUring::new(RING_ENTRIES)?;
         probe(&mut ring)?;
-        // SAFETY: eventfd has no memory-safety preconditions; we check the result for -1.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh eventfd that nothing else owns.
-        let wake_fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // The thread holds its own descriptor: its posted read must outlive the last handle.
-        let thread_fd = wake_fd.try_clone()?;
-        let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Some(tx)),
-            wake_fd,
+            ring,
+            submit_lock: Mutex::new(()),
+            in_flight: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
         });
+        let reaper = shared.clone();
         std::thread::Builder::new()
             .name("sluice-uring".into())
             .spawn(move || {
-                if let Err(e) = run(ring, rx, thread_fd.as_raw_fd()) {
-                    tracing::error!(error = %e, "io_uring thread failed");
+                if let Err(e) = reap(&reaper) {
+                    tracing::error!(error = %e, "io_uring reaper failed");
                 }
             })?;
-        Ok(Self { shared })
+        Ok(Self {
+            _stopper: Arc::new(Stopper(shared.clone())),
+            shared,
+        })
     }
 
-    /// Hands an operation to the ring thread at once; the receiver yields its result.
+    /// Submits an operation now; the receiver yields its result.
     fn enqueue(
         &self,
         file: &Arc<File>,
         kind: OpKind,
     ) -> io::Result<oneshot::Receiver<io::Result<Vec<u8>>>> {
         let (reply, rx) = oneshot::channel();
-        let op = Op {
+        self.shared.start(Op {
             file: file.clone(),
             kind,
             reply,
-        };
-        let stopped = || io::Error::other("io_uring thread has stopped");
-        self.shared
-            .queue
-            .lock()
-            .map_err(|_| stopped())?
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(op)
-            .map_err(|_| stopped())?;
-        self.shared.wake();
+        })?;
         Ok(rx)
     }
 
     async fn submit(&self, file: &Arc<File>, kind: OpKind) -> io::Result<Vec<u8>> {
         let rx = self.enqueue(file, kind)?;
         rx.await
-            .map_err(|_| io::Error::other("io_uring thread dropped the operation"))?
+            .map_err(|_| io::Error::other("io_uring dropped the operation"))?
     }
 
     pub async fn write_at(&self, file: &Arc<File>, offset: u64, data: Bytes) -> io::Result<()> {
@@ -147,7 +185,7 @@ impl Uring {
         self.submit(file, OpKind::Read { offset, buf }).await
     }
 
-    /// fdatasyncs every file at once: all the operations share one trip through the ring.
+    /// fdatasyncs every file at once: all the operations are in the ring together.
     pub async fn sync_all(&self, files: &[Arc<File>]) -> io::Result<()> {
         let waits = files
             .iter()
@@ -155,7 +193,7 @@ impl Uring {
             .collect::<io::Result<Vec<_>>>()?;
         for rx in waits {
             rx.await
-                .map_err(|_| io::Error::other("io_uring thread dropped the operation"))??;
+                .map_err(|_| io::Error::other("io_uring dropped the operation"))??;
         }
         Ok(())
     }
@@ -173,54 +211,44 @@ fn probe(ring: &mut IoUring) -> io::Result<()> {
     }
 }
 
-fn run(ring: IoUring, rx: mpsc::Receiver<Op>, wake_fd: RawFd) -> io::Result<()> {
-    // Declared before the ring so it is dropped after it: the kernel may still fill it until then.
-    let mut wake_buf = Box::new(0u64);
-    let mut ring = ring;
-    let mut in_flight: HashMap<u64, Op> = HashMap::new();
-    let mut next_id: u64 = 0;
-    let mut closing = false;
-    arm_wake(&mut ring, wake_fd, &mut wake_buf)?;
+/// Waits for completions and answers them, until stopped and nothing is in flight.
+fn reap(shared: &Shared) -> io::Result<()> {
+    let mut stopping = false;
     loop {
-        loop {
-            match rx.try_recv() {
-                Ok(op) => {
-                    next_id = (next_id + 1) % WAKE;
-                    push_op(&mut ring, next_id, &op)?;
-                    in_flight.insert(next_id, op);
-                }
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    closing = true;
-                    break;
-                }
-            }
-        }
-        if closing && in_flight.is_empty() {
+        if stopping && shared.in_flight.lock().expect("in-flight lock").is_empty() {
             return Ok(());
         }
-        match ring.submit_and_wait(1) {
+        // SAFETY: only waits (to_submit = 0, GETEVENTS, no argument), so it cannot race the
+        // submitters' use of the submission queue.
+        let waited = unsafe {
+            shared
+                .ring
+                .submitter()
+                .enter::<libc::sigset_t>(0, 1, ENTER_GETEVENTS, None)
+        };
+        match waited {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) => return Err(e),
         }
-        let completions: Vec<(u64, i32)> = ring
-            .completion()
+        // SAFETY: this thread is the only reader of the completion queue.
+        let completions: Vec<(u64, i32)> = unsafe { shared.ring.completion_shared() }
             .map(|cqe| (cqe.user_data(), cqe.result()))
             .collect();
         for (id, result) in completions {
-            if id == WAKE {
-                arm_wake(&mut ring, wake_fd, &mut wake_buf)?;
+            if id == STOP {
+                stopping = true;
                 continue;
             }
-            let Some(op) = in_flight.remove(&id) else {
+            let Some(op) = shared.in_flight.lock().expect("in-flight lock").remove(&id) else {
                 continue;
             };
-            if let Some(op) = complete(op, result) {
-                // A short write: the rest goes round again.
-                next_id = (next_id + 1) % WAKE;
-                push_op(&mut ring, next_id, &op)?;
-                in_flight.insert(next_id, op);
+            if let Some(rest) = complete(op, result) {
+                // A short write: the rest goes round again. Should that fail, the operation is
+                // dropped with its reply channel and its caller gets an error.
+                if let Err(e) = shared.start(rest) {
+                    tracing::error!(error = %e, "resubmitting a short write");
+                }
             }
         }
     }
@@ -255,46 +283,4 @@ fn complete(mut op: Op, result: i32) -> Option<Op> {
         }
     }
     None
-}
-
-fn push_op(ring: &mut IoUring, id: u64, op: &Op) -> io::Result<()> {
-    let fd = types::Fd(op.file.as_raw_fd());
-    let entry = match &op.kind {
-        OpKind::Write { offset, data, done } => {
-            let rest = &data[*done..];
-            opcode::Write::new(fd, rest.as_ptr(), rest.len() as u32)
-                .offset(offset + *done as u64)
-                .build()
-        }
-        OpKind::Read { offset, buf } => {
-            opcode::Read::new(fd, buf.as_ptr() as *mut u8, buf.len() as u32)
-                .offset(*offset)
-                .build()
-        }
-        OpKind::Sync => opcode::Fsync::new(fd)
-            .flags(types::FsyncFlags::DATASYNC)
-            .build(),
-    }
-    .user_data(id);
-    push(ring, &entry)
-}
-
-fn arm_wake(ring: &mut IoUring, wake_fd: RawFd, buf: &mut Box<u64>) -> io::Result<()> {
-    let entry = opcode::Read::new(types::Fd(wake_fd), (&mut **buf as *mut u64).cast(), 8)
-        .build()
-        .user_data(WAKE);
-    push(ring, &entry)
-}
-
-fn push(ring: &mut IoUring, entry: &io_uring::squeue::Entry) -> io::Result<()> {
-    loop {
-        // SAFETY: every buffer an entry points at outlives its operation: write data is a `Bytes`
-        // and read buffers are `Vec`s owned by the `Op` kept in `in_flight` until its completion
-        // (a Vec's heap buffer does not move when the Op moves), the wake buffer is a Box owned by
-        // the thread loop, and each file is held open by the Op's `Arc<File>`.
-        if unsafe { ring.submission().push(entry) }.is_ok() {
-            return Ok(());
-        }
-        ring.submit()?;
-    }
 }
