@@ -73,8 +73,6 @@ fn compaction_keeps_the_newest_value_of_every_key() {
     produce(&sluice, "k0:\nk1:\nk2:\n", true);
     let filler: String = (0..40).map(|i| format!("filler:{i}\n")).collect();
     produce(&sluice, &filler, false);
-    let written = read_all(&sluice).len();
-    assert_eq!(written, 300 + 3 + 40);
 
     // Superseded records go at the first compaction, tombstoned keys once the tombstones expire.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -112,6 +110,8 @@ fn compaction_keeps_the_newest_value_of_every_key() {
         newest.get("filler").cloned().cloned().flatten(),
         Some("39".to_owned())
     );
+    // Compaction keeps offsets: the last of the 343 records written is still at offset 342.
+    assert_eq!(records.last().map(|r| r.0), Some(342));
     assert!(
         sluice
             .metric("sluice_broker_records_compacted_total{topic=\"kv\"}")

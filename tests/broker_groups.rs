@@ -15,7 +15,11 @@ const T: Duration = Duration::from_secs(60);
 #[test]
 fn kcat_balanced_consumers_split_the_partitions() {
     let tmp = tempfile::tempdir().unwrap();
-    let sluice = Sluice::broker(tmp.path(), "");
+    // Long enough for both consumers to join the first generation on a busy machine.
+    let sluice = Sluice::broker(
+        tmp.path(),
+        "[broker]\ngroup_initial_rebalance_delay_ms = 3000\n",
+    );
     let out = sluice.client(&["topics", "create", "shared", "-p", "4"]);
     assert!(out.status.success());
     let input: String = (0..400).map(|i| format!("{i}:record {i}\n")).collect();

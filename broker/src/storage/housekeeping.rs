@@ -1,0 +1,179 @@
+//! The storage's background work: retention, compaction of compacted topics, the free-disk guard
+//! (refusing produce below `min_free_bytes`), the periodic flush of acks=0/1 writes, and the
+//! per-partition gauges.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::partition::Partition;
+use super::topics::TopicSettings;
+use super::{compaction, Storage};
+
+impl Storage {
+    pub(super) fn check_disk(&self) {
+        match free_bytes(&self.dir) {
+            Ok(free) => {
+                let low = free < self.defaults.min_free_bytes;
+                let was = self.disk_low.swap(low, Ordering::AcqRel);
+                if low && !was {
+                    tracing::error!(
+                        free_bytes = free,
+                        min_free_bytes = self.defaults.min_free_bytes,
+                        "free disk below the floor: refusing produce until space returns"
+                    );
+                } else if was && !low {
+                    tracing::warn!(
+                        free_bytes = free,
+                        "free disk back above the floor: accepting produce"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read free disk space"),
+        }
+    }
+
+    /// Syncs what acks=0/1 wrote, at least every `flush_interval_ms`.
+    pub async fn flush_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            self.defaults.flush_interval_ms.max(1),
+        ));
+        loop {
+            tick.tick().await;
+            let dirty: Vec<Arc<File>> = self
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions.read().expect("topic lock").clone())
+                .filter_map(|p| p.take_dirty())
+                .collect();
+            if !dirty.is_empty() {
+                if let Err(e) = self.io.sync_all(&dirty).await {
+                    tracing::error!(error = %e, "periodic flush failed");
+                }
+            }
+        }
+    }
+
+    /// Retention, the free-disk guard and the per-partition gauges, every check interval.
+    pub async fn housekeeping_loop(self: Arc<Self>) {
+        let period = Duration::from_millis(self.defaults.retention_check_interval_ms.max(10));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            self.check_disk();
+            for topic in self.topics() {
+                let settings = topic.settings();
+                let partitions = topic.partitions.read().expect("topic lock").clone();
+                for (i, partition) in partitions.iter().enumerate() {
+                    // A compact-only topic keeps its segments; compaction thins them instead.
+                    let (retention_ms, retention_bytes) = if settings.delete {
+                        (settings.retention_ms, settings.retention_bytes)
+                    } else {
+                        (-1, -1)
+                    };
+                    match partition.enforce_retention(retention_ms, retention_bytes) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(topic = %topic.name, partition = i, segments = n, "retention deleted segments");
+                            self.metrics
+                                .segments_deleted
+                                .with_label_values(&[&topic.name])
+                                .inc_by(n as u64);
+                        }
+                        Err(e) => {
+                            tracing::error!(topic = %topic.name, partition = i, error = %e, "retention failed")
+                        }
+                    }
+                    if settings.compact {
+                        self.compact_partition(&topic.name, i, partition, &settings)
+                            .await;
+                    }
+                    let label = i.to_string();
+                    self.metrics
+                        .log_end_offset
+                        .with_label_values(&[&topic.name, &label])
+                        .set(partition.log_end_offset());
+                    self.metrics
+                        .log_size_bytes
+                        .with_label_values(&[&topic.name, &label])
+                        .set(partition.size_bytes() as i64);
+                }
+            }
+        }
+    }
+
+    async fn compact_partition(
+        &self,
+        topic: &str,
+        index: usize,
+        partition: &Arc<Partition>,
+        settings: &TopicSettings,
+    ) {
+        let end = partition.log_end_offset();
+        let key = (topic.to_owned(), index);
+        if let Some((last_end, at)) = self.compacted.lock().expect("compacted lock").get(&key) {
+            let tombstones_due = at.elapsed().as_millis() as i64 >= settings.delete_retention_ms;
+            if *last_end == end && !tombstones_due {
+                return;
+            }
+        }
+        self.compacted
+            .lock()
+            .expect("compacted lock")
+            .insert(key, (end, std::time::Instant::now()));
+        let (closed, active) = partition.segment_files();
+        if closed.is_empty() {
+            return;
+        }
+        let delete_retention_ms = settings.delete_retention_ms;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        let partition = partition.clone();
+        let done = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            let rewrites = compaction::compact(&closed, &active, delete_retention_ms, now_ms)?;
+            Ok(partition.apply_rewrites(rewrites)?)
+        })
+        .await;
+        match done {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => {
+                tracing::info!(
+                    topic,
+                    partition = index,
+                    removed,
+                    "compaction removed superseded records"
+                );
+                self.metrics
+                    .records_compacted
+                    .with_label_values(&[topic])
+                    .inc_by(removed);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(topic, partition = index, error = %e, "compaction failed")
+            }
+            Err(e) => {
+                tracing::error!(topic, partition = index, error = %e, "compaction task failed")
+            }
+        }
+    }
+}
+
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("data dir path holds a NUL byte"))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid NUL-terminated string and `stat` points to writable memory of the
+    // right type; statvfs fully initialises it when it returns 0, which we check first.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stat.assume_init()
+    };
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
