@@ -52,6 +52,7 @@ impl Broker {
         let background = vec![
             tokio::spawn(storage.clone().housekeeping_loop()),
             tokio::spawn(storage.clone().flush_loop()),
+            tokio::spawn(storage.clone().gauges_loop()),
             tokio::spawn(coordinator.clone().tick_loop()),
         ];
         Ok(Self {

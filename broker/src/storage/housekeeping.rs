@@ -1,6 +1,6 @@
 //! The storage's background work: retention, compaction of compacted topics, the free-disk guard
 //! (refusing produce below `min_free_bytes`), the periodic flush of acks=0/1 writes, and the
-//! per-partition gauges.
+//! per-partition gauges (every 5 s).
 
 use std::fs::File;
 use std::path::Path;
@@ -56,7 +56,7 @@ impl Storage {
         }
     }
 
-    /// Retention, the free-disk guard and the per-partition gauges, every check interval.
+    /// Retention, compaction and the free-disk guard, every check interval.
     pub async fn housekeeping_loop(self: Arc<Self>) {
         let period = Duration::from_millis(self.defaults.retention_check_interval_ms.max(10));
         let mut tick = tokio::time::interval(period);
@@ -90,14 +90,27 @@ impl Storage {
                         self.compact_partition(&topic.name, i, partition, &settings)
                             .await;
                     }
-                    let label = i.to_string();
+                }
+            }
+        }
+    }
+
+    /// Refreshes the per-partition gauges (log end offset, size on disk) every 5 s.
+    pub async fn gauges_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            for topic in self.topics() {
+                let partitions = topic.partitions.read().expect("topic lock").clone();
+                for (i, partition) in partitions.iter().enumerate() {
+                    let labels = [topic.name.as_str(), &i.to_string()];
                     self.metrics
                         .log_end_offset
-                        .with_label_values(&[&topic.name, &label])
+                        .with_label_values(&labels)
                         .set(partition.log_end_offset());
                     self.metrics
                         .log_size_bytes
-                        .with_label_values(&[&topic.name, &label])
+                        .with_label_values(&labels)
                         .set(partition.size_bytes() as i64);
                 }
             }
