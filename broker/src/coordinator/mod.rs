@@ -339,10 +339,14 @@ async fn replay(topic: &Topic) -> anyhow::Result<Offsets> {
     };
     let mut next = partition.log_start_offset();
     while next < partition.log_end_offset() {
-        let read = partition
-            .read(next, 1 << 20)
-            .await
-            .map_err(|e| anyhow::anyhow!("reading {OFFSETS_TOPIC}: {e:?}"))?;
+        let read = match partition.read(next, 1 << 20).await {
+            Ok(read) => read,
+            // Start with the commits read so far: their groups re-read a little (at least once).
+            Err(e) => {
+                tracing::error!(offset = next, error = ?e, "{OFFSETS_TOPIC} is unreadable from here on; later commits are lost");
+                break;
+            }
+        };
         if read.records.is_empty() {
             break;
         }

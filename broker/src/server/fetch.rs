@@ -91,12 +91,6 @@ async fn read_all(
                 Ok(read) => {
                     total += read.records.len();
                     budget = budget.saturating_sub(read.records.len());
-                    if read.corrupt {
-                        ctx.metrics
-                            .corrupt_reads
-                            .with_label_values(&[fetch_topic.topic.as_str()])
-                            .inc();
-                    }
                     data.with_high_watermark(read.high_watermark)
                         .with_last_stable_offset(read.high_watermark)
                         .with_log_start_offset(read.log_start_offset)
@@ -106,6 +100,13 @@ async fn read_all(
                     errors = true;
                     let code = match e {
                         ReadError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
+                        ReadError::Corrupt => {
+                            ctx.metrics
+                                .corrupt_reads
+                                .with_label_values(&[fetch_topic.topic.as_str()])
+                                .inc();
+                            ResponseError::KafkaStorageError
+                        }
                         ReadError::Io(e) => {
                             tracing::error!(topic = %fetch_topic.topic.as_str(), partition = wanted.partition,
                                 error = %e, "reading the log");

@@ -42,6 +42,8 @@ pub struct Appended {
 #[derive(Debug)]
 pub enum ReadError {
     OffsetOutOfRange,
+    /// A torn or corrupt batch where the read had to go; it is never served.
+    Corrupt,
     Io(io::Error),
 }
 
@@ -73,8 +75,6 @@ pub struct ReadResult {
     pub records: Bytes,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    /// Set when a corrupt batch was found where the read wanted to start.
-    pub corrupt: bool,
 }
 
 impl Partition {
@@ -312,7 +312,6 @@ impl Partition {
                 records: Bytes::new(),
                 high_watermark: log.next_offset,
                 log_start_offset: start,
-                corrupt: false,
             };
             if offset == log.next_offset {
                 return Ok(empty);
@@ -338,35 +337,36 @@ impl Partition {
         };
         let mut want = max_bytes.max(HEADER_LEN);
         loop {
+            if position >= end {
+                return Ok(ReadResult {
+                    records: Bytes::new(),
+                    high_watermark,
+                    log_start_offset,
+                });
+            }
             let len = want.min((end - position) as usize);
             let buf = self.io.read_at(&file, position, len).await?;
+            let at_end = position + buf.len() as u64 >= end;
             match cut_batches(&buf, offset, max_bytes) {
-                Cut::Batches(range) if range.is_empty() && position + (buf.len() as u64) < end => {
-                    // Everything read precedes `offset`: move on.
-                    position += buf.len() as u64;
-                }
                 Cut::Batches(range) => {
-                    let records = Bytes::from(buf).slice(range);
                     return Ok(ReadResult {
-                        records,
+                        records: Bytes::from(buf).slice(range),
                         high_watermark,
                         log_start_offset,
-                        corrupt: false,
-                    });
+                    })
                 }
-                Cut::NeedMore(more) => want = len + more,
-                Cut::Corrupt(at) => {
-                    tracing::error!(dir = %self.dir.display(), position = position + at as u64,
-                        "corrupt batch in the log; not serving it");
-                    return Ok(ReadResult {
-                        records: Bytes::new(),
-                        high_watermark,
-                        log_start_offset,
-                        corrupt: true,
-                    });
-                }
+                Cut::Skip(n) if n > 0 => position += n as u64,
+                Cut::NeedMore(more) if !at_end => want = buf.len() + more,
+                // Less than a header left before the end, or a batch claiming to run past it.
+                Cut::Skip(_) | Cut::NeedMore(_) => return Err(self.corrupt(position)),
+                Cut::Corrupt(at) => return Err(self.corrupt(position + at as u64)),
             }
         }
+    }
+
+    fn corrupt(&self, position: u64) -> ReadError {
+        tracing::error!(dir = %self.dir.display(), position, "corrupt batch in the log; not serving it");
+        ReadError::Corrupt
     }
 
     /// The first offset whose batch holds a record at or after `timestamp` (ms), with the batch

@@ -311,16 +311,22 @@ impl Segment {
     }
 }
 
-/// Cuts a buffer read from a log at `start` into whole batches: skips batches that end before
-/// `from_offset`, keeps at most `max_bytes` (but always the first wanted batch whole), and stops at
-/// anything torn or corrupt. Returns the kept byte range, or what is still missing to complete the
-/// first wanted batch.
+/// What a buffer read from a log holds for a fetch.
 pub enum Cut {
+    /// Whole batches in this range of the buffer, the first one holding or following the offset;
+    /// the first is always whole, the rest stop at `max_bytes`.
     Batches(std::ops::Range<usize>),
+    /// Every batch read ends before the offset: the next batch starts this many bytes on.
+    Skip(usize),
+    /// The first wanted batch is longer than what was read: this many bytes more are needed.
     NeedMore(usize),
+    /// A torn or corrupt batch starts here.
     Corrupt(usize),
 }
 
+/// Cuts a buffer read from a log at a batch boundary into whole batches for a fetch of
+/// `from_offset`: skips batches that end before it, keeps at most `max_bytes` (but always the
+/// first wanted batch whole), and stops at anything torn or corrupt.
 pub fn cut_batches(buf: &[u8], from_offset: i64, max_bytes: usize) -> Cut {
     let mut pos = 0;
     let mut first = None;
@@ -330,6 +336,9 @@ pub fn cut_batches(buf: &[u8], from_offset: i64, max_bytes: usize) -> Cut {
         };
         let end = pos + header.size;
         if header.last_offset() < from_offset {
+            if end > buf.len() {
+                return Cut::Skip(end);
+            }
             pos = end;
             continue;
         }
@@ -355,7 +364,7 @@ pub fn cut_batches(buf: &[u8], from_offset: i64, max_bytes: usize) -> Cut {
     }
     match first {
         Some(start) => Cut::Batches(start..pos),
-        None => Cut::Batches(pos..pos),
+        None => Cut::Skip(pos),
     }
 }
 
@@ -435,6 +444,10 @@ mod tests {
         assert!(
             matches!(cut_batches(&buf[..one + 70], 3, 1000), Cut::NeedMore(n) if n == one - 70)
         );
+        // Everything read precedes the offset, even a batch cut by the buffer's end: resume at
+        // the next batch boundary, never in the middle of one.
+        assert!(matches!(cut_batches(&buf[..one + 70], 99, 1000), Cut::Skip(n) if n == 2 * one));
+        assert!(matches!(cut_batches(&buf, 99, 1000), Cut::Skip(n) if n == 2 * one));
         buf[one + 70] ^= 1;
         assert!(matches!(cut_batches(&buf, 0, 10_000), Cut::Batches(r) if r == (0..one)));
     }

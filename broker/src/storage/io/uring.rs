@@ -38,6 +38,8 @@ struct Op {
     file: Arc<File>,
     kind: OpKind,
     reply: oneshot::Sender<io::Result<Vec<u8>>>,
+    /// A slot in the ring, given back when the operation is reaped.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 struct Shared {
@@ -47,6 +49,8 @@ struct Shared {
     /// Operations the kernel is working on; each keeps its buffer and file alive until reaped.
     in_flight: Mutex<HashMap<u64, Op>>,
     next_id: AtomicU64,
+    /// At most RING_ENTRIES operations in flight: the queues can never overflow.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -71,20 +75,21 @@ impl Shared {
         .user_data(id)
     }
 
-    /// Registers `op` and submits it to the kernel.
-    fn start(&self, op: Op) -> io::Result<()> {
+    /// Registers `op` and hands it to the kernel. Once its entry is queued the op stays
+    /// registered until reaped, whatever happens: the kernel may be using its buffer.
+    fn start(&self, op: Op) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) % STOP;
         let entry = self.entry(id, &op);
         self.in_flight
             .lock()
             .expect("in-flight lock")
             .insert(id, op);
-        self.submit(&entry).inspect_err(|_| {
-            self.in_flight.lock().expect("in-flight lock").remove(&id);
-        })
+        self.submit(&entry);
     }
 
-    fn submit(&self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+    /// Queues an entry and submits it. The queue has room (operations are capped at its size);
+    /// should the submit fail, the entry stays queued and the reaper submits it next round.
+    fn submit(&self, entry: &io_uring::squeue::Entry) {
         let _one_writer = self.submit_lock.lock().expect("submit lock");
         loop {
             // SAFETY: `submit_lock` is held, so this is the only SubmissionQueue in existence.
@@ -95,10 +100,26 @@ impl Shared {
             if pushed {
                 break;
             }
-            self.ring.submit()?;
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!(error = %e, "io_uring submit failed; retrying");
+                std::thread::yield_now();
+            }
         }
-        self.ring.submit()?;
-        Ok(())
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!(error = %e, "io_uring submit failed; the reaper will resubmit");
+        }
+    }
+
+    /// Submits whatever a failed submit left queued.
+    fn flush_queued(&self) {
+        let _one_writer = self.submit_lock.lock().expect("submit lock");
+        // SAFETY: `submit_lock` is held; the queue is only looked at.
+        let queued = unsafe { !self.ring.submission_shared().is_empty() };
+        if queued {
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!(error = %e, "io_uring resubmit failed");
+            }
+        }
     }
 }
 
@@ -108,9 +129,7 @@ struct Stopper(Arc<Shared>);
 impl Drop for Stopper {
     fn drop(&mut self) {
         let stop = opcode::Nop::new().build().user_data(STOP);
-        if let Err(e) = self.0.submit(&stop) {
-            tracing::error!(error = %e, "stopping the io_uring reaper");
-        }
+        self.0.submit(&stop);
     }
 }
 
@@ -131,6 +150,7 @@ impl Uring {
             submit_lock: Mutex::new(()),
             in_flight: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            slots: Arc::new(tokio::sync::Semaphore::new(RING_ENTRIES as usize)),
         });
         let reaper = shared.clone();
         std::thread::Builder::new()
@@ -146,23 +166,31 @@ impl Uring {
         })
     }
 
-    /// Submits an operation now; the receiver yields its result.
-    fn enqueue(
+    /// Submits an operation as soon as the ring has room; the receiver yields its result.
+    async fn enqueue(
         &self,
         file: &Arc<File>,
         kind: OpKind,
     ) -> io::Result<oneshot::Receiver<io::Result<Vec<u8>>>> {
+        let slot = self
+            .shared
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| io::Error::other("io_uring is closed"))?;
         let (reply, rx) = oneshot::channel();
         self.shared.start(Op {
             file: file.clone(),
             kind,
             reply,
-        })?;
+            _slot: slot,
+        });
         Ok(rx)
     }
 
     async fn submit(&self, file: &Arc<File>, kind: OpKind) -> io::Result<Vec<u8>> {
-        let rx = self.enqueue(file, kind)?;
+        let rx = self.enqueue(file, kind).await?;
         rx.await
             .map_err(|_| io::Error::other("io_uring dropped the operation"))?
     }
@@ -187,10 +215,10 @@ impl Uring {
 
     /// fdatasyncs every file at once: all the operations are in the ring together.
     pub async fn sync_all(&self, files: &[Arc<File>]) -> io::Result<()> {
-        let waits = files
-            .iter()
-            .map(|f| self.enqueue(f, OpKind::Sync))
-            .collect::<io::Result<Vec<_>>>()?;
+        let mut waits = Vec::with_capacity(files.len());
+        for file in files {
+            waits.push(self.enqueue(file, OpKind::Sync).await?);
+        }
         for rx in waits {
             rx.await
                 .map_err(|_| io::Error::other("io_uring dropped the operation"))??;
@@ -228,7 +256,9 @@ fn reap(shared: &Shared) -> io::Result<()> {
         };
         match waited {
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {
+                continue
+            }
             Err(e) => return Err(e),
         }
         // SAFETY: this thread is the only reader of the completion queue.
@@ -244,13 +274,11 @@ fn reap(shared: &Shared) -> io::Result<()> {
                 continue;
             };
             if let Some(rest) = complete(op, result) {
-                // A short write: the rest goes round again. Should that fail, the operation is
-                // dropped with its reply channel and its caller gets an error.
-                if let Err(e) = shared.start(rest) {
-                    tracing::error!(error = %e, "resubmitting a short write");
-                }
+                // A short write: the rest goes round again (it keeps its slot).
+                shared.start(rest);
             }
         }
+        shared.flush_queued();
     }
 }
 
