@@ -61,7 +61,8 @@ impl Close {
     }
 }
 
-/// Accepts connections until `shutdown` resolves.
+/// Accepts connections until `shutdown` resolves; then ends every connection, so nothing
+/// appends once the storage is being closed.
 pub async fn serve(
     ctx: Arc<Context>,
     listener: TcpListener,
@@ -70,9 +71,15 @@ pub async fn serve(
     max_in_flight: usize,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => {
+                connections.abort_all();
+                while connections.join_next().await.is_some() {}
+                return Ok(());
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(conn) => conn,
@@ -84,7 +91,7 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let gauge = ctx.metrics.connections.with_label_values(&["kafka"]);
                     gauge.inc();
                     connection(ctx.clone(), stream, peer, max_frame, max_in_flight).await;

@@ -76,7 +76,7 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
                         }
                         AppendError::ProducerFenced { .. } => ResponseError::InvalidProducerEpoch,
                         AppendError::UnknownProducer => ResponseError::UnknownProducerId,
-                        AppendError::DiskFull | AppendError::Io(_) => {
+                        AppendError::DiskFull | AppendError::Failed | AppendError::Io(_) => {
                             ResponseError::KafkaStorageError
                         }
                     };

@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,9 +28,15 @@ pub struct Flusher {
 
 impl Flusher {
     /// Starts the task; `linger` lets a cycle wait for company, `max_pending` bounds the queue.
-    pub fn start(io: Io, linger: Duration, max_pending: usize, metrics: BrokerMetrics) -> Self {
+    pub fn start(
+        io: Io,
+        linger: Duration,
+        max_pending: usize,
+        metrics: BrokerMetrics,
+        failed: Arc<AtomicBool>,
+    ) -> Self {
         let (queue, rx) = mpsc::channel(max_pending.max(1));
-        tokio::spawn(run(io, rx, linger, max_pending.max(1), metrics));
+        tokio::spawn(run(io, rx, linger, max_pending.max(1), metrics, failed));
         Self { queue }
     }
 
@@ -61,6 +68,7 @@ async fn run(
     linger: Duration,
     max_pending: usize,
     metrics: BrokerMetrics,
+    failed: Arc<AtomicBool>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut cycle = vec![first];
@@ -93,7 +101,10 @@ async fn run(
             .observe(started.elapsed().as_secs_f64());
         metrics.fsync_batch_writes.observe(cycle.len() as f64);
         if let Err(e) = &result {
-            tracing::error!(error = %e, "fdatasync failed; durable writes in this cycle are refused");
+            // After a failed fsync the kernel may have dropped the dirty pages, and a later
+            // fsync can succeed without them: nothing written may be trusted any more.
+            failed.store(true, Ordering::Release);
+            tracing::error!(error = %e, "fdatasync failed: storage is failed, refusing every produce until restart");
         }
         for request in cycle {
             let _ = request.done.send(result.clone());

@@ -50,7 +50,8 @@ impl Storage {
                 .collect();
             if !dirty.is_empty() {
                 if let Err(e) = self.io.sync_all(&dirty).await {
-                    tracing::error!(error = %e, "periodic flush failed");
+                    self.failed.store(true, Ordering::Release);
+                    tracing::error!(error = %e, "periodic flush failed: storage is failed, refusing every produce until restart");
                 }
             }
         }
@@ -146,7 +147,10 @@ impl Storage {
             .map(|d| d.as_millis() as i64)
             .unwrap_or_default();
         let partition = partition.clone();
+        // Held by the blocking work itself: it outlives this task if shutdown aborts it.
+        let compacting = self.maintenance.clone().lock_owned().await;
         let done = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            let _compacting = compacting;
             let rewrites = compaction::compact(&closed, &active, delete_retention_ms, now_ms)?;
             Ok(partition.apply_rewrites(rewrites)?)
         })

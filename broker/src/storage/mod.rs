@@ -98,6 +98,8 @@ pub enum AppendError {
     TooLarge { size: usize, max: u32 },
     #[error("free disk space is below min_free_bytes; produce refused until space returns")]
     DiskFull,
+    #[error("storage failed (an fsync returned an error); produce refused until restart")]
+    Failed,
     #[error("out of order sequence number: expected {expected}, got {got}")]
     OutOfOrderSequence { expected: i32, got: i32 },
     #[error("producer epoch {got} is older than the current epoch {current}")]
@@ -118,6 +120,10 @@ pub struct Storage {
     admin: tokio::sync::Mutex<()>,
     metrics: BrokerMetrics,
     disk_low: AtomicBool,
+    /// Held by a running compaction, and by `close` so none runs past it.
+    maintenance: Arc<tokio::sync::Mutex<()>>,
+    /// Set for good when an fsync fails.
+    failed: Arc<AtomicBool>,
     /// Woken on every append, so long-polling fetches see new data at once.
     pub appended: tokio::sync::Notify,
     /// Per compacted partition: the log end offset and time of its last compaction, so an idle
@@ -152,15 +158,19 @@ impl Storage {
         let clean = marker.exists();
         if clean {
             std::fs::remove_file(&marker)?;
+            // Durably gone: a crash from here on must count as unclean.
+            sync_dir(dir)?;
         }
         let io = Io::start(defaults.io_backend)?;
         tracing::info!(backend = io.name(), dir = %dir.display(), "storage opened");
         metrics.io_backend.with_label_values(&[io.name()]).set(1);
+        let failed = Arc::new(AtomicBool::new(false));
         let flusher = Flusher::start(
             io.clone(),
             Duration::from_micros(defaults.flush_linger_us),
             defaults.flush_max_pending,
             metrics.clone(),
+            failed.clone(),
         );
         let records: BTreeMap<String, TopicRecord> = match std::fs::read(dir.join(TOPICS_FILE)) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -184,6 +194,8 @@ impl Storage {
             admin: tokio::sync::Mutex::new(()),
             metrics,
             disk_low: AtomicBool::new(false),
+            maintenance: Arc::new(tokio::sync::Mutex::new(())),
+            failed,
             appended: tokio::sync::Notify::new(),
             producer_ids: std::sync::OnceLock::new(),
             compacted: Default::default(),
@@ -435,6 +447,9 @@ impl Storage {
         partition: &Partition,
         records: Bytes,
     ) -> Result<(Appended, Arc<File>), AppendError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(AppendError::Failed);
+        }
         if self.disk_low.load(Ordering::Acquire) {
             return Err(AppendError::DiskFull);
         }
@@ -472,6 +487,8 @@ impl Storage {
 
     /// Syncs every partition and marks the stop clean, so the next start skips the tail scans.
     pub fn close(&self) -> std::io::Result<()> {
+        // A compaction still running finishes first; none starts after.
+        let _no_compaction = self.maintenance.blocking_lock();
         for topic in self.topics() {
             for partition in topic.partitions.read().expect("topic lock").iter() {
                 partition.sync()?;
@@ -516,10 +533,15 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        File::open(parent)?.sync_all()?;
+    match path.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Makes a directory's entries (created, renamed, removed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Topics the broker itself owns (`__consumer_offsets`): clients may read but not change them.

@@ -81,7 +81,12 @@ impl Partition {
     /// Opens (or creates) the partition in `dir`. With `verify`, the last segment is scanned batch
     /// by batch and cut at the first torn or corrupt batch: the recovery after an unclean stop.
     pub fn open(dir: &Path, io: Io, settings: LogSettings, verify: bool) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                super::sync_dir(parent)?;
+            }
+        }
         let mut bases: Vec<i64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -206,9 +211,6 @@ impl Partition {
         };
         let len = data.len() as u64;
         self.io.write_at(&file, position, data.freeze()).await?;
-        let mut producers = self.producers.lock().expect("producers lock");
-        headers.iter().for_each(|h| producers.record(h));
-        drop(producers);
         let mut log = self.log();
         let log_start_offset = log.segments.values().next().map_or(0, |s| s.base_offset);
         let active = log
@@ -224,6 +226,11 @@ impl Partition {
         active.size = position + len;
         let last_offset = active.next_offset - 1;
         log.next_offset = last_offset + 1;
+        drop(log);
+        // Only once the batches are part of the log do they count for idempotence.
+        let mut producers = self.producers.lock().expect("producers lock");
+        headers.iter().for_each(|h| producers.record(h));
+        drop(producers);
         self.dirty.store(true, Ordering::Release);
         Ok((
             Appended {
@@ -412,7 +419,9 @@ impl Partition {
             for base in closed {
                 let segment = &log.segments[&base];
                 let expired = retention_ms >= 0 && segment.max_timestamp < now_ms - retention_ms;
-                let oversized = retention_bytes >= 0 && total > retention_bytes as u64;
+                // As Kafka: delete only while what remains stays at least retention.bytes.
+                let oversized =
+                    retention_bytes >= 0 && total - segment.size >= retention_bytes as u64;
                 if !(expired || oversized) {
                     break;
                 }
@@ -461,24 +470,39 @@ impl Partition {
                 continue;
             }
             let old_path = old.log_path().to_owned();
-            let old = log
-                .segments
-                .remove(&rewrite.base_offset)
-                .expect("checked above");
             match &rewrite.cleaned {
                 Some(cleaned) => {
-                    std::fs::rename(cleaned, &old_path)?;
-                    drop(old);
+                    // The old index goes first (durably): a crash after the rename must not
+                    // find an index that describes the old log.
                     let _ = std::fs::remove_file(old_path.with_extension("index"));
-                    let (segment, _) = Segment::open(
+                    super::sync_dir(&self.dir)?;
+                    std::fs::rename(cleaned, &old_path)?;
+                    super::sync_dir(&self.dir)?;
+                    match Segment::open(
                         &self.dir,
                         rewrite.base_offset,
                         settings.index_interval_bytes,
                         true,
-                    )?;
-                    log.segments.insert(rewrite.base_offset, segment);
+                    ) {
+                        Ok((segment, _)) => {
+                            log.segments.insert(rewrite.base_offset, segment);
+                        }
+                        // Readers keep the old segment's open file; the next start opens the
+                        // compacted one.
+                        Err(e) => {
+                            tracing::error!(dir = %self.dir.display(), error = %e, "reopening a compacted segment");
+                            continue;
+                        }
+                    }
                 }
-                None => old.delete()?,
+                None => {
+                    let old = log
+                        .segments
+                        .remove(&rewrite.base_offset)
+                        .expect("checked above");
+                    old.delete()?;
+                    super::sync_dir(&self.dir)?;
+                }
             }
             removed += rewrite.removed;
         }

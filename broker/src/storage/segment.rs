@@ -93,6 +93,8 @@ impl Segment {
         log.set_len(0)?;
         let index_file = open_rw(&index_path)?;
         index_file.set_len(0)?;
+        // The new files' names must survive a crash as surely as the data acked into them.
+        super::sync_dir(dir)?;
         Ok(Self {
             base_offset,
             log: Arc::new(log),
@@ -150,11 +152,19 @@ impl Segment {
             Some(()) => {
                 let start = segment.index.last().map_or(0, |e| e.position as u64);
                 let mut report = segment.scan_from(start, file_len, false)?;
-                report.batches += segment.index.len().saturating_sub(1);
-                report
+                if report.truncated_bytes > 0 {
+                    // The index does not fit the log (say, a compaction rename it did not
+                    // follow): nothing is cut on its word; a full checked scan decides.
+                    segment.reset();
+                    segment.index_file.set_len(0)?;
+                    segment.scan_from(0, file_len, true)?
+                } else {
+                    report.batches += segment.index.len().saturating_sub(1);
+                    report
+                }
             }
             None => {
-                segment.index.clear();
+                segment.reset();
                 segment.index_file.set_len(0)?;
                 segment.scan_from(0, file_len, true)?
             }
@@ -164,6 +174,14 @@ impl Segment {
             segment.log.sync_data()?;
         }
         Ok((segment, report))
+    }
+
+    fn reset(&mut self) {
+        self.index.clear();
+        self.size = 0;
+        self.next_offset = self.base_offset;
+        self.max_timestamp = -1;
+        self.bytes_since_index = 0;
     }
 
     fn load_index(&mut self, file_len: u64) -> io::Result<Option<()>> {

@@ -256,7 +256,12 @@ fn reap(shared: &Shared) -> io::Result<()> {
         };
         match waited {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
                 continue
             }
             Err(e) => return Err(e),
