@@ -218,7 +218,14 @@ impl Group {
         member.session_timeout = req.session_timeout;
         member.rebalance_timeout = req.rebalance_timeout;
         member.last_heard = now;
-        member.pending_join = Some(reply);
+        if let Some(earlier) = member.pending_join.replace(reply) {
+            // A retried JoinGroup: the earlier request still gets its answer.
+            let _ = earlier.send(JoinResult {
+                error: code(ResponseError::RebalanceInProgress),
+                generation: -1,
+                ..Default::default()
+            });
+        }
         self.protocol_type = Some(req.protocol_type);
         if self.state != State::PreparingRebalance {
             self.prepare_rebalance(now);
@@ -356,7 +363,7 @@ impl Group {
             .collect();
         for id in gone {
             if let Some(member) = self.members.remove(&id) {
-                self.forget_instance(&member);
+                self.drop_member(member);
             }
         }
         if self.members.is_empty() {
@@ -477,7 +484,12 @@ impl Group {
                 let _ = reply.send(self.sync_result(member_id));
             }
             State::CompletingRebalance => {
-                member.pending_sync = Some(reply);
+                if let Some(earlier) = member.pending_sync.replace(reply) {
+                    let _ = earlier.send(SyncResult {
+                        error: code(ResponseError::RebalanceInProgress),
+                        ..Default::default()
+                    });
+                }
                 if self.leader.as_deref() == Some(member_id) {
                     let mut given: HashMap<String, Bytes> = assignments.into_iter().collect();
                     for member in self.members.values_mut() {
@@ -534,16 +546,29 @@ impl Group {
         let Some(member) = self.members.remove(member_id) else {
             return code(ResponseError::UnknownMemberId);
         };
+        self.drop_member(member);
+        self.after_removal(now);
+        0
+    }
+
+    /// Forgets a removed member, answering whatever it still waits for: no request goes
+    /// unanswered (a missing answer would shift every later reply on its connection).
+    fn drop_member(&mut self, member: Member) {
         self.forget_instance(&member);
+        let gone = code(ResponseError::UnknownMemberId);
         if let Some(reply) = member.pending_join {
             let _ = reply.send(JoinResult {
-                error: code(ResponseError::UnknownMemberId),
+                error: gone,
                 generation: -1,
                 ..Default::default()
             });
         }
-        self.after_removal(now);
-        0
+        if let Some(reply) = member.pending_sync {
+            let _ = reply.send(SyncResult {
+                error: gone,
+                ..Default::default()
+            });
+        }
     }
 
     fn forget_instance(&mut self, member: &Member) {
@@ -571,15 +596,19 @@ impl Group {
         let expired: Vec<String> = self
             .members
             .values()
+            // Members waiting in JoinGroup or SyncGroup are alive; the rebalance deadlines
+            // handle those whose rebalance stalls.
             .filter(|m| {
-                m.pending_join.is_none() && now.duration_since(m.last_heard) > m.session_timeout
+                m.pending_join.is_none()
+                    && m.pending_sync.is_none()
+                    && now.duration_since(m.last_heard) > m.session_timeout
             })
             .map(|m| m.id.clone())
             .collect();
         for id in &expired {
             tracing::info!(group = %self.id, member = %id, "member's session expired");
             if let Some(member) = self.members.remove(id) {
-                self.forget_instance(&member);
+                self.drop_member(member);
             }
         }
         if !expired.is_empty() {
@@ -587,7 +616,17 @@ impl Group {
         }
         if self.state == State::CompletingRebalance && self.deadline.is_some_and(|d| now >= d) {
             // The leader never sent the assignment: start over without those who did not sync.
-            self.members.retain(|_, m| m.pending_sync.is_some());
+            let silent: Vec<String> = self
+                .members
+                .values()
+                .filter(|m| m.pending_sync.is_none())
+                .map(|m| m.id.clone())
+                .collect();
+            for id in silent {
+                if let Some(member) = self.members.remove(&id) {
+                    self.drop_member(member);
+                }
+            }
             self.after_removal(now);
         }
         self.maybe_complete_join(now);

@@ -89,6 +89,13 @@ impl Coordinator {
         }))
     }
 
+    /// Runs `f` on an existing group; `None` when nobody ever joined or committed for `id`.
+    pub fn existing_group<R>(&self, id: &str, f: impl FnOnce(&mut Group) -> R) -> Option<R> {
+        self.groups.lock().expect("groups lock").get_mut(id).map(f)
+    }
+
+    /// Runs `f` on the group, created empty if it does not exist (JoinGroup only: other requests
+    /// must not create groups for any id they name).
     pub fn with_group<R>(&self, id: &str, f: impl FnOnce(&mut Group) -> R) -> R {
         let mut groups = self.groups.lock().expect("groups lock");
         let group = groups

@@ -143,24 +143,34 @@ pub fn sync_group(
         .map(|a| (a.member_id.to_string(), a.assignment))
         .collect();
     let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
-    ctx.coordinator.with_group(request.group_id.as_str(), |g| {
-        match g.fenced(request.member_id.as_str(), instance.as_deref()) {
-            Some(error) => {
-                let result = crate::coordinator::group::SyncResult {
-                    error,
-                    ..Default::default()
-                };
-                let _ = tx.send(result);
+    // The closure runs only if the group exists; otherwise the member is unknown.
+    let mut reply = Some(tx);
+    ctx.coordinator
+        .existing_group(request.group_id.as_str(), |g| {
+            let tx = reply.take().expect("the closure runs once");
+            match g.fenced(request.member_id.as_str(), instance.as_deref()) {
+                Some(error) => {
+                    let result = crate::coordinator::group::SyncResult {
+                        error,
+                        ..Default::default()
+                    };
+                    let _ = tx.send(result);
+                }
+                None => g.sync(
+                    request.member_id.as_str(),
+                    request.generation_id,
+                    assignments,
+                    Instant::now(),
+                    tx,
+                ),
             }
-            None => g.sync(
-                request.member_id.as_str(),
-                request.generation_id,
-                assignments,
-                Instant::now(),
-                tx,
-            ),
-        }
-    });
+        });
+    if let Some(tx) = reply {
+        let _ = tx.send(crate::coordinator::group::SyncResult {
+            error: ResponseError::UnknownMemberId.code(),
+            ..Default::default()
+        });
+    }
     Ok(tokio::spawn(async move {
         let result = rx.await.ok()?;
         let mut body = SyncGroupResponse::default()
@@ -180,16 +190,19 @@ pub fn sync_group(
 pub fn heartbeat(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close> {
     let request: HeartbeatRequest = req.decode()?;
     let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
-    let error = ctx.coordinator.with_group(request.group_id.as_str(), |g| {
-        g.fenced(request.member_id.as_str(), instance.as_deref())
-            .unwrap_or_else(|| {
-                g.heartbeat(
-                    request.member_id.as_str(),
-                    request.generation_id,
-                    Instant::now(),
-                )
-            })
-    });
+    let error = ctx
+        .coordinator
+        .existing_group(request.group_id.as_str(), |g| {
+            g.fenced(request.member_id.as_str(), instance.as_deref())
+                .unwrap_or_else(|| {
+                    g.heartbeat(
+                        request.member_id.as_str(),
+                        request.generation_id,
+                        Instant::now(),
+                    )
+                })
+        })
+        .unwrap_or(ResponseError::UnknownMemberId.code());
     req.respond(
         ApiKey::Heartbeat,
         &HeartbeatResponse::default().with_error_code(error),
@@ -204,9 +217,12 @@ pub fn leave_group(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close
             .members
             .iter()
             .map(|m| {
-                let error = ctx.coordinator.with_group(request.group_id.as_str(), |g| {
-                    g.leave(m.member_id.as_str(), now)
-                });
+                let error = ctx
+                    .coordinator
+                    .existing_group(request.group_id.as_str(), |g| {
+                        g.leave(m.member_id.as_str(), now)
+                    })
+                    .unwrap_or(ResponseError::UnknownMemberId.code());
                 MemberResponse::default()
                     .with_member_id(m.member_id.clone())
                     .with_group_instance_id(m.group_instance_id.clone())
@@ -215,9 +231,12 @@ pub fn leave_group(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close
             .collect();
         LeaveGroupResponse::default().with_members(members)
     } else {
-        let error = ctx.coordinator.with_group(request.group_id.as_str(), |g| {
-            g.leave(request.member_id.as_str(), now)
-        });
+        let error = ctx
+            .coordinator
+            .existing_group(request.group_id.as_str(), |g| {
+                g.leave(request.member_id.as_str(), now)
+            })
+            .unwrap_or(ResponseError::UnknownMemberId.code());
         LeaveGroupResponse::default().with_error_code(error)
     };
     req.respond(ApiKey::LeaveGroup, &body)
@@ -256,9 +275,12 @@ pub async fn offset_commit(ctx: &Arc<Context>, req: &mut Request) -> Result<Byte
     }
     let (entries, commits): (Vec<_>, Vec<_>) = known.into_iter().unzip();
     let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
-    let fenced = ctx.coordinator.with_group(request.group_id.as_str(), |g| {
-        g.fenced(request.member_id.as_str(), instance.as_deref())
-    });
+    let fenced = ctx
+        .coordinator
+        .existing_group(request.group_id.as_str(), |g| {
+            g.fenced(request.member_id.as_str(), instance.as_deref())
+        })
+        .flatten();
     let error = if let Some(fenced) = fenced {
         fenced
     } else if commits.is_empty() {

@@ -118,7 +118,15 @@ async fn connection(
         while let Some((reply, api, started)) = replies.recv().await {
             let bytes = match reply {
                 Reply::Now(bytes) => bytes,
-                Reply::Later(task) => task.await.ok().flatten(),
+                Reply::Later(task) => match task.await {
+                    Ok(Some(bytes)) => Some(bytes),
+                    // A request that expected an answer got none: every later answer on this
+                    // connection would be taken for the wrong request, so close it instead.
+                    _ => {
+                        tracing::warn!(api, "a request got no answer; closing its connection");
+                        return;
+                    }
+                },
             };
             metrics
                 .request_seconds
