@@ -69,6 +69,9 @@ pub struct BrokerConfig {
     pub max_message_bytes: u32,
     /// Largest request frame; a larger one closes the connection.
     pub max_request_bytes: u32,
+    /// The most record bytes one Fetch response carries, whatever the client asks (Kafka's
+    /// `fetch.max.bytes`); a single larger batch still goes out whole.
+    pub fetch_max_bytes: u32,
     /// Requests one connection may have in flight (being made durable) at once.
     pub max_in_flight_per_connection: usize,
     /// Roll to a new segment when the active one reaches this size.
@@ -108,6 +111,7 @@ impl Default for BrokerConfig {
             default_partitions: 3,
             max_message_bytes: 1_048_588,
             max_request_bytes: 104_857_600,
+            fetch_max_bytes: 52_428_800,
             max_in_flight_per_connection: 32,
             segment_bytes: 268_435_456,
             segment_ms: 604_800_000,

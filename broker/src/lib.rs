@@ -96,6 +96,7 @@ impl Broker {
             advertised_host: host,
             advertised_port: port,
             cluster_id: self.cluster_id.clone(),
+            fetch_max_bytes: self.config.fetch_max_bytes as usize,
         });
         server::serve(
             ctx,

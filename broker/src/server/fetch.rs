@@ -56,7 +56,9 @@ async fn read_all(
     ctx: &Context,
     request: &FetchRequest,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
-    let mut budget = request.max_bytes.max(0) as usize;
+    // A client may ask for up to 2 GiB per partition; the broker's cap bounds what one fetch holds.
+    let cap = ctx.fetch_max_bytes;
+    let mut budget = (request.max_bytes.max(0) as usize).min(cap);
     let mut total = 0;
     let mut errors = false;
     let mut responses = Vec::with_capacity(request.topics.len());
@@ -73,7 +75,7 @@ async fn read_all(
             };
             // The first data in a response may exceed the limits, so a consumer always progresses.
             let limit = if total == 0 {
-                wanted.partition_max_bytes.max(1) as usize
+                (wanted.partition_max_bytes.max(1) as usize).min(cap)
             } else {
                 (wanted.partition_max_bytes.max(0) as usize).min(budget)
             };

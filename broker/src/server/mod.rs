@@ -37,6 +37,8 @@ pub struct Context {
     pub advertised_host: String,
     pub advertised_port: i32,
     pub cluster_id: String,
+    /// The most record bytes one Fetch response carries (beyond a first oversized batch).
+    pub fetch_max_bytes: usize,
 }
 
 /// A request's answer: ready now, still being worked on, or none (acks=0).

@@ -148,7 +148,15 @@ fn write_cleaned(
             version: 2,
             compression,
         };
-        RecordBatchEncoder::encode(&mut out, &records, &options)?;
+        let mut batch = BytesMut::new();
+        RecordBatchEncoder::encode(&mut batch, &records, &options)?;
+        // The batch still ends where it ended: consumers continue after its last offset, and an
+        // idempotent producer's last sequence (base sequence + last offset delta) is unchanged.
+        let delta = (header.last_offset() - first) as i32;
+        batch[23..27].copy_from_slice(&delta.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        out.extend_from_slice(&batch);
     }
     let path = log.with_extension("cleaned");
     let mut file = std::fs::File::create(&path)?;
