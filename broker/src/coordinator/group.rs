@@ -355,17 +355,7 @@ impl Group {
         if !(now >= deadline || (everyone && !initial)) {
             return;
         }
-        let gone: Vec<String> = self
-            .members
-            .values()
-            .filter(|m| m.pending_join.is_none())
-            .map(|m| m.id.clone())
-            .collect();
-        for id in gone {
-            if let Some(member) = self.members.remove(&id) {
-                self.drop_member(member);
-            }
-        }
+        self.remove_members(|m| m.pending_join.is_none());
         if self.members.is_empty() {
             self.become_empty();
             return;
@@ -551,6 +541,22 @@ impl Group {
         0
     }
 
+    /// Removes (and answers, see `drop_member`) every member `doomed` picks; returns their ids.
+    fn remove_members(&mut self, doomed: impl Fn(&Member) -> bool) -> Vec<String> {
+        let ids: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| doomed(m))
+            .map(|m| m.id.clone())
+            .collect();
+        for id in &ids {
+            if let Some(member) = self.members.remove(id) {
+                self.drop_member(member);
+            }
+        }
+        ids
+    }
+
     /// Forgets a removed member, answering whatever it still waits for: no request goes
     /// unanswered (a missing answer would shift every later reply on its connection).
     fn drop_member(&mut self, member: Member) {
@@ -593,40 +599,22 @@ impl Group {
     /// Expires silent members and stale handed-out ids, completes due rebalances.
     pub fn tick(&mut self, now: Instant) {
         self.pending_ids.retain(|_, until| *until > now);
-        let expired: Vec<String> = self
-            .members
-            .values()
-            // Members waiting in JoinGroup or SyncGroup are alive; the rebalance deadlines
-            // handle those whose rebalance stalls.
-            .filter(|m| {
-                m.pending_join.is_none()
-                    && m.pending_sync.is_none()
-                    && now.duration_since(m.last_heard) > m.session_timeout
-            })
-            .map(|m| m.id.clone())
-            .collect();
+        // Members waiting in JoinGroup or SyncGroup are alive; the rebalance deadlines handle
+        // those whose rebalance stalls.
+        let expired = self.remove_members(|m| {
+            m.pending_join.is_none()
+                && m.pending_sync.is_none()
+                && now.duration_since(m.last_heard) > m.session_timeout
+        });
         for id in &expired {
             tracing::info!(group = %self.id, member = %id, "member's session expired");
-            if let Some(member) = self.members.remove(id) {
-                self.drop_member(member);
-            }
         }
         if !expired.is_empty() {
             self.after_removal(now);
         }
         if self.state == State::CompletingRebalance && self.deadline.is_some_and(|d| now >= d) {
             // The leader never sent the assignment: start over without those who did not sync.
-            let silent: Vec<String> = self
-                .members
-                .values()
-                .filter(|m| m.pending_sync.is_none())
-                .map(|m| m.id.clone())
-                .collect();
-            for id in silent {
-                if let Some(member) = self.members.remove(&id) {
-                    self.drop_member(member);
-                }
-            }
+            self.remove_members(|m| m.pending_sync.is_none());
             self.after_removal(now);
         }
         self.maybe_complete_join(now);
