@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from kafka_helpers import Fail, create_topic_confluent, create_topic_kafka_python
 
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 1000
@@ -64,10 +65,6 @@ STOP_TIMEOUT_S = 20.0  # a member's clean exit after SIGTERM
 SAMPLE_S = 0.1
 BURST_PAUSE_S = 0.2
 BURSTS = 100  # the second batch of records goes out in this many bursts (~20 s)
-
-
-class Fail(Exception):
-    """A check failed; the message says what differed."""
 
 
 def log(msg):
@@ -127,28 +124,7 @@ class ConfluentProducerSide:
         }
 
     def create_topic(self, partitions):
-        from confluent_kafka.admin import AdminClient, NewTopic
-
-        admin = AdminClient(self._common())
-        fut = admin.create_topics(
-            [NewTopic(self.topic, num_partitions=partitions, replication_factor=1)],
-            operation_timeout=10,
-            request_timeout=15,
-        )[self.topic]
-        try:
-            fut.result(timeout=STEP_TIMEOUT_S)
-        except Exception as e:
-            raise Fail(f"CreateTopics {self.topic!r} ({partitions} partitions) failed: {e}")
-        deadline = time.monotonic() + STEP_TIMEOUT_S
-        seen = None
-        while time.monotonic() < deadline:
-            t = admin.list_topics(self.topic, timeout=10).topics.get(self.topic)
-            if t is not None and t.error is None:
-                seen = sorted(t.partitions)
-                if seen == list(range(partitions)):
-                    return
-            time.sleep(0.2)
-        raise Fail(f"after CreateTopics, metadata shows partitions {seen}, expected 0..{partitions - 1}")
+        create_topic_confluent(self._common(), self.topic, partitions, STEP_TIMEOUT_S)
 
     def produce(self, numbers, deliveries):
         """Queues the records; delivery reports arrive during later produce()/flush() calls."""
@@ -194,28 +170,7 @@ class KafkaPythonProducerSide:
         self.producer = None
 
     def create_topic(self, partitions):
-        from kafka import KafkaConsumer
-        from kafka.admin import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=15000)
-        try:
-            admin.create_topics({self.topic: {"num_partitions": partitions, "replication_factor": 1}})
-        except Exception as e:
-            raise Fail(f"CreateTopics {self.topic!r} ({partitions} partitions) failed: {e!r}")
-        finally:
-            admin.close()
-        c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
-        try:
-            deadline = time.monotonic() + STEP_TIMEOUT_S
-            seen = None
-            while time.monotonic() < deadline:
-                seen = c.partitions_for_topic(self.topic)
-                if seen == set(range(partitions)):
-                    return
-                time.sleep(0.2)
-            raise Fail(f"after CreateTopics, metadata shows partitions {seen}, expected 0..{partitions - 1}")
-        finally:
-            c.close()
+        create_topic_kafka_python(self.bootstrap, self.topic, partitions, STEP_TIMEOUT_S)
 
     def produce(self, numbers, deliveries):
         from kafka import KafkaProducer

@@ -38,6 +38,7 @@ import json
 import logging
 import sys
 import time
+from kafka_helpers import Fail, create_topic_confluent
 
 N_RECORDS = 300
 N_PARTITIONS = 3
@@ -45,10 +46,6 @@ FIRST_HALF = 150
 SESSION_TIMEOUT_MS = 6000
 STEP_TIMEOUT_S = 60.0
 IDLE_S = 5.0
-
-
-class Fail(Exception):
-    pass
 
 
 class _ListHandler(logging.Handler):
@@ -97,28 +94,8 @@ def group_consumer(args):
 
 
 def create_topic(args):
-    from confluent_kafka.admin import AdminClient, NewTopic
+    create_topic_confluent(common(args.bootstrap), args.topic, N_PARTITIONS, STEP_TIMEOUT_S)
 
-    admin = AdminClient(common(args.bootstrap))
-    fut = admin.create_topics(
-        [NewTopic(args.topic, num_partitions=N_PARTITIONS, replication_factor=1)],
-        operation_timeout=10,
-        request_timeout=15,
-    )[args.topic]
-    try:
-        fut.result(timeout=STEP_TIMEOUT_S)
-    except Exception as e:
-        raise Fail(f"CreateTopics {args.topic!r} failed: {e}")
-    deadline = time.monotonic() + STEP_TIMEOUT_S
-    seen = None
-    while time.monotonic() < deadline:
-        t = admin.list_topics(args.topic, timeout=10).topics.get(args.topic)
-        if t is not None and t.error is None:
-            seen = sorted(t.partitions)
-            if seen == list(range(N_PARTITIONS)):
-                return
-        time.sleep(0.2)
-    raise Fail(f"after CreateTopics, metadata shows partitions {seen}, expected 0..{N_PARTITIONS - 1}")
 
 
 def produce(args):

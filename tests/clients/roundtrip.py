@@ -31,6 +31,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from kafka_helpers import Fail, create_topic_confluent, create_topic_kafka_python
 
 N_RECORDS = 400
 N_PARTITIONS = 4
@@ -40,10 +41,6 @@ TIMEOUT_S = 30.0
 SETTLE_S = 1.0
 FROM_OFFSET = (1, 37)  # (partition, offset) for check c
 TS_RECORD = 200  # check d looks up the timestamp of this record
-
-
-class Fail(Exception):
-    """A check failed; the message says what differed."""
 
 
 class Skip(Exception):
@@ -128,29 +125,7 @@ class ConfluentLib:
         return {"bootstrap.servers": self.bootstrap, "error_cb": self._error_cb, "logger": self.log}
 
     def create_topic(self, partitions):
-        from confluent_kafka.admin import AdminClient, NewTopic
-
-        admin = AdminClient(self._common())
-        futures = admin.create_topics(
-            [NewTopic(self.topic, num_partitions=partitions, replication_factor=1)],
-            operation_timeout=10,
-            request_timeout=15,
-        )
-        try:
-            futures[self.topic].result(timeout=TIMEOUT_S)
-        except Exception as e:  # KafkaException carrying the broker's error
-            raise Fail(f"CreateTopics {self.topic!r} ({partitions} partitions) failed: {e}")
-        deadline = time.monotonic() + TIMEOUT_S
-        seen = None
-        while not deadline_passed(deadline):
-            md = admin.list_topics(self.topic, timeout=10)
-            t = md.topics.get(self.topic)
-            if t is not None and t.error is None:
-                seen = sorted(t.partitions)
-                if seen == list(range(partitions)):
-                    return
-            time.sleep(0.2)
-        raise Fail(f"after CreateTopics, metadata shows partitions {seen}, expected 0..{partitions - 1}")
+        create_topic_confluent(self._common(), self.topic, partitions, TIMEOUT_S)
 
     def producer(self):
         from confluent_kafka import Producer
@@ -318,30 +293,7 @@ class KafkaPythonLib:
         self.compression = None if compression == "none" else compression
 
     def create_topic(self, partitions):
-        from kafka import KafkaConsumer
-        from kafka.admin import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=15000)
-        try:
-            admin.create_topics({self.topic: {"num_partitions": partitions, "replication_factor": 1}})
-        except Exception as e:
-            raise Fail(f"CreateTopics {self.topic!r} ({partitions} partitions) failed: {e!r}")
-        finally:
-            admin.close()
-        # Check what a client sees in Metadata. Not through the admin client: a plain metadata
-        # request for the topic must not auto-create it with a different partition count.
-        c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
-        try:
-            deadline = time.monotonic() + TIMEOUT_S
-            seen = None
-            while not deadline_passed(deadline):
-                seen = c.partitions_for_topic(self.topic)
-                if seen == set(range(partitions)):
-                    return
-                time.sleep(0.2)
-            raise Fail(f"after CreateTopics, metadata shows partitions {seen}, expected 0..{partitions - 1}")
-        finally:
-            c.close()
+        create_topic_kafka_python(self.bootstrap, self.topic, partitions, TIMEOUT_S)
 
     def produce(self, recs):
         from kafka import KafkaProducer

@@ -22,14 +22,11 @@ import logging
 import sys
 import time
 from collections import Counter
+from kafka_helpers import Fail
 
 # Give up when no record has arrived for this long (the whole read may take longer).
 STALL_TIMEOUT_S = 30.0
 SHOW = 5  # how many examples to print per kind of problem
-
-
-class Fail(Exception):
-    pass
 
 
 def read_acked(path):
