@@ -52,7 +52,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from kafka_helpers import Fail, create_topic_confluent, create_topic_kafka_python
+from kafka_helpers import ListHandler, Fail, create_topic_confluent, create_topic_kafka_python
 
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 1000
@@ -69,18 +69,6 @@ BURSTS = 100  # the second batch of records goes out in this many bursts (~20 s)
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-class _ListHandler(logging.Handler):
-    """Keeps the last log lines of a client in a list instead of spamming stderr."""
-
-    def __init__(self, sink, keep=50):
-        super().__init__()
-        self.sink, self.keep = sink, keep
-
-    def emit(self, record):
-        self.sink.append(record.getMessage())
-        del self.sink[: -self.keep]
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +101,7 @@ class ConfluentProducerSide:
         self.client_errors = []
         self.log = logging.getLogger("librdkafka.orchestrator")
         self.log.propagate = False
-        self.log.addHandler(_ListHandler(self.client_errors))
+        self.log.addHandler(ListHandler(self.client_errors))
         self.producer = None
 
     def _common(self):

@@ -38,7 +38,7 @@ import json
 import logging
 import sys
 import time
-from kafka_helpers import Fail, create_topic_confluent
+from kafka_helpers import ListHandler, Fail, create_topic_confluent
 
 N_RECORDS = 300
 N_PARTITIONS = 3
@@ -48,20 +48,10 @@ STEP_TIMEOUT_S = 60.0
 IDLE_S = 5.0
 
 
-class _ListHandler(logging.Handler):
-    def __init__(self, sink, keep=50):
-        super().__init__()
-        self.sink, self.keep = sink, keep
-
-    def emit(self, record):
-        self.sink.append(record.getMessage())
-        del self.sink[: -self.keep]
-
-
 CLIENT_ERRORS = []
 LOG = logging.getLogger("librdkafka")
 LOG.propagate = False
-LOG.addHandler(_ListHandler(CLIENT_ERRORS))
+LOG.addHandler(ListHandler(CLIENT_ERRORS))
 
 
 def common(bootstrap):
@@ -95,7 +85,6 @@ def group_consumer(args):
 
 def create_topic(args):
     create_topic_confluent(common(args.bootstrap), args.topic, N_PARTITIONS, STEP_TIMEOUT_S)
-
 
 
 def produce(args):

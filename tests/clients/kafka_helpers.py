@@ -1,11 +1,25 @@
-"""Helpers the client test scripts share: the failure they report, and creating a topic through
-each library's admin client and waiting until a client's metadata shows all its partitions."""
+"""Helpers the client test scripts share: the failure they report, a log handler that keeps a
+client's last lines, and creating a topic through each library's admin client and waiting until a
+client's metadata shows all its partitions."""
 
+import logging
 import time
 
 
 class Fail(Exception):
     """A check failed; the message says what differed."""
+
+
+class ListHandler(logging.Handler):
+    """Keeps the last log lines of a client in a list instead of spamming stderr."""
+
+    def __init__(self, sink, keep=50):
+        super().__init__()
+        self.sink, self.keep = sink, keep
+
+    def emit(self, record):
+        self.sink.append(record.getMessage())
+        del self.sink[: -self.keep]
 
 
 def create_topic_confluent(conf, topic, partitions, timeout_s):

@@ -31,7 +31,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from kafka_helpers import Fail, create_topic_confluent, create_topic_kafka_python
+from kafka_helpers import ListHandler, Fail, create_topic_confluent, create_topic_kafka_python
 
 N_RECORDS = 400
 N_PARTITIONS = 4
@@ -71,18 +71,6 @@ def make_record(i, base_ts):
     )
 
 
-class _ListHandler(logging.Handler):
-    """Keeps the last log lines of a client in a list instead of spamming stderr."""
-
-    def __init__(self, sink, keep=50):
-        super().__init__()
-        self.sink, self.keep = sink, keep
-
-    def emit(self, record):
-        self.sink.append(record.getMessage())
-        del self.sink[: -self.keep]
-
-
 def deadline_passed(deadline):
     return time.monotonic() > deadline
 
@@ -116,7 +104,7 @@ class ConfluentLib:
         self.client_errors = []  # from error_cb and librdkafka's log, shown on failure
         self.log = logging.getLogger("librdkafka")
         self.log.propagate = False
-        self.log.addHandler(_ListHandler(self.client_errors))
+        self.log.addHandler(ListHandler(self.client_errors))
 
     def _error_cb(self, err):
         self.client_errors.append(str(err))
