@@ -13,6 +13,11 @@ pub const HEADER_LEN: usize = 61;
 /// Bytes of baseOffset + batchLength: what precedes the length-counted part.
 pub const LOG_OVERHEAD: usize = 12;
 const CRC_START: usize = 21;
+/// The smallest record v2: length, attributes, timestamp delta, offset delta, key length, value
+/// length and header count, one byte each.
+const MIN_RECORD_LEN: usize = 7;
+/// The most records a compressed batch may claim (librdkafka sends at most 10,000 by default).
+const MAX_COMPRESSED_RECORDS: usize = 1 << 20;
 
 /// Why a batch was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -29,6 +34,8 @@ pub enum BatchError {
     BadCrc { expected: u32, actual: u32 },
     #[error("record count {count} does not match last offset delta {delta}")]
     BadCount { count: i32, delta: i32 },
+    #[error("{count} records cannot fit in a {bytes}-byte batch")]
+    Implausible { count: i32, bytes: usize },
 }
 
 /// The fixed fields of one batch.
@@ -89,7 +96,10 @@ impl BatchHeader {
         if expected != actual {
             return Err(BatchError::BadCrc { expected, actual });
         }
-        if header.record_count < 0 || header.record_count > header.last_offset_delta + 1 {
+        if header.record_count < 0
+            || header.last_offset_delta < 0
+            || header.record_count as i64 > header.last_offset_delta as i64 + 1
+        {
             return Err(BatchError::BadCount {
                 count: header.record_count,
                 delta: header.last_offset_delta,
@@ -135,10 +145,25 @@ pub fn split_batches(
     let mut start = 0;
     while !buf.is_empty() {
         let header = BatchHeader::validate(buf)?;
-        if header.record_count != header.last_offset_delta + 1 || header.record_count < 1 {
+        if header.record_count as i64 != header.last_offset_delta as i64 + 1
+            || header.record_count < 1
+        {
             return Err(BatchError::BadCount {
                 count: header.record_count,
                 delta: header.last_offset_delta,
+            });
+        }
+        // A batch's count moves offsets forward; it must be one the bytes can hold, or a few
+        // bytes could make a partition's offsets leap by billions.
+        let most = if header.compression() == 0 {
+            (header.size - HEADER_LEN) / MIN_RECORD_LEN
+        } else {
+            MAX_COMPRESSED_RECORDS
+        };
+        if header.record_count as usize > most {
+            return Err(BatchError::Implausible {
+                count: header.record_count,
+                bytes: header.size,
             });
         }
         batches.push((header, start..start + header.size));
@@ -236,9 +261,22 @@ mod tests {
     }
 
     #[test]
+    fn counts_the_bytes_cannot_hold_are_refused() {
+        let mut b = batch(1000, 10, 0);
+        assert!(matches!(
+            split_batches(&b),
+            Err(BatchError::Implausible { count: 1000, .. })
+        ));
+        // The largest offset delta a header can carry must not overflow anything.
+        b[23..27].copy_from_slice(&i32::MAX.to_be_bytes());
+        super::testing::seal(&mut b);
+        assert!(split_batches(&b).is_err());
+    }
+
+    #[test]
     fn split_finds_every_batch() {
-        let mut set = batch(2, 10, 0);
-        set.extend(batch(3, 20, 0));
+        let mut set = batch(2, 100, 0);
+        set.extend(batch(3, 100, 0));
         let parts = split_batches(&set).unwrap();
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[1].0.record_count, 3);

@@ -194,6 +194,7 @@ impl Partition {
                 .expect("a partition has a segment");
             if active.is_full(
                 data.len() as u64,
+                next - log.next_offset,
                 settings.segment_bytes,
                 settings.segment_ms,
             ) {

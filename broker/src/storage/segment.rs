@@ -298,11 +298,15 @@ impl Segment {
     }
 
     /// Whether appending `len` more bytes must go to a new segment.
-    pub fn is_full(&self, len: u64, segment_bytes: u64, segment_ms: u64) -> bool {
+    /// Whether `len` more bytes holding `records` more offsets must go to a new segment. Positions
+    /// and offsets relative to the base are u32 in the index, so neither may outgrow that.
+    pub fn is_full(&self, len: u64, records: i64, segment_bytes: u64, segment_ms: u64) -> bool {
         if self.size == 0 {
             return false;
         }
-        let too_big = self.size + len > segment_bytes || self.size + len > u32::MAX as u64;
+        let too_big = self.size + len > segment_bytes
+            || self.size + len > u32::MAX as u64
+            || self.next_offset - self.base_offset + records > u32::MAX as i64;
         let too_old = self
             .created
             .elapsed()
