@@ -23,17 +23,21 @@ fn idempotent_producer_survives_kill9_exactly_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     let log = std::fs::File::create(tmp.path().join("producer.log")).unwrap();
-    let mut producer = python()
-        .arg(client_script("idempotent_producer.py"))
-        .args([
-            "produce",
+    let kafka = sluice.kafka.clone();
+    let script = |mode: &str| {
+        let mut cmd = python();
+        cmd.arg(client_script("idempotent_producer.py")).args([
+            mode,
             "--bootstrap",
-            &sluice.kafka,
+            &kafka,
             "--topic",
             "exactly-once",
             "--count",
             COUNT,
-        ])
+        ]);
+        cmd
+    };
+    let mut producer = script("produce")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
@@ -55,18 +59,7 @@ fn idempotent_producer_survives_kill9_exactly_once() {
         "producer: {producer_log}\nbroker log:\n{}",
         sluice.log_text()
     );
-    let verdict = run(
-        python().arg(client_script("idempotent_producer.py")).args([
-            "verify",
-            "--bootstrap",
-            &sluice.kafka,
-            "--topic",
-            "exactly-once",
-            "--count",
-            COUNT,
-        ]),
-        Duration::from_secs(180),
-    );
+    let verdict = run(&mut script("verify"), Duration::from_secs(180));
     let stdout = String::from_utf8_lossy(&verdict.stdout);
     assert!(
         verdict.status.success() && stdout.contains("ok:"),

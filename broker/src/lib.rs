@@ -65,10 +65,6 @@ impl Broker {
         })
     }
 
-    pub fn io_backend(&self) -> &'static str {
-        self.storage.io_backend()
-    }
-
     /// Answers Kafka clients on `listener` until `shutdown` resolves.
     pub async fn serve(
         &self,

@@ -160,9 +160,4 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.connections.clone()))?;
         Ok(metrics)
     }
-
-    /// A registry-less set for unit tests and benchmarks.
-    pub fn unregistered() -> Self {
-        Self::register(&Registry::new()).expect("static metric definitions")
-    }
 }

@@ -117,10 +117,6 @@ impl BatchHeader {
         self.attributes & 0x7
     }
 
-    pub fn is_transactional(&self) -> bool {
-        self.attributes & 0x10 != 0
-    }
-
     pub fn is_control(&self) -> bool {
         self.attributes & 0x20 != 0
     }

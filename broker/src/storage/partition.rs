@@ -128,10 +128,6 @@ impl Partition {
         })
     }
 
-    pub fn set_settings(&self, settings: LogSettings) {
-        *self.settings.lock().expect("settings lock") = settings;
-    }
-
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {
         self.log.lock().expect("partition lock poisoned")
     }
