@@ -34,11 +34,8 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Read records from a topic.
     Consume(ConsumeArgs),
-    /// Search the indexed logs.
-    Search {
-        /// Query in Lucene-like syntax, e.g. 'level:error AND host:web-1'.
-        query: String,
-    },
+    /// Search the indexed logs through the search API.
+    Search(SearchArgs),
     /// Run an end-to-end benchmark against a real broker.
     Bench {
         #[command(subcommand)]
@@ -85,6 +82,33 @@ pub struct IndexerArgs {
     /// Kafka bootstrap servers, comma-separated [default: 127.0.0.1:9092].
     #[arg(long, value_name = "LIST")]
     pub brokers: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Query in Lucene-like syntax, e.g. 'level:error AND host:web-1'; `*` matches everything.
+    #[arg(default_value = "*")]
+    pub query: String,
+    /// Only events at or after this time: a duration ago (15m, 2h, 7d) or RFC 3339.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events before this time: a duration ago or RFC 3339.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Most hits to print (the newest ones).
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub limit: usize,
+    /// Print the API's JSON answer instead of one line per hit.
+    #[arg(long)]
+    pub json: bool,
+    /// HTTP address of a running `sluice up` or `sluice indexer`.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:7070",
+        env = "SLUICE_HTTP"
+    )]
+    pub server: String,
 }
 
 #[derive(Debug, Args)]

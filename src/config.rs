@@ -63,7 +63,7 @@ impl SluiceConfig {
     /// Parses TOML text; the error reads `:LINE: key KEY: what was expected`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let deserializer = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let config: Self = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let key = err.path().to_string();
             let inner = err.inner();
             let line = inner
@@ -76,7 +76,12 @@ impl SluiceConfig {
                 format!(", key `{key}`")
             };
             format!("{line}{key}: {}", inner.message().trim())
-        })
+        })?;
+        config
+            .indexer
+            .check()
+            .map_err(|(key, expected)| format!(", key `{key}`: {expected}"))?;
+        Ok(config)
     }
 }
 
@@ -133,6 +138,13 @@ mod tests {
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("broker.default_partitions"), "{err}");
         assert!(err.contains("expected u32"), "{err}");
+    }
+
+    #[test]
+    fn values_out_of_range_name_key_and_expectation() {
+        let err = SluiceConfig::parse("[indexer]\nwriter_memory_bytes = 1000\n").unwrap_err();
+        assert!(err.contains("indexer.writer_memory_bytes"), "{err}");
+        assert!(err.contains("at least"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The HTTP endpoint every process serves: `/metrics` (Prometheus text) and `/health`.
+//! The HTTP endpoint every process serves: `/metrics` (Prometheus text) and `/health`, plus the
+//! search API where an indexer runs.
 
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -11,16 +12,18 @@ pub async fn bind(what: &str, addr: &str) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("{what} {addr}: cannot listen: {e}"))
 }
 
-/// Serves the endpoints until `shutdown` resolves.
+/// Serves the endpoints, and `routes` beside them (the search API), until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
+    routes: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .with_state(registry);
+        .with_state(registry)
+        .merge(routes);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

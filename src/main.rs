@@ -72,7 +72,9 @@ fn usage_error(e: clap::Error) -> ExitCode {
 /// Quiet by default (warnings, plus a line at start and stop); `RUST_LOG` overrides.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,sluice=info,sluice_broker=info")
+        tracing_subscriber::EnvFilter::new(
+            "warn,sluice=info,sluice_broker=info,sluice_indexer=info",
+        )
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -85,7 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => server::up(args).await,
         Command::Broker(args) => server::broker(args.server).await,
-        Command::Indexer(_) => not_built("indexer", 6),
+        Command::Indexer(args) => server::indexer(args).await,
         Command::Agent(_) => not_built("agent", 5),
         Command::Topics(args) => client::topics::run(args).await,
         Command::Produce(args) => {
@@ -95,7 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(|| client::consume::run(args)).await?
         }
         Command::Groups(args) => tokio::task::spawn_blocking(|| client::groups::run(args)).await?,
-        Command::Search { .. } => not_built("search", 6),
+        Command::Search(args) => tokio::task::spawn_blocking(|| client::search::run(args)).await?,
         Command::Bench {
             target: cli::BenchTarget::Produce(args),
         } => bench::produce(args).await,

@@ -1,25 +1,76 @@
-//! The long-running processes: `sluice up` (everything) and `sluice broker`.
+//! The long-running processes: `sluice up` (broker, indexer and search API in one process),
+//! `sluice broker` and `sluice indexer`.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
+use axum::Router;
 use sluice_broker::Broker;
+use sluice_indexer::{Indexer, IndexerMetrics, SearchLimits, SearchMetrics, SearchService};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
-use crate::cli::ServerArgs;
+use crate::cli::{IndexerArgs, ServerArgs};
 use crate::config::SluiceConfig;
 use crate::http;
 use crate::shutdown::Shutdown;
 
-/// `sluice up`: the appliance in one process. The indexer joins it with issue #6.
+/// Which parts a process runs.
+struct Parts {
+    broker: bool,
+    indexer: bool,
+}
+
+/// `sluice up`: the appliance in one process.
 pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
-    run_broker(args).await
+    let config = server_config(args)?;
+    run(
+        config,
+        Parts {
+            broker: true,
+            indexer: true,
+        },
+    )
+    .await
 }
 
 /// `sluice broker`: the broker and its HTTP endpoint.
 pub async fn broker(args: ServerArgs) -> anyhow::Result<()> {
-    run_broker(args).await
+    let config = server_config(args)?;
+    run(
+        config,
+        Parts {
+            broker: true,
+            indexer: false,
+        },
+    )
+    .await
 }
 
-async fn run_broker(args: ServerArgs) -> anyhow::Result<()> {
+/// `sluice indexer`: one member of the indexer group, with the search API.
+pub async fn indexer(args: IndexerArgs) -> anyhow::Result<()> {
+    let mut config = SluiceConfig::load(args.common.config.as_deref())?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir.path = dir;
+    }
+    if let Some(addr) = args.common.http {
+        config.http.listen = addr;
+    }
+    if let Some(brokers) = args.brokers {
+        config.indexer.brokers = brokers;
+    }
+    run(
+        config,
+        Parts {
+            broker: false,
+            indexer: true,
+        },
+    )
+    .await
+}
+
+fn server_config(args: ServerArgs) -> anyhow::Result<SluiceConfig> {
     let mut config = SluiceConfig::load(args.common.config.as_deref())?;
     if let Some(dir) = args.data_dir {
         config.data_dir.path = dir;
@@ -30,37 +81,111 @@ async fn run_broker(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.listen {
         config.broker.listen = addr;
     }
+    Ok(config)
+}
+
+async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
     let shutdown = Shutdown::install()?;
     let registry = http::new_registry();
+    let data_dir = config.data_dir.path.clone();
 
-    // Bind both ports before touching the disk, so a taken port fails fast and changes nothing.
-    let kafka_listener = http::bind("Kafka listener", &config.broker.listen).await?;
+    // Bind the ports before touching the disk, so a taken port fails fast and changes nothing.
+    let kafka_listener = match parts.broker {
+        true => Some(http::bind("Kafka listener", &config.broker.listen).await?),
+        false => None,
+    };
     let http_listener = http::bind("HTTP listener", &config.http.listen).await?;
-    prepare_data_dir(&config.data_dir.path)?;
+    prepare_data_dir(&data_dir)?;
 
-    let broker = Broker::open(
-        config.broker.clone(),
-        &config.data_dir.path.join("broker"),
-        &registry,
-    )
-    .await?;
+    let broker = match parts.broker {
+        true => {
+            Some(Broker::open(config.broker.clone(), &data_dir.join("broker"), &registry).await?)
+        }
+        false => None,
+    };
+    let mut routes = Router::new();
+    if parts.indexer {
+        if let Some(listener) = &kafka_listener {
+            // In one process the indexer reads the broker beside it, wherever that listens.
+            config.indexer.brokers = loopback(listener.local_addr()?).to_string();
+        }
+        let limits = SearchLimits {
+            max_limit: config.indexer.max_search_limit,
+            max_window: config.indexer.max_search_window,
+        };
+        let service = Arc::new(SearchService::new(&data_dir, &config.indexer.topic, limits));
+        routes = sluice_indexer::router(
+            service,
+            config.indexer.max_concurrent_searches,
+            SearchMetrics::register(&registry)?,
+        );
+    }
     tracing::info!(
-        kafka = %kafka_listener.local_addr()?,
+        kafka = ?kafka_listener.as_ref().and_then(|l| l.local_addr().ok()),
         http = %http_listener.local_addr()?,
-        data_dir = %config.data_dir.path.display(),
+        data_dir = %data_dir.display(),
         "sluice is up"
     );
+    let (stop_http, http_stopped) = oneshot::channel::<()>();
     let http_task = tokio::spawn(http::serve(
         http_listener,
-        registry,
-        shutdown.clone().wait(),
+        registry.clone(),
+        routes,
+        async {
+            let _ = http_stopped.await;
+        },
     ));
-    let served = broker.serve(kafka_listener, shutdown.wait()).await;
-    broker.close().await?;
+
+    let (stop_broker, broker_stopped) = oneshot::channel::<()>();
+    let serve_broker = serve_broker(broker.as_ref(), kafka_listener, async {
+        let _ = broker_stopped.await;
+    });
+    let run_indexer = async {
+        let result = async {
+            if parts.indexer {
+                let metrics = IndexerMetrics::register(&registry)?;
+                let indexer = Indexer::start(config.indexer.clone(), &data_dir, metrics).await?;
+                shutdown.clone().wait().await;
+                indexer.stop().await;
+            } else {
+                shutdown.clone().wait().await;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        // The indexer leaves its group before the broker under it goes.
+        let _ = stop_broker.send(());
+        result
+    };
+    let (served, indexed) = tokio::join!(serve_broker, run_indexer);
+    if let Some(broker) = broker {
+        broker.close().await?;
+    }
+    let _ = stop_http.send(());
     served?;
+    indexed?;
     http_task.await??;
     tracing::info!("sluice stopped cleanly");
     Ok(())
+}
+
+async fn serve_broker(
+    broker: Option<&Broker>,
+    listener: Option<TcpListener>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    match (broker, listener) {
+        (Some(broker), Some(listener)) => broker.serve(listener, stop).await,
+        _ => Ok(()),
+    }
+}
+
+/// The address to reach a listener from this host: a wildcard bind is reached on loopback.
+fn loopback(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
 }
 
 fn prepare_data_dir(path: &Path) -> anyhow::Result<()> {

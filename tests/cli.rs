@@ -176,10 +176,16 @@ fn port_in_use_names_the_port() {
 
 #[test]
 fn commands_not_built_yet_say_so() {
-    for args in [&["agent"][..], &["indexer"], &["search", "level:error"]] {
-        let line = one_line_error(&sluice(args));
-        assert!(line.contains("not built yet"), "{args:?}: {line}");
-    }
+    let line = one_line_error(&sluice(&["agent"]));
+    assert!(line.contains("not built yet"), "{line}");
+}
+
+#[test]
+fn search_without_a_server_names_the_address() {
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let line = one_line_error(&sluice(&["search", "level:error", "--server", &addr]));
+    assert!(line.contains(&addr) && line.contains("--server"), "{line}");
 }
 
 #[test]
@@ -189,6 +195,7 @@ fn every_command_has_help() {
         &["up", "--help"],
         &["broker", "--help"],
         &["indexer", "--help"],
+        &["search", "--help"],
         &["agent", "--help"],
         &["topics", "--help"],
         &["produce", "--help"],

@@ -2,18 +2,86 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Indexer settings.
+/// Indexer and search settings.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexerConfig {
     /// Kafka bootstrap servers the indexer consumes from (comma-separated host:port).
     pub brokers: String,
+    /// Topic holding the log events.
+    pub topic: String,
+    /// Consumer group the indexer processes form.
+    pub group_id: String,
+    /// Partitions to create the topic with when it does not exist yet.
+    pub topic_partitions: i32,
+    /// How often each partition's index commits (and so how soon a line becomes searchable).
+    pub commit_interval_ms: u64,
+    /// Tantivy indexing memory per partition writer; the writer flushes a segment when full.
+    pub writer_memory_bytes: usize,
+    /// Width of an index time bucket: retention deletes whole buckets.
+    pub bucket_ms: u64,
+    /// Age after which a whole bucket is deleted; 0 keeps everything.
+    pub retention_ms: u64,
+    /// Larger records are indexed as text, cut at this size, and counted as malformed.
+    pub max_document_bytes: usize,
+    /// Consumer session timeout: how long a dead indexer keeps its partitions.
+    pub session_timeout_ms: u64,
+    /// Most hits one search request may return.
+    pub max_search_limit: usize,
+    /// Deepest hit (offset + limit) a search may page to.
+    pub max_search_window: usize,
+    /// Searches that may run at once; more wait, so searching cannot starve indexing.
+    pub max_concurrent_searches: usize,
 }
 
 impl Default for IndexerConfig {
     fn default() -> Self {
         Self {
             brokers: "127.0.0.1:9092".into(),
+            topic: "logs".into(),
+            group_id: "sluice-indexer".into(),
+            topic_partitions: 3,
+            commit_interval_ms: 1000,
+            writer_memory_bytes: 32 << 20,
+            bucket_ms: 86_400_000,
+            retention_ms: 7 * 86_400_000,
+            max_document_bytes: 1 << 20,
+            session_timeout_ms: 10_000,
+            max_search_limit: 1000,
+            max_search_window: 10_000,
+            max_concurrent_searches: 4,
         }
+    }
+}
+
+impl IndexerConfig {
+    /// Checks what the types cannot say; the error is `(key, what was expected)`.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        // Tantivy's MEMORY_BUDGET_NUM_BYTES_MIN (15 arena margins of 1 MB), which it does not export.
+        let min_memory = 15_000_000;
+        if self.writer_memory_bytes < min_memory {
+            return Err((
+                "indexer.writer_memory_bytes",
+                format!(
+                    "expected at least {min_memory} (Tantivy's smallest writer), got {}",
+                    self.writer_memory_bytes
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("indexer.bucket_ms", self.bucket_ms),
+            ("indexer.commit_interval_ms", self.commit_interval_ms),
+        ] {
+            if value == 0 {
+                return Err((key, "expected a positive number of milliseconds".into()));
+            }
+        }
+        if self.topic_partitions < 1 {
+            return Err((
+                "indexer.topic_partitions",
+                format!("expected at least 1, got {}", self.topic_partitions),
+            ));
+        }
+        Ok(())
     }
 }

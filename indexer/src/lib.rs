@@ -1,9 +1,25 @@
 //! The Sluice indexer: a consumer group over the `logs` topic feeding one Tantivy index per
 //! partition, and the search API over them.
 //!
-//! Today the crate holds only its configuration section; the consumer, the indexes and the
-//! search API come with the indexer issue.
+//! `consumer` is the group member: it owns the partitions the group gives it, each a
+//! `partition::PartitionIndex` (time buckets of Tantivy indexes laid out as `layout` says),
+//! and turns records into documents with `mapping` under the one `schema`. Each commit stores
+//! the partition's next offset in the Tantivy commit itself, so a restart resumes exactly where
+//! the index ends. `search` reads every partition's indexes on disk, whichever process writes
+//! them, and `api` serves it over HTTP.
 
+mod api;
 mod config;
+mod consumer;
+mod layout;
+mod mapping;
+mod metrics;
+mod partition;
+mod schema;
+pub mod search;
 
+pub use api::router;
 pub use config::IndexerConfig;
+pub use consumer::Indexer;
+pub use metrics::{IndexerMetrics, SearchMetrics};
+pub use search::{SearchLimits, SearchService};

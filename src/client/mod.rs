@@ -1,9 +1,10 @@
-//! The client commands (`topics`, `groups`, `produce`, `consume`), all through librdkafka: what works here
-//! works against any Kafka cluster too.
+//! The client commands: `topics`, `groups`, `produce` and `consume` through librdkafka (what works
+//! here works against any Kafka cluster too), and `search` through the search API.
 
 pub mod consume;
 pub mod groups;
 pub mod produce;
+pub mod search;
 pub mod topics;
 
 use std::time::Duration;

@@ -1,0 +1,330 @@
+//! The search API over HTTP: `/api/v1/search`, `/histogram`, `/fields` and `/tail` (server-sent
+//! events). Searches run on the blocking pool behind a semaphore, so they never hold up the
+//! indexer's thread or each other beyond `max_concurrent_searches`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+
+use crate::consumer::now_ms;
+use crate::metrics::SearchMetrics;
+use crate::search::time::{parse_duration_ms, parse_time};
+use crate::search::{QuerySpec, SearchError, SearchService, TailCursor};
+
+const DEFAULT_LIMIT: usize = 100;
+const TAIL_POLL: Duration = Duration::from_millis(250);
+
+#[derive(Clone)]
+struct Api {
+    service: Arc<SearchService>,
+    permits: Arc<Semaphore>,
+    metrics: SearchMetrics,
+}
+
+/// The API's routes, ready to merge into the process's HTTP router.
+pub fn router(
+    service: Arc<SearchService>,
+    max_concurrent: usize,
+    metrics: SearchMetrics,
+) -> Router {
+    let api = Api {
+        service,
+        permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+        metrics,
+    };
+    Router::new()
+        .route("/api/v1/search", get(search))
+        .route("/api/v1/histogram", get(histogram))
+        .route("/api/v1/fields", get(fields))
+        .route("/api/v1/tail", get(tail))
+        .with_state(api)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    q: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistogramParams {
+    q: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeParams {
+    q: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TailParams {
+    q: Option<String>,
+}
+
+/// A refused or failed request: a status and a sentence for the caller.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> Self {
+        match e {
+            SearchError::BadRequest(message) => ApiError(StatusCode::BAD_REQUEST, message),
+            SearchError::Internal(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, e.body_text())
+    }
+}
+
+fn spec(q: Option<String>, start: Option<&str>, end: Option<&str>) -> Result<QuerySpec, ApiError> {
+    let now = now_ms();
+    let time = |name: &str, text: Option<&str>| {
+        text.filter(|t| !t.is_empty())
+            .map(|t| {
+                parse_time(t, now)
+                    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{name}: {e}")))
+            })
+            .transpose()
+    };
+    Ok(QuerySpec {
+        q: q.unwrap_or_default(),
+        start_ms: time("start", start)?,
+        end_ms: time("end", end)?,
+    })
+}
+
+impl Api {
+    /// Runs `job` on the blocking pool once a search permit is free, timing and counting it.
+    async fn run<T, F>(&self, endpoint: &'static str, job: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SearchService) -> Result<T, SearchError> + Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
+        let started = Instant::now();
+        let service = self.service.clone();
+        let result = tokio::task::spawn_blocking(move || job(&service))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+            .and_then(|r| r.map_err(ApiError::from));
+        self.metrics
+            .duration_seconds
+            .with_label_values(&[endpoint])
+            .observe(started.elapsed().as_secs_f64());
+        self.count(endpoint, &result);
+        result
+    }
+
+    fn count<T>(&self, endpoint: &str, result: &Result<T, ApiError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(ApiError(status, _)) if status.is_client_error() => "bad_request",
+            Err(_) => "error",
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[endpoint, outcome])
+            .inc();
+    }
+
+    /// Counts a request refused before it ran (unreadable parameters).
+    fn refuse<T>(&self, endpoint: &str, error: ApiError) -> Result<T, ApiError> {
+        let result = Err(error);
+        self.count(endpoint, &result);
+        result
+    }
+}
+
+async fn search(
+    State(api): State<Api>,
+    params: Result<Query<SearchParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let params = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return api.refuse("search", e.into()),
+    };
+    let spec = match spec(params.q, params.start.as_deref(), params.end.as_deref()) {
+        Ok(spec) => spec,
+        Err(e) => return api.refuse("search", e),
+    };
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    let offset = params.offset.unwrap_or(0);
+    let started = Instant::now();
+    let q = spec.q.clone();
+    let result = api
+        .run("search", move |s| s.search(&spec, limit, offset))
+        .await?;
+    Ok(Json(json!({
+        "query": q,
+        "total": result.total,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+        "limit": limit.min(api.service.limits().max_limit),
+        "offset": offset,
+        "hits": result.hits,
+    })))
+}
+
+async fn histogram(
+    State(api): State<Api>,
+    params: Result<Query<HistogramParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let params = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return api.refuse("histogram", e.into()),
+    };
+    let spec = match spec(params.q, params.start.as_deref(), params.end.as_deref()) {
+        Ok(spec) => spec,
+        Err(e) => return api.refuse("histogram", e),
+    };
+    let interval = match params
+        .interval
+        .as_deref()
+        .filter(|i| !i.is_empty())
+        .map(parse_duration_ms)
+    {
+        None => None,
+        Some(Ok(ms)) => Some(ms),
+        Some(Err(e)) => {
+            return api.refuse(
+                "histogram",
+                ApiError(StatusCode::BAD_REQUEST, format!("interval: {e}")),
+            )
+        }
+    };
+    let started = Instant::now();
+    let buckets = api
+        .run("histogram", move |s| s.histogram(&spec, interval))
+        .await?;
+    let interval_ms = match buckets.as_slice() {
+        [a, b, ..] => Some(b.start_ms - a.start_ms),
+        _ => interval,
+    };
+    Ok(Json(json!({
+        "interval_ms": interval_ms,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+        "total": buckets.iter().map(|b| b.count).sum::<u64>(),
+        "buckets": buckets,
+    })))
+}
+
+async fn fields(
+    State(api): State<Api>,
+    params: Result<Query<RangeParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let params = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return api.refuse("fields", e.into()),
+    };
+    let spec = match spec(params.q, params.start.as_deref(), params.end.as_deref()) {
+        Ok(spec) => spec,
+        Err(e) => return api.refuse("fields", e),
+    };
+    let started = Instant::now();
+    let (total, fields) = api.run("fields", move |s| s.fields(&spec)).await?;
+    Ok(Json(json!({
+        "total": total,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+        "fields": fields,
+    })))
+}
+
+async fn tail(
+    State(api): State<Api>,
+    params: Result<Query<TailParams>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let params = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return api.refuse("tail", e.into()),
+    };
+    let spec = spec(params.q, None, None)?;
+    let checked = spec.clone();
+    let cursor = api
+        .run("tail", move |s| {
+            s.build_query(&checked)?;
+            s.tail_cursor()
+        })
+        .await?;
+    let (events, received) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(follow(api, spec, cursor, events));
+    Ok(Sse::new(ReceiverStream::new(received).map(Ok)).keep_alive(KeepAlive::default()))
+}
+
+/// Polls for newly committed matches and sends each as an SSE `hit` event until the client goes.
+async fn follow(
+    api: Api,
+    spec: QuerySpec,
+    mut cursor: TailCursor,
+    events: tokio::sync::mpsc::Sender<Event>,
+) {
+    let spec = Arc::new(spec);
+    while !events.is_closed() {
+        tokio::time::sleep(TAIL_POLL).await;
+        let polled = {
+            let spec = spec.clone();
+            let mut moved = std::mem::take(&mut cursor);
+            let hits = api
+                .run("tail", move |s| {
+                    s.tail(&spec, &mut moved).map(|hits| (hits, moved))
+                })
+                .await;
+            match hits {
+                Ok((hits, moved)) => {
+                    cursor = moved;
+                    hits
+                }
+                Err(ApiError(_, message)) => {
+                    let _ = events
+                        .send(Event::default().event("error").data(message))
+                        .await;
+                    return;
+                }
+            }
+        };
+        for hit in polled {
+            let Ok(event) = Event::default().event("hit").json_data(&hit) else {
+                continue;
+            };
+            if events.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Turns one Kafka record into one Tantivy document.
+//!
+//! A JSON object is read as an event of the contract in the design brief (`id`, `timestamp`,
+//! `host`, `source`, `container`, `stream`, `level`, `message`, `fields`); unknown keys join
+//! `fields`. Anything else (plain text, a JSON scalar) is indexed as a message with the record's
+//! own timestamp. Nothing here fails: odd input is indexed as well as it can be and the oddity is
+//! reported, so one bad record never stops a partition.
+
+use serde_json::{Map, Value};
+use tantivy::schema::OwnedValue;
+use tantivy::time::format_description::well_known::Rfc3339;
+use tantivy::time::OffsetDateTime;
+use tantivy::{DateTime, TantivyDocument};
+
+use crate::schema::LogSchema;
+
+/// One consumed record, as the mapping needs it.
+pub struct Record<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's Kafka timestamp, in milliseconds since the epoch.
+    pub timestamp_ms: i64,
+    pub payload: &'a [u8],
+}
+
+/// What was odd about a record; the label of the malformed-records counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Bytes that are not UTF-8: indexed with replacement characters.
+    InvalidUtf8,
+    /// Starts like a JSON object but does not parse: indexed as text.
+    InvalidJson,
+    /// A `timestamp` that is neither RFC 3339 nor epoch milliseconds: the record's time is used.
+    BadTimestamp,
+    /// Larger than `max_document_bytes`: indexed as text, cut.
+    Oversize,
+}
+
+impl Malformed {
+    pub fn label(self) -> &'static str {
+        match self {
+            Malformed::InvalidUtf8 => "invalid_utf8",
+            Malformed::InvalidJson => "invalid_json",
+            Malformed::BadTimestamp => "bad_timestamp",
+            Malformed::Oversize => "oversize",
+        }
+    }
+
+    pub const ALL: [Malformed; 4] = [
+        Malformed::InvalidUtf8,
+        Malformed::InvalidJson,
+        Malformed::BadTimestamp,
+        Malformed::Oversize,
+    ];
+}
+
+/// A record ready for the index.
+pub struct Mapped {
+    pub doc: TantivyDocument,
+    /// The event's `id`, when it carries one: the index skips ids it already holds.
+    pub id: Option<String>,
+    pub malformed: Option<Malformed>,
+}
+
+/// Keys the contract gives a field of their own; every other key goes under `fields`.
+const MESSAGE_KEYS: [&str; 3] = ["message", "msg", "log"];
+
+pub fn map_record(schema: &LogSchema, record: &Record<'_>, max_bytes: usize) -> Mapped {
+    let mut malformed = None;
+    let mut payload = record.payload;
+    if payload.len() > max_bytes {
+        payload = &payload[..max_bytes];
+        malformed = Some(Malformed::Oversize);
+    }
+    let text = match std::str::from_utf8(payload) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(e) if malformed == Some(Malformed::Oversize) && e.error_len().is_none() => {
+            // The cut fell inside a character: drop the partial character only.
+            std::borrow::Cow::Borrowed(
+                std::str::from_utf8(&payload[..e.valid_up_to()]).expect("valid prefix"),
+            )
+        }
+        Err(_) => {
+            malformed = Some(Malformed::InvalidUtf8);
+            String::from_utf8_lossy(payload)
+        }
+    };
+    let mut doc = TantivyDocument::new();
+    doc.add_u64(schema.partition, record.partition as u64);
+    doc.add_u64(schema.offset, record.offset as u64);
+
+    let event = if malformed.is_none() && text.trim_start().starts_with('{') {
+        match serde_json::from_str::<Map<String, Value>>(&text) {
+            Ok(event) => Some(event),
+            Err(_) => {
+                malformed = Some(Malformed::InvalidJson);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let id = match event {
+        Some(event) => {
+            doc.add_text(schema.source_doc, text.as_ref());
+            let (id, bad_timestamp) = map_event(schema, event, record.timestamp_ms, &mut doc);
+            if bad_timestamp {
+                malformed = Some(Malformed::BadTimestamp);
+            }
+            id
+        }
+        None => {
+            let source = serde_json::json!({ "message": text.as_ref() });
+            doc.add_text(schema.source_doc, source.to_string());
+            doc.add_text(schema.message, text.as_ref());
+            doc.add_date(
+                schema.timestamp,
+                DateTime::from_timestamp_millis(record.timestamp_ms),
+            );
+            None
+        }
+    };
+    Mapped { doc, id, malformed }
+}
+
+/// Adds an event's fields to `doc`; returns its id and whether its timestamp was unreadable.
+fn map_event(
+    schema: &LogSchema,
+    mut event: Map<String, Value>,
+    record_ms: i64,
+    doc: &mut TantivyDocument,
+) -> (Option<String>, bool) {
+    let id = event.remove("id").map(into_text);
+    if let Some(id) = &id {
+        doc.add_text(schema.id, id);
+    }
+    let (timestamp_ms, bad_timestamp) = match event.remove("timestamp") {
+        None | Some(Value::Null) => (record_ms, false),
+        Some(value) => match parse_event_time(&value) {
+            Some(ms) => (ms, false),
+            None => {
+                event.insert("timestamp".into(), value);
+                (record_ms, true)
+            }
+        },
+    };
+    doc.add_date(
+        schema.timestamp,
+        DateTime::from_timestamp_millis(timestamp_ms),
+    );
+    if let Some(message) = MESSAGE_KEYS
+        .iter()
+        .find_map(|key| event.remove(*key).filter(|v| !v.is_object()))
+    {
+        doc.add_text(schema.message, into_text(message));
+    }
+    for (key, field) in [
+        ("level", schema.level),
+        ("host", schema.host),
+        ("source", schema.source),
+        ("stream", schema.stream),
+    ] {
+        if let Some(value) = event.remove(key) {
+            match value {
+                Value::Object(_) | Value::Array(_) => {
+                    event.insert(key.into(), value);
+                }
+                Value::Null => {}
+                scalar => doc.add_text(field, into_text(scalar)),
+            }
+        }
+    }
+    match event.remove("container") {
+        Some(Value::Object(container)) => {
+            doc.add_field_value(schema.container, &OwnedValue::from(container))
+        }
+        Some(Value::String(name)) => {
+            let mut container = Map::new();
+            container.insert("name".into(), Value::String(name));
+            doc.add_field_value(schema.container, &OwnedValue::from(container));
+        }
+        Some(other) => {
+            event.insert("container".into(), other);
+        }
+        None => {}
+    }
+    // The contract's `fields` object and any key the contract does not name are searched alike:
+    // `fields.user.id` reaches both `{"fields":{"user":{"id":..}}}` and `{"user":{"id":..}}`.
+    let mut rest = match event.remove("fields") {
+        Some(Value::Object(fields)) => fields,
+        Some(other) => {
+            let mut rest = Map::new();
+            rest.insert("fields".into(), other);
+            rest
+        }
+        None => Map::new(),
+    };
+    for (key, value) in event {
+        rest.entry(key).or_insert(value);
+    }
+    if !rest.is_empty() {
+        doc.add_field_value(schema.fields, &OwnedValue::from(rest));
+    }
+    (id, bad_timestamp)
+}
+
+/// An event's own time: RFC 3339 text, or a number of epoch milliseconds (seconds when small).
+pub fn parse_event_time(value: &Value) -> Option<i64> {
+    match value {
+        Value::String(text) => parse_rfc3339_ms(text),
+        Value::Number(number) => {
+            let n = number.as_f64()?;
+            // Below 10^11 a number is read as seconds: 10^11 ms is 1973, 10^11 s is year 5138.
+            let ms = if n.abs() < 1e11 { n * 1000.0 } else { n };
+            ms.is_finite().then_some(ms as i64)
+        }
+        _ => None,
+    }
+}
+
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let time = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+fn into_text(value: Value) -> String {
+    match value {
+        Value::String(text) => text,
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tantivy::schema::Value as _;
+
+    use super::*;
+
+    fn map(payload: &[u8]) -> Mapped {
+        let schema = LogSchema::new();
+        map_record(
+            &schema,
+            &Record {
+                partition: 1,
+                offset: 7,
+                timestamp_ms: 1_700_000_000_000,
+                payload,
+            },
+            256,
+        )
+    }
+
+    fn text_of(mapped: &Mapped, field: tantivy::schema::Field) -> Option<String> {
+        mapped
+            .doc
+            .get_first(field)
+            .and_then(|v| v.as_str().map(str::to_owned))
+    }
+
+    fn time_of(mapped: &Mapped) -> i64 {
+        let schema = LogSchema::new();
+        mapped
+            .doc
+            .get_first(schema.timestamp)
+            .and_then(|v| v.as_datetime())
+            .unwrap()
+            .into_timestamp_millis()
+    }
+
+    #[test]
+    fn event_fields_land_in_their_fields() {
+        let schema = LogSchema::new();
+        let m = map(br#"{"id":"a1","timestamp":"2026-01-02T03:04:05.678Z","level":"warn","message":"disk low","user":"bo"}"#);
+        assert_eq!(m.id.as_deref(), Some("a1"));
+        assert!(m.malformed.is_none());
+        assert_eq!(time_of(&m), 1_767_323_045_678);
+        assert_eq!(text_of(&m, schema.level).as_deref(), Some("warn"));
+        assert_eq!(text_of(&m, schema.message).as_deref(), Some("disk low"));
+        assert!(m.doc.get_first(schema.fields).is_some());
+    }
+
+    #[test]
+    fn plain_text_is_a_message_at_the_record_time() {
+        let schema = LogSchema::new();
+        let m = map(b"just a line");
+        assert!(m.malformed.is_none() && m.id.is_none());
+        assert_eq!(text_of(&m, schema.message).as_deref(), Some("just a line"));
+        assert_eq!(time_of(&m), 1_700_000_000_000);
+    }
+
+    #[test]
+    fn odd_input_is_indexed_and_reported() {
+        let schema = LogSchema::new();
+        let m = map(b"{\"message\": broken");
+        assert_eq!(m.malformed, Some(Malformed::InvalidJson));
+        assert_eq!(
+            text_of(&m, schema.message).as_deref(),
+            Some("{\"message\": broken")
+        );
+        let m = map(b"bad \xff byte");
+        assert_eq!(m.malformed, Some(Malformed::InvalidUtf8));
+        let m = map(br#"{"timestamp":"yesterday","message":"x"}"#);
+        assert_eq!(m.malformed, Some(Malformed::BadTimestamp));
+        assert_eq!(time_of(&m), 1_700_000_000_000);
+        let m = map("é".repeat(200).as_bytes());
+        assert_eq!(m.malformed, Some(Malformed::Oversize));
+        assert_eq!(text_of(&m, schema.message).unwrap().len(), 256);
+    }
+
+    #[test]
+    fn epoch_numbers_are_seconds_or_milliseconds() {
+        assert_eq!(
+            parse_event_time(&serde_json::json!(1_700_000_000)),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_event_time(&serde_json::json!(1_700_000_000_123i64)),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(parse_event_time(&serde_json::json!(true)), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! The indexer's and the search API's Prometheus metrics. Labels are bounded: partition (the
+//! topic's partition count), malformed reason and endpoint (fixed lists).
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::mapping::Malformed;
+
+#[derive(Clone)]
+pub struct IndexerMetrics {
+    pub documents_indexed: IntCounter,
+    pub duplicates_skipped: IntCounter,
+    pub malformed: IntCounterVec,
+    pub commit_seconds: Histogram,
+    pub freshness_seconds: Histogram,
+    pub consumer_lag: IntGaugeVec,
+    pub partitions_owned: IntGauge,
+    pub index_bytes: IntGauge,
+    pub buckets_deleted: IntCounter,
+    pub errors: IntCounterVec,
+}
+
+impl IndexerMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            documents_indexed: IntCounter::new(
+                "sluice_indexer_documents_indexed_total",
+                "Documents committed to the partition indexes",
+            )?,
+            duplicates_skipped: IntCounter::new(
+                "sluice_indexer_duplicates_skipped_total",
+                "Records skipped because their id was already indexed",
+            )?,
+            malformed: IntCounterVec::new(
+                Opts::new(
+                    "sluice_indexer_malformed_records_total",
+                    "Records indexed despite bad input, by what was wrong",
+                ),
+                &["reason"],
+            )?,
+            commit_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sluice_indexer_commit_duration_seconds",
+                    "Duration of one partition index commit",
+                )
+                .buckets(exponential_buckets(0.001, 2.0, 14)?),
+            )?,
+            freshness_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sluice_indexer_freshness_seconds",
+                    "From a record's Kafka timestamp to the commit that made it searchable",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+                ]),
+            )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_indexer_consumer_lag",
+                    "Records in the partition not yet committed to its index",
+                ),
+                &["partition"],
+            )?,
+            partitions_owned: IntGauge::new(
+                "sluice_indexer_partitions_owned",
+                "Partitions this process indexes",
+            )?,
+            index_bytes: IntGauge::new(
+                "sluice_indexer_index_bytes",
+                "Bytes of the indexes this process owns",
+            )?,
+            buckets_deleted: IntCounter::new(
+                "sluice_indexer_buckets_deleted_total",
+                "Index time buckets deleted by retention",
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "sluice_indexer_errors_total",
+                    "Failures of the indexer, by stage; the partition is reopened after one",
+                ),
+                &["stage"],
+            )?,
+        };
+        registry.register(Box::new(metrics.documents_indexed.clone()))?;
+        registry.register(Box::new(metrics.duplicates_skipped.clone()))?;
+        registry.register(Box::new(metrics.malformed.clone()))?;
+        registry.register(Box::new(metrics.commit_seconds.clone()))?;
+        registry.register(Box::new(metrics.freshness_seconds.clone()))?;
+        registry.register(Box::new(metrics.consumer_lag.clone()))?;
+        registry.register(Box::new(metrics.partitions_owned.clone()))?;
+        registry.register(Box::new(metrics.index_bytes.clone()))?;
+        registry.register(Box::new(metrics.buckets_deleted.clone()))?;
+        registry.register(Box::new(metrics.errors.clone()))?;
+        for reason in Malformed::ALL {
+            metrics.malformed.with_label_values(&[reason.label()]);
+        }
+        for stage in ["consume", "index", "commit", "open", "retention"] {
+            metrics.errors.with_label_values(&[stage]);
+        }
+        Ok(metrics)
+    }
+}
+
+#[derive(Clone)]
+pub struct SearchMetrics {
+    pub duration_seconds: HistogramVec,
+    pub requests: IntCounterVec,
+}
+
+impl SearchMetrics {
+    pub const ENDPOINTS: [&'static str; 4] = ["search", "histogram", "fields", "tail"];
+
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_search_duration_seconds",
+                    "Time to answer a search API request",
+                )
+                .buckets(exponential_buckets(0.0005, 2.0, 16)?),
+                &["endpoint"],
+            )?,
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "sluice_search_requests_total",
+                    "Search API requests by endpoint and outcome (ok, bad_request, error)",
+                ),
+                &["endpoint", "outcome"],
+            )?,
+        };
+        registry.register(Box::new(metrics.duration_seconds.clone()))?;
+        registry.register(Box::new(metrics.requests.clone()))?;
+        for endpoint in Self::ENDPOINTS {
+            metrics.duration_seconds.with_label_values(&[endpoint]);
+            for outcome in ["ok", "bad_request", "error"] {
+                metrics.requests.with_label_values(&[endpoint, outcome]);
+            }
+        }
+        Ok(metrics)
+    }
+}

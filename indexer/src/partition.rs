@@ -1,0 +1,426 @@
+//! One partition's index, as its owner writes it: time buckets, the commit that carries the next
+//! offset, the id check that skips re-sent events, and retention by whole buckets.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, Term};
+
+use crate::layout::{self, CommitPayload};
+use crate::mapping::{map_record, Malformed, Record};
+use crate::schema::LogSchema;
+
+/// What the writer of a partition needs to know from the configuration.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    pub memory_bytes: usize,
+    pub bucket_ms: i64,
+    pub retention_ms: i64,
+    pub max_document_bytes: usize,
+    /// How long to wait for a previous owner to let go of the partition.
+    pub lock_wait: Duration,
+}
+
+/// What became of one record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Added {
+    Indexed(Option<Malformed>),
+    /// Its `id` is already in the index.
+    Duplicate,
+    /// Its offset is below what the index already holds (a replay after a rebalance).
+    AlreadyIndexed,
+}
+
+/// What one commit made searchable.
+pub struct Committed {
+    pub docs: u64,
+    /// Kafka timestamps of the committed records, for the freshness histogram.
+    pub record_times_ms: Vec<i64>,
+}
+
+struct Bucket {
+    start_ms: i64,
+    dir: PathBuf,
+    reader: IndexReader,
+    searcher: Searcher,
+    index: Index,
+}
+
+impl Bucket {
+    fn open(schema: &LogSchema, start_ms: i64, dir: PathBuf) -> tantivy::Result<Self> {
+        let index = schema.open_or_create(&dir)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let searcher = reader.searcher();
+        Ok(Self {
+            start_ms,
+            dir,
+            reader,
+            searcher,
+            index,
+        })
+    }
+
+    fn holds_id(&self, term: &Term) -> tantivy::Result<bool> {
+        for segment in self.searcher.segment_readers() {
+            if segment.inverted_index(term.field())?.doc_freq(term)? > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+pub struct PartitionIndex {
+    partition: i32,
+    dir: PathBuf,
+    schema: LogSchema,
+    settings: WriterSettings,
+    /// Oldest first; the writer, when open, writes the last one.
+    buckets: Vec<Bucket>,
+    writer: Option<IndexWriter>,
+    committed_next: Option<i64>,
+    next_offset: Option<i64>,
+    pending_ids: HashSet<String>,
+    pending_times_ms: Vec<i64>,
+    // Held for as long as this process writes the partition; the kernel drops it on kill -9.
+    _owner: File,
+}
+
+impl PartitionIndex {
+    /// Takes the partition (waiting for a previous owner to let go) and opens its buckets.
+    pub fn open(
+        topic_dir: &std::path::Path,
+        partition: i32,
+        schema: LogSchema,
+        settings: WriterSettings,
+    ) -> anyhow::Result<Self> {
+        let dir = layout::partition_dir(topic_dir, partition);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("index dir {}: cannot create: {e}", dir.display()))?;
+        let owner = lock_owner(&dir, settings.lock_wait)?;
+        let mut buckets = Vec::new();
+        let mut committed_next = None;
+        for (start_ms, bucket_dir) in layout::buckets(&dir) {
+            let bucket = Bucket::open(&schema, start_ms, bucket_dir)?;
+            committed_next = committed_next.max(layout::committed_next_offset(&bucket.index)?);
+            buckets.push(bucket);
+        }
+        Ok(Self {
+            partition,
+            dir,
+            schema,
+            settings,
+            buckets,
+            writer: None,
+            committed_next,
+            next_offset: committed_next,
+            pending_ids: HashSet::new(),
+            pending_times_ms: Vec::new(),
+            _owner: owner,
+        })
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The first offset the index does not hold; `None` for an empty index.
+    pub fn committed_next_offset(&self) -> Option<i64> {
+        self.committed_next
+    }
+
+    /// Indexes one record (not yet searchable: that takes a commit).
+    pub fn add(&mut self, record: &Record<'_>, now_ms: i64) -> anyhow::Result<Added> {
+        if self.next_offset.is_some_and(|next| record.offset < next) {
+            return Ok(Added::AlreadyIndexed);
+        }
+        self.ensure_writer(
+            self.bucket_of(record.timestamp_ms.min(now_ms)),
+            record.offset,
+        )?;
+        let mapped = map_record(&self.schema, record, self.settings.max_document_bytes);
+        self.next_offset = Some(record.offset + 1);
+        if let Some(id) = &mapped.id {
+            if self.holds_id(id)? {
+                return Ok(Added::Duplicate);
+            }
+            self.pending_ids.insert(id.clone());
+        }
+        self.writer
+            .as_mut()
+            .expect("ensure_writer opened it")
+            .add_document(mapped.doc)?;
+        self.pending_times_ms.push(record.timestamp_ms);
+        Ok(Added::Indexed(mapped.malformed))
+    }
+
+    fn holds_id(&self, id: &str) -> tantivy::Result<bool> {
+        if self.pending_ids.contains(id) {
+            return Ok(true);
+        }
+        let term = Term::from_field_text(self.schema.id, id);
+        for bucket in self.buckets.iter().rev() {
+            if bucket.holds_id(&term)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn bucket_of(&self, time_ms: i64) -> i64 {
+        let width = self.settings.bucket_ms.max(1);
+        time_ms.max(0) / width * width
+    }
+
+    /// Makes sure a writer is open on the bucket that `bucket_start` belongs in; a newer
+    /// bucket than the last one starts a new index, whose records begin at `first_offset`.
+    fn ensure_writer(&mut self, bucket_start: i64, first_offset: i64) -> anyhow::Result<()> {
+        let newest = self.buckets.last().map(|b| b.start_ms);
+        if newest.is_some_and(|newest| newest >= bucket_start) {
+            if self.writer.is_none() {
+                let bucket = self.buckets.last().expect("checked above");
+                self.writer = Some(
+                    bucket
+                        .index
+                        .writer_with_num_threads(1, self.settings.memory_bytes)?,
+                );
+            }
+            return Ok(());
+        }
+        self.roll_to(bucket_start, first_offset)
+    }
+
+    /// Closes the current bucket (committing it up to `first_offset`) and opens a new one.
+    fn roll_to(&mut self, bucket_start: i64, first_offset: i64) -> anyhow::Result<()> {
+        if self.writer.is_some() {
+            self.next_offset = Some(first_offset);
+            self.commit()?;
+            if let Some(writer) = self.writer.take() {
+                writer.wait_merging_threads()?;
+            }
+        }
+        let bucket = Bucket::open(
+            &self.schema,
+            bucket_start,
+            layout::bucket_dir(&self.dir, bucket_start),
+        )?;
+        self.writer = Some(
+            bucket
+                .index
+                .writer_with_num_threads(1, self.settings.memory_bytes)?,
+        );
+        self.buckets.push(bucket);
+        Ok(())
+    }
+
+    /// True when records were taken since the last commit.
+    pub fn has_pending(&self) -> bool {
+        self.next_offset != self.committed_next
+    }
+
+    /// Commits the pending documents with the next offset, atomically, and makes them visible.
+    pub fn commit(&mut self) -> anyhow::Result<Committed> {
+        let Some(next_offset) = self.next_offset.filter(|_| self.has_pending()) else {
+            return Ok(Committed {
+                docs: 0,
+                record_times_ms: Vec::new(),
+            });
+        };
+        let writer = self
+            .writer
+            .as_mut()
+            .expect("records were taken, so a writer is open");
+        let payload = serde_json::to_string(&CommitPayload { next_offset })?;
+        let mut prepared = writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        let bucket = self.buckets.last_mut().expect("a writer writes a bucket");
+        bucket.reader.reload()?;
+        bucket.searcher = bucket.reader.searcher();
+        self.committed_next = Some(next_offset);
+        self.pending_ids.clear();
+        let record_times_ms = std::mem::take(&mut self.pending_times_ms);
+        Ok(Committed {
+            docs: record_times_ms.len() as u64,
+            record_times_ms,
+        })
+    }
+
+    /// Starts a new bucket when the clock has passed the last one's end, and deletes buckets
+    /// wholly older than the retention. Returns how many buckets were deleted.
+    pub fn apply_retention(&mut self, now_ms: i64) -> anyhow::Result<usize> {
+        let current = self.bucket_of(now_ms);
+        if let Some(next) = self.committed_next.filter(|_| !self.has_pending()) {
+            if self.buckets.last().is_some_and(|b| b.start_ms < current) {
+                // The new bucket holds no records yet, but its commit carries the next offset, so
+                // the older buckets can go without losing the partition's position.
+                self.roll_to(current, next)?;
+                self.next_offset = Some(next);
+                self.committed_next = None;
+                self.commit()?;
+            }
+        }
+        if self.settings.retention_ms == 0 {
+            return Ok(0);
+        }
+        let horizon = now_ms - self.settings.retention_ms;
+        let keep_from = self
+            .buckets
+            .iter()
+            .take(self.buckets.len().saturating_sub(1))
+            .take_while(|b| b.start_ms + self.settings.bucket_ms <= horizon)
+            .count();
+        for bucket in self.buckets.drain(..keep_from) {
+            let dir = bucket.dir.clone();
+            drop(bucket);
+            std::fs::remove_dir_all(&dir).map_err(|e| {
+                anyhow::anyhow!("index bucket {}: cannot delete: {e}", dir.display())
+            })?;
+        }
+        Ok(keep_from)
+    }
+
+    /// Commits what is pending and lets the partition go.
+    pub fn close(mut self) -> anyhow::Result<()> {
+        self.commit()?;
+        if let Some(writer) = self.writer.take() {
+            writer.wait_merging_threads()?;
+        }
+        Ok(())
+    }
+}
+
+fn lock_owner(dir: &std::path::Path, wait: Duration) -> anyhow::Result<File> {
+    let path = dir.join(".owner.lock");
+    let file = File::create(&path)
+        .map_err(|e| anyhow::anyhow!("index lock {}: cannot open: {e}", path.display()))?;
+    let deadline = Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                anyhow::bail!(
+                    "index {}: another indexer still holds it ({e})",
+                    dir.display()
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> WriterSettings {
+        WriterSettings {
+            memory_bytes: 15_000_000,
+            bucket_ms: 1000,
+            retention_ms: 3000,
+            max_document_bytes: 1 << 20,
+            lock_wait: Duration::from_millis(200),
+        }
+    }
+
+    fn record(offset: i64, timestamp_ms: i64, payload: &[u8]) -> Record<'_> {
+        Record {
+            partition: 0,
+            offset,
+            timestamp_ms,
+            payload,
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> PartitionIndex {
+        PartitionIndex::open(dir, 0, LogSchema::new(), settings()).unwrap()
+    }
+
+    #[test]
+    fn commit_carries_the_next_offset_and_skips_what_it_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut index = open(tmp.path());
+        assert_eq!(index.committed_next_offset(), None);
+        for offset in 0..5 {
+            let added = index.add(&record(offset, 10, b"line"), 10).unwrap();
+            assert_eq!(added, Added::Indexed(None));
+        }
+        assert_eq!(index.commit().unwrap().docs, 5);
+        index.close().unwrap();
+
+        let mut index = open(tmp.path());
+        assert_eq!(index.committed_next_offset(), Some(5));
+        let added = index.add(&record(3, 10, b"line"), 10).unwrap();
+        assert_eq!(added, Added::AlreadyIndexed);
+    }
+
+    #[test]
+    fn uncommitted_records_are_not_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut index = open(tmp.path());
+        index.add(&record(0, 10, b"a"), 10).unwrap();
+        index.commit().unwrap();
+        index.add(&record(1, 10, b"b"), 10).unwrap();
+        drop(index);
+        assert_eq!(open(tmp.path()).committed_next_offset(), Some(1));
+    }
+
+    #[test]
+    fn ids_already_indexed_are_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut index = open(tmp.path());
+        let event = br#"{"id":"src:1","message":"m"}"#;
+        assert_eq!(
+            index.add(&record(0, 10, event), 10).unwrap(),
+            Added::Indexed(None)
+        );
+        assert_eq!(
+            index.add(&record(1, 10, event), 10).unwrap(),
+            Added::Duplicate
+        );
+        index.commit().unwrap();
+        index.close().unwrap();
+        let mut index = open(tmp.path());
+        assert_eq!(
+            index.add(&record(2, 10, event), 10).unwrap(),
+            Added::Duplicate
+        );
+    }
+
+    #[test]
+    fn retention_deletes_whole_old_buckets_and_keeps_the_offset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut index = open(tmp.path());
+        index.add(&record(0, 1_500, b"old"), 1_500).unwrap();
+        index.add(&record(1, 2_500, b"newer"), 2_500).unwrap();
+        index.commit().unwrap();
+        assert_eq!(layout::buckets(&tmp.path().join("0")).len(), 2);
+        // At 5.5 s the bucket [1 s, 2 s) is wholly older than the 3 s retention; [2 s, 3 s) is not.
+        assert_eq!(index.apply_retention(5_500).unwrap(), 1);
+        let left: Vec<i64> = layout::buckets(&tmp.path().join("0"))
+            .into_iter()
+            .map(|(start, _)| start)
+            .collect();
+        assert_eq!(left, vec![2_000, 5_000]);
+        assert_eq!(index.apply_retention(60_000).unwrap(), 2);
+        index.close().unwrap();
+        assert_eq!(open(tmp.path()).committed_next_offset(), Some(2));
+    }
+
+    #[test]
+    fn a_second_owner_waits_then_gives_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = open(tmp.path());
+        let err = PartitionIndex::open(tmp.path(), 0, LogSchema::new(), settings())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("another indexer"), "{err}");
+    }
+}

@@ -1,0 +1,369 @@
+//! The four questions the API asks of the indexes: hits, counts over time, field values, and
+//! what arrived since the last look (the live tail).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::Serialize;
+use serde_json::Value;
+use tantivy::aggregation::agg_req::Aggregations;
+use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
+use tantivy::aggregation::{
+    AggContextParams, AggregationLimitsGuard, DistributedAggregationCollector,
+};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
+use tantivy::schema::{Type, Value as _};
+use tantivy::{DateTime, DocAddress, Order, TantivyDocument, Term};
+
+use super::{time, QuerySpec, SearchError, SearchService, View};
+use crate::schema;
+
+#[derive(Debug, Serialize)]
+pub struct Hit {
+    pub timestamp: String,
+    pub partition: u64,
+    pub offset: u64,
+    /// The indexed event: the record's JSON object, or `{"message": ...}` for plain text.
+    pub event: Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SearchResult {
+    pub total: u64,
+    pub hits: Vec<Hit>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistogramBucket {
+    pub start: String,
+    pub start_ms: i64,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopValue {
+    pub value: Value,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FieldSummary {
+    pub name: String,
+    pub values: Vec<TopValue>,
+}
+
+/// Where the live tail has read up to, per partition.
+#[derive(Debug, Default, Clone)]
+pub struct TailCursor(BTreeMap<i32, u64>);
+
+/// Most buckets a histogram may have; more is a request for a coarser interval.
+const MAX_BUCKETS: i64 = 10_000;
+/// Buckets an automatic interval aims for.
+const AUTO_BUCKETS: i64 = 100;
+/// Fields `fields` reports; JSON events can carry many keys.
+const MAX_FIELDS: usize = 50;
+const TOP_VALUES: usize = 10;
+/// Documents one tail poll returns per partition.
+const TAIL_BATCH: usize = 1000;
+
+impl SearchService {
+    /// Newest-first hits and the total count.
+    pub fn search(
+        &self,
+        spec: &QuerySpec,
+        limit: usize,
+        offset: usize,
+    ) -> Result<SearchResult, SearchError> {
+        let limit = limit.min(self.limits().max_limit);
+        if offset.saturating_add(limit) > self.limits().max_window {
+            return Err(SearchError::BadRequest(format!(
+                "offset + limit may not pass {} (narrow the query or the time range)",
+                self.limits().max_window
+            )));
+        }
+        let query = self.build_query(spec)?;
+        let views = self.views()?;
+        let collector = (
+            TopDocs::with_limit((offset + limit).max(1))
+                .order_by_fast_field::<DateTime>("timestamp", Order::Desc),
+            Count,
+        );
+        let mut total = 0;
+        let mut ranked: Vec<(i64, usize, DocAddress)> = Vec::new();
+        for (i, view) in views.iter().enumerate() {
+            let (top, count) = view.searcher.search(&query, &collector)?;
+            total += count as u64;
+            ranked.extend(top.into_iter().map(|(time, address)| {
+                let ms = time.map_or(i64::MIN, |t| t.into_timestamp_millis());
+                (ms, i, address)
+            }));
+        }
+        ranked.sort_by(|a, b| b.cmp(a));
+        let hits = ranked
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(ms, i, address)| self.hit(&views[i], ms, address))
+            .collect::<Result<_, _>>()?;
+        Ok(SearchResult { total, hits })
+    }
+
+    fn hit(&self, view: &View, ms: i64, address: DocAddress) -> Result<Hit, SearchError> {
+        let doc: TantivyDocument = view.searcher.doc(address)?;
+        let schema = self.schema();
+        let number = |field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
+        let source = doc
+            .get_first(schema.source_doc)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        Ok(Hit {
+            timestamp: time::format_ms(ms),
+            partition: number(schema.partition),
+            offset: number(schema.offset),
+            event: serde_json::from_str(source).unwrap_or_else(|_| Value::String(source.into())),
+        })
+    }
+
+    /// Matching documents counted per time bucket, empty buckets included.
+    pub fn histogram(
+        &self,
+        spec: &QuerySpec,
+        interval_ms: Option<i64>,
+    ) -> Result<Vec<HistogramBucket>, SearchError> {
+        let query = self.build_query(spec)?;
+        let views = self.views()?;
+        let Some((first, last)) = self.time_extent(spec, &views)? else {
+            return Ok(Vec::new());
+        };
+        let span = (last - first).max(1);
+        let interval = match interval_ms {
+            Some(ms) => ms,
+            None => nice_interval(span / AUTO_BUCKETS),
+        };
+        if span / interval >= MAX_BUCKETS {
+            return Err(SearchError::BadRequest(format!(
+                "interval {interval} ms makes more than {MAX_BUCKETS} buckets over this range; \
+                 use a longer interval"
+            )));
+        }
+        let request = serde_json::json!({
+            "histogram": { "date_histogram": {
+                "field": "timestamp",
+                "fixed_interval": format!("{interval}ms"),
+                "min_doc_count": 0,
+                "extended_bounds": { "min": first, "max": last },
+            }}
+        });
+        let result = self.aggregate(&views, &query, request)?;
+        let buckets = result["histogram"]["buckets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(buckets
+            .iter()
+            .filter_map(|bucket| {
+                let start_ms = bucket["key"].as_f64()? as i64;
+                Some(HistogramBucket {
+                    start: time::format_ms(start_ms),
+                    start_ms,
+                    count: bucket["doc_count"].as_u64().unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    /// The range a histogram covers: the request's bounds, else the matching data's own.
+    fn time_extent(
+        &self,
+        spec: &QuerySpec,
+        views: &[View],
+    ) -> Result<Option<(i64, i64)>, SearchError> {
+        let mut first = i64::MAX;
+        let mut last = i64::MIN;
+        for view in views {
+            for segment in view.searcher.segment_readers() {
+                if segment.num_docs() == 0 {
+                    continue;
+                }
+                let Ok(column) = segment.fast_fields().date("timestamp") else {
+                    continue;
+                };
+                first = first.min(column.min_value().into_timestamp_millis());
+                last = last.max(column.max_value().into_timestamp_millis());
+            }
+        }
+        let first = spec.start_ms.unwrap_or(first);
+        let last = spec.end_ms.map_or(last, |end| end - 1);
+        Ok((first <= last).then_some((first, last)))
+    }
+
+    /// Field names with their most frequent values among the matching documents.
+    pub fn fields(&self, spec: &QuerySpec) -> Result<(u64, Vec<FieldSummary>), SearchError> {
+        let query = self.build_query(spec)?;
+        let views = self.views()?;
+        let mut names: Vec<String> = Vec::new();
+        for segment in views.iter().flat_map(|v| v.searcher.segment_readers()) {
+            for field in segment.fields_metadata()? {
+                let summarised = field.fast_size.is_some()
+                    && matches!(
+                        field.typ,
+                        Type::Str | Type::U64 | Type::I64 | Type::F64 | Type::Bool
+                    )
+                    && !matches!(field.field_name.as_str(), "partition" | "offset");
+                if summarised && !names.contains(&field.field_name) {
+                    names.push(field.field_name);
+                }
+            }
+        }
+        names.sort();
+        names.truncate(MAX_FIELDS);
+        let mut total = 0;
+        for view in &views {
+            total += view.searcher.search(&query, &Count)? as u64;
+        }
+        if names.is_empty() {
+            return Ok((total, Vec::new()));
+        }
+        let request: serde_json::Map<String, Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let agg = serde_json::json!({ "terms": { "field": name, "size": TOP_VALUES } });
+                (format!("f{i}"), agg)
+            })
+            .collect();
+        let result = self.aggregate(&views, &query, Value::Object(request))?;
+        let summaries = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let values = result[format!("f{i}")]["buckets"]
+                    .as_array()
+                    .map(|buckets| {
+                        buckets
+                            .iter()
+                            .map(|b| TopValue {
+                                value: b["key"].clone(),
+                                count: b["doc_count"].as_u64().unwrap_or(0),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                FieldSummary { name, values }
+            })
+            .filter(|summary| !summary.values.is_empty())
+            .collect();
+        Ok((total, summaries))
+    }
+
+    /// Runs a Tantivy aggregation request over every view and merges the results.
+    fn aggregate(
+        &self,
+        views: &[View],
+        query: &dyn Query,
+        request: Value,
+    ) -> Result<Value, SearchError> {
+        let aggregations: Aggregations = serde_json::from_value(request)
+            .map_err(|e| SearchError::BadRequest(format!("aggregation: {e}")))?;
+        let limits = || AggregationLimitsGuard::new(Some(256 << 20), Some(MAX_BUCKETS as u32 + 1));
+        let collector = DistributedAggregationCollector::from_aggs(
+            aggregations.clone(),
+            AggContextParams::new(limits(), schema::tokenizers()),
+        );
+        let mut merged: Option<IntermediateAggregationResults> = None;
+        for view in views {
+            let fruit = view.searcher.search(query, &collector)?;
+            match merged.as_mut() {
+                Some(merged) => merged.merge_fruits(fruit)?,
+                None => merged = Some(fruit),
+            }
+        }
+        let Some(merged) = merged else {
+            return Ok(Value::Null);
+        };
+        let result = merged.into_final_result(aggregations, limits())?;
+        serde_json::to_value(result)
+            .map_err(|e| SearchError::BadRequest(format!("aggregation: {e}")))
+    }
+
+    /// A cursor at the current end of every partition: the tail shows what comes after.
+    pub fn tail_cursor(&self) -> Result<TailCursor, SearchError> {
+        let mut cursor = TailCursor::default();
+        for view in self.views()? {
+            for segment in view.searcher.segment_readers() {
+                if segment.num_docs() == 0 {
+                    continue;
+                }
+                if let Ok(column) = segment.fast_fields().u64("offset") {
+                    let end = cursor.0.entry(view.partition).or_insert(0);
+                    *end = (*end).max(column.max_value() + 1);
+                }
+            }
+        }
+        Ok(cursor)
+    }
+
+    /// Matching documents committed since `cursor`, oldest first, and the cursor moved past them.
+    pub fn tail(&self, spec: &QuerySpec, cursor: &mut TailCursor) -> Result<Vec<Hit>, SearchError> {
+        let query = self.build_query(spec)?;
+        let mut found: Vec<(i32, u64, Hit)> = Vec::new();
+        for view in self.views()? {
+            let from = cursor.0.get(&view.partition).copied().unwrap_or(0);
+            let after = RangeQuery::new(
+                Bound::Included(Term::from_field_u64(self.schema().offset, from)),
+                Bound::Unbounded,
+            );
+            let narrowed = BooleanQuery::new(vec![
+                (Occur::Must, query.box_clone()),
+                (Occur::Must, Box::new(after)),
+            ]);
+            let top = view.searcher.search(
+                &narrowed,
+                &TopDocs::with_limit(TAIL_BATCH).order_by_fast_field::<u64>("offset", Order::Asc),
+            )?;
+            for (_, address) in top {
+                let ms = view
+                    .searcher
+                    .segment_reader(address.segment_ord)
+                    .fast_fields()
+                    .date("timestamp")?
+                    .first(address.doc_id)
+                    .map_or(0, |t| t.into_timestamp_millis());
+                let hit = self.hit(&view, ms, address)?;
+                found.push((view.partition, hit.offset, hit));
+            }
+        }
+        found.sort_by_key(|(partition, offset, _)| (*partition, *offset));
+        for (partition, offset, _) in &found {
+            let end = cursor.0.entry(*partition).or_insert(0);
+            *end = (*end).max(offset + 1);
+        }
+        Ok(found.into_iter().map(|(_, _, hit)| hit).collect())
+    }
+}
+
+/// Rounds a raw interval up to one people read easily (1s, 5s, 1m, 1h, 1d, ...).
+fn nice_interval(raw_ms: i64) -> i64 {
+    const STEPS: [i64; 16] = [
+        1, 10, 100, 1_000, 5_000, 10_000, 30_000, 60_000, 300_000, 600_000, 1_800_000, 3_600_000,
+        10_800_000, 21_600_000, 43_200_000, 86_400_000,
+    ];
+    STEPS
+        .iter()
+        .copied()
+        .find(|&step| step >= raw_ms)
+        .unwrap_or_else(|| (raw_ms + 86_399_999) / 86_400_000 * 86_400_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nice_interval;
+
+    #[test]
+    fn intervals_round_up_to_readable_steps() {
+        assert_eq!(nice_interval(0), 1);
+        assert_eq!(nice_interval(36_000), 60_000);
+        assert_eq!(nice_interval(86_400_001), 172_800_000);
+    }
+}

@@ -1,0 +1,94 @@
+//! Times and durations as people type them: `now`, `-15m`, `2h`, RFC 3339, epoch milliseconds.
+
+use tantivy::time::format_description::well_known::Rfc3339;
+use tantivy::time::OffsetDateTime;
+
+use crate::mapping::parse_rfc3339_ms;
+
+/// Parses a point in time; a bare duration (`15m`, `-15m`) means that long before `now_ms`.
+pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("now") {
+        return Ok(now_ms);
+    }
+    if let Some(ms) = parse_rfc3339_ms(text) {
+        return Ok(ms);
+    }
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let ago = text.strip_prefix('-').unwrap_or(text);
+    parse_duration_ms(ago)
+        .map(|d| now_ms.saturating_sub(d))
+        .map_err(|_| {
+            format!(
+                "`{text}` is not a time: use now, a duration ago (-15m, 2h, 7d), RFC 3339 \
+                 (2026-11-22T10:00:00Z) or epoch milliseconds"
+            )
+        })
+}
+
+/// Parses `500ms`, `30s`, `15m`, `2h`, `7d`, `1w`.
+pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (e.g. 30s, 15m, 2h, 7d)"))?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        _ => return Err(format!("`{text}`: unit must be ms, s, m, h, d or w")),
+    };
+    number
+        .checked_mul(unit_ms)
+        .filter(|&ms| ms > 0)
+        .ok_or_else(|| format!("`{text}` is not a usable duration"))
+}
+
+/// RFC 3339 with milliseconds, in UTC.
+pub fn format_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn relative_and_absolute_times() {
+        assert_eq!(parse_time("now", NOW), Ok(NOW));
+        assert_eq!(parse_time("-15m", NOW), Ok(NOW - 900_000));
+        assert_eq!(parse_time("2h", NOW), Ok(NOW - 7_200_000));
+        assert_eq!(
+            parse_time("2026-11-22T10:00:00Z", NOW),
+            Ok(1_795_341_600_000)
+        );
+        assert_eq!(parse_time("1700000000000", NOW), Ok(1_700_000_000_000));
+        let err = parse_time("yesterday", NOW).unwrap_err();
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("1w"), Ok(604_800_000));
+        assert!(parse_duration_ms("0s").is_err());
+        assert!(parse_duration_ms("5 minutes").is_err());
+        assert!(parse_duration_ms("99999999999999999d").is_err());
+    }
+
+    #[test]
+    fn formats_utc_with_milliseconds() {
+        assert_eq!(format_ms(1_795_341_600_123), "2026-11-22T10:00:00.123Z");
+    }
+}
