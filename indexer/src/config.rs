@@ -26,6 +26,9 @@ pub struct IndexerConfig {
     pub max_document_bytes: usize,
     /// Consumer session timeout: how long a dead indexer keeps its partitions.
     pub session_timeout_ms: u64,
+    /// Static group membership (Kafka's `group.instance.id`): an indexer restarted with the same
+    /// id takes its partitions straight back, without a rebalance. Empty: dynamic membership.
+    pub instance_id: String,
     /// Most hits one search request may return.
     pub max_search_limit: usize,
     /// Deepest hit (offset + limit) a search may page to.
@@ -47,6 +50,7 @@ impl Default for IndexerConfig {
             retention_ms: 7 * 86_400_000,
             max_document_bytes: 1 << 20,
             session_timeout_ms: 10_000,
+            instance_id: String::new(),
             max_search_limit: 1000,
             max_search_window: 10_000,
             max_concurrent_searches: 4,

@@ -66,7 +66,11 @@ impl Indexer {
             metrics,
             state: Mutex::new(State::default()),
         });
-        let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
+        let mut client = ClientConfig::new();
+        if !config.instance_id.is_empty() {
+            client.set("group.instance.id", &config.instance_id);
+        }
+        let consumer: BaseConsumer<GroupContext> = client
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group_id)
             .set("client.id", "sluice-indexer")

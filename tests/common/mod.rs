@@ -69,6 +69,68 @@ impl Sluice {
         sluice
     }
 
+    /// `sluice indexer` named `name` against `broker`, sharing the broker's data dir (as indexer
+    /// processes on one machine do), with `config` and its own HTTP port.
+    pub fn indexer(broker: &Sluice, name: &str, config: &str) -> Self {
+        let dir = broker.data_dir.parent().unwrap().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("sluice.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let http = format!("127.0.0.1:{}", free_port());
+        let args = vec![
+            "indexer".to_owned(),
+            "--config".into(),
+            config_path.display().to_string(),
+            "--data-dir".into(),
+            broker.data_dir.display().to_string(),
+            "--brokers".into(),
+            broker.kafka.clone(),
+            "--http".into(),
+            http.clone(),
+        ];
+        let mut indexer = Self {
+            child: None,
+            kafka: broker.kafka.clone(),
+            http,
+            data_dir: broker.data_dir.clone(),
+            args,
+            log: dir.join("sluice.log"),
+        };
+        indexer.restart();
+        indexer
+    }
+
+    /// GET on the search API: (status, JSON body). `params` are unencoded name/value pairs.
+    pub fn api(&self, path: &str, params: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        let query: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", url_encode(v)))
+            .collect();
+        let (status, body) = http_get(&self.http, &format!("{path}?{}", query.join("&")));
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"));
+        (status, json)
+    }
+
+    /// The total hit count of `q`; panics on a refused query.
+    pub fn hits(&self, q: &str) -> u64 {
+        let (status, body) = self.api("/api/v1/search", &[("q", q), ("limit", "0")]);
+        assert_eq!(status, 200, "{q}: {body}");
+        body["total"].as_u64().unwrap()
+    }
+
+    /// Waits until `q` has at least `n` hits; returns the count seen last.
+    pub fn wait_for_hits(&self, q: &str, n: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.hits(q);
+            if seen >= n || Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Starts the process again with the same ports, config and data dir.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
@@ -121,6 +183,13 @@ impl Sluice {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the process's log, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     pub fn metrics(&self) -> String {
@@ -291,4 +360,49 @@ pub fn python() -> Command {
 
 pub fn kcat() -> Command {
     Command::new("kcat")
+}
+
+/// Every hit of `q` through the search API, paged 1000 at a time: (partition, offset, message).
+pub fn all_hits(sluice: &Sluice, q: &str) -> Vec<(u64, u64, String)> {
+    let mut hits = Vec::new();
+    loop {
+        let offset = hits.len().to_string();
+        let (status, body) = sluice.api(
+            "/api/v1/search",
+            &[("q", q), ("limit", "1000"), ("offset", &offset)],
+        );
+        assert_eq!(status, 200, "{body}");
+        let page = body["hits"].as_array().unwrap();
+        if page.is_empty() {
+            return hits;
+        }
+        hits.extend(page.iter().map(|hit| {
+            (
+                hit["partition"].as_u64().unwrap(),
+                hit["offset"].as_u64().unwrap(),
+                hit["event"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }));
+    }
+}
+
+/// Percent-encodes a query-string value.
+pub fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The shared Loghub samples.
+pub fn loghub_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/loghub")
 }

@@ -233,6 +233,15 @@ impl Group {
         self.maybe_complete_join(now);
     }
 
+    /// Every member with its metadata for the chosen protocol: what the leader assigns from.
+    fn roster(&self) -> Vec<(String, Option<String>, Bytes)> {
+        let protocol = self.protocol.clone().unwrap_or_default();
+        self.members
+            .values()
+            .map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata(&protocol)))
+            .collect()
+    }
+
     /// A static member restarted (same group.instance.id, no member id): the new process takes
     /// the old one's place. In a stable group with unchanged protocols it keeps the assignment and
     /// the generation, so nobody rebalances; otherwise the group rebalances as for a new member.
@@ -282,6 +291,13 @@ impl Group {
         self.members.insert(new_id.clone(), member);
         self.instances.insert(instance.to_owned(), new_id.clone());
         if self.state == State::Stable && unchanged {
+            // A leader (JoinGroup before v9 cannot be told to skip assignment) gets the roster
+            // and computes an assignment; in a stable group SyncGroup keeps the current one.
+            let members = if was_leader {
+                self.roster()
+            } else {
+                Vec::new()
+            };
             let _ = reply.send(JoinResult {
                 error: 0,
                 generation: self.generation,
@@ -289,7 +305,7 @@ impl Group {
                 protocol: self.protocol.clone(),
                 leader: self.leader.clone().unwrap_or_default(),
                 member_id: new_id,
-                members: Vec::new(),
+                members,
             });
             return;
         }
@@ -378,13 +394,8 @@ impl Group {
                 .max()
                 .unwrap_or_default(),
         );
-        let protocol = self.protocol.clone().unwrap_or_default();
         let leader = self.leader.clone().unwrap_or_default();
-        let roster: Vec<(String, Option<String>, Bytes)> = self
-            .members
-            .values()
-            .map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata(&protocol)))
-            .collect();
+        let roster = self.roster();
         for member in self.members.values_mut() {
             member.last_heard = now;
             member.assignment = Bytes::new();
@@ -751,8 +762,19 @@ mod tests {
         );
         assert_ne!(second.member_id, first.member_id);
         assert_eq!(g.state, State::Stable);
+        // It was the leader: it is told so and given the roster, as a leader must be (librdkafka
+        // crashes assigning to an empty roster).
+        assert_eq!(second.leader, second.member_id);
+        let roster: Vec<&str> = second.members.iter().map(|m| m.0.as_str()).collect();
+        assert_eq!(roster, vec![second.member_id.as_str()]);
         let (tx, mut rx) = oneshot::channel();
-        g.sync(&second.member_id, 1, vec![], t0, tx);
+        g.sync(
+            &second.member_id,
+            1,
+            vec![(second.member_id.clone(), Bytes::from_static(b"new"))],
+            t0,
+            tx,
+        );
         assert_eq!(
             rx.try_recv().unwrap().assignment,
             Bytes::from_static(b"all")

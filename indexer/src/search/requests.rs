@@ -14,7 +14,7 @@ use tantivy::aggregation::{
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
 use tantivy::schema::{Type, Value as _};
-use tantivy::{DateTime, DocAddress, Order, TantivyDocument, Term};
+use tantivy::{DocAddress, DocId, Order, SegmentReader, TantivyDocument, Term};
 
 use super::{time, QuerySpec, SearchError, SearchService, View};
 use crate::schema;
@@ -84,27 +84,28 @@ impl SearchService {
         }
         let query = self.build_query(spec)?;
         let views = self.views()?;
+        // Newest first; ties (a batch shares its timestamp) go by partition and offset, so pages
+        // never overlap.
         let collector = (
-            TopDocs::with_limit((offset + limit).max(1))
-                .order_by_fast_field::<DateTime>("timestamp", Order::Desc),
+            TopDocs::with_limit((offset + limit).max(1)).order_by(time_then_offset),
             Count,
         );
         let mut total = 0;
-        let mut ranked: Vec<(i64, usize, DocAddress)> = Vec::new();
+        let mut ranked: Vec<((i64, i32, u64), usize, DocAddress)> = Vec::new();
         for (i, view) in views.iter().enumerate() {
             let (top, count) = view.searcher.search(&query, &collector)?;
             total += count as u64;
-            ranked.extend(top.into_iter().map(|(time, address)| {
-                let ms = time.map_or(i64::MIN, |t| t.into_timestamp_millis());
-                (ms, i, address)
-            }));
+            ranked.extend(
+                top.into_iter()
+                    .map(|((ms, offset), address)| ((ms, view.partition, offset), i, address)),
+            );
         }
-        ranked.sort_by(|a, b| b.cmp(a));
+        ranked.sort_by(|a, b| b.0.cmp(&a.0));
         let hits = ranked
             .into_iter()
             .skip(offset)
             .take(limit)
-            .map(|(ms, i, address)| self.hit(&views[i], ms, address))
+            .map(|((ms, _, _), i, address)| self.hit(&views[i], ms, address))
             .collect::<Result<_, _>>()?;
         Ok(SearchResult { total, hits })
     }
@@ -340,6 +341,20 @@ impl SearchService {
             *end = (*end).max(offset + 1);
         }
         Ok(found.into_iter().map(|(_, _, hit)| hit).collect())
+    }
+}
+
+/// The sort key of a hit within one bucket index: (timestamp in ms, offset).
+fn time_then_offset(segment: &SegmentReader) -> impl FnMut(DocId) -> (i64, u64) {
+    let times = segment.fast_fields().date("timestamp").ok();
+    let offsets = segment.fast_fields().u64("offset").ok();
+    move |doc| {
+        let ms = times
+            .as_ref()
+            .and_then(|c| c.first(doc))
+            .map_or(i64::MIN, |t| t.into_timestamp_millis());
+        let offset = offsets.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+        (ms, offset)
     }
 }
 

@@ -1,0 +1,85 @@
+//! Indexer processes share the partitions through the consumer group: with two and then three of
+//! them each owns some, a search through any one returns the union, and when one is killed its
+//! partitions move to the others and nothing is missing or repeated.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const CONFIG: &str = "[indexer]\ntopic_partitions = 6\nsession_timeout_ms = 6000\n";
+
+fn produce(broker: &Sluice, from: usize, count: usize) {
+    let lines: String = (from..from + count)
+        .map(|i| format!("line-{i:05}\n"))
+        .collect();
+    let out = broker.kcat_produce("logs", &[], lines.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn owned(indexer: &Sluice) -> f64 {
+    indexer
+        .metric("sluice_indexer_partitions_owned")
+        .unwrap_or(0.0)
+}
+
+/// Waits until the indexers own all six partitions between them, each at least one.
+fn wait_for_balance(indexers: &[&Sluice]) -> Vec<f64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts: Vec<f64> = indexers.iter().map(|i| owned(i)).collect();
+        if counts.iter().sum::<f64>() == 6.0 && counts.iter().all(|&c| c >= 1.0) {
+            return counts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partitions owned {counts:?} after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn assert_exactly(indexer: &Sluice, total: usize) {
+    let seen = indexer.wait_for_hits("*", total as u64, Duration::from_secs(90));
+    let hits = all_hits(indexer, "*");
+    let mut messages: Vec<&str> = hits.iter().map(|h| h.2.as_str()).collect();
+    messages.sort_unstable();
+    messages.dedup();
+    assert_eq!(
+        (hits.len(), messages.len()),
+        (total, total),
+        "search saw {seen}; documents and distinct lines for {total} produced"
+    );
+}
+
+#[test]
+fn indexers_share_partitions_and_hand_them_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Sluice::broker(tmp.path(), "");
+    let a = Sluice::indexer(&broker, "a", CONFIG);
+    let mut b = Sluice::indexer(&broker, "b", CONFIG);
+    let counts = wait_for_balance(&[&a, &b]);
+    produce(&broker, 0, 3000);
+    assert_exactly(&a, 3000);
+    assert_eq!(
+        b.hits("*"),
+        3000,
+        "B sees the union too (owned: {counts:?})"
+    );
+
+    let c = Sluice::indexer(&broker, "c", CONFIG);
+    wait_for_balance(&[&a, &b, &c]);
+    produce(&broker, 3000, 3000);
+    assert_exactly(&c, 6000);
+
+    b.kill9();
+    wait_for_balance(&[&a, &c]);
+    produce(&broker, 6000, 3000);
+    assert_exactly(&a, 9000);
+    assert_eq!(c.hits("*"), 9000);
+}
