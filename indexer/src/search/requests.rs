@@ -12,7 +12,7 @@ use tantivy::aggregation::{
     AggContextParams, AggregationLimitsGuard, DistributedAggregationCollector,
 };
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
+use tantivy::query::{BooleanQuery, Query, RangeQuery};
 use tantivy::schema::{Type, Value as _};
 use tantivy::{DocAddress, DocId, Order, SegmentReader, TantivyDocument, Term};
 
@@ -100,7 +100,7 @@ impl SearchService {
                     .map(|((ms, offset), address)| ((ms, view.partition, offset), i, address)),
             );
         }
-        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked.sort_by_key(|hit| std::cmp::Reverse(hit.0));
         let hits = ranked
             .into_iter()
             .skip(offset)
@@ -315,10 +315,7 @@ impl SearchService {
                 Bound::Included(Term::from_field_u64(self.schema().offset, from)),
                 Bound::Unbounded,
             );
-            let narrowed = BooleanQuery::new(vec![
-                (Occur::Must, query.box_clone()),
-                (Occur::Must, Box::new(after)),
-            ]);
+            let narrowed = BooleanQuery::intersection(vec![query.box_clone(), Box::new(after)]);
             let top = view.searcher.search(
                 &narrowed,
                 &TopDocs::with_limit(TAIL_BATCH).order_by_fast_field::<u64>("offset", Order::Asc),

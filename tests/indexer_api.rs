@@ -1,0 +1,258 @@
+//! The search API as its users meet it, against `sluice up`: query syntax and its errors, time
+//! ranges, capped limits, histograms, field summaries, the live tail, `sluice search`, and odd
+//! records counted but indexed.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn events() -> String {
+    let mut lines = String::new();
+    for i in 0..30 {
+        let level = if i % 3 == 0 { "error" } else { "info" };
+        let host = format!("web-{}", i % 2);
+        lines.push_str(&format!(
+            r#"{{"id":"ev-{i}","timestamp":"2026-01-01T00:{i:02}:00Z","level":"{level}","host":"{host}","message":"request {i} served","fields":{{"user":{{"id":{i}}}}}}}"#
+        ));
+        lines.push('\n');
+    }
+    lines
+}
+
+fn up_with_events() -> (tempfile::TempDir, Sluice) {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::up(tmp.path(), "");
+    let out = sluice.kcat_produce("logs", &[], events().as_bytes());
+    assert!(out.status.success());
+    assert_eq!(
+        sluice.wait_for_hits("*", 30, Duration::from_secs(30)),
+        30,
+        "{}",
+        sluice.log_tail(20)
+    );
+    (tmp, sluice)
+}
+
+#[test]
+fn queries_ranges_and_limits() {
+    let (_tmp, sluice) = up_with_events();
+    assert_eq!(sluice.hits("level:error"), 10);
+    assert_eq!(sluice.hits("level:ERROR AND host:web-0"), 5);
+    assert_eq!(sluice.hits("level:error OR host:web-1"), 20);
+    assert_eq!(sluice.hits("level:error AND NOT host:web-0"), 5);
+    assert_eq!(sluice.hits("NOT level:error"), 20, "Lucene's pure negation");
+    assert_eq!(sluice.hits("level:error -host:web-0"), 5);
+    assert_eq!(sluice.hits("\"request 7 served\""), 1);
+    assert_eq!(sluice.hits("fields.user.id:12"), 1);
+    assert_eq!(sluice.hits("fields.user.id:[10 TO 19]"), 10);
+    assert_eq!(sluice.hits("serv*"), 30);
+    assert_eq!(sluice.hits("s?rved AND host:web-*"), 30, "wildcards");
+    assert_eq!(sluice.hits("host:WEB-1*"), 15);
+
+    let (status, body) = sluice.api(
+        "/api/v1/search",
+        &[
+            ("q", "*"),
+            ("start", "2026-01-01T00:10:00Z"),
+            ("end", "2026-01-01T00:20:00Z"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 10);
+    let hits = body["hits"].as_array().unwrap();
+    assert_eq!(hits[0]["event"]["id"], "ev-19", "newest first");
+    assert_eq!(hits[9]["timestamp"], "2026-01-01T00:10:00Z");
+    assert!(body["elapsed_ms"].as_f64().unwrap() >= 0.0);
+
+    // Relative times: everything here is from January, so "the last hour" is empty.
+    assert_eq!(
+        sluice.api("/api/v1/search", &[("start", "-1h")]).1["total"],
+        0
+    );
+    assert_eq!(
+        sluice.api("/api/v1/search", &[("end", "now")]).1["total"],
+        30
+    );
+
+    let (_, body) = sluice.api("/api/v1/search", &[("limit", "100000")]);
+    assert_eq!(body["limit"], 1000, "limits are capped");
+    let (_, page) = sluice.api("/api/v1/search", &[("limit", "5"), ("offset", "25")]);
+    assert_eq!(page["hits"].as_array().unwrap().len(), 5);
+    assert_eq!(page["hits"][4]["event"]["id"], "ev-0");
+}
+
+#[test]
+fn bad_requests_say_why() {
+    let (_tmp, sluice) = up_with_events();
+    let (status, body) = sluice.api("/api/v1/search", &[("q", "level:(error")]);
+    assert_eq!(status, 400);
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("position"), "{error}");
+    let (status, body) = sluice.api("/api/v1/search", &[("q", "nosuchfield:x")]);
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("nosuchfield"));
+    let (status, body) = sluice.api("/api/v1/search", &[("start", "yesterday")]);
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().starts_with("start:"));
+    let (status, _) = sluice.api("/api/v1/search", &[("since", "1h")]);
+    assert_eq!(status, 400, "unknown parameters are refused, not ignored");
+    let (status, _) = sluice.api("/api/v1/search", &[("offset", "20000")]);
+    assert_eq!(status, 400);
+    let (status, body) = sluice.api("/api/v1/histogram", &[("interval", "1ms")]);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        sluice
+            .metric(r#"sluice_search_requests_total{endpoint="search",outcome="bad_request"}"#)
+            .unwrap()
+            >= 5.0
+    );
+}
+
+#[test]
+fn histogram_and_fields() {
+    let (_tmp, sluice) = up_with_events();
+    let (status, body) = sluice.api(
+        "/api/v1/histogram",
+        &[
+            ("q", "level:error"),
+            ("start", "2026-01-01T00:00:00Z"),
+            ("end", "2026-01-01T01:00:00Z"),
+            ("interval", "10m"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let counts: Vec<u64> = body["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .collect();
+    // Errors at minutes 0, 3, ..., 27: four in the first ten minutes, three in each next ten.
+    assert_eq!(counts, vec![4, 3, 3, 0, 0, 0]);
+    assert_eq!(body["buckets"][1]["start"], "2026-01-01T00:10:00Z");
+
+    let (status, body) = sluice.api("/api/v1/fields", &[("q", "host:web-1")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 15);
+    let fields = body["fields"].as_array().unwrap();
+    let level = fields.iter().find(|f| f["name"] == "level").unwrap();
+    assert_eq!(level["values"][0]["value"], "info");
+    assert_eq!(level["values"][0]["count"], 10);
+    assert_eq!(level["values"][1]["count"], 5);
+    assert!(fields.iter().any(|f| f["name"] == "fields.user.id"));
+}
+
+#[test]
+fn tail_streams_new_matches() {
+    let (_tmp, sluice) = up_with_events();
+    let mut stream = TcpStream::connect(&sluice.http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/v1/tail?q=level:warn HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.contains("200"), "{status}");
+    // Old matches are not replayed; new ones arrive, the non-matching one does not.
+    std::thread::sleep(Duration::from_millis(500));
+    let new = "{\"level\":\"info\",\"message\":\"quiet\"}\n{\"level\":\"warn\",\"message\":\"disk at 91%\"}\n";
+    assert!(sluice
+        .kcat_produce("logs", &["-p", "0"], new.as_bytes())
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut data = Vec::new();
+    while data.is_empty() && Instant::now() < deadline {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if let Some(json) = line.strip_prefix("data: ") {
+            data.push(serde_json::from_str::<serde_json::Value>(json).unwrap());
+        }
+    }
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["event"]["message"], "disk at 91%");
+}
+
+#[test]
+fn sluice_search_prints_for_people_and_json() {
+    let (_tmp, sluice) = up_with_events();
+    let out = Command::new(SLUICE)
+        .args([
+            "search",
+            "level:error AND host:web-1",
+            "--server",
+            &sluice.http,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_eq!(
+        lines[0], "2026-01-01T00:03:00Z error web-1 request 3 served",
+        "oldest first, so the newest is beside the prompt"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("5 of 5 hits"));
+
+    let out = Command::new(SLUICE)
+        .args(["search", "level:error", "--json", "-n", "2"])
+        .env("SLUICE_HTTP", &sluice.http)
+        .output()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["total"], 10);
+    assert_eq!(body["hits"].as_array().unwrap().len(), 2);
+
+    let out = Command::new(SLUICE)
+        .args(["search", "level:(", "--server", &sluice.http])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("400") && stderr.contains("position"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn odd_records_are_counted_and_indexed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::up(tmp.path(), "[indexer]\nmax_document_bytes = 1000\n");
+    let mut input = Vec::new();
+    input.extend_from_slice(b"plain line from kcat\n");
+    input.extend_from_slice(b"{\"message\": \"cut short\n");
+    input.extend_from_slice(b"bytes \xff\xfe not utf-8\n");
+    input.extend_from_slice(b"{\"timestamp\":\"last tuesday\",\"message\":\"when?\"}\n");
+    input.extend_from_slice(format!("{}\n", "long ".repeat(1000)).as_bytes());
+    input.extend_from_slice(b"{\"message\":\"after the odd ones\"}\n");
+    assert!(sluice
+        .kcat_produce("logs", &["-p", "1"], &input)
+        .status
+        .success());
+    assert_eq!(sluice.wait_for_hits("*", 6, Duration::from_secs(30)), 6);
+    assert_eq!(sluice.hits("\"after the odd ones\""), 1);
+    assert_eq!(sluice.hits("\"plain line from kcat\""), 1);
+    assert_eq!(sluice.hits("\"cut short\""), 1);
+    assert_eq!(sluice.hits("utf"), 1);
+    assert_eq!(sluice.hits("when"), 1);
+    for reason in ["invalid_json", "invalid_utf8", "bad_timestamp", "oversize"] {
+        let series = format!(r#"sluice_indexer_malformed_records_total{{reason="{reason}"}}"#);
+        assert_eq!(sluice.metric(&series), Some(1.0), "{series}");
+    }
+}
