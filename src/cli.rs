@@ -231,6 +231,34 @@ pub struct ConsumeArgs {
 pub enum BenchTarget {
     /// Produce through librdkafka and report MB/s and acknowledgement latency.
     Produce(BenchProduceArgs),
+    /// Index through a broker and an indexer it starts; compare with raw Tantivy, measure
+    /// freshness and search latency.
+    Index(BenchIndexArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchIndexArgs {
+    /// Log lines to make events of (cycled), e.g. the Loghub samples concatenated.
+    #[arg(long, value_name = "FILE")]
+    pub lines: PathBuf,
+    /// Events to index (raw Tantivy gets the same ones).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub documents: u64,
+    /// Partitions of the `logs` topic the bench creates.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// Freshness is measured at this fraction of the indexer's measured rate.
+    #[arg(long, default_value_t = 0.5)]
+    pub rate_fraction: f64,
+    /// How long to measure freshness, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub freshness_seconds: f64,
+    /// Runs of each search query.
+    #[arg(long, default_value_t = 50)]
+    pub queries: usize,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -101,6 +101,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             target: cli::BenchTarget::Produce(args),
         } => bench::produce(args).await,
+        Command::Bench {
+            target: cli::BenchTarget::Index(args),
+        } => bench::index(args).await,
     }
 }
 

@@ -16,8 +16,12 @@ pub struct IndexerConfig {
     pub topic_partitions: i32,
     /// How often each partition's index commits (and so how soon a line becomes searchable).
     pub commit_interval_ms: u64,
-    /// Tantivy indexing memory per partition writer; the writer flushes a segment when full.
+    /// Tantivy indexing memory per partition writer, shared by its threads; a thread flushes a
+    /// segment when its share is full.
     pub writer_memory_bytes: usize,
+    /// Indexing threads per partition writer. A fetch hands over one partition's records at a
+    /// time, so a single thread per partition leaves the other partitions' threads idle.
+    pub writer_threads: usize,
     /// Width of an index time bucket: retention deletes whole buckets.
     pub bucket_ms: u64,
     /// Age after which a whole bucket is deleted; 0 keeps everything.
@@ -46,6 +50,7 @@ impl Default for IndexerConfig {
             topic_partitions: 3,
             commit_interval_ms: 1000,
             writer_memory_bytes: 32 << 20,
+            writer_threads: 2,
             bucket_ms: 86_400_000,
             retention_ms: 7 * 86_400_000,
             max_document_bytes: 1 << 20,
@@ -63,12 +68,17 @@ impl IndexerConfig {
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         // Tantivy's MEMORY_BUDGET_NUM_BYTES_MIN (15 arena margins of 1 MB), which it does not export.
         let min_memory = 15_000_000;
+        if self.writer_threads == 0 {
+            return Err(("indexer.writer_threads", "expected at least 1".into()));
+        }
+        let min_memory = min_memory * self.writer_threads;
         if self.writer_memory_bytes < min_memory {
             return Err((
                 "indexer.writer_memory_bytes",
                 format!(
-                    "expected at least {min_memory} (Tantivy's smallest writer), got {}",
-                    self.writer_memory_bytes
+                    "expected at least {min_memory} (Tantivy's smallest share, 15 MB, for each \
+                     of the {} writer_threads), got {}",
+                    self.writer_threads, self.writer_memory_bytes
                 ),
             ));
         }

@@ -58,6 +58,7 @@ impl Indexer {
             schema: LogSchema::new(),
             settings: WriterSettings {
                 memory_bytes: config.writer_memory_bytes,
+                threads: config.writer_threads,
                 bucket_ms: config.bucket_ms as i64,
                 retention_ms: config.retention_ms as i64,
                 max_document_bytes: config.max_document_bytes,

@@ -12,10 +12,10 @@ mod api;
 mod config;
 mod consumer;
 mod layout;
-mod mapping;
+pub mod mapping;
 mod metrics;
 mod partition;
-mod schema;
+pub mod schema;
 pub mod search;
 
 pub use api::router;

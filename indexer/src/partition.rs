@@ -16,6 +16,7 @@ use crate::schema::LogSchema;
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
     pub memory_bytes: usize,
+    pub threads: usize,
     pub bucket_ms: i64,
     pub retention_ms: i64,
     pub max_document_bytes: usize,
@@ -184,11 +185,11 @@ impl PartitionIndex {
         if newest.is_some_and(|newest| newest >= bucket_start) {
             if self.writer.is_none() {
                 let bucket = self.buckets.last().expect("checked above");
-                self.writer = Some(
-                    bucket
-                        .index
-                        .writer_with_num_threads(1, self.settings.memory_bytes)?,
-                );
+                self.writer =
+                    Some(bucket.index.writer_with_num_threads(
+                        self.settings.threads,
+                        self.settings.memory_bytes,
+                    )?);
             }
             return Ok(());
         }
@@ -212,7 +213,7 @@ impl PartitionIndex {
         self.writer = Some(
             bucket
                 .index
-                .writer_with_num_threads(1, self.settings.memory_bytes)?,
+                .writer_with_num_threads(self.settings.threads, self.settings.memory_bytes)?,
         );
         self.buckets.push(bucket);
         Ok(())
@@ -323,6 +324,7 @@ mod tests {
     fn settings() -> WriterSettings {
         WriterSettings {
             memory_bytes: 15_000_000,
+            threads: 1,
             bucket_ms: 1000,
             retention_ms: 3000,
             max_document_bytes: 1 << 20,

@@ -2,21 +2,18 @@
 //! acknowledgement latency. Without `--brokers` it starts its own `sluice broker` child on a
 //! temporary directory, so it can also report the broker's CPU time.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use hdrhistogram::Histogram;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
+use super::{cpu_seconds, create_topic, start_broker, OwnedChild};
 use crate::cli::BenchProduceArgs;
 use crate::client;
 
@@ -70,43 +67,25 @@ impl ProducerContext for BenchContext {
     }
 }
 
-/// A broker child process the bench owns; killed on drop.
-struct OwnedBroker {
-    child: Child,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for OwnedBroker {
-    fn drop(&mut self) {
-        // SIGTERM, so the broker closes cleanly.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
 pub async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
     let (brokers, owned) = match &args.brokers {
         Some(list) => (list.clone(), None),
         None => {
-            let (addr, broker) = start_broker(&args)?;
+            let config = format!("[broker]\nio_backend = \"{}\"\n", args.io_backend);
+            let (addr, broker) = start_broker(args.data_dir.clone(), &config)?;
             (addr, Some(broker))
         }
     };
     let topic = format!("bench-{}", std::process::id());
     create_topic(&brokers, &topic, args.partitions).await?;
     let records = payloads(&args)?;
-    let cpu_before = owned
-        .as_ref()
-        .map(|b| cpu_seconds(b.child.id()))
-        .transpose()?;
+    let cpu_before = owned.as_ref().map(|b| cpu_seconds(b.pid())).transpose()?;
     let report = drive(
         &args,
         &brokers,
         &topic,
         &records,
-        owned.as_ref().map(|b| b.child.id()),
+        owned.as_ref().map(OwnedChild::pid),
         cpu_before,
     )?;
     if args.json {
@@ -236,83 +215,4 @@ fn payloads(args: &BenchProduceArgs) -> anyhow::Result<Vec<Vec<u8>>> {
                 .collect()
         })
         .collect())
-}
-
-async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client::config(brokers).create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let options = AdminOptions::new().request_timeout(Some(client::TIMEOUT));
-    for result in admin.create_topics([&new], &options).await? {
-        if let Err((name, code)) = result {
-            bail!("creating bench topic {name}: {code}");
-        }
-    }
-    Ok(())
-}
-
-fn start_broker(args: &BenchProduceArgs) -> anyhow::Result<(String, OwnedBroker)> {
-    let (dir, temp) = match &args.data_dir {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let temp = tempfile::Builder::new()
-                .prefix("sluice-bench-")
-                .tempdir_in(".")?;
-            (temp.path().to_owned(), Some(temp))
-        }
-    };
-    let kafka = free_port()?;
-    let http = free_port()?;
-    let config_path: PathBuf = dir.join("bench.toml");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        &config_path,
-        format!("[broker]\nio_backend = \"{}\"\n", args.io_backend),
-    )?;
-    let child = Command::new(std::env::current_exe()?)
-        .arg("broker")
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--data-dir")
-        .arg(&dir)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{kafka}"))
-        .arg("--http")
-        .arg(format!("127.0.0.1:{http}"))
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the broker")?;
-    let broker = OwnedBroker { child, _dir: temp };
-    let addr = format!("127.0.0.1:{kafka}");
-    let waited = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        if waited.elapsed() > Duration::from_secs(10) {
-            bail!("the bench broker did not start listening on {addr}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((addr, broker))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// User + system CPU seconds a process has used, from /proc.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    // Linux reports these in USER_HZ, which is 100 on every architecture we run on.
-    Ok(ticks / 100.0)
 }

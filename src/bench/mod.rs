@@ -1,0 +1,123 @@
+//! `sluice bench`: end-to-end benchmarks that drive real `sluice` processes with real clients.
+//! `produce` measures the broker (throughput, acknowledgement latency, CPU); `index` measures the
+//! indexer against raw Tantivy, its freshness, and search latency. What both need (a child
+//! process, CPU accounting, topics) lives here.
+
+mod index;
+mod produce;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+
+pub use index::index;
+pub use produce::produce;
+
+use crate::client;
+
+/// A `sluice` child process the bench owns; stopped with SIGTERM on drop.
+struct OwnedChild {
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl OwnedChild {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        // SIGTERM, so the process closes cleanly.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `sluice broker` with `config` (TOML) on `data_dir`, or on a temporary directory under
+/// the working directory; returns its Kafka address.
+fn start_broker(data_dir: Option<PathBuf>, config: &str) -> anyhow::Result<(String, OwnedChild)> {
+    let (dir, temp) = match data_dir {
+        Some(dir) => (dir, None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("sluice-bench-")
+                .tempdir_in(".")?;
+            (temp.path().to_owned(), Some(temp))
+        }
+    };
+    let kafka = format!("127.0.0.1:{}", free_port()?);
+    let config_path: PathBuf = dir.join("bench.toml");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(&config_path, config)?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("broker")
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg("--listen")
+        .arg(&kafka)
+        .arg("--http")
+        .arg(format!("127.0.0.1:{}", free_port()?))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the broker")?;
+    let broker = OwnedChild { child, _dir: temp };
+    wait_for_port(&kafka, "broker")?;
+    Ok((kafka, broker))
+}
+
+fn wait_for_port(addr: &str, what: &str) -> anyhow::Result<()> {
+    let waited = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        if waited.elapsed() > Duration::from_secs(20) {
+            bail!("the bench {what} did not start listening on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client::config(brokers).create()?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().request_timeout(Some(client::TIMEOUT));
+    for result in admin.create_topics([&new], &options).await? {
+        if let Err((name, code)) = result {
+            bail!("creating bench topic {name}: {code}");
+        }
+    }
+    Ok(())
+}
+
+/// User + system CPU seconds a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    // Linux reports these in USER_HZ, which is 100 on every architecture we run on.
+    Ok(ticks / 100.0)
+}
