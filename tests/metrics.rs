@@ -33,7 +33,15 @@ fn metrics_pass_promtool_and_hold_the_promised_series() {
         Duration::from_secs(60),
     );
     assert!(grouped.status.success());
-    // The per-partition gauges and the lag gauge refresh on their own schedule (5 s at most).
+    assert!(sluice
+        .kcat_produce("logs", &["-p", "0"], b"an indexed line\n")
+        .status
+        .success());
+    assert_eq!(
+        sluice.wait_for_hits("indexed", 1, Duration::from_secs(30)),
+        1
+    );
+    // The per-partition gauges and the lag gauges refresh on their own schedule (5 s at most).
     std::thread::sleep(Duration::from_secs(6));
     let text = sluice.metrics();
     let out = run_with_input(
@@ -68,6 +76,15 @@ fn metrics_pass_promtool_and_hold_the_promised_series() {
         "sluice_broker_io_backend{backend=\"io_uring\"} 1",
         "sluice_broker_consumer_lag{group=\"watchers\",partition=\"0\",topic=\"observed\"} 0",
         "sluice_broker_connections{listener=\"kafka\"}",
+        "sluice_indexer_documents_indexed_total 1",
+        "sluice_indexer_malformed_records_total{reason=\"invalid_json\"} 0",
+        "sluice_indexer_commit_duration_seconds_bucket",
+        "sluice_indexer_freshness_seconds_bucket",
+        "sluice_indexer_consumer_lag{partition=\"0\"} 0",
+        "sluice_indexer_partitions_owned 3",
+        "sluice_indexer_index_bytes",
+        "sluice_search_duration_seconds_bucket{endpoint=\"search\"",
+        "sluice_search_requests_total{endpoint=\"search\",outcome=\"ok\"}",
     ] {
         assert!(
             text.contains(series),
