@@ -3,7 +3,7 @@
 # the same-run baseline:
 #   1. three runs of 1.5 M events: indexer docs/s against raw Tantivy, and freshness at half the
 #      indexer's rate (probes every 100 ms, send to searchable, 30 s);
-#   2. one run of 5 M events for search latency (term, phrase, 10 s time range; 50 runs each).
+#   2. one run of 5 M events for search latency (term, phrase, 1 s time range; 50 runs each).
 # Events are the Loghub samples' lines, cycled, shipped as agent-style JSON events.
 # Usage: benches/index.sh   (run from the repository root; builds --release first)
 set -euo pipefail

@@ -19,8 +19,9 @@ pub struct IndexerConfig {
     /// Tantivy indexing memory per partition writer, shared by its threads; a thread flushes a
     /// segment when its share is full.
     pub writer_memory_bytes: usize,
-    /// Indexing threads per partition writer. A fetch hands over one partition's records at a
-    /// time, so a single thread per partition leaves the other partitions' threads idle.
+    /// Indexing threads per partition writer. Partitions already index side by side (a worker
+    /// thread each); more threads per writer cost more CPU per document (smaller segments, more
+    /// merging) for little gain on a small machine.
     pub writer_threads: usize,
     /// Width of an index time bucket: retention deletes whole buckets.
     pub bucket_ms: u64,
@@ -50,7 +51,7 @@ impl Default for IndexerConfig {
             topic_partitions: 3,
             commit_interval_ms: 1000,
             writer_memory_bytes: 32 << 20,
-            writer_threads: 2,
+            writer_threads: 1,
             bucket_ms: 86_400_000,
             retention_ms: 7 * 86_400_000,
             max_document_bytes: 1 << 20,

@@ -25,10 +25,10 @@ use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::IndexerConfig;
 use crate::layout;
-use crate::mapping::Record;
 use crate::metrics::IndexerMetrics;
-use crate::partition::{Added, PartitionIndex, WriterSettings};
+use crate::partition::{PartitionIndex, WriterSettings};
 use crate::schema::LogSchema;
+use crate::worker::{OwnedRecord, PartitionWorker};
 
 /// How long an assignment waits for the partition's previous owner to close its index.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
@@ -65,6 +65,8 @@ impl Indexer {
                 lock_wait: HANDOVER_WAIT,
             },
             metrics,
+            commit_every: Duration::from_millis(config.commit_interval_ms.max(1)),
+            max_document_bytes: config.max_document_bytes,
             state: Mutex::new(State::default()),
         });
         let mut client = ClientConfig::new();
@@ -89,12 +91,11 @@ impl Indexer {
             .subscribe(&[&config.topic])
             .map_err(|e| anyhow::anyhow!("indexer: cannot subscribe to {}: {e}", config.topic))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let commit_every = Duration::from_millis(config.commit_interval_ms.max(1));
         let thread = std::thread::Builder::new()
             .name("sluice-indexer".into())
             .spawn({
                 let stop = stop.clone();
-                move || run(consumer, shared, commit_every, stop)
+                move || run(consumer, shared, stop)
             })?;
         tracing::info!(topic = %config.topic, group = %config.group_id, "indexer started");
         Ok(Self {
@@ -148,22 +149,32 @@ struct Shared {
     schema: LogSchema,
     settings: WriterSettings,
     metrics: IndexerMetrics,
+    commit_every: Duration,
+    max_document_bytes: usize,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
-    open: BTreeMap<i32, PartitionIndex>,
-    /// Assigned partitions whose index could not be opened yet (or failed): retried, then
-    /// the consumer seeks to what the index holds.
+    open: BTreeMap<i32, PartitionWorker>,
+    /// Assigned partitions whose index could not be opened yet (or whose worker failed):
+    /// retried, then the consumer seeks to what the index holds.
     to_open: BTreeSet<i32>,
 }
 
 impl Shared {
-    fn open(&self, partition: i32, wait: Duration) -> anyhow::Result<PartitionIndex> {
+    /// Takes the partition's index (waiting up to `wait` for a previous owner) and starts its
+    /// worker; returns where consumption must start.
+    fn open(&self, partition: i32, wait: Duration) -> anyhow::Result<(PartitionWorker, Offset)> {
         let mut settings = self.settings.clone();
         settings.lock_wait = wait;
-        PartitionIndex::open(&self.topic_dir, partition, self.schema.clone(), settings)
+        let index =
+            PartitionIndex::open(&self.topic_dir, partition, self.schema.clone(), settings)?;
+        let start = index
+            .committed_next_offset()
+            .map_or(Offset::Beginning, Offset::Offset);
+        let worker = PartitionWorker::start(index, self.commit_every, self.metrics.clone())?;
+        Ok((worker, start))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -178,52 +189,18 @@ impl Shared {
             .set((state.open.len() + state.to_open.len()) as i64);
     }
 
-    /// Commits every index with pending records; returns the offsets to commit to the group.
-    fn commit_all(&self, state: &mut State) -> TopicPartitionList {
-        let mut failed = Vec::new();
-        for (&partition, index) in state.open.iter_mut() {
-            if !index.has_pending() {
-                continue;
-            }
-            let started = Instant::now();
-            match index.commit() {
-                Ok(committed) => {
-                    self.metrics
-                        .commit_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.documents_indexed.inc_by(committed.docs);
-                    let now = now_ms();
-                    for ms in committed.record_times_ms {
-                        self.metrics
-                            .freshness_seconds
-                            .observe((now - ms).max(0) as f64 / 1000.0);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(partition, error = %e, "index commit failed; reopening the partition");
-                    self.metrics.errors.with_label_values(&["commit"]).inc();
-                    failed.push(partition);
-                }
-            }
-        }
-        for partition in failed {
-            state.open.remove(&partition);
-            state.to_open.insert(partition);
-        }
-        self.group_offsets(state.open.values())
-    }
-
+    /// The committed offsets of every open partition, for the group.
     fn group_offsets<'a>(
         &self,
-        indexes: impl Iterator<Item = &'a PartitionIndex>,
+        workers: impl Iterator<Item = &'a PartitionWorker>,
     ) -> TopicPartitionList {
         let mut offsets = TopicPartitionList::new();
-        for index in indexes {
-            if let Some(next) = index.committed_next_offset() {
+        for worker in workers {
+            if let Some(next) = worker.committed_next_offset() {
                 // Infallible for an offset we just added the partition with.
                 let _ = offsets.add_partition_offset(
                     &self.topic,
-                    index.partition(),
+                    worker.partition(),
                     Offset::Offset(next),
                 );
             }
@@ -231,27 +208,28 @@ impl Shared {
         offsets
     }
 
-    fn index_record(&self, record: &Record<'_>) {
-        let mut state = self.state();
-        let Some(index) = state.open.get_mut(&record.partition) else {
-            // Not (yet) open: the seek after opening brings this record back.
-            return;
-        };
-        match index.add(record, now_ms()) {
-            Ok(Added::Indexed(None)) | Ok(Added::AlreadyIndexed) => {}
-            Ok(Added::Indexed(Some(malformed))) => {
-                self.metrics
-                    .malformed
-                    .with_label_values(&[malformed.label()])
-                    .inc();
+    fn index_record(&self, partition: i32, record: OwnedRecord) {
+        let state = self.state();
+        // Not open (yet, or any more): the seek after opening brings the record back.
+        if let Some(worker) = state.open.get(&partition) {
+            worker.send(record);
+        }
+    }
+
+    /// Moves partitions whose worker failed to the reopen list.
+    fn collect_failed(&self, state: &mut State) {
+        let failed: Vec<i32> = state
+            .open
+            .iter()
+            .filter(|(_, w)| w.has_failed())
+            .map(|(&p, _)| p)
+            .collect();
+        for partition in failed {
+            self.metrics.errors.with_label_values(&["index"]).inc();
+            if let Some(worker) = state.open.remove(&partition) {
+                worker.close();
             }
-            Ok(Added::Duplicate) => self.metrics.duplicates_skipped.inc(),
-            Err(e) => {
-                tracing::error!(partition = record.partition, error = %e, "indexing failed; reopening the partition");
-                self.metrics.errors.with_label_values(&["index"]).inc();
-                state.open.remove(&record.partition);
-                state.to_open.insert(record.partition);
-            }
+            state.to_open.insert(partition);
         }
     }
 }
@@ -321,10 +299,8 @@ impl ConsumerContext for GroupContext {
             other => {
                 tracing::error!(error = ?other, "indexer: rebalance failed; giving up every partition");
                 let all = std::mem::take(&mut self.shared.state().open);
-                for (_, index) in all {
-                    if let Err(e) = index.close() {
-                        tracing::warn!(error = %e, "indexer: closing an index");
-                    }
+                for (_, worker) in all {
+                    worker.close();
                 }
                 let _ = consumer.unassign();
             }
@@ -347,11 +323,8 @@ impl GroupContext {
         let mut starts = Vec::new();
         for partition in partitions {
             let start = match shared.open(partition, HANDOVER_WAIT) {
-                Ok(index) => {
-                    let start = index
-                        .committed_next_offset()
-                        .map_or(Offset::Beginning, Offset::Offset);
-                    state.open.insert(partition, index);
+                Ok((worker, start)) => {
+                    state.open.insert(partition, worker);
                     start
                 }
                 Err(e) => {
@@ -374,7 +347,7 @@ impl GroupContext {
     fn revoke(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
         let shared = &self.shared;
         let mut state = shared.state();
-        let mut closed = Vec::new();
+        let mut offsets = TopicPartitionList::new();
         let mut revoked = Vec::new();
         for element in tpl.elements() {
             if element.topic() != shared.topic {
@@ -382,9 +355,14 @@ impl GroupContext {
             }
             let partition = element.partition();
             state.to_open.remove(&partition);
-            if let Some(mut index) = state.open.remove(&partition) {
-                let _ = index.commit();
-                closed.push(index);
+            if let Some(next) = state
+                .open
+                .remove(&partition)
+                .and_then(PartitionWorker::close)
+            {
+                // Infallible for an offset we just added the partition with.
+                let _ =
+                    offsets.add_partition_offset(&shared.topic, partition, Offset::Offset(next));
             }
             shared
                 .metrics
@@ -394,35 +372,28 @@ impl GroupContext {
             revoked.push(partition.to_string());
         }
         tracing::info!(partitions = %revoked.join(" "), "indexer: partitions revoked");
-        let offsets = shared.group_offsets(closed.iter());
-        for index in closed {
-            if let Err(e) = index.close() {
-                tracing::warn!(error = %e, "indexer: closing an index");
-            }
-        }
         shared.owned_changed(&state);
         offsets
     }
 }
 
-fn run(
-    consumer: BaseConsumer<GroupContext>,
-    shared: Arc<Shared>,
-    commit_every: Duration,
-    stop: Arc<AtomicBool>,
-) {
+fn run(consumer: BaseConsumer<GroupContext>, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let mut last_commit = Instant::now();
     let mut last_retention = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
-                let now = now_ms();
-                shared.index_record(&Record {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    timestamp_ms: message.timestamp().to_millis().unwrap_or(now),
-                    payload: message.payload().unwrap_or_default(),
-                });
+                let payload = message.payload().unwrap_or_default();
+                // One byte past the limit is enough for the mapping to see it was over.
+                let kept = payload.len().min(shared.max_document_bytes + 1);
+                shared.index_record(
+                    message.partition(),
+                    OwnedRecord {
+                        offset: message.offset(),
+                        timestamp_ms: message.timestamp().to_millis().unwrap_or_else(now_ms),
+                        payload: payload[..kept].to_vec(),
+                    },
+                );
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "indexer: consuming");
@@ -430,10 +401,10 @@ fn run(
             }
             None => {}
         }
-        reopen_failed(&consumer, &shared);
-        if last_commit.elapsed() >= commit_every {
+        if last_commit.elapsed() >= shared.commit_every {
             last_commit = Instant::now();
-            let offsets = shared.commit_all(&mut shared.state());
+            reopen_failed(&consumer, &shared);
+            let offsets = shared.group_offsets(shared.state().open.values());
             if offsets.count() > 0 {
                 if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
                     tracing::debug!(error = %e, "indexer: committing group offsets");
@@ -445,55 +416,42 @@ fn run(
             apply_retention(&shared);
         }
     }
-    let offsets = shared.commit_all(&mut shared.state());
-    if offsets.count() > 0 {
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-            tracing::warn!(error = %e, "indexer: committing group offsets at stop");
-        }
-    }
-    // Dropping the consumer leaves the group; the revoke callback closes the indexes.
+    // Leaving the group revokes every partition: the callback commits and closes each index and
+    // commits the group offsets.
     drop(consumer);
     tracing::info!("indexer stopped");
 }
 
-/// Retries opening partitions that are assigned but not open, then rewinds each to its index.
+/// Reopens partitions that are assigned but not open (their index was held, or their worker
+/// failed) and rewinds each to what its index holds.
 fn reopen_failed(consumer: &BaseConsumer<GroupContext>, shared: &Shared) {
     let mut state = shared.state();
+    shared.collect_failed(&mut state);
     let waiting: Vec<i32> = state.to_open.iter().copied().collect();
     for partition in waiting {
-        let Ok(index) = shared.open(partition, Duration::ZERO) else {
+        let Ok((worker, start)) = shared.open(partition, Duration::ZERO) else {
             continue;
         };
-        let start = index
-            .committed_next_offset()
-            .map_or(Offset::Beginning, Offset::Offset);
         match consumer.seek(&shared.topic, partition, start, Duration::from_secs(1)) {
             Ok(()) => {
                 state.to_open.remove(&partition);
-                state.open.insert(partition, index);
+                state.open.insert(partition, worker);
                 tracing::info!(partition, ?start, "indexer: partition reopened");
             }
-            Err(e) => tracing::debug!(partition, error = %e, "indexer: seek after reopen"),
+            Err(e) => {
+                worker.close();
+                tracing::debug!(partition, error = %e, "indexer: seek after reopen");
+            }
         }
     }
+    shared.owned_changed(&state);
 }
 
 fn apply_retention(shared: &Shared) {
-    let mut state = shared.state();
-    let now = now_ms();
+    let state = shared.state();
     let mut bytes = 0;
-    for (&partition, index) in state.open.iter_mut() {
-        match index.apply_retention(now) {
-            Ok(deleted) => shared.metrics.buckets_deleted.inc_by(deleted as u64),
-            Err(e) => {
-                tracing::warn!(partition, error = %e, "indexer: retention");
-                shared
-                    .metrics
-                    .errors
-                    .with_label_values(&["retention"])
-                    .inc();
-            }
-        }
+    for (&partition, worker) in &state.open {
+        worker.apply_retention();
         bytes += layout::disk_usage(&layout::partition_dir(&shared.topic_dir, partition));
     }
     shared.metrics.index_bytes.set(bytes as i64);

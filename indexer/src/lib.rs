@@ -1,9 +1,10 @@
 //! The Sluice indexer: a consumer group over the `logs` topic feeding one Tantivy index per
 //! partition, and the search API over them.
 //!
-//! `consumer` is the group member: it owns the partitions the group gives it, each a
-//! `partition::PartitionIndex` (time buckets of Tantivy indexes laid out as `layout` says),
-//! and turns records into documents with `mapping` under the one `schema`. Each commit stores
+//! `consumer` is the group member: it owns the partitions the group gives it and hands each
+//! one's records to a `worker` thread, which owns the `partition::PartitionIndex` (time buckets
+//! of Tantivy indexes laid out as `layout` says) and turns records into documents with `mapping`
+//! under the one `schema`. Each commit stores
 //! the partition's next offset in the Tantivy commit itself, so a restart resumes exactly where
 //! the index ends. `search` reads every partition's indexes on disk, whichever process writes
 //! them, and `api` serves it over HTTP.
@@ -17,6 +18,7 @@ mod metrics;
 mod partition;
 pub mod schema;
 pub mod search;
+mod worker;
 
 pub use api::router;
 pub use config::IndexerConfig;

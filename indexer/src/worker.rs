@@ -1,0 +1,218 @@
+//! One thread per owned partition: it owns the partition's index, maps and indexes the records
+//! the consumer hands it, and commits on its own clock.
+//!
+//! Why a thread each: librdkafka delivers one partition's fetched records at a time, and a
+//! Tantivy commit blocks until the segments are written. Done on the consumer's thread, mapping
+//! was serial and every commit stalled every partition; here partitions map, index and commit
+//! side by side, and the consumer only copies records into bounded queues.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::consumer::now_ms;
+use crate::mapping::Record;
+use crate::metrics::IndexerMetrics;
+use crate::partition::{Added, PartitionIndex};
+
+/// Records a worker's queue holds at most.
+const QUEUE_RECORDS: usize = 4096;
+/// Bytes of records a worker's queue holds at most; the consumer waits above it.
+const QUEUE_BYTES: usize = 64 << 20;
+
+/// A record copied out of librdkafka's buffers.
+pub struct OwnedRecord {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+enum Job {
+    Record(OwnedRecord),
+    Retention,
+    /// Commit, close the index, and answer with the committed next offset.
+    Close(SyncSender<Option<i64>>),
+}
+
+/// What the consumer thread holds of a running worker.
+pub struct PartitionWorker {
+    partition: i32,
+    jobs: SyncSender<Job>,
+    queued_bytes: Arc<AtomicUsize>,
+    /// The index's committed next offset; -1 while it has none.
+    committed: Arc<AtomicI64>,
+    failed: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PartitionWorker {
+    pub fn start(
+        index: PartitionIndex,
+        commit_every: Duration,
+        metrics: IndexerMetrics,
+    ) -> std::io::Result<Self> {
+        let partition = index.partition();
+        let (jobs, queue) = mpsc::sync_channel(QUEUE_RECORDS);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let committed = Arc::new(AtomicI64::new(index.committed_next_offset().unwrap_or(-1)));
+        let failed = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            index,
+            queue,
+            queued_bytes: queued_bytes.clone(),
+            committed: committed.clone(),
+            commit_every,
+            metrics,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("sluice-index-{partition}"))
+            .spawn({
+                let failed = failed.clone();
+                move || {
+                    if let Err(e) = worker.run() {
+                        tracing::error!(partition, error = %e, "indexing failed; the partition will be reopened");
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                }
+            })?;
+        Ok(Self {
+            partition,
+            jobs,
+            queued_bytes,
+            committed,
+            failed,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The index's committed next offset, for the group's offsets.
+    pub fn committed_next_offset(&self) -> Option<i64> {
+        Some(self.committed.load(Ordering::Relaxed)).filter(|&o| o >= 0)
+    }
+
+    /// True once the worker stopped on an error; its uncommitted records are gone with it.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Queues a record, waiting while the queue is full.
+    pub fn send(&self, record: OwnedRecord) {
+        while self.queued_bytes.load(Ordering::Relaxed) > QUEUE_BYTES && !self.has_failed() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.queued_bytes
+            .fetch_add(record.payload.len(), Ordering::Relaxed);
+        // A failed worker's queue is gone; its records come back after the reopen's seek.
+        let _ = self.jobs.send(Job::Record(record));
+    }
+
+    pub fn apply_retention(&self) {
+        let _ = self.jobs.try_send(Job::Retention);
+    }
+
+    /// Commits what is queued and pending, closes the index, and returns the committed offset.
+    pub fn close(mut self) -> Option<i64> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let closed = match self.jobs.send(Job::Close(reply)) {
+            Ok(()) => answer.recv().ok().flatten(),
+            Err(_) => None,
+        };
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        closed.or_else(|| self.committed_next_offset())
+    }
+}
+
+struct Worker {
+    index: PartitionIndex,
+    queue: Receiver<Job>,
+    queued_bytes: Arc<AtomicUsize>,
+    committed: Arc<AtomicI64>,
+    commit_every: Duration,
+    metrics: IndexerMetrics,
+}
+
+impl Worker {
+    fn run(mut self) -> anyhow::Result<()> {
+        let mut next_commit = Instant::now() + self.commit_every;
+        loop {
+            let wait = next_commit.saturating_duration_since(Instant::now());
+            match self.queue.recv_timeout(wait) {
+                Ok(Job::Record(record)) => {
+                    self.queued_bytes
+                        .fetch_sub(record.payload.len(), Ordering::Relaxed);
+                    self.index(&record)?;
+                }
+                Ok(Job::Retention) => {
+                    let deleted = self.index.apply_retention(now_ms())?;
+                    self.metrics.buckets_deleted.inc_by(deleted as u64);
+                }
+                Ok(Job::Close(reply)) => {
+                    self.commit()?;
+                    let committed = self.index.committed_next_offset();
+                    self.index.close()?;
+                    let _ = reply.send(committed);
+                    return Ok(());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.commit()?;
+                    return self.index.close();
+                }
+            }
+            if Instant::now() >= next_commit {
+                self.commit()?;
+                next_commit = Instant::now() + self.commit_every;
+            }
+        }
+    }
+
+    fn index(&mut self, record: &OwnedRecord) -> anyhow::Result<()> {
+        let record = Record {
+            partition: self.index.partition(),
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms,
+            payload: &record.payload,
+        };
+        match self.index.add(&record, now_ms())? {
+            Added::Indexed(None) | Added::AlreadyIndexed => {}
+            Added::Indexed(Some(malformed)) => {
+                self.metrics
+                    .malformed
+                    .with_label_values(&[malformed.label()])
+                    .inc();
+            }
+            Added::Duplicate => self.metrics.duplicates_skipped.inc(),
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> anyhow::Result<()> {
+        if !self.index.has_pending() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let committed = self.index.commit()?;
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.documents_indexed.inc_by(committed.docs);
+        let now = now_ms();
+        for ms in committed.record_times_ms {
+            self.metrics
+                .freshness_seconds
+                .observe((now - ms).max(0) as f64 / 1000.0);
+        }
+        if let Some(next) = self.index.committed_next_offset() {
+            self.committed.store(next, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
