@@ -17,8 +17,10 @@ use crate::mapping::Record;
 use crate::metrics::IndexerMetrics;
 use crate::partition::{Added, PartitionIndex};
 
-/// Records a worker's queue holds at most.
-const QUEUE_RECORDS: usize = 4096;
+/// Records a worker's queue holds at most: more than one fetch brings for a partition, so the
+/// consumer can hand a whole run over and go on to the next partition's (4096 left the other
+/// workers idle while one queue was full: 11.5 against 9.3 µs of CPU per document).
+const QUEUE_RECORDS: usize = 65536;
 /// Bytes of records a worker's queue holds at most; the consumer waits above it.
 const QUEUE_BYTES: usize = 64 << 20;
 
