@@ -16,7 +16,7 @@ cat ../shared/data/loghub/*_2k.log > "$work/lines.txt"
 cd "$work"
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 for run in 1 2 3; do
-  echo "## 1.5 M events, run $run"
+  echo "## 3 M events, run $run"
   "$sluice" bench index --lines lines.txt --documents 3000000 --queries 10 2>/dev/null
 done
 echo "## 5 M events"

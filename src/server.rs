@@ -2,7 +2,7 @@
 //! `sluice broker` and `sluice indexer`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
@@ -11,7 +11,7 @@ use sluice_indexer::{Indexer, IndexerMetrics, SearchLimits, SearchMetrics, Searc
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::cli::{IndexerArgs, ServerArgs};
+use crate::cli::{CommonArgs, IndexerArgs, ServerArgs};
 use crate::config::SluiceConfig;
 use crate::http;
 use crate::shutdown::Shutdown;
@@ -50,13 +50,7 @@ pub async fn broker(args: ServerArgs) -> anyhow::Result<()> {
 
 /// `sluice indexer`: one member of the indexer group, with the search API.
 pub async fn indexer(args: IndexerArgs) -> anyhow::Result<()> {
-    let mut config = SluiceConfig::load(args.common.config.as_deref())?;
-    if let Some(dir) = args.data_dir {
-        config.data_dir.path = dir;
-    }
-    if let Some(addr) = args.common.http {
-        config.http.listen = addr;
-    }
+    let mut config = load_config(args.common, args.data_dir)?;
     if let Some(brokers) = args.brokers {
         config.indexer.brokers = brokers;
     }
@@ -70,14 +64,20 @@ pub async fn indexer(args: IndexerArgs) -> anyhow::Result<()> {
     .await
 }
 
-fn server_config(args: ServerArgs) -> anyhow::Result<SluiceConfig> {
-    let mut config = SluiceConfig::load(args.common.config.as_deref())?;
-    if let Some(dir) = args.data_dir {
+/// The configuration file with the command line's overrides applied.
+fn load_config(common: CommonArgs, data_dir: Option<PathBuf>) -> anyhow::Result<SluiceConfig> {
+    let mut config = SluiceConfig::load(common.config.as_deref())?;
+    if let Some(dir) = data_dir {
         config.data_dir.path = dir;
     }
-    if let Some(addr) = args.common.http {
+    if let Some(addr) = common.http {
         config.http.listen = addr;
     }
+    Ok(config)
+}
+
+fn server_config(args: ServerArgs) -> anyhow::Result<SluiceConfig> {
+    let mut config = load_config(args.common, args.data_dir)?;
     if let Some(addr) = args.listen {
         config.broker.listen = addr;
     }

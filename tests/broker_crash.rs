@@ -5,39 +5,17 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 
 const KILLS: usize = 20;
 
-/// A small deterministic generator, seeded from the clock and printed, so a failing run can be
-/// replayed with SLUICE_CRASH_SEED.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next_ms(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        lo + (self.0 >> 33) % (hi - lo)
-    }
-}
-
 fn kill9_while_producing(backend: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let config = format!("[broker]\nio_backend = \"{backend}\"\n");
     let mut sluice = Sluice::broker(tmp.path(), &config);
-    let seed = std::env::var("SLUICE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = crash_seed();
     eprintln!("crash test ({backend}) seed {seed}");
     let mut rng = Lcg(seed);
     let acked = tmp.path().join("acked.txt");

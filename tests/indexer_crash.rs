@@ -14,19 +14,6 @@ use common::*;
 const RECORDS: usize = 6000;
 const KILLS: usize = 10;
 
-/// A small deterministic generator for the kill times (seeded by the clock, printed on failure).
-struct Lcg(u64);
-
-impl Lcg {
-    fn millis(&mut self, low: u64, high: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        low + (self.0 >> 33) % (high - low)
-    }
-}
-
 #[test]
 fn kill_9_of_the_indexer_loses_and_repeats_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -38,10 +25,8 @@ fn kill_9_of_the_indexer_loses_and_repeats_nothing() {
         "indexer",
         "[indexer]\ninstance_id = \"indexer-0\"\ncommit_interval_ms = 200\n",
     );
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let seed = crash_seed();
+    eprintln!("indexer crash test seed {seed}");
     let mut random = Lcg(seed);
 
     let mut producer = python()
@@ -54,7 +39,7 @@ fn kill_9_of_the_indexer_loses_and_repeats_nothing() {
     let started = Instant::now();
     let mut kills = 0;
     while kills < KILLS || producer.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(random.millis(300, 1800)));
+        std::thread::sleep(Duration::from_millis(random.next_ms(300, 1800)));
         indexer.kill9();
         kills += 1;
         indexer.restart();

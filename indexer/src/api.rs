@@ -165,10 +165,17 @@ impl Api {
             .inc();
     }
 
-    /// Counts a request refused before it ran (unreadable parameters).
-    fn refuse<T>(&self, endpoint: &str, error: ApiError) -> Result<T, ApiError> {
-        let result = Err(error);
-        self.count(endpoint, &result);
+    /// Reads a request's parameters with `read`; a refusal is counted under `endpoint`.
+    fn accept<P, T>(
+        &self,
+        endpoint: &str,
+        params: Result<Query<P>, QueryRejection>,
+        read: impl FnOnce(P) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let result = params.map_err(ApiError::from).and_then(|Query(p)| read(p));
+        if result.is_err() {
+            self.count(endpoint, &result);
+        }
         result
     }
 }
@@ -177,16 +184,14 @@ async fn search(
     State(api): State<Api>,
     params: Result<Query<SearchParams>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let params = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return api.refuse("search", e.into()),
-    };
-    let spec = match spec(params.q, params.start.as_deref(), params.end.as_deref()) {
-        Ok(spec) => spec,
-        Err(e) => return api.refuse("search", e),
-    };
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    let offset = params.offset.unwrap_or(0);
+    let (spec, limit, offset) = api.accept("search", params, |p| {
+        let spec = spec(p.q, p.start.as_deref(), p.end.as_deref())?;
+        Ok((
+            spec,
+            p.limit.unwrap_or(DEFAULT_LIMIT),
+            p.offset.unwrap_or(0),
+        ))
+    })?;
     let started = Instant::now();
     let q = spec.q.clone();
     let result = api
@@ -206,29 +211,18 @@ async fn histogram(
     State(api): State<Api>,
     params: Result<Query<HistogramParams>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let params = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return api.refuse("histogram", e.into()),
-    };
-    let spec = match spec(params.q, params.start.as_deref(), params.end.as_deref()) {
-        Ok(spec) => spec,
-        Err(e) => return api.refuse("histogram", e),
-    };
-    let interval = match params
-        .interval
-        .as_deref()
-        .filter(|i| !i.is_empty())
-        .map(parse_duration_ms)
-    {
-        None => None,
-        Some(Ok(ms)) => Some(ms),
-        Some(Err(e)) => {
-            return api.refuse(
-                "histogram",
-                ApiError(StatusCode::BAD_REQUEST, format!("interval: {e}")),
-            )
-        }
-    };
+    let (spec, interval) = api.accept("histogram", params, |p| {
+        let interval = p
+            .interval
+            .as_deref()
+            .filter(|i| !i.is_empty())
+            .map(|i| {
+                parse_duration_ms(i)
+                    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("interval: {e}")))
+            })
+            .transpose()?;
+        Ok((spec(p.q, p.start.as_deref(), p.end.as_deref())?, interval))
+    })?;
     let started = Instant::now();
     let buckets = api
         .run("histogram", move |s| s.histogram(&spec, interval))
@@ -249,14 +243,9 @@ async fn fields(
     State(api): State<Api>,
     params: Result<Query<RangeParams>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let params = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return api.refuse("fields", e.into()),
-    };
-    let spec = match spec(params.q, params.start.as_deref(), params.end.as_deref()) {
-        Ok(spec) => spec,
-        Err(e) => return api.refuse("fields", e),
-    };
+    let spec = api.accept("fields", params, |p| {
+        spec(p.q, p.start.as_deref(), p.end.as_deref())
+    })?;
     let started = Instant::now();
     let (total, fields) = api.run("fields", move |s| s.fields(&spec)).await?;
     Ok(Json(json!({
@@ -270,11 +259,7 @@ async fn tail(
     State(api): State<Api>,
     params: Result<Query<TailParams>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let params = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return api.refuse("tail", e.into()),
-    };
-    let spec = spec(params.q, None, None)?;
+    let spec = api.accept("tail", params, |p| spec(p.q, None, None))?;
     let checked = spec.clone();
     let cursor = api
         .run("tail", move |s| {

@@ -18,9 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use serde_json::json;
 use sluice_indexer::mapping::{map_record, Record};
@@ -515,16 +513,7 @@ impl BenchProducer {
         if let Some(key) = key {
             record = record.key(key);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err((e, _)) => bail!("queueing an event: {e}"),
-            }
-        }
+        client::send_waiting(&self.producer, record).context("queueing an event")
     }
 
     fn finish(self) -> anyhow::Result<()> {

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use hdrhistogram::Histogram;
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use super::{cpu_seconds, create_topic, start_broker, OwnedChild};
@@ -143,18 +141,9 @@ fn drive(
             }
         }
         let payload = &records[i % records.len()];
-        let mut record: BaseRecord<'_, (), [u8], Box<Instant>> =
+        let record: BaseRecord<'_, (), [u8], Box<Instant>> =
             BaseRecord::with_opaque_to(topic, Box::new(Instant::now())).payload(payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err((e, _)) => bail!("queueing a record: {e}"),
-            }
-        }
+        client::send_waiting(&producer, record).context("queueing a record")?;
         sent_bytes += payload.len() as f64;
         i += 1;
     }

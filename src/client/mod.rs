@@ -9,6 +9,10 @@ pub mod topics;
 
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
 /// How long a command waits for the broker before it gives up with an error.
@@ -22,4 +26,26 @@ pub fn config(brokers: &str) -> ClientConfig {
         .set("client.id", "sluice-cli")
         .set("log_level", "3");
     config
+}
+
+/// Queues `record`, waiting while librdkafka's queue is full (the producer's back pressure).
+pub fn send_waiting<K, P, C>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> KafkaResult<()>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+    C: ProducerContext,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }

@@ -6,12 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
-use super::config;
+use super::{config, send_waiting};
 use crate::cli::ProduceArgs;
 
 /// Counts delivery outcomes and reports the first failure.
@@ -77,17 +75,7 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
         if let Some(partition) = args.partition {
             record = record.partition(partition);
         }
-        let mut record = record;
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((e, _)) => return Err(e).context("queueing a record"),
-            }
-        }
+        send_waiting(&producer, record).context("queueing a record")?;
         sent += 1;
     }
     producer

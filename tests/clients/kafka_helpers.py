@@ -3,6 +3,7 @@ client's last lines, and creating a topic through each library's admin client an
 client's metadata shows all its partitions."""
 
 import logging
+import sys
 import time
 
 
@@ -73,3 +74,13 @@ def create_topic_kafka_python(bootstrap, topic, partitions, timeout_s):
         raise Fail(f"after CreateTopics, metadata shows partitions {sorted(seen or [])}, expected 0..{partitions - 1}")
     finally:
         consumer.close()
+
+
+def run_main(main):
+    """Runs a script's main(): a Fail is one line on stderr and exit status 1."""
+    try:
+        main()
+    except Fail as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -31,7 +31,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 
-from kafka_helpers import Fail
+from kafka_helpers import Fail, run_main
 
 SYSTEMS = ["Android", "Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "Spark", "Zookeeper"]
 WORD = re.compile(r"[^\W_]+")
@@ -172,8 +172,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Fail as e:
-        print(f"FAIL: {e}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_main(main))

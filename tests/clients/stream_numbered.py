@@ -9,7 +9,7 @@ import time
 
 from confluent_kafka import Producer
 
-from kafka_helpers import Fail
+from kafka_helpers import Fail, run_main
 
 
 def main():
@@ -35,8 +35,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Fail as e:
-        print(f"FAIL: {e}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_main(main))

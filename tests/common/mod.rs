@@ -406,3 +406,30 @@ pub fn url_encode(value: &str) -> String {
 pub fn loghub_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/loghub")
 }
+
+/// A small deterministic generator for kill times, seeded by `crash_seed` and printed on
+/// failure, so a failing run can be replayed.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next_ms(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        lo + (self.0 >> 33) % (hi - lo)
+    }
+}
+
+/// `SLUICE_CRASH_SEED` when set (to replay a failure), else the clock.
+pub fn crash_seed() -> u64 {
+    std::env::var("SLUICE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
