@@ -9,7 +9,7 @@ use axum::Router;
 use sluice_broker::Broker;
 use sluice_indexer::{Indexer, IndexerMetrics, SearchLimits, SearchMetrics, SearchService};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::cli::{CommonArgs, IndexerArgs, ServerArgs};
 use crate::config::SluiceConfig;
@@ -104,6 +104,7 @@ async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
         false => None,
     };
     let mut routes = Router::new();
+    let (closing, closing_seen) = watch::channel(false);
     if parts.indexer {
         if let Some(listener) = &kafka_listener {
             // In one process the indexer reads the broker beside it, wherever that listens.
@@ -118,6 +119,7 @@ async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
             service,
             config.indexer.max_concurrent_searches,
             SearchMetrics::register(&registry)?,
+            closing_seen,
         );
     }
     tracing::info!(
@@ -161,6 +163,8 @@ async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
     if let Some(broker) = broker {
         broker.close().await?;
     }
+    // Open live tails end first, so the HTTP server has nothing left to drain.
+    let _ = closing.send(true);
     let _ = stop_http.send(());
     served?;
     indexed?;

@@ -1,6 +1,7 @@
 //! The search API over HTTP: `/api/v1/search`, `/histogram`, `/fields` and `/tail` (server-sent
 //! events). Searches run on the blocking pool behind a semaphore, so they never hold up the
-//! indexer's thread or each other beyond `max_concurrent_searches`.
+//! indexer's threads or each other beyond `max_concurrent_searches`; at most 16 tails are open,
+//! and they end when the process stops.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 
@@ -27,23 +28,33 @@ use crate::search::{QuerySpec, SearchError, SearchService, TailCursor};
 const DEFAULT_LIMIT: usize = 100;
 const TAIL_POLL: Duration = Duration::from_millis(250);
 
+/// Live tails open at once; each polls every 250 ms.
+const MAX_TAILS: usize = 16;
+
 #[derive(Clone)]
 struct Api {
     service: Arc<SearchService>,
     permits: Arc<Semaphore>,
+    tails: Arc<Semaphore>,
     metrics: SearchMetrics,
+    /// Turns true when the process stops: open tails end, so the HTTP server can drain.
+    closing: watch::Receiver<bool>,
 }
 
-/// The API's routes, ready to merge into the process's HTTP router.
+/// The API's routes, ready to merge into the process's HTTP router; `closing` turning true ends
+/// the live tails.
 pub fn router(
     service: Arc<SearchService>,
     max_concurrent: usize,
     metrics: SearchMetrics,
+    closing: watch::Receiver<bool>,
 ) -> Router {
     let api = Api {
         service,
         permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+        tails: Arc::new(Semaphore::new(MAX_TAILS)),
         metrics,
+        closing,
     };
     Router::new()
         .route("/api/v1/search", get(search))
@@ -134,23 +145,38 @@ impl Api {
         T: Send + 'static,
         F: FnOnce(&SearchService) -> Result<T, SearchError> + Send + 'static,
     {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
         let started = Instant::now();
-        let service = self.service.clone();
-        let result = tokio::task::spawn_blocking(move || job(&service))
-            .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-            .and_then(|r| r.map_err(ApiError::from));
+        let result = self.run_uncounted(job).await;
         self.metrics
             .duration_seconds
             .with_label_values(&[endpoint])
             .observe(started.elapsed().as_secs_f64());
         self.count(endpoint, &result);
         result
+    }
+
+    /// Runs `job` on the blocking pool with a search permit, which the job holds to its end even
+    /// if the client hangs up.
+    async fn run_uncounted<T, F>(&self, job: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SearchService) -> Result<T, SearchError> + Send + 'static,
+    {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
+        let service = self.service.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = job(&service);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .and_then(|r| r.map_err(ApiError::from))
     }
 
     fn count<T>(&self, endpoint: &str, result: &Result<T, ApiError>) {
@@ -260,6 +286,14 @@ async fn tail(
     params: Result<Query<TailParams>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let spec = api.accept("tail", params, |p| spec(p.q, None, None))?;
+    let Ok(slot) = api.tails.clone().try_acquire_owned() else {
+        let refused = Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_TAILS} live tails are open already; try again later"),
+        ));
+        api.count("tail", &refused);
+        return refused;
+    };
     let checked = spec.clone();
     let cursor = api
         .run("tail", move |s| {
@@ -268,7 +302,10 @@ async fn tail(
         })
         .await?;
     let (events, received) = tokio::sync::mpsc::channel::<Event>(64);
-    tokio::spawn(follow(api, spec, cursor, events));
+    tokio::spawn(async move {
+        follow(api, spec, cursor, events).await;
+        drop(slot);
+    });
     Ok(Sse::new(ReceiverStream::new(received).map(Ok)).keep_alive(KeepAlive::default()))
 }
 
@@ -280,15 +317,17 @@ async fn follow(
     events: tokio::sync::mpsc::Sender<Event>,
 ) {
     let spec = Arc::new(spec);
-    while !events.is_closed() {
-        tokio::time::sleep(TAIL_POLL).await;
+    let mut closing = api.closing.clone();
+    while !events.is_closed() && !*closing.borrow() {
+        tokio::select! {
+            _ = tokio::time::sleep(TAIL_POLL) => {}
+            _ = closing.changed() => return,
+        }
         let polled = {
             let spec = spec.clone();
             let mut moved = std::mem::take(&mut cursor);
             let hits = api
-                .run("tail", move |s| {
-                    s.tail(&spec, &mut moved).map(|hits| (hits, moved))
-                })
+                .run_uncounted(move |s| s.tail(&spec, &mut moved).map(|hits| (hits, moved)))
                 .await;
             match hits {
                 Ok((hits, moved)) => {

@@ -25,6 +25,7 @@ use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::IndexerConfig;
 use crate::layout;
+use crate::mapping::in_range;
 use crate::metrics::IndexerMetrics;
 use crate::partition::{PartitionIndex, WriterSettings};
 use crate::schema::LogSchema;
@@ -108,10 +109,10 @@ impl Indexer {
     pub async fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
-            if tokio::task::spawn_blocking(move || thread.join())
-                .await
-                .is_err()
-            {
+            if !matches!(
+                tokio::task::spawn_blocking(move || thread.join()).await,
+                Ok(Ok(()))
+            ) {
                 tracing::error!("indexer thread panicked");
             }
         }
@@ -216,14 +217,18 @@ impl Shared {
         }
     }
 
-    /// Moves partitions whose worker failed to the reopen list.
-    fn collect_failed(&self, state: &mut State) {
+    /// Moves partitions whose worker failed to the reopen list; returns them, to be paused.
+    fn collect_failed(&self, state: &mut State) -> TopicPartitionList {
         let failed: Vec<i32> = state
             .open
             .iter()
             .filter(|(_, w)| w.has_failed())
             .map(|(&p, _)| p)
             .collect();
+        let mut failed_now = TopicPartitionList::new();
+        for &partition in &failed {
+            failed_now.add_partition(&self.topic, partition);
+        }
         for partition in failed {
             self.metrics.errors.with_label_values(&["index"]).inc();
             if let Some(worker) = state.open.remove(&partition) {
@@ -231,6 +236,7 @@ impl Shared {
             }
             state.to_open.insert(partition);
         }
+        failed_now
     }
 }
 
@@ -269,14 +275,24 @@ impl ConsumerContext for GroupContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.assign(tpl);
+                let waiting = self.assign(tpl);
                 let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
                     consumer.assign(tpl)
                 };
-                if let Err(e) = assigned {
-                    tracing::error!(error = %e, "indexer: assigning partitions failed");
+                match assigned {
+                    // Partitions whose index is not open yet fetch nothing until it is.
+                    Ok(()) if waiting.count() > 0 => {
+                        if let Err(e) = consumer.pause(&waiting) {
+                            tracing::warn!(error = %e, "indexer: pausing partitions");
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "indexer: assigning partitions failed; closing their indexes");
+                        self.revoke(tpl);
+                    }
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -298,7 +314,11 @@ impl ConsumerContext for GroupContext {
             }
             other => {
                 tracing::error!(error = ?other, "indexer: rebalance failed; giving up every partition");
-                let all = std::mem::take(&mut self.shared.state().open);
+                let all = {
+                    let mut state = self.shared.state();
+                    state.to_open.clear();
+                    std::mem::take(&mut state.open)
+                };
                 for (_, worker) in all {
                     worker.close();
                 }
@@ -311,7 +331,8 @@ impl ConsumerContext for GroupContext {
 impl GroupContext {
     /// Opens the index of each assigned partition and sets the partition to start where the
     /// index ends.
-    fn assign(&self, tpl: &mut TopicPartitionList) {
+    /// Returns the partitions whose index could not be opened yet, to be paused.
+    fn assign(&self, tpl: &mut TopicPartitionList) -> TopicPartitionList {
         let shared = &self.shared;
         let partitions: Vec<i32> = tpl
             .elements()
@@ -321,6 +342,7 @@ impl GroupContext {
             .collect();
         let mut state = shared.state();
         let mut starts = Vec::new();
+        let mut waiting = TopicPartitionList::new();
         for partition in partitions {
             let start = match shared.open(partition, HANDOVER_WAIT) {
                 Ok((worker, start)) => {
@@ -331,6 +353,7 @@ impl GroupContext {
                     tracing::warn!(partition, error = %e, "indexer: index not available yet; will retry");
                     shared.metrics.errors.with_label_values(&["open"]).inc();
                     state.to_open.insert(partition);
+                    waiting.add_partition(&shared.topic, partition);
                     Offset::Invalid
                 }
             };
@@ -341,6 +364,7 @@ impl GroupContext {
         }
         tracing::info!(partitions = %starts.join(" "), "indexer: partitions assigned");
         shared.owned_changed(&state);
+        waiting
     }
 
     /// Commits and closes the revoked partitions' indexes; returns their offsets for the group.
@@ -390,7 +414,12 @@ fn run(consumer: BaseConsumer<GroupContext>, shared: Arc<Shared>, stop: Arc<Atom
                     message.partition(),
                     OwnedRecord {
                         offset: message.offset(),
-                        timestamp_ms: message.timestamp().to_millis().unwrap_or_else(now_ms),
+                        // A producer may set any timestamp; one Tantivy cannot hold is now.
+                        timestamp_ms: message
+                            .timestamp()
+                            .to_millis()
+                            .filter(|&ms| in_range(ms))
+                            .unwrap_or_else(now_ms),
                         payload: payload[..kept].to_vec(),
                     },
                 );
@@ -426,16 +455,26 @@ fn run(consumer: BaseConsumer<GroupContext>, shared: Arc<Shared>, stop: Arc<Atom
 /// failed) and rewinds each to what its index holds.
 fn reopen_failed(consumer: &BaseConsumer<GroupContext>, shared: &Shared) {
     let mut state = shared.state();
-    shared.collect_failed(&mut state);
+    let failed = shared.collect_failed(&mut state);
+    if failed.count() > 0 {
+        if let Err(e) = consumer.pause(&failed) {
+            tracing::warn!(error = %e, "indexer: pausing failed partitions");
+        }
+    }
     let waiting: Vec<i32> = state.to_open.iter().copied().collect();
     for partition in waiting {
         let Ok((worker, start)) = shared.open(partition, Duration::ZERO) else {
             continue;
         };
+        let mut this = TopicPartitionList::new();
+        this.add_partition(&shared.topic, partition);
         match consumer.seek(&shared.topic, partition, start, Duration::from_secs(1)) {
             Ok(()) => {
                 state.to_open.remove(&partition);
                 state.open.insert(partition, worker);
+                if let Err(e) = consumer.resume(&this) {
+                    tracing::warn!(partition, error = %e, "indexer: resuming a partition");
+                }
                 tracing::info!(partition, ?start, "indexer: partition reopened");
             }
             Err(e) => {

@@ -130,7 +130,12 @@ fn map_event(
     record_ms: i64,
     doc: &mut TantivyDocument,
 ) -> (Option<String>, bool) {
-    let id = event.remove("id").map(into_text);
+    // An id that names nothing (null, "", an object) would make every such event a duplicate.
+    let id = event.remove("id").and_then(|id| match id {
+        Value::String(text) if !text.is_empty() => Some(text),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
     if let Some(id) = &id {
         doc.add_text(schema.id, id);
     }
@@ -148,11 +153,14 @@ fn map_event(
         schema.timestamp,
         DateTime::from_timestamp_millis(timestamp_ms),
     );
-    if let Some(message) = MESSAGE_KEYS
+    // An object under a message key stays a field, searchable by its paths.
+    if let Some(key) = MESSAGE_KEYS
         .iter()
-        .find_map(|key| event.remove(*key).filter(|v| !v.is_object()))
+        .find(|key| event.get(**key).is_some_and(|v| !v.is_object()))
     {
-        doc.add_text(schema.message, into_text(message));
+        if let Some(message) = event.remove(*key) {
+            doc.add_text(schema.message, into_text(message));
+        }
     }
     for (key, field) in [
         ("level", schema.level),
@@ -204,23 +212,42 @@ fn map_event(
     (id, bad_timestamp)
 }
 
-/// An event's own time: RFC 3339 text, or a number of epoch milliseconds (seconds when small).
+/// An event's own time: RFC 3339 text, or a number of seconds, milliseconds, microseconds or
+/// nanoseconds since the epoch (told apart by size, as log shippers do).
 pub fn parse_event_time(value: &Value) -> Option<i64> {
     match value {
         Value::String(text) => parse_rfc3339_ms(text),
-        Value::Number(number) => {
-            let n = number.as_f64()?;
-            // Below 10^11 a number is read as seconds: 10^11 ms is 1973, 10^11 s is year 5138.
-            let ms = if n.abs() < 1e11 { n * 1000.0 } else { n };
-            ms.is_finite().then_some(ms as i64)
-        }
+        Value::Number(number) => epoch_number_ms(number.as_f64()?),
         _ => None,
     }
 }
 
+/// Milliseconds from an epoch number by its size: below 10^11 seconds (10^11 s is the year
+/// 5138), below 10^14 milliseconds, below 10^17 microseconds, else nanoseconds.
+pub fn epoch_number_ms(n: f64) -> Option<i64> {
+    let ms = match n.abs() {
+        a if a < 1e11 => n * 1e3,
+        a if a < 1e14 => n,
+        a if a < 1e17 => n / 1e3,
+        _ => n / 1e6,
+    };
+    ms.is_finite()
+        .then_some(ms as i64)
+        .filter(|&ms| in_range(ms))
+}
+
 pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     let time = OffsetDateTime::parse(text, &Rfc3339).ok()?;
-    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).ok()
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000)
+        .ok()
+        .filter(|&ms| in_range(ms))
+}
+
+/// Tantivy keeps dates as i64 nanoseconds: the years 1677 to 2262.
+pub const MAX_TIME_MS: i64 = i64::MAX / 1_000_000;
+
+pub fn in_range(ms: i64) -> bool {
+    (-MAX_TIME_MS..=MAX_TIME_MS).contains(&ms)
 }
 
 fn into_text(value: Value) -> String {
@@ -305,6 +332,35 @@ mod tests {
         let m = map("é".repeat(200).as_bytes());
         assert_eq!(m.malformed, Some(Malformed::Oversize));
         assert_eq!(text_of(&m, schema.message).unwrap().len(), 256);
+    }
+
+    #[test]
+    fn ids_that_name_nothing_are_no_ids() {
+        for event in [
+            &br#"{"id":null,"message":"a"}"#[..],
+            br#"{"id":"","message":"a"}"#,
+            br#"{"id":{},"message":"a"}"#,
+        ] {
+            assert_eq!(map(event).id, None);
+        }
+        assert_eq!(map(br#"{"id":7}"#).id.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn times_outside_tantivys_range_are_bad_timestamps() {
+        let m = map(br#"{"timestamp":"9999-12-31T00:00:00Z","message":"x"}"#);
+        assert_eq!(m.malformed, Some(Malformed::BadTimestamp));
+        assert_eq!(time_of(&m), 1_700_000_000_000);
+        assert_eq!(
+            parse_event_time(&serde_json::json!(1_700_000_000_123_456i64)),
+            Some(1_700_000_000_123),
+            "microseconds"
+        );
+        assert_eq!(
+            parse_event_time(&serde_json::json!(1_700_000_000_123_456_789i64)),
+            Some(1_700_000_000_123),
+            "nanoseconds"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::mapping::Malformed;
 pub struct IndexerMetrics {
     pub documents_indexed: IntCounter,
     pub duplicates_skipped: IntCounter,
+    pub replays_skipped: IntCounter,
     pub malformed: IntCounterVec,
     pub commit_seconds: Histogram,
     pub freshness_seconds: Histogram,
@@ -32,6 +33,11 @@ impl IndexerMetrics {
             duplicates_skipped: IntCounter::new(
                 "sluice_indexer_duplicates_skipped_total",
                 "Records skipped because their id was already indexed",
+            )?,
+            replays_skipped: IntCounter::new(
+                "sluice_indexer_replays_skipped_total",
+                "Records skipped because the index already holds their offset (a replay after a \
+                 rebalance; many of them mean the topic's offsets were reset under the index)",
             )?,
             malformed: IntCounterVec::new(
                 Opts::new(
@@ -85,6 +91,7 @@ impl IndexerMetrics {
         };
         registry.register(Box::new(metrics.documents_indexed.clone()))?;
         registry.register(Box::new(metrics.duplicates_skipped.clone()))?;
+        registry.register(Box::new(metrics.replays_skipped.clone()))?;
         registry.register(Box::new(metrics.malformed.clone()))?;
         registry.register(Box::new(metrics.commit_seconds.clone()))?;
         registry.register(Box::new(metrics.freshness_seconds.clone()))?;

@@ -88,6 +88,8 @@ pub struct PartitionIndex {
     next_offset: Option<i64>,
     pending_ids: HashSet<String>,
     pending_times_ms: Vec<i64>,
+    /// Kafka timestamps of documents committed but not yet reported by `commit`.
+    committed_times_ms: Vec<i64>,
     // Held for as long as this process writes the partition; the kernel drops it on kill -9.
     _owner: File,
 }
@@ -122,6 +124,7 @@ impl PartitionIndex {
             next_offset: committed_next,
             pending_ids: HashSet::new(),
             pending_times_ms: Vec::new(),
+            committed_times_ms: Vec::new(),
             _owner: owner,
         })
     }
@@ -200,7 +203,7 @@ impl PartitionIndex {
     fn roll_to(&mut self, bucket_start: i64, first_offset: i64) -> anyhow::Result<()> {
         if self.writer.is_some() {
             self.next_offset = Some(first_offset);
-            self.commit()?;
+            self.commit_pending()?;
             if let Some(writer) = self.writer.take() {
                 writer.wait_merging_threads()?;
             }
@@ -216,6 +219,15 @@ impl PartitionIndex {
                 .writer_with_num_threads(self.settings.threads, self.settings.memory_bytes)?,
         );
         self.buckets.push(bucket);
+        if self.committed_next.is_some() {
+            // The new bucket's first commit carries the offset at once: from now on retention
+            // may delete every older bucket without losing the partition's place.
+            let next = self.next_offset;
+            self.next_offset = Some(first_offset);
+            self.committed_next = None;
+            self.commit_pending()?;
+            self.next_offset = next;
+        }
         Ok(())
     }
 
@@ -224,13 +236,20 @@ impl PartitionIndex {
         self.next_offset != self.committed_next
     }
 
-    /// Commits the pending documents with the next offset, atomically, and makes them visible.
+    /// Commits the pending documents with the next offset, atomically, and makes them visible;
+    /// reports every document committed since the last report (a bucket roll commits too).
     pub fn commit(&mut self) -> anyhow::Result<Committed> {
+        self.commit_pending()?;
+        let record_times_ms = std::mem::take(&mut self.committed_times_ms);
+        Ok(Committed {
+            docs: record_times_ms.len() as u64,
+            record_times_ms,
+        })
+    }
+
+    fn commit_pending(&mut self) -> anyhow::Result<()> {
         let Some(next_offset) = self.next_offset.filter(|_| self.has_pending()) else {
-            return Ok(Committed {
-                docs: 0,
-                record_times_ms: Vec::new(),
-            });
+            return Ok(());
         };
         let writer = self
             .writer
@@ -245,29 +264,23 @@ impl PartitionIndex {
         bucket.searcher = bucket.reader.searcher();
         self.committed_next = Some(next_offset);
         self.pending_ids.clear();
-        let record_times_ms = std::mem::take(&mut self.pending_times_ms);
-        Ok(Committed {
-            docs: record_times_ms.len() as u64,
-            record_times_ms,
-        })
+        self.committed_times_ms.append(&mut self.pending_times_ms);
+        Ok(())
     }
 
     /// Starts a new bucket when the clock has passed the last one's end, and deletes buckets
     /// wholly older than the retention. Returns how many buckets were deleted.
     pub fn apply_retention(&mut self, now_ms: i64) -> anyhow::Result<usize> {
+        if self.settings.retention_ms == 0 {
+            return Ok(0);
+        }
         let current = self.bucket_of(now_ms);
         if let Some(next) = self.committed_next.filter(|_| !self.has_pending()) {
             if self.buckets.last().is_some_and(|b| b.start_ms < current) {
-                // The new bucket holds no records yet, but its commit carries the next offset, so
-                // the older buckets can go without losing the partition's position.
+                // An idle partition moves to a new, empty bucket whose commit carries the offset,
+                // so the older buckets can go.
                 self.roll_to(current, next)?;
-                self.next_offset = Some(next);
-                self.committed_next = None;
-                self.commit()?;
             }
-        }
-        if self.settings.retention_ms == 0 {
-            return Ok(0);
         }
         let horizon = now_ms - self.settings.retention_ms;
         let keep_from = self

@@ -71,12 +71,13 @@ impl PartitionWorker {
         let thread = std::thread::Builder::new()
             .name(format!("sluice-index-{partition}"))
             .spawn({
-                let failed = failed.clone();
+                let failed = FailedOnExit(failed.clone());
                 move || {
                     if let Err(e) = worker.run() {
                         tracing::error!(partition, error = %e, "indexing failed; the partition will be reopened");
-                        failed.store(true, Ordering::Relaxed);
+                        failed.0.store(true, Ordering::Relaxed);
                     }
+                    drop(failed);
                 }
             })?;
         Ok(Self {
@@ -98,7 +99,8 @@ impl PartitionWorker {
         Some(self.committed.load(Ordering::Relaxed)).filter(|&o| o >= 0)
     }
 
-    /// True once the worker stopped on an error; its uncommitted records are gone with it.
+    /// True once the worker stopped on an error or a panic; its uncommitted records are gone
+    /// with it.
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
     }
@@ -108,10 +110,13 @@ impl PartitionWorker {
         while self.queued_bytes.load(Ordering::Relaxed) > QUEUE_BYTES && !self.has_failed() {
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.queued_bytes
-            .fetch_add(record.payload.len(), Ordering::Relaxed);
-        // A failed worker's queue is gone; its records come back after the reopen's seek.
-        let _ = self.jobs.send(Job::Record(record));
+        let len = record.payload.len();
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if self.jobs.send(Job::Record(record)).is_err() {
+            // The worker is gone; the record comes back after the reopen's seek.
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            self.failed.store(true, Ordering::Relaxed);
+        }
     }
 
     pub fn apply_retention(&self) {
@@ -129,6 +134,17 @@ impl PartitionWorker {
             let _ = thread.join();
         }
         closed.or_else(|| self.committed_next_offset())
+    }
+}
+
+/// Marks the worker failed when its thread unwinds from a panic.
+struct FailedOnExit(Arc<AtomicBool>);
+
+impl Drop for FailedOnExit {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -184,7 +200,7 @@ impl Worker {
             payload: &record.payload,
         };
         match self.index.add(&record, now_ms())? {
-            Added::Indexed(None) | Added::AlreadyIndexed => {}
+            Added::Indexed(None) => {}
             Added::Indexed(Some(malformed)) => {
                 self.metrics
                     .malformed
@@ -192,6 +208,7 @@ impl Worker {
                     .inc();
             }
             Added::Duplicate => self.metrics.duplicates_skipped.inc(),
+            Added::AlreadyIndexed => self.metrics.replays_skipped.inc(),
         }
         Ok(())
     }

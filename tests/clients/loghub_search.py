@@ -95,6 +95,8 @@ def text_queries(scope, rows, contents):
         if len(phrase) < 2:
             continue
         expected = sum(holds_phrase(c, phrase) for c in contents)
+        if expected < 1:
+            raise Fail(f"the phrase {phrase} of row {index + 1} is not in its own row")
         out.append((f"{scope} AND {quoted(' '.join(phrase))}", expected, f"phrase of row {index + 1}"))
     by_event = Counter(r["EventId"] for r in rows)
     chosen = 0

@@ -3,8 +3,10 @@
 //! The service lists the index directories of the data dir on each request, opens what is new,
 //! and reloads a reader when its `meta.json` changed (another process's commit included), so a
 //! search sees every partition, including those other indexer processes own, as of their last
-//! commit. `requests` holds the four queries the API serves; `time` parses their time bounds.
+//! commit. `query` reads the user's query text, `requests` holds the four questions the API
+//! asks, and `time` parses their time bounds.
 
+mod query;
 mod requests;
 pub mod time;
 
@@ -15,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tantivy::query::{AllQuery, BooleanQuery, Query, QueryParser, RangeQuery};
-use tantivy::query_grammar::{self, Delimiter, Occur, UserInputAst, UserInputLeaf};
 use tantivy::{DateTime, Index, IndexReader, ReloadPolicy, Searcher, Term};
 
 pub use requests::{FieldSummary, HistogramBucket, Hit, SearchResult, TailCursor, TopValue};
@@ -152,22 +153,8 @@ impl SearchService {
         let parsed: Box<dyn Query> = if q.is_empty() || q == "*" {
             Box::new(AllQuery)
         } else {
-            let (ast, syntax_errors) = query_grammar::parse_query_lenient(q);
-            let (query, errors) = self
-                .parser
-                .build_query_from_user_input_ast_lenient(lucene_compat(ast));
-            let messages: Vec<String> = syntax_errors
-                .iter()
-                .map(|e| format!("{} at position {}", e.message, e.pos))
-                .chain(errors.iter().map(|e| e.to_string()))
-                .collect();
-            if !messages.is_empty() {
-                return Err(SearchError::BadRequest(format!(
-                    "bad query `{q}`: {}",
-                    messages.join("; ")
-                )));
-            }
-            query
+            query::parse(&self.parser, q)
+                .map_err(|why| SearchError::BadRequest(format!("bad query `{q}`: {why}")))?
         };
         if let (Some(start), Some(end)) = (spec.start_ms, spec.end_ms) {
             if start > end {
@@ -200,55 +187,6 @@ impl SearchService {
             parsed,
             Box::new(range),
         ])))
-    }
-}
-
-/// Brings Tantivy's grammar to what Lucene users type. `NOT b` alone means everything but b (so
-/// `a AND NOT b` is a without b), where Tantivy's clause of only an exclusion matches nothing; and
-/// `serv*` or `se?ver` are wildcards over a field's words, which Tantivy's grammar only offers
-/// for quoted phrases.
-fn lucene_compat(ast: UserInputAst) -> UserInputAst {
-    match ast {
-        UserInputAst::Clause(children) => {
-            let mut children: Vec<_> = children
-                .into_iter()
-                .map(|(occur, child)| (occur, lucene_compat(child)))
-                .collect();
-            if !children.is_empty() && children.iter().all(|(o, _)| *o == Some(Occur::MustNot)) {
-                children.push((
-                    Some(Occur::Must),
-                    UserInputAst::Leaf(Box::new(UserInputLeaf::All)),
-                ));
-            }
-            UserInputAst::Clause(children)
-        }
-        UserInputAst::Boost(inner, boost) => {
-            UserInputAst::Boost(Box::new(lucene_compat(*inner)), boost)
-        }
-        UserInputAst::Leaf(leaf) => match *leaf {
-            UserInputLeaf::Literal(literal)
-                if literal.delimiter == Delimiter::None
-                    && (literal.prefix || literal.phrase.contains(['*', '?'])) =>
-            {
-                let mut pattern = String::new();
-                for c in literal.phrase.to_lowercase().chars() {
-                    match c {
-                        '*' => pattern.push_str(".*"),
-                        '?' => pattern.push('.'),
-                        c if c.is_alphanumeric() => pattern.push(c),
-                        c => pattern.push_str(&format!("\\x{{{:x}}}", c as u32)),
-                    }
-                }
-                if literal.prefix {
-                    pattern.push_str(".*");
-                }
-                UserInputAst::Leaf(Box::new(UserInputLeaf::Regex {
-                    field: Some(literal.field_name.unwrap_or_else(|| "message".into())),
-                    pattern,
-                }))
-            }
-            other => UserInputAst::Leaf(Box::new(other)),
-        },
     }
 }
 

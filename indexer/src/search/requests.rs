@@ -1,7 +1,7 @@
 //! The four questions the API asks of the indexes: hits, counts over time, field values, and
 //! what arrived since the last look (the live tail).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 
 use serde::Serialize;
@@ -99,8 +99,10 @@ impl SearchService {
                 top.into_iter()
                     .map(|((ms, offset), address)| ((ms, view.partition, offset), i, address)),
             );
+            // Keep memory to one page's depth however many bucket indexes there are.
+            ranked.sort_by_key(|hit| std::cmp::Reverse(hit.0));
+            ranked.truncate(offset + limit);
         }
-        ranked.sort_by_key(|hit| std::cmp::Reverse(hit.0));
         let hits = ranked
             .into_iter()
             .skip(offset)
@@ -142,6 +144,12 @@ impl SearchService {
             Some(ms) => ms,
             None => nice_interval(span / AUTO_BUCKETS),
         };
+        // Tantivy keeps the interval in nanoseconds.
+        if interval > i64::MAX / 1_000_000 {
+            return Err(SearchError::BadRequest(format!(
+                "interval {interval} ms is longer than a histogram can use"
+            )));
+        }
         if span / interval >= MAX_BUCKETS {
             return Err(SearchError::BadRequest(format!(
                 "interval {interval} ms makes more than {MAX_BUCKETS} buckets over this range; \
@@ -203,7 +211,7 @@ impl SearchService {
     pub fn fields(&self, spec: &QuerySpec) -> Result<(u64, Vec<FieldSummary>), SearchError> {
         let query = self.build_query(spec)?;
         let views = self.views()?;
-        let mut names: Vec<String> = Vec::new();
+        let mut names: HashSet<String> = HashSet::new();
         for segment in views.iter().flat_map(|v| v.searcher.segment_readers()) {
             for field in segment.fields_metadata()? {
                 let summarised = field.fast_size.is_some()
@@ -212,12 +220,14 @@ impl SearchService {
                         Type::Str | Type::U64 | Type::I64 | Type::F64 | Type::Bool
                     )
                     && !matches!(field.field_name.as_str(), "partition" | "offset");
-                if summarised && !names.contains(&field.field_name) {
-                    names.push(field.field_name);
+                if summarised {
+                    names.insert(field.field_name);
                 }
             }
         }
-        names.sort();
+        // The contract's own fields first, then JSON paths, each by name.
+        let mut names: Vec<String> = names.into_iter().collect();
+        names.sort_by(|a, b| (a.contains('.'), a).cmp(&(b.contains('.'), b)));
         names.truncate(MAX_FIELDS);
         let mut total = 0;
         for view in &views {
@@ -309,6 +319,9 @@ impl SearchService {
     pub fn tail(&self, spec: &QuerySpec, cursor: &mut TailCursor) -> Result<Vec<Hit>, SearchError> {
         let query = self.build_query(spec)?;
         let mut found: Vec<(i32, u64, Hit)> = Vec::new();
+        // Where a view returned a full batch, the partition's cursor may not pass its last hit:
+        // the view may hold more below what other buckets returned.
+        let mut limit: BTreeMap<i32, u64> = BTreeMap::new();
         for view in self.views()? {
             let from = cursor.0.get(&view.partition).copied().unwrap_or(0);
             let after = RangeQuery::new(
@@ -320,6 +333,12 @@ impl SearchService {
                 &narrowed,
                 &TopDocs::with_limit(TAIL_BATCH).order_by_fast_field::<u64>("offset", Order::Asc),
             )?;
+            if top.len() == TAIL_BATCH {
+                if let Some((last, _)) = top.last() {
+                    let cap = limit.entry(view.partition).or_insert(u64::MAX);
+                    *cap = (*cap).min(last.unwrap_or(0));
+                }
+            }
             for (_, address) in top {
                 let ms = view
                     .searcher
@@ -332,6 +351,7 @@ impl SearchService {
                 found.push((view.partition, hit.offset, hit));
             }
         }
+        found.retain(|(partition, offset, _)| limit.get(partition).is_none_or(|cap| offset <= cap));
         found.sort_by_key(|(partition, offset, _)| (*partition, *offset));
         for (partition, offset, _) in &found {
             let end = cursor.0.entry(*partition).or_insert(0);

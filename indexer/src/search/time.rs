@@ -3,29 +3,38 @@
 use tantivy::time::format_description::well_known::Rfc3339;
 use tantivy::time::OffsetDateTime;
 
-use crate::mapping::parse_rfc3339_ms;
+use crate::mapping::{epoch_number_ms, in_range, parse_rfc3339_ms};
 
 /// Parses a point in time; a bare duration (`15m`, `-15m`) means that long before `now_ms`.
+/// An epoch number is read by its size, as event times are (seconds below 10^11, then
+/// milliseconds, microseconds, nanoseconds). Times Tantivy cannot hold (before 1677, after
+/// 2262) are refused.
 pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
     let text = text.trim();
-    if text.eq_ignore_ascii_case("now") {
-        return Ok(now_ms);
+    let ms = if text.eq_ignore_ascii_case("now") {
+        Some(now_ms)
+    } else if let Some(ms) = parse_rfc3339_ms(text) {
+        Some(ms)
+    } else if let Ok(n) = text.parse::<i64>() {
+        Some(epoch_number_ms(n as f64).ok_or_else(out_of_range)?)
+    } else {
+        let ago = text.strip_prefix('-').unwrap_or(text);
+        parse_duration_ms(ago)
+            .ok()
+            .map(|d| now_ms.saturating_sub(d))
+    };
+    match ms {
+        Some(ms) if in_range(ms) => Ok(ms),
+        Some(_) => Err(out_of_range()),
+        None => Err(format!(
+            "`{text}` is not a time: use now, a duration ago (-15m, 2h, 7d), RFC 3339 \
+             (2026-11-22T10:00:00Z) or epoch seconds or milliseconds"
+        )),
     }
-    if let Some(ms) = parse_rfc3339_ms(text) {
-        return Ok(ms);
-    }
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    let ago = text.strip_prefix('-').unwrap_or(text);
-    parse_duration_ms(ago)
-        .map(|d| now_ms.saturating_sub(d))
-        .map_err(|_| {
-            format!(
-                "`{text}` is not a time: use now, a duration ago (-15m, 2h, 7d), RFC 3339 \
-                 (2026-11-22T10:00:00Z) or epoch milliseconds"
-            )
-        })
+}
+
+fn out_of_range() -> String {
+    "times must fall between the years 1677 and 2262".into()
 }
 
 /// Parses `500ms`, `30s`, `15m`, `2h`, `7d`, `1w`.
@@ -74,6 +83,13 @@ mod tests {
             Ok(1_795_341_600_000)
         );
         assert_eq!(parse_time("1700000000000", NOW), Ok(1_700_000_000_000));
+        assert_eq!(
+            parse_time("1700000000", NOW),
+            Ok(1_700_000_000_000),
+            "seconds"
+        );
+        assert!(parse_time("9999-12-31T00:00:00Z", NOW).is_err());
+        assert!(parse_time("-999999d", NOW).is_err());
         let err = parse_time("yesterday", NOW).unwrap_err();
         assert!(err.contains("RFC 3339"), "{err}");
     }

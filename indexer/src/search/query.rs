@@ -1,0 +1,197 @@
+//! The user's query text into a Tantivy query: Tantivy's grammar and parser, bounded in size,
+//! with two adjustments for people who type Lucene.
+//!
+//! `NOT b` alone means everything but b (so `a AND NOT b` is a without b), where Tantivy's clause
+//! of only an exclusion matches nothing. And unquoted `serv*` or `se?ver` are wildcards over a
+//! field's words, which Tantivy's grammar offers only for quoted phrases: they become regex
+//! queries on the field's terms.
+
+use tantivy::query::{Query, QueryParser};
+use tantivy::query_grammar::{self, Delimiter, Occur, UserInputAst, UserInputLeaf};
+
+/// Longest query text accepted: the grammar recurses per nesting level.
+const MAX_QUERY_BYTES: usize = 4096;
+/// Deepest parenthesis nesting accepted.
+const MAX_QUERY_DEPTH: usize = 32;
+/// Fields whose words are split by Tantivy's default tokenizer (JSON paths under `fields` too).
+const WORD_FIELDS: [&str; 1] = ["message"];
+
+/// Parses `q`; the error says what is wrong, with the position where the grammar knows it.
+pub fn parse(parser: &QueryParser, q: &str) -> Result<Box<dyn Query>, String> {
+    if q.len() > MAX_QUERY_BYTES {
+        return Err(format!(
+            "{} bytes is longer than the {MAX_QUERY_BYTES} a query may have",
+            q.len()
+        ));
+    }
+    if nesting(q) > MAX_QUERY_DEPTH {
+        return Err(format!(
+            "parentheses nest deeper than {MAX_QUERY_DEPTH} levels"
+        ));
+    }
+    let (ast, syntax_errors) = query_grammar::parse_query_lenient(q);
+    let mut messages: Vec<String> = syntax_errors
+        .iter()
+        .map(|e| format!("{} at position {}", e.message, e.pos))
+        .collect();
+    let ast = lucene_compat(ast, &mut messages);
+    let (query, errors) = parser.build_query_from_user_input_ast_lenient(ast);
+    messages.extend(errors.iter().map(|e| e.to_string()));
+    if messages.is_empty() {
+        Ok(query)
+    } else {
+        Err(messages.join("; "))
+    }
+}
+
+/// The deepest parenthesis nesting outside quotes.
+fn nesting(q: &str) -> usize {
+    let (mut depth, mut deepest, mut quoted, mut escaped) = (0usize, 0, false, false);
+    for c in q.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            '(' if !quoted => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' if !quoted => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn lucene_compat(ast: UserInputAst, errors: &mut Vec<String>) -> UserInputAst {
+    match ast {
+        UserInputAst::Clause(children) => {
+            let mut children: Vec<_> = children
+                .into_iter()
+                .map(|(occur, child)| (occur, lucene_compat(child, errors)))
+                .collect();
+            if !children.is_empty() && children.iter().all(|(o, _)| *o == Some(Occur::MustNot)) {
+                children.push((
+                    Some(Occur::Must),
+                    UserInputAst::Leaf(Box::new(UserInputLeaf::All)),
+                ));
+            }
+            UserInputAst::Clause(children)
+        }
+        UserInputAst::Boost(inner, boost) => {
+            UserInputAst::Boost(Box::new(lucene_compat(*inner, errors)), boost)
+        }
+        UserInputAst::Leaf(leaf) => match *leaf {
+            UserInputLeaf::Literal(literal) if literal.delimiter == Delimiter::None => {
+                let field = literal.field_name.as_deref().unwrap_or("message");
+                match wildcard(field, &literal.phrase, literal.prefix) {
+                    Ok(None) => UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(literal))),
+                    Ok(Some(pattern)) => UserInputAst::Leaf(Box::new(UserInputLeaf::Regex {
+                        field: Some(field.to_owned()),
+                        pattern,
+                    })),
+                    Err(why) => {
+                        errors.push(why);
+                        UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(literal)))
+                    }
+                }
+            }
+            other => UserInputAst::Leaf(Box::new(other)),
+        },
+    }
+}
+
+/// The regex for an unquoted word with unescaped `*` or `?` (or a trailing `*`, which the grammar
+/// reports as `prefix`); `None` when the word has no wildcard.
+fn wildcard(field: &str, word: &str, prefix: bool) -> Result<Option<String>, String> {
+    let mut pattern = String::new();
+    let mut wild = prefix;
+    let mut chars = word.chars();
+    let mut splits_words = false;
+    // `id` keeps its case; every other field is matched lower-cased.
+    let lower = field != "id";
+    while let Some(c) = chars.next() {
+        let (c, escaped) = match c {
+            '\\' => (chars.next().unwrap_or('\\'), true),
+            c => (c, false),
+        };
+        match c {
+            '*' if !escaped => {
+                wild = true;
+                pattern.push_str(".*");
+            }
+            '?' if !escaped => {
+                wild = true;
+                pattern.push('.');
+            }
+            c if c.is_alphanumeric() => {
+                if lower {
+                    pattern.extend(c.to_lowercase());
+                } else {
+                    pattern.push(c);
+                }
+            }
+            c => {
+                splits_words = true;
+                pattern.push_str(&format!("\\x{{{:x}}}", c as u32));
+            }
+        }
+    }
+    if !wild {
+        return Ok(None);
+    }
+    if field.starts_with("fields.") || field.starts_with("container.") {
+        return Err(format!(
+            "`{field}:{word}`: wildcards work on message, level, host, source, stream and id, \
+             not on JSON paths; search the whole value instead"
+        ));
+    }
+    if splits_words && WORD_FIELDS.contains(&field) {
+        return Err(format!(
+            "`{word}`: a wildcard matches within one word, and {field} is split into words at \
+             punctuation; quote the words as a phrase or wildcard one word"
+        ));
+    }
+    if prefix {
+        pattern.push_str(".*");
+    }
+    Ok(Some(pattern))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_become_patterns() {
+        assert_eq!(wildcard("message", "Serv", true), Ok(Some("serv.*".into())));
+        assert_eq!(
+            wildcard("message", "se?ver", false),
+            Ok(Some("se.ver".into()))
+        );
+        assert_eq!(
+            wildcard("host", "web-*", false),
+            Ok(Some("web\\x{2d}.*".into()))
+        );
+        assert_eq!(wildcard("id", "AB*", false), Ok(Some("AB.*".into())));
+        assert_eq!(wildcard("message", "abc\\*", false), Ok(None), "escaped");
+        assert_eq!(wildcard("message", "plain", false), Ok(None));
+    }
+
+    #[test]
+    fn wildcards_that_cannot_match_are_refused() {
+        assert!(wildcard("message", "user_*", false)
+            .unwrap_err()
+            .contains("one word"));
+        assert!(wildcard("fields.user", "bo*", false)
+            .unwrap_err()
+            .contains("JSON paths"));
+    }
+
+    #[test]
+    fn nesting_counts_parentheses_outside_quotes() {
+        assert_eq!(nesting("(a OR (b AND c))"), 2);
+        assert_eq!(nesting("\"((((\" AND x"), 0);
+        assert_eq!(nesting(&"(".repeat(50)), 50);
+    }
+}
