@@ -1,6 +1,7 @@
 //! The /metrics endpoint as Prometheus sees it: `promtool check metrics` (Prometheus's own
 //! linter: naming conventions, units, types, help text) passes on a live appliance after real
-//! traffic, and the series the README promises are there.
+//! traffic and on separate broker and indexer processes, and the series the README promises are
+//! there.
 
 mod common;
 
@@ -44,20 +45,7 @@ fn metrics_pass_promtool_and_hold_the_promised_series() {
     // The per-partition gauges and the lag gauges refresh on their own schedule (5 s at most).
     std::thread::sleep(Duration::from_secs(6));
     let text = sluice.metrics();
-    let out = run_with_input(
-        Command::new("promtool").args(["check", "metrics"]),
-        text.as_bytes(),
-        Duration::from_secs(30),
-    );
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}"
-    );
+    promtool_passes(&text);
     for series in [
         "sluice_build_info{",
         "process_cpu_seconds_total",
@@ -91,4 +79,42 @@ fn metrics_pass_promtool_and_hold_the_promised_series() {
             "{series} missing from /metrics:\n{text}"
         );
     }
+}
+
+/// `promtool check metrics` finds nothing to say about `text`.
+fn promtool_passes(text: &str) {
+    let out = run_with_input(
+        Command::new("promtool").args(["check", "metrics"]),
+        text.as_bytes(),
+        Duration::from_secs(30),
+    );
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}
+
+#[test]
+fn separate_broker_and_indexer_endpoints_pass_promtool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Sluice::broker(tmp.path(), "");
+    let indexer = Sluice::indexer(&broker, "indexer", "");
+    assert!(broker
+        .kcat_produce("logs", &[], b"a line\n")
+        .status
+        .success());
+    assert_eq!(indexer.wait_for_hits("line", 1, Duration::from_secs(30)), 1);
+    for endpoint in [&broker, &indexer] {
+        let text = endpoint.metrics();
+        assert!(text.contains("sluice_build_info"), "{text}");
+        promtool_passes(&text);
+    }
+    assert!(indexer
+        .metrics()
+        .contains("sluice_indexer_documents_indexed_total 1"));
 }

@@ -158,6 +158,22 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.corrupt_reads.clone()))?;
         registry.register(Box::new(metrics.segments_deleted.clone()))?;
         registry.register(Box::new(metrics.connections.clone()))?;
+        // Error counters exist at zero from the start, so dashboards and alerts see a series
+        // (and a rate of 0) before the first error.
+        for kind in ["malformed", "unknown_api", "encode", "io"] {
+            metrics.protocol_errors.with_label_values(&[kind]);
+        }
+        for error in [
+            "KafkaStorageError",
+            "MessageTooLarge",
+            "CorruptMessage",
+            "UnknownTopicOrPartition",
+            "OutOfOrderSequenceNumber",
+            "InvalidProducerEpoch",
+            "UnknownProducerId",
+        ] {
+            metrics.produce_refused.with_label_values(&[error]);
+        }
         Ok(metrics)
     }
 }
