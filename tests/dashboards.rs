@@ -11,37 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Traffic through every part, so counters, gauges and histograms all have samples.
-fn busy_appliance(tmp: &Path) -> Sluice {
-    let sluice = Sluice::up(tmp, "");
-    assert!(sluice
-        .kcat_produce("observed", &["-p", "0"], b"one\ntwo\n")
-        .status
-        .success());
-    run_ok(
-        kcat()
-            .args([
-                "-b",
-                &sluice.kafka,
-                "-G",
-                "watchers",
-                "observed",
-                "-e",
-                "-q",
-            ])
-            .args(["-X", "auto.offset.reset=earliest"]),
-        Duration::from_secs(60),
-    );
-    assert!(sluice
-        .kcat_produce("logs", &[], b"{\"level\":\"info\",\"message\":\"hello\"}\n")
-        .status
-        .success());
-    assert_eq!(sluice.wait_for_hits("hello", 1, Duration::from_secs(30)), 1);
-    // Lag and size gauges refresh every few seconds.
-    std::thread::sleep(Duration::from_secs(6));
-    sluice
-}
-
 /// Metric names in a PromQL expression: our namespaces only, so label names and functions are
 /// never mistaken for metrics.
 fn metric_names(expr: &str) -> Vec<String> {

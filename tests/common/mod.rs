@@ -433,3 +433,39 @@ pub fn crash_seed() -> u64 {
                 .as_nanos() as u64
         })
 }
+
+/// `sluice up` after traffic through every part (produce, a group consume, an indexed and
+/// searched line), so counters, gauges and histograms all have samples.
+pub fn busy_appliance(tmp: &Path) -> Sluice {
+    let sluice = Sluice::up(tmp, "");
+    assert!(sluice
+        .kcat_produce("observed", &["-p", "0"], b"one\ntwo\n")
+        .status
+        .success());
+    run_ok(
+        kcat()
+            .args([
+                "-b",
+                &sluice.kafka,
+                "-G",
+                "watchers",
+                "observed",
+                "-e",
+                "-q",
+            ])
+            .args(["-X", "auto.offset.reset=earliest"]),
+        Duration::from_secs(60),
+    );
+    assert!(sluice
+        .kcat_produce(
+            "logs",
+            &["-p", "0"],
+            b"{\"level\":\"info\",\"message\":\"hello\"}\n"
+        )
+        .status
+        .success());
+    assert_eq!(sluice.wait_for_hits("hello", 1, Duration::from_secs(30)), 1);
+    // Lag and size gauges refresh on their own schedule (5 s at most).
+    std::thread::sleep(Duration::from_secs(6));
+    sluice
+}
