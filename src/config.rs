@@ -80,6 +80,7 @@ impl SluiceConfig {
         config
             .indexer
             .check()
+            .and_then(|()| config.agent.check())
             .map_err(|(key, expected)| format!(", key `{key}`: {expected}"))?;
         Ok(config)
     }

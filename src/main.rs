@@ -88,7 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => server::up(args).await,
         Command::Broker(args) => server::broker(args.server).await,
         Command::Indexer(args) => server::indexer(args).await,
-        Command::Agent(_) => not_built("agent", 5),
+        Command::Agent(args) => server::agent(args).await,
         Command::Topics(args) => client::topics::run(args).await,
         Command::Produce(args) => {
             tokio::task::spawn_blocking(|| client::produce::run(args)).await?
@@ -105,8 +105,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             target: cli::BenchTarget::Index(args),
         } => bench::index(args).await,
     }
-}
-
-fn not_built(what: &str, issue: u32) -> anyhow::Result<()> {
-    anyhow::bail!("`sluice {what}` is not built yet (issue #{issue})")
 }

@@ -175,9 +175,10 @@ fn port_in_use_names_the_port() {
 }
 
 #[test]
-fn commands_not_built_yet_say_so() {
-    let line = one_line_error(&sluice(&["agent"]));
-    assert!(line.contains("not built yet"), "{line}");
+fn agent_without_inputs_says_which_to_turn_on() {
+    let http = format!("127.0.0.1:{}", free_port());
+    let line = one_line_error(&sluice(&["agent", "--http", &http]));
+    assert!(line.contains("no input is on"), "{line}");
 }
 
 #[test]

@@ -1,8 +1,157 @@
-//! The Sluice agent: runs beside containers and ships their logs and metrics into the broker.
+//! The Sluice agent: runs beside containers and ships their logs into the broker.
 //!
-//! Today the crate holds only its configuration section; inputs, collectors and the Kafka output
-//! come with the agent issue.
+//! Each input in `inputs` turns what it reads into an `event::Event` (the design brief's JSON
+//! contract) and hands it to the `Shipper`, which counts it (`metrics`) and queues it on the Kafka
+//! `output`. Built so far: syslog over UDP and TCP, and stdin. Files, Docker and CRI logs, GELF,
+//! the metrics collectors, file checkpoints and the disk spool are issue #5's remaining work.
 
 mod config;
+mod event;
+mod inputs;
+mod metrics;
+mod output;
 
-pub use config::AgentConfig;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+
+pub use config::{AgentConfig, SyslogConfig};
+pub use metrics::AgentMetrics;
+
+use crate::event::Event;
+use crate::output::KafkaOutput;
+
+/// What every input needs: the output, the metrics, and the names ids are made of.
+pub struct Shipper {
+    output: KafkaOutput,
+    metrics: AgentMetrics,
+    /// This host's name, for events that name none.
+    host: String,
+    /// The agent's start time in ms: ids of inputs that cannot replay are unique per run.
+    run: i64,
+}
+
+impl Shipper {
+    fn read(&self, input: &str, bytes: usize) {
+        self.metrics.lines_read.with_label_values(&[input]).inc();
+        self.metrics
+            .bytes_read
+            .with_label_values(&[input])
+            .inc_by(bytes as u64);
+    }
+
+    fn malformed(&self, input: &str, reason: &str) {
+        self.metrics
+            .malformed
+            .with_label_values(&[input, reason])
+            .inc();
+    }
+
+    /// The bytes as text; invalid UTF-8 is replaced and counted.
+    fn text(&self, input: &str, bytes: &[u8]) -> String {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => text.to_owned(),
+            Err(_) => {
+                self.malformed(input, "invalid_utf8");
+                String::from_utf8_lossy(bytes).into_owned()
+            }
+        }
+    }
+
+    /// Queues the event, keyed by its host and source so one source stays on one partition.
+    async fn ship(&self, input: &str, event: &Event) -> anyhow::Result<()> {
+        let key = format!("{}/{}", event.host, event.source);
+        self.output.send(&key, &event.to_json()).await.map_err(|e| {
+            tracing::warn!(input, error = %e, "agent: shipping an event");
+            e
+        })
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    shipper: Arc<Shipper>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Binds the configured listeners (failing fast on a taken port) and starts every input.
+    pub async fn start(config: AgentConfig, metrics: AgentMetrics) -> anyhow::Result<Self> {
+        if !config.stdin && config.syslog.udp.is_empty() && config.syslog.tcp.is_empty() {
+            anyhow::bail!(
+                "agent: no input is on (set [agent] stdin = true or [agent.syslog] udp or tcp)"
+            );
+        }
+        let host = if config.hostname.is_empty() {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into())
+        } else {
+            config.hostname.clone()
+        };
+        let shipper = Arc::new(Shipper {
+            output: KafkaOutput::new(&config, metrics.clone())?,
+            metrics,
+            host,
+            run: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        });
+        let max = config.syslog.max_message_bytes;
+        let mut tasks = Vec::new();
+        if !config.syslog.udp.is_empty() {
+            let socket = UdpSocket::bind(&config.syslog.udp).await.map_err(|e| {
+                anyhow::anyhow!("agent syslog UDP {}: cannot listen: {e}", config.syslog.udp)
+            })?;
+            tasks.push(spawn_input(
+                "syslog_udp",
+                inputs::syslog::run_udp(socket, shipper.clone(), max),
+            ));
+        }
+        if !config.syslog.tcp.is_empty() {
+            let listener = TcpListener::bind(&config.syslog.tcp).await.map_err(|e| {
+                anyhow::anyhow!("agent syslog TCP {}: cannot listen: {e}", config.syslog.tcp)
+            })?;
+            tasks.push(spawn_input(
+                "syslog_tcp",
+                inputs::syslog::run_tcp(listener, shipper.clone(), max),
+            ));
+        }
+        if config.stdin {
+            tasks.push(spawn_input("stdin", inputs::stdin::run(shipper.clone())));
+        }
+        tracing::info!(host = %shipper.host, inputs = tasks.len(), "agent started");
+        Ok(Self { shipper, tasks })
+    }
+
+    /// Resolves when every input has ended (stdin at its end; listeners only on error).
+    pub async fn inputs_done(&mut self) {
+        for task in &mut self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops the inputs and waits up to `timeout` for the broker to acknowledge what is queued.
+    pub async fn stop(self, timeout: Duration) -> anyhow::Result<()> {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let shipper = self.shipper;
+        tokio::task::spawn_blocking(move || shipper.output.flush(timeout)).await??;
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+}
+
+fn spawn_input(
+    name: &'static str,
+    input: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = input.await {
+            tracing::error!(input = name, error = %e, "agent: input stopped");
+        }
+    })
+}

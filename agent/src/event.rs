@@ -1,0 +1,89 @@
+//! Events as the design brief's contract has them on the `logs` topic: `id`, `timestamp`,
+//! `host`, `source`, `stream`, `level`, `message` and `fields` for the rest.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Deterministic from the source's identity and position: a re-sent event has the same id.
+    pub id: String,
+    /// RFC 3339; the event's own time where the source gives one.
+    pub timestamp: String,
+    pub host: String,
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    pub message: String,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub fields: Map<String, Value>,
+}
+
+impl Event {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an event of strings and JSON values serializes")
+    }
+}
+
+/// Now, as RFC 3339 with milliseconds in UTC.
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339_ms(now.as_millis() as i64)
+}
+
+/// Epoch milliseconds as RFC 3339 in UTC (civil-from-days, so no date crate is needed).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_from_epoch_ms() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_795_341_600_123), "2026-11-22T10:00:00.123Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn optional_parts_are_left_out() {
+        let event = Event {
+            id: "a".into(),
+            timestamp: rfc3339_ms(0),
+            host: "h".into(),
+            source: "s".into(),
+            stream: None,
+            level: None,
+            message: "m".into(),
+            fields: Map::new(),
+        };
+        let json: Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id":"a","timestamp":"1970-01-01T00:00:00.000Z","host":"h","source":"s","message":"m"})
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! Where events come from. `syslog` listens on UDP and TCP; `stdin` reads this process's standard
+//! input. Inputs that cannot replay what they read (both of these) keep no checkpoint: what they
+//! hand the output is retried until the broker acknowledges it.
+
+pub mod stdin;
+pub mod syslog;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// One line of at most `max` bytes (without its newline); a longer line is cut, the rest of it
+/// skipped, and `cut` set. `None` at the end of the input.
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> std::io::Result<Option<(Vec<u8>, bool)>> {
+    let mut line = Vec::new();
+    let mut cut = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok((!line.is_empty() || cut).then_some((line, cut)));
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(end) => (&available[..end], Some(end + 1)),
+            None => (available, None),
+        };
+        let room = max.saturating_sub(line.len());
+        if chunk.len() > room {
+            cut = true;
+        }
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = done.unwrap_or(available.len());
+        reader.consume(used);
+        if done.is_some() {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(Some((line, cut)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_bounded_and_cut() {
+        let input = b"short\r\nthis one is too long\nlast".to_vec();
+        let mut reader = tokio::io::BufReader::with_capacity(4, &input[..]);
+        assert_eq!(
+            read_line(&mut reader, 8).await.unwrap(),
+            Some((b"short".to_vec(), false))
+        );
+        assert_eq!(
+            read_line(&mut reader, 8).await.unwrap(),
+            Some((b"this one".to_vec(), true))
+        );
+        assert_eq!(
+            read_line(&mut reader, 8).await.unwrap(),
+            Some((b"last".to_vec(), false))
+        );
+        assert_eq!(read_line(&mut reader, 8).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,187 @@
+//! Syslog over UDP (a datagram a message) and TCP (octet counting, RFC 6587, or one message a
+//! line), RFC 3164 and RFC 5424 alike, parsed leniently by `syslog_loose`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+use syslog_loose::{Message, Protocol, Variant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use super::read_line;
+use crate::event::{now_rfc3339, rfc3339_ms, Event};
+use crate::Shipper;
+
+pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    let mut seq = 0u64;
+    loop {
+        let (len, peer) = socket.recv_from(&mut buf).await?;
+        seq += 1;
+        let mut datagram = &buf[..len];
+        if datagram.len() > max {
+            shipper.malformed("syslog_udp", "truncated");
+            datagram = &datagram[..max];
+        }
+        ship(&shipper, "syslog_udp", datagram, peer.ip(), seq).await?;
+    }
+}
+
+pub async fn run_tcp(
+    listener: TcpListener,
+    shipper: Arc<Shipper>,
+    max: usize,
+) -> anyhow::Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let shipper = shipper.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, peer, &shipper, max).await {
+                tracing::debug!(%peer, error = %e, "agent: syslog TCP connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shipper: &Shipper,
+    max: usize,
+) -> anyhow::Result<()> {
+    let mut reader = BufReader::new(stream);
+    let mut seq = 0u64;
+    loop {
+        let first = match reader.fill_buf().await?.first() {
+            Some(&b) => b,
+            None => return Ok(()),
+        };
+        let frame = if first.is_ascii_digit() {
+            match octet_counted(&mut reader, max).await? {
+                Some(frame) => frame,
+                None => {
+                    shipper.malformed("syslog_tcp", "bad_frame");
+                    return Ok(());
+                }
+            }
+        } else {
+            match read_line(&mut reader, max).await? {
+                Some(frame) => frame,
+                None => return Ok(()),
+            }
+        };
+        let (message, cut) = frame;
+        if cut {
+            shipper.malformed("syslog_tcp", "truncated");
+        }
+        if message.is_empty() {
+            continue;
+        }
+        seq += 1;
+        let id_seq = (u64::from(peer.port()) << 40) | seq;
+        ship(shipper, "syslog_tcp", &message, peer.ip(), id_seq).await?;
+    }
+}
+
+/// `LEN SP MSG` (RFC 6587 octet counting); `None` when the length is not a number.
+async fn octet_counted(
+    reader: &mut BufReader<TcpStream>,
+    max: usize,
+) -> anyhow::Result<Option<(Vec<u8>, bool)>> {
+    let mut digits = Vec::new();
+    reader.read_until(b' ', &mut digits).await?;
+    if digits.len() > 12 {
+        return Ok(None);
+    }
+    let Some(len) = std::str::from_utf8(digits.trim_ascii())
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+    else {
+        return Ok(None);
+    };
+    let keep = len.min(max as u64) as usize;
+    let mut message = vec![0u8; keep];
+    reader.read_exact(&mut message).await?;
+    let skipped = tokio::io::copy(
+        &mut (&mut *reader).take(len - keep as u64),
+        &mut tokio::io::sink(),
+    )
+    .await?;
+    Ok(Some((message, skipped > 0)))
+}
+
+async fn ship(
+    shipper: &Shipper,
+    input: &'static str,
+    raw: &[u8],
+    peer: IpAddr,
+    seq: u64,
+) -> anyhow::Result<()> {
+    shipper.read(input, raw.len());
+    let text = shipper.text(input, raw);
+    let parsed = syslog_loose::parse_message(text.trim_end(), Variant::Either);
+    if parsed.facility.is_none() {
+        shipper.malformed(input, "no_header");
+    }
+    let event = to_event(&parsed, shipper, input, peer, seq);
+    shipper.ship(input, &event).await
+}
+
+fn to_event(
+    message: &Message<&str>,
+    shipper: &Shipper,
+    input: &str,
+    peer: IpAddr,
+    seq: u64,
+) -> Event {
+    let host = message
+        .hostname
+        .map(str::to_owned)
+        .unwrap_or_else(|| peer.to_string());
+    let mut fields = Map::new();
+    fields.insert("peer".into(), json!(peer.to_string()));
+    fields.insert(
+        "syslog".into(),
+        json!(match message.protocol {
+            Protocol::RFC3164 => "rfc3164",
+            Protocol::RFC5424(_) => "rfc5424",
+        }),
+    );
+    if let Some(facility) = message.facility {
+        fields.insert("facility".into(), json!(facility.as_str()));
+    }
+    if let Some(procid) = &message.procid {
+        fields.insert("procid".into(), json!(procid.to_string()));
+    }
+    if let Some(msgid) = message.msgid {
+        fields.insert("msgid".into(), json!(msgid));
+    }
+    if !message.structured_data.is_empty() {
+        let data: Map<String, Value> = message
+            .structured_data
+            .iter()
+            .map(|element| {
+                let params: Map<String, Value> = element
+                    .params()
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect();
+                (element.id.to_string(), Value::Object(params))
+            })
+            .collect();
+        fields.insert("structured_data".into(), Value::Object(data));
+    }
+    Event {
+        id: format!("{}/{input}/{}/{seq}", shipper.host, shipper.run),
+        timestamp: message
+            .timestamp
+            .map(|t| rfc3339_ms(t.timestamp_millis()))
+            .unwrap_or_else(now_rfc3339),
+        host,
+        source: message.appname.unwrap_or("syslog").to_owned(),
+        stream: None,
+        level: message.severity.map(|s| s.as_str().to_owned()),
+        message: message.msg.to_owned(),
+        fields,
+    }
+}

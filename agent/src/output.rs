@@ -1,0 +1,87 @@
+//! The Kafka output: librdkafka with acks=all, idempotence on and lz4 (or zstd) batches, so it
+//! works against the Sluice broker and any Kafka cluster alike.
+//!
+//! Events wait in librdkafka's queue (bounded by `queue.buffering.max.kbytes`) while the broker
+//! is slow or away, and are retried without a deadline; a full queue makes the inputs wait.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
+
+use crate::config::AgentConfig;
+use crate::metrics::AgentMetrics;
+
+/// Bytes of events librdkafka may hold while the broker is slow or away.
+const QUEUE_KBYTES: &str = "65536";
+
+pub struct KafkaOutput {
+    producer: ThreadedProducer<Deliveries>,
+    topic: String,
+}
+
+struct Deliveries(AgentMetrics);
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.0.events_sent.inc(),
+            Err((e, _)) => {
+                tracing::warn!(error = %e, "agent: an event was not delivered");
+                self.0.send_errors.inc();
+            }
+        }
+    }
+}
+
+impl KafkaOutput {
+    pub fn new(config: &AgentConfig, metrics: AgentMetrics) -> anyhow::Result<Self> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("client.id", "sluice-agent")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", &config.compression)
+            .set("linger.ms", "5")
+            // Never give up on an event: the broker may be away for a while.
+            .set("message.timeout.ms", "0")
+            .set("queue.buffering.max.kbytes", QUEUE_KBYTES)
+            .set("log_level", "3")
+            .create_with_context(Deliveries(metrics))
+            .map_err(|e| anyhow::anyhow!("agent: Kafka producer for {}: {e}", config.brokers))?;
+        Ok(Self {
+            producer,
+            topic: config.topic.clone(),
+        })
+    }
+
+    /// Queues one event under `key` (one source stays on one partition), waiting while the
+    /// queue is full.
+    pub async fn send(&self, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let mut record: BaseRecord<'_, str, [u8]> =
+            BaseRecord::to(&self.topic).key(key).payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => anyhow::bail!("agent: queueing an event: {e}"),
+            }
+        }
+    }
+
+    /// Waits for everything queued to be acknowledged, up to `timeout`.
+    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| anyhow::anyhow!("agent: events still unacknowledged at stop: {e}"))
+    }
+}

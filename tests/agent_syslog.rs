@@ -1,0 +1,317 @@
+//! The agent's syslog and stdin inputs against the real binary: util-linux `logger` sends RFC 3164
+//! and RFC 5424 over UDP and TCP (newline and octet-counting framing); each message arrives on
+//! `logs` parsed (host, app, severity, message, structured data) and is searchable through the
+//! indexer; malformed syslog, invalid UTF-8 and oversize messages are counted and still shipped.
+
+mod common;
+
+use std::io::Write;
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A `sluice agent` the test owns; killed on drop.
+struct AgentProcess {
+    child: Child,
+    http: String,
+}
+
+impl AgentProcess {
+    fn start(dir: &std::path::Path, config: &str, stdin: Stdio) -> Self {
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, config).unwrap();
+        let http = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(SLUICE)
+            .args(["agent", "--config"])
+            .arg(&path)
+            .args(["--http", &http])
+            .stdin(stdin)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(&http, Duration::from_secs(20)).unwrap();
+        Self { child, http }
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        http_get(&self.http, "/metrics")
+            .1
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The events on `logs`, as JSON, once there are at least `n`.
+fn events(sluice: &Sluice, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Until the first event the topic does not exist and kcat says so.
+        let out = run(
+            kcat().args(["-C", "-b", &sluice.kafka, "-t", "logs", "-e", "-q"]),
+            Duration::from_secs(30),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if events.len() >= n || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn logger(args: &[&str]) {
+    run_ok(Command::new("logger").args(args), Duration::from_secs(10));
+}
+
+#[test]
+fn logger_messages_arrive_parsed_and_searchable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::up(tmp.path(), "");
+    let udp = free_port().to_string();
+    let tcp = free_port().to_string();
+    let agent = AgentProcess::start(
+        tmp.path(),
+        &format!(
+            "[agent]\nbrokers = \"{}\"\n[agent.syslog]\nudp = \"127.0.0.1:{udp}\"\ntcp = \"127.0.0.1:{tcp}\"\n",
+            sluice.kafka
+        ),
+        Stdio::null(),
+    );
+    wait_for_port(&format!("127.0.0.1:{tcp}"), Duration::from_secs(10)).unwrap();
+    let to = |port: &str| {
+        vec![
+            "-n".to_owned(),
+            "127.0.0.1".into(),
+            "-P".into(),
+            port.into(),
+        ]
+    };
+    let mut udp3164 = to(&udp);
+    udp3164.extend(
+        [
+            "-d",
+            "--rfc3164",
+            "-t",
+            "app3164",
+            "-p",
+            "user.err",
+            "disk full over udp",
+        ]
+        .map(String::from),
+    );
+    let mut udp5424 = to(&udp);
+    udp5424.extend(
+        [
+            "-d",
+            "--rfc5424",
+            "-t",
+            "app5424",
+            "-p",
+            "local0.warning",
+            "--msgid",
+            "ID47",
+            "--sd-id",
+            "ex@32473",
+            "--sd-param",
+            "a=\"b\"",
+            "disk full over udp 5424",
+        ]
+        .map(String::from),
+    );
+    let mut tcp_lines = to(&tcp);
+    tcp_lines.extend(
+        [
+            "-T",
+            "--rfc3164",
+            "-t",
+            "apptcp",
+            "-p",
+            "daemon.info",
+            "over tcp by lines",
+        ]
+        .map(String::from),
+    );
+    let mut tcp_octets = to(&tcp);
+    tcp_octets.extend(
+        [
+            "-T",
+            "--octet-count",
+            "--rfc5424",
+            "-t",
+            "appoctet",
+            "-p",
+            "auth.notice",
+            "over tcp counted",
+        ]
+        .map(String::from),
+    );
+    for args in [&udp3164, &udp5424, &tcp_lines, &tcp_octets] {
+        logger(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    let events = events(&sluice, 4);
+    let by_source = |source: &str| {
+        events
+            .iter()
+            .find(|e| e["source"] == source)
+            .unwrap_or_else(|| panic!("no event from {source} in {events:?}"))
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let e = by_source("app3164");
+    assert_eq!(e["message"], "disk full over udp");
+    assert_eq!(e["level"], "err");
+    assert_eq!(e["host"], hostname.trim());
+    assert_eq!(e["fields"]["facility"], "user");
+    assert_eq!(e["fields"]["syslog"], "rfc3164");
+    let e = by_source("app5424");
+    assert_eq!(e["message"], "disk full over udp 5424");
+    assert_eq!(e["level"], "warning");
+    assert_eq!(e["fields"]["msgid"], "ID47");
+    assert_eq!(e["fields"]["structured_data"]["ex@32473"]["a"], "b");
+    assert_eq!(e["fields"]["syslog"], "rfc5424");
+    assert_eq!(by_source("apptcp")["message"], "over tcp by lines");
+    assert_eq!(by_source("appoctet")["level"], "notice");
+    assert_eq!(by_source("appoctet")["message"], "over tcp counted");
+    for e in &events {
+        assert!(e["id"].as_str().is_some_and(|id| !id.is_empty()), "{e}");
+        assert!(e["timestamp"].as_str().is_some(), "{e}");
+    }
+    // Through the indexer: the agent's events are searchable by their fields.
+    assert_eq!(
+        sluice.wait_for_hits(
+            "source:app5424 AND level:warning",
+            1,
+            Duration::from_secs(30)
+        ),
+        1
+    );
+    assert_eq!(sluice.hits("fields.msgid:ID47"), 1);
+    assert_eq!(
+        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_udp"}"#),
+        2.0
+    );
+    assert_eq!(
+        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#),
+        2.0
+    );
+    let scrape = http_get(&agent.http, "/metrics").1;
+    let out = run_with_input(
+        Command::new("promtool").args(["check", "metrics"]),
+        scrape.as_bytes(),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool on the agent's /metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn malformed_syslog_is_counted_and_shipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let udp = format!("127.0.0.1:{}", free_port());
+    let tcp = format!("127.0.0.1:{}", free_port());
+    let agent = AgentProcess::start(
+        tmp.path(),
+        &format!(
+            "[agent]\nbrokers = \"{}\"\n[agent.syslog]\nudp = \"{udp}\"\ntcp = \"{tcp}\"\nmax_message_bytes = 1000\n",
+            sluice.kafka
+        ),
+        Stdio::null(),
+    );
+    wait_for_port(&tcp, Duration::from_secs(10)).unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(b"no priority at all", &udp).unwrap();
+    socket.send_to(b"<13>bad \xff\xfe bytes", &udp).unwrap();
+    socket
+        .send_to(
+            format!("<13>Nov 23 00:00:00 host app: {}", "x".repeat(5000)).as_bytes(),
+            &udp,
+        )
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(&tcp).unwrap();
+    stream.write_all(b"99999999999999999999 junk\n").unwrap();
+    drop(stream);
+    let events = events(&sluice, 3);
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(events.iter().any(|e| e["message"] == "no priority at all"));
+    assert!(events
+        .iter()
+        .any(|e| e["message"].as_str().unwrap().contains('\u{fffd}')));
+    assert!(events
+        .iter()
+        .any(|e| e["message"].as_str().unwrap().len() < 1000
+            && e["message"].as_str().unwrap().starts_with("xxx")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counted = |reason: &str, input: &str| {
+        agent.metric(&format!(
+            r#"sluice_agent_malformed_input_total{{input="{input}",reason="{reason}"}}"#
+        ))
+    };
+    while counted("bad_frame", "syslog_tcp") < 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Neither "no priority at all" nor "<13>bad .. bytes" has a header syslog_loose can read.
+    assert_eq!(counted("no_header", "syslog_udp"), 2.0);
+    assert_eq!(counted("invalid_utf8", "syslog_udp"), 1.0);
+    assert_eq!(counted("truncated", "syslog_udp"), 1.0);
+    assert_eq!(counted("bad_frame", "syslog_tcp"), 1.0);
+}
+
+#[test]
+fn stdin_lines_are_shipped_and_the_agent_ends_with_its_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let mut agent = AgentProcess::start(
+        tmp.path(),
+        &format!("[agent]\nbrokers = \"{}\"\nstdin = true\n", sluice.kafka),
+        Stdio::piped(),
+    );
+    let mut input = agent.child.stdin.take().unwrap();
+    for i in 0..1000 {
+        writeln!(input, "stdin line {i}").unwrap();
+    }
+    drop(input);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not stop after its input ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    let events = events(&sluice, 1000);
+    assert_eq!(events.len(), 1000);
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 1000, "every line has its own id");
+    assert!(events.iter().all(|e| e["source"] == "stdin"));
+}
