@@ -135,10 +135,13 @@ fn prometheus_scrapes_the_appliance_with_the_example_config() {
             .expect("start prometheus"),
     );
     wait_for_port(&web, Duration::from_secs(30)).unwrap();
-    let query = |q: &str| -> serde_json::Value {
+    // Prometheus listens before its storage is ready and answers 503 until then.
+    let query = |q: &str| -> (u16, serde_json::Value) {
         let (status, body) = http_get(&web, &format!("/api/v1/query?query={}", url_encode(q)));
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        )
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     for q in [
@@ -148,11 +151,17 @@ fn prometheus_scrapes_the_appliance_with_the_example_config() {
         "up{job=\"sluice\"} == 1",
     ] {
         loop {
-            let answer = query(q);
-            if !answer["data"]["result"].as_array().unwrap().is_empty() {
+            let (status, answer) = query(q);
+            let found = answer["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty());
+            if status == 200 && found {
                 break;
             }
-            assert!(Instant::now() < deadline, "Prometheus has no {q}: {answer}");
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus has no {q}: {status} {answer}"
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -50,24 +49,6 @@ fn metrics_pass_promtool_and_hold_the_promised_series() {
             "{series} missing from /metrics:\n{text}"
         );
     }
-}
-
-/// `promtool check metrics` finds nothing to say about `text`.
-fn promtool_passes(text: &str) {
-    let out = run_with_input(
-        Command::new("promtool").args(["check", "metrics"]),
-        text.as_bytes(),
-        Duration::from_secs(30),
-    );
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}"
-    );
 }
 
 #[test]

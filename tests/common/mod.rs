@@ -469,3 +469,21 @@ pub fn busy_appliance(tmp: &Path) -> Sluice {
     std::thread::sleep(Duration::from_secs(6));
     sluice
 }
+
+/// `promtool check metrics` finds nothing to say about `text`.
+pub fn promtool_passes(text: &str) {
+    let out = run_with_input(
+        Command::new("promtool").args(["check", "metrics"]),
+        text.as_bytes(),
+        Duration::from_secs(30),
+    );
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}
