@@ -84,7 +84,8 @@ impl IndexerMetrics {
             errors: IntCounterVec::new(
                 Opts::new(
                     "sluice_indexer_errors_total",
-                    "Failures of the indexer, by stage; the partition is reopened after one",
+                    "Failures of the indexer, by stage (consume; open: an index not available; index: a \
+                     partition worker failed indexing, committing or in retention, and is reopened)",
                 ),
                 &["stage"],
             )?,
@@ -103,7 +104,7 @@ impl IndexerMetrics {
         for reason in Malformed::ALL {
             metrics.malformed.with_label_values(&[reason.label()]);
         }
-        for stage in ["consume", "index", "commit", "open", "retention"] {
+        for stage in ["consume", "open", "index"] {
             metrics.errors.with_label_values(&[stage]);
         }
         Ok(metrics)
