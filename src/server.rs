@@ -9,7 +9,9 @@ use std::time::Duration;
 use axum::Router;
 use sluice_agent::{Agent, AgentMetrics};
 use sluice_broker::Broker;
-use sluice_indexer::{Indexer, IndexerMetrics, SearchLimits, SearchMetrics, SearchService};
+use sluice_indexer::{
+    Indexer, IndexerMetrics, MetricsView, SearchLimits, SearchMetrics, SearchService, ViewMetrics,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
@@ -135,6 +137,7 @@ async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
         false => None,
     };
     let mut routes = Router::new();
+    let mut view = None;
     let (closing, closing_seen) = watch::channel(false);
     if parts.indexer {
         if let Some(listener) = &kafka_listener {
@@ -152,6 +155,11 @@ async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
             SearchMetrics::register(&registry)?,
             closing_seen,
         );
+        if config.indexer.metrics_view.enabled {
+            let metrics_view = MetricsView::new(&config.indexer.metrics_view);
+            routes = routes.merge(metrics_view.router());
+            view = Some(metrics_view);
+        }
     }
     tracing::info!(
         kafka = ?kafka_listener.as_ref().and_then(|l| l.local_addr().ok()),
@@ -177,8 +185,17 @@ async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
         let result = async {
             if parts.indexer {
                 let metrics = IndexerMetrics::register(&registry)?;
+                if let Some(view) = &mut view {
+                    let view_metrics = ViewMetrics::register(&registry)?;
+                    let indexer = &config.indexer;
+                    view.start(&indexer.brokers, indexer.topic_partitions, view_metrics)
+                        .await?;
+                }
                 let indexer = Indexer::start(config.indexer.clone(), &data_dir, metrics).await?;
                 shutdown.clone().wait().await;
+                if let Some(view) = view {
+                    view.stop().await;
+                }
                 indexer.stop().await;
             } else {
                 shutdown.clone().wait().await;

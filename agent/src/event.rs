@@ -27,12 +27,16 @@ impl Event {
     }
 }
 
+/// Now, in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Now, as RFC 3339 with milliseconds in UTC.
 pub fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339_ms(now.as_millis() as i64)
+    rfc3339_ms(now_ms())
 }
 
 /// Epoch milliseconds as RFC 3339 in UTC (civil-from-days, so no date crate is needed).

@@ -2,10 +2,14 @@
 //!
 //! Each input in `inputs` turns what it reads into an `event::Event` (the design brief's JSON
 //! contract) and hands it to the `Shipper`, which counts it (`metrics`) and queues it on the Kafka
-//! `output`. Built so far: syslog over UDP and TCP, and stdin. Files, Docker and CRI logs, GELF,
-//! the metrics collectors, file checkpoints and the disk spool are issue #5's remaining work.
+//! `output`. The `collectors` sample containers' cgroups, the host and Prometheus targets every
+//! interval and ship the samples to the metrics topic; `containers` names Docker's containers for
+//! both. Built so far: syslog over UDP and TCP, stdin and the collectors. Files, Docker and CRI
+//! logs, GELF, file checkpoints and the disk spool are issue #5's remaining work.
 
+mod collectors;
 mod config;
+mod containers;
 mod event;
 mod inputs;
 mod metrics;
@@ -17,7 +21,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
-pub use config::{AgentConfig, SyslogConfig};
+pub use config::{AgentConfig, DockerConfig, MetricsConfig, SyslogConfig};
 pub use metrics::AgentMetrics;
 
 use crate::event::Event;
@@ -27,6 +31,8 @@ use crate::output::KafkaOutput;
 pub struct Shipper {
     output: KafkaOutput,
     metrics: AgentMetrics,
+    /// Topic the log events go to.
+    topic: String,
     /// This host's name, for events that name none.
     host: String,
     /// The agent's start time in ms: ids of inputs that cannot replay are unique per run.
@@ -63,7 +69,7 @@ impl Shipper {
     /// Queues the event, keyed by its host and source so one source stays on one partition.
     async fn ship(&self, input: &str, event: &Event) -> anyhow::Result<()> {
         let key = format!("{}/{}", event.host, event.source);
-        self.output.send(&key, &event.to_json()).await.map_err(|e| {
+        self.output.send(&self.topic, &key, &event.to_json()).await.map_err(|e| {
             tracing::warn!(input, error = %e, "agent: shipping an event");
             e
         })
@@ -79,9 +85,14 @@ pub struct Agent {
 impl Agent {
     /// Binds the configured listeners (failing fast on a taken port) and starts every input.
     pub async fn start(config: AgentConfig, metrics: AgentMetrics) -> anyhow::Result<Self> {
-        if !config.stdin && config.syslog.udp.is_empty() && config.syslog.tcp.is_empty() {
+        if !config.stdin
+            && config.syslog.udp.is_empty()
+            && config.syslog.tcp.is_empty()
+            && !config.metrics.any()
+        {
             anyhow::bail!(
-                "agent: no input is on (set [agent] stdin = true or [agent.syslog] udp or tcp)"
+                "agent: no input is on (set [agent] stdin = true, [agent.syslog] udp or tcp, or \
+                 [agent.metrics] cgroup, host or targets)"
             );
         }
         let host = if config.hostname.is_empty() {
@@ -94,10 +105,9 @@ impl Agent {
         let shipper = Arc::new(Shipper {
             output: KafkaOutput::new(&config, metrics.clone())?,
             metrics,
+            topic: config.topic.clone(),
             host,
-            run: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
+            run: event::now_ms(),
         });
         let max = config.syslog.max_message_bytes;
         let mut tasks = Vec::new();
@@ -121,6 +131,12 @@ impl Agent {
         }
         if config.stdin {
             tasks.push(spawn_input("stdin", inputs::stdin::run(shipper.clone())));
+        }
+        if config.metrics.any() {
+            tasks.push(spawn_input(
+                "metrics",
+                collectors::run(config.clone(), shipper.clone()),
+            ));
         }
         tracing::info!(host = %shipper.host, inputs = tasks.len(), "agent started");
         Ok(Self { shipper, tasks })

@@ -9,10 +9,13 @@ pub struct AgentMetrics {
     pub malformed: IntCounterVec,
     pub events_sent: IntCounter,
     pub send_errors: IntCounter,
+    pub samples_collected: IntCounterVec,
+    pub collect_errors: IntCounterVec,
 }
 
 impl AgentMetrics {
     pub const INPUTS: [&'static str; 3] = ["stdin", "syslog_udp", "syslog_tcp"];
+    pub const COLLECTORS: [&'static str; 3] = ["cgroup", "host", "prometheus"];
 
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let metrics = Self {
@@ -42,15 +45,35 @@ impl AgentMetrics {
                 "sluice_agent_send_errors_total",
                 "Events the broker did not acknowledge",
             )?,
+            samples_collected: IntCounterVec::new(
+                Opts::new(
+                    "sluice_agent_metric_samples_total",
+                    "Metric samples collected, per collector",
+                ),
+                &["collector"],
+            )?,
+            collect_errors: IntCounterVec::new(
+                Opts::new(
+                    "sluice_agent_collect_errors_total",
+                    "Collection rounds in which a collector (or one Prometheus target) failed",
+                ),
+                &["collector"],
+            )?,
         };
         registry.register(Box::new(metrics.lines_read.clone()))?;
         registry.register(Box::new(metrics.bytes_read.clone()))?;
         registry.register(Box::new(metrics.malformed.clone()))?;
         registry.register(Box::new(metrics.events_sent.clone()))?;
         registry.register(Box::new(metrics.send_errors.clone()))?;
+        registry.register(Box::new(metrics.samples_collected.clone()))?;
+        registry.register(Box::new(metrics.collect_errors.clone()))?;
         for input in Self::INPUTS {
             metrics.lines_read.with_label_values(&[input]);
             metrics.bytes_read.with_label_values(&[input]);
+        }
+        for collector in Self::COLLECTORS {
+            metrics.samples_collected.with_label_values(&[collector]);
+            metrics.collect_errors.with_label_values(&[collector]);
         }
         Ok(metrics)
     }

@@ -19,7 +19,6 @@ const QUEUE_KBYTES: &str = "65536";
 
 pub struct KafkaOutput {
     producer: ThreadedProducer<Deliveries>,
-    topic: String,
 }
 
 struct Deliveries(AgentMetrics);
@@ -55,17 +54,14 @@ impl KafkaOutput {
             .set("log_level", "3")
             .create_with_context(Deliveries(metrics))
             .map_err(|e| anyhow::anyhow!("agent: Kafka producer for {}: {e}", config.brokers))?;
-        Ok(Self {
-            producer,
-            topic: config.topic.clone(),
-        })
+        Ok(Self { producer })
     }
 
-    /// Queues one event under `key` (one source stays on one partition), waiting while the
+    /// Queues one record under `key` (one source stays on one partition), waiting while the
     /// queue is full.
-    pub async fn send(&self, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+    pub async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
         let mut record: BaseRecord<'_, str, [u8]> =
-            BaseRecord::to(&self.topic).key(key).payload(payload);
+            BaseRecord::to(topic).key(key).payload(payload);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -73,7 +69,7 @@ impl KafkaOutput {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((e, _)) => anyhow::bail!("agent: queueing an event: {e}"),
+                Err((e, _)) => anyhow::bail!("agent: queueing a record for {topic}: {e}"),
             }
         }
     }

@@ -40,6 +40,32 @@ pub struct IndexerConfig {
     pub max_search_window: usize,
     /// Searches that may run at once; more wait, so searching cannot starve indexing.
     pub max_concurrent_searches: usize,
+    pub metrics_view: MetricsViewConfig,
+}
+
+/// `[indexer.metrics_view]`: the agents' metric samples, served at `/metrics/agents`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsViewConfig {
+    /// Serve the view; off, the indexer leaves the metrics topic alone.
+    pub enabled: bool,
+    /// Topic the agents ship their samples to.
+    pub topic: String,
+    /// A series no agent has reported for this long is dropped from the view.
+    pub expire_after_ms: u64,
+    /// Most series the view holds; samples of further series are refused and counted.
+    pub max_series: usize,
+}
+
+impl Default for MetricsViewConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            topic: "metrics".into(),
+            expire_after_ms: 120_000,
+            max_series: 200_000,
+        }
+    }
 }
 
 impl Default for IndexerConfig {
@@ -60,6 +86,7 @@ impl Default for IndexerConfig {
             max_search_limit: 1000,
             max_search_window: 10_000,
             max_concurrent_searches: 4,
+            metrics_view: MetricsViewConfig::default(),
         }
     }
 }
@@ -86,6 +113,10 @@ impl IndexerConfig {
         for (key, value) in [
             ("indexer.bucket_ms", self.bucket_ms),
             ("indexer.commit_interval_ms", self.commit_interval_ms),
+            (
+                "indexer.metrics_view.expire_after_ms",
+                self.metrics_view.expire_after_ms,
+            ),
         ] {
             if value == 0 {
                 return Err((key, "expected a positive number of milliseconds".into()));

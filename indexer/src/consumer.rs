@@ -13,10 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -29,6 +26,7 @@ use crate::mapping::in_range;
 use crate::metrics::IndexerMetrics;
 use crate::partition::{PartitionIndex, WriterSettings};
 use crate::schema::LogSchema;
+use crate::topic::ensure_topic;
 use crate::worker::{OwnedRecord, PartitionWorker};
 
 /// How long an assignment waits for the partition's previous owner to close its index.
@@ -48,7 +46,7 @@ impl Indexer {
         data_dir: &Path,
         metrics: IndexerMetrics,
     ) -> anyhow::Result<Self> {
-        ensure_topic(&config).await?;
+        ensure_topic(&config.brokers, &config.topic, config.topic_partitions).await?;
         let topic_dir = layout::topic_dir(data_dir, &config.topic);
         std::fs::create_dir_all(&topic_dir).map_err(|e| {
             anyhow::anyhow!("index dir {}: cannot create: {e}", topic_dir.display())
@@ -117,30 +115,6 @@ impl Indexer {
             }
         }
     }
-}
-
-async fn ensure_topic(config: &IndexerConfig) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .set("log_level", "3")
-        .create()?;
-    let topic = NewTopic::new(
-        &config.topic,
-        config.topic_partitions,
-        TopicReplication::Fixed(-1),
-    );
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics([&topic], &options)
-        .await
-        .map_err(|e| anyhow::anyhow!("indexer: cannot reach {}: {e}", config.brokers))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => anyhow::bail!("indexer: cannot create topic {name}: {code}"),
-        }
-    }
-    Ok(())
 }
 
 /// What the consumer thread and the rebalance callback share.

@@ -7,7 +7,8 @@
 //! under the one `schema`. Each commit stores
 //! the partition's next offset in the Tantivy commit itself, so a restart resumes exactly where
 //! the index ends. `search` reads every partition's indexes on disk, whichever process writes
-//! them, and `api` serves it over HTTP.
+//! them, and `api` serves it over HTTP. The `metrics_view` reads the agents' samples from the
+//! `metrics` topic and serves the latest of each series for Prometheus.
 
 mod api;
 mod config;
@@ -15,13 +16,16 @@ mod consumer;
 mod layout;
 pub mod mapping;
 mod metrics;
+mod metrics_view;
 mod partition;
 pub mod schema;
 pub mod search;
+mod topic;
 mod worker;
 
 pub use api::router;
-pub use config::IndexerConfig;
+pub use config::{IndexerConfig, MetricsViewConfig};
 pub use consumer::Indexer;
-pub use metrics::{IndexerMetrics, SearchMetrics};
+pub use metrics::{IndexerMetrics, SearchMetrics, ViewMetrics};
+pub use metrics_view::MetricsView;
 pub use search::{SearchLimits, SearchService};

@@ -7,6 +7,7 @@ use prometheus::{
 };
 
 use crate::mapping::Malformed;
+use crate::metrics_view::Refused;
 
 #[derive(Clone)]
 pub struct IndexerMetrics {
@@ -145,6 +146,49 @@ impl SearchMetrics {
             for outcome in ["ok", "bad_request", "error"] {
                 metrics.requests.with_label_values(&[endpoint, outcome]);
             }
+        }
+        Ok(metrics)
+    }
+}
+
+/// The metrics view's own metrics.
+#[derive(Clone)]
+pub struct ViewMetrics {
+    pub series: IntGauge,
+    pub samples: IntCounter,
+    pub refused: IntCounterVec,
+    pub expired: IntCounter,
+}
+
+impl ViewMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            series: IntGauge::new(
+                "sluice_metrics_view_series",
+                "Series the metrics view holds",
+            )?,
+            samples: IntCounter::new(
+                "sluice_metrics_view_samples_total",
+                "Agent samples the metrics view took",
+            )?,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "sluice_metrics_view_samples_refused_total",
+                    "Agent samples the metrics view did not take, by reason",
+                ),
+                &["reason"],
+            )?,
+            expired: IntCounter::new(
+                "sluice_metrics_view_series_expired_total",
+                "Series dropped because no agent reported them for expire_after_ms",
+            )?,
+        };
+        registry.register(Box::new(metrics.series.clone()))?;
+        registry.register(Box::new(metrics.samples.clone()))?;
+        registry.register(Box::new(metrics.refused.clone()))?;
+        registry.register(Box::new(metrics.expired.clone()))?;
+        for reason in Refused::ALL {
+            metrics.refused.with_label_values(&[reason.label()]);
         }
         Ok(metrics)
     }

@@ -1,0 +1,218 @@
+//! Metric collectors. Every `interval_ms` each collector that is on takes its samples (`cgroup`:
+//! containers' cgroup v2 files, `host`: procfs and the filesystems, `scrape`: Prometheus text
+//! endpoints) and the agent ships them to the metrics topic, one JSON `Sample` a record, keyed by
+//! host so one host's samples stay in order on one partition.
+
+mod cgroup;
+mod host;
+mod scrape;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::config::{AgentConfig, MetricsConfig};
+use crate::Shipper;
+
+/// One sample, as the metrics topic carries it: `{"name", "type", "help", "labels", "value",
+/// "timestamp"}`, the timestamp in milliseconds since the epoch. A value that is not a finite
+/// number is the string "NaN", "+Inf" or "-Inf", as in Prometheus's text format.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sample {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub help: String,
+    pub labels: BTreeMap<String, String>,
+    #[serde(serialize_with = "prometheus_number")]
+    pub value: f64,
+    pub timestamp: i64,
+}
+
+/// The metric type of the sample's family, as Prometheus names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    Untyped,
+}
+
+fn prometheus_number<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    match *value {
+        v if v.is_finite() => serializer.serialize_f64(v),
+        v if v.is_nan() => serializer.serialize_str("NaN"),
+        v if v > 0.0 => serializer.serialize_str("+Inf"),
+        _ => serializer.serialize_str("-Inf"),
+    }
+}
+
+/// Builds the samples of one collection round, all at one timestamp.
+pub struct Samples {
+    timestamp: i64,
+    out: Vec<Sample>,
+}
+
+impl Samples {
+    fn new(timestamp: i64) -> Self {
+        Self {
+            timestamp,
+            out: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, name: &str, kind: Kind, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push(Sample {
+            name: name.to_owned(),
+            kind,
+            help: help.to_owned(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            value,
+            timestamp: self.timestamp,
+        });
+    }
+}
+
+/// The collectors that are on, with what they keep between rounds.
+struct Collectors {
+    cgroup: Option<cgroup::CgroupCollector>,
+    host: Option<host::HostCollector>,
+    scrape: Option<scrape::Scraper>,
+    /// The last error of each collector, so a lasting failure is logged once, not every round.
+    last_errors: BTreeMap<&'static str, String>,
+}
+
+impl Collectors {
+    fn new(config: &AgentConfig) -> Self {
+        let metrics = &config.metrics;
+        Self {
+            cgroup: metrics
+                .cgroup
+                .then(|| cgroup::CgroupCollector::new(&metrics.cgroup_root, &config.docker.root)),
+            host: metrics
+                .host
+                .then(|| host::HostCollector::new(&metrics.proc_root, &metrics.filesystems)),
+            scrape: (!metrics.targets.is_empty()).then(|| scrape::Scraper::new(metrics)),
+            last_errors: BTreeMap::new(),
+        }
+    }
+
+    /// One round: every collector's samples, labelled with `host`.
+    fn collect(&mut self, shipper: &Shipper) -> Vec<Sample> {
+        let mut samples = Samples::new(crate::event::now_ms());
+        if let Some(cgroup) = &mut self.cgroup {
+            let before = samples.out.len();
+            let result = cgroup.collect(&mut samples);
+            self.note(shipper, "cgroup", samples.out.len() - before, result);
+        }
+        if let Some(host) = &mut self.host {
+            let before = samples.out.len();
+            let result = host.collect(&mut samples);
+            self.note(shipper, "host", samples.out.len() - before, result);
+        }
+        if let Some(scrape) = &mut self.scrape {
+            for (target, result) in scrape.collect(&mut samples, shipper) {
+                let result = result.map_err(|e| format!("{target}: {e}"));
+                self.note(shipper, "prometheus", 0, result);
+            }
+        }
+        let mut samples = samples.out;
+        for sample in &mut samples {
+            if let Some(theirs) = sample.labels.insert("host".into(), shipper.host.clone()) {
+                // As Prometheus does with a target's label that clashes with its own.
+                sample.labels.insert("exported_host".into(), theirs);
+            }
+        }
+        samples
+    }
+
+    /// Counts a collector's samples and errors; logs an error when it is new.
+    fn note(
+        &mut self,
+        shipper: &Shipper,
+        collector: &'static str,
+        samples: usize,
+        result: Result<(), String>,
+    ) {
+        shipper
+            .metrics
+            .samples_collected
+            .with_label_values(&[collector])
+            .inc_by(samples as u64);
+        match result {
+            Ok(()) => {
+                if self.last_errors.remove(collector).is_some() {
+                    tracing::info!(collector, "agent: metrics collector works again");
+                }
+            }
+            Err(error) => {
+                shipper
+                    .metrics
+                    .collect_errors
+                    .with_label_values(&[collector])
+                    .inc();
+                if self.last_errors.get(collector) != Some(&error) {
+                    tracing::warn!(collector, %error, "agent: metrics collector failed");
+                    self.last_errors.insert(collector, error);
+                }
+            }
+        }
+    }
+}
+
+/// Collects every `interval_ms` and ships the samples, until the agent stops.
+pub async fn run(config: AgentConfig, shipper: Arc<Shipper>) -> anyhow::Result<()> {
+    let MetricsConfig {
+        interval_ms, topic, ..
+    } = config.metrics.clone();
+    let mut collectors = Collectors::new(&config);
+    let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let round = shipper.clone();
+        let (back, samples) = tokio::task::spawn_blocking(move || {
+            let samples = collectors.collect(&round);
+            (collectors, samples)
+        })
+        .await?;
+        collectors = back;
+        for sample in &samples {
+            let payload = serde_json::to_vec(sample).expect("a sample serializes");
+            shipper.output.send(&topic, &shipper.host, &payload).await?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_serialize_as_the_contract_says() {
+        let mut samples = Samples::new(1_000);
+        samples.push("up", Kind::Gauge, "", &[("job", "x")], 1.0);
+        samples.push("q", Kind::Summary, "h", &[], f64::NAN);
+        samples.push("b", Kind::Histogram, "", &[], f64::INFINITY);
+        let json: Vec<serde_json::Value> = samples
+            .out
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap())
+            .collect();
+        assert_eq!(
+            json[0],
+            serde_json::json!({"name":"up","type":"gauge","labels":{"job":"x"},"value":1.0,"timestamp":1000})
+        );
+        assert_eq!(json[1]["value"], "NaN");
+        assert_eq!(json[1]["help"], "h");
+        assert_eq!(json[2]["value"], "+Inf");
+    }
+}

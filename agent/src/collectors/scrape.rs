@@ -1,0 +1,267 @@
+//! Samples from Prometheus text endpoints (format 0.0.4), scraped every interval. Each line is
+//! one sample; its family's `# TYPE` and `# HELP` travel with it, so the metrics view can expose
+//! it again as it was. A line that cannot be read is skipped and counted, never the whole scrape.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{Kind, Samples};
+use crate::config::MetricsConfig;
+use crate::Shipper;
+
+pub struct Scraper {
+    http: ureq::Agent,
+    targets: Vec<String>,
+    max_samples: usize,
+}
+
+/// Largest scrape body read; a bigger one is an error, as Prometheus's body_size_limit makes it.
+const MAX_BODY_BYTES: u64 = 16 << 20;
+
+impl Scraper {
+    pub fn new(config: &MetricsConfig) -> Self {
+        // A scrape must end before the next round starts.
+        let timeout = Duration::from_millis(config.interval_ms.min(10_000));
+        let http = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .build()
+            .into();
+        Self {
+            http,
+            targets: config.targets.clone(),
+            max_samples: config.max_samples_per_target,
+        }
+    }
+
+    /// Scrapes every target; the result of each, by target.
+    pub fn collect(
+        &mut self,
+        samples: &mut Samples,
+        shipper: &Shipper,
+    ) -> Vec<(String, Result<(), String>)> {
+        let mut results = Vec::new();
+        for target in &self.targets {
+            let result = self.fetch(target).map(|body| {
+                let instance = instance_of(target);
+                let parsed = parse(&body, self.max_samples, samples);
+                for sample in &mut samples.out[parsed.first..] {
+                    sample
+                        .labels
+                        .entry("instance".into())
+                        .or_insert_with(|| instance.to_owned());
+                }
+                for _ in 0..parsed.bad_lines {
+                    shipper.malformed("prometheus", "bad_line");
+                }
+                for _ in 0..parsed.dropped {
+                    shipper.malformed("prometheus", "too_many_samples");
+                }
+            });
+            results.push((target.clone(), result));
+        }
+        results
+    }
+
+    fn fetch(&self, target: &str) -> Result<String, String> {
+        let mut response = self
+            .http
+            .get(target)
+            .header("Accept", "text/plain;version=0.0.4")
+            .call()
+            .map_err(|e| e.to_string())?;
+        response
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY_BYTES)
+            .read_to_string()
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `host:port` of a target URL, as Prometheus labels a target's samples with `instance`.
+fn instance_of(url: &str) -> &str {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// What parsing one scrape gave: where its samples start, lines skipped, samples over the limit.
+struct Parsed {
+    first: usize,
+    bad_lines: usize,
+    dropped: usize,
+}
+
+fn parse(text: &str, max_samples: usize, samples: &mut Samples) -> Parsed {
+    let first = samples.out.len();
+    let mut types: HashMap<&str, Kind> = HashMap::new();
+    let mut helps: HashMap<&str, String> = HashMap::new();
+    let (mut bad_lines, mut dropped, mut kept) = (0, 0, 0);
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut words = comment.trim_start().splitn(3, ' ');
+            match (words.next(), words.next(), words.next()) {
+                (Some("TYPE"), Some(name), Some(kind)) => {
+                    types.insert(name, kind_of(kind.trim()));
+                }
+                (Some("HELP"), Some(name), help) => {
+                    helps.insert(name, unescape(help.unwrap_or("")));
+                }
+                _ => {}
+            }
+            continue;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, labels, value)) = sample_line(line) else {
+            bad_lines += 1;
+            continue;
+        };
+        if kept == max_samples {
+            dropped += 1;
+            continue;
+        }
+        kept += 1;
+        let family = family_of(name, &types);
+        let kind = types.get(family).copied().unwrap_or(Kind::Untyped);
+        let help = helps.get(family).map_or("", String::as_str);
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        samples.push(name, kind, help, &labels, value);
+    }
+    Parsed {
+        first,
+        bad_lines,
+        dropped,
+    }
+}
+
+fn kind_of(word: &str) -> Kind {
+    match word {
+        "counter" => Kind::Counter,
+        "gauge" => Kind::Gauge,
+        "histogram" => Kind::Histogram,
+        "summary" => Kind::Summary,
+        _ => Kind::Untyped,
+    }
+}
+
+/// The family a sample line belongs to: `x_bucket`, `x_sum` and `x_count` belong to histogram or
+/// summary `x`.
+fn family_of<'a>(name: &'a str, types: &HashMap<&str, Kind>) -> &'a str {
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if matches!(types.get(base), Some(Kind::Histogram | Kind::Summary)) {
+                return base;
+            }
+        }
+    }
+    name
+}
+
+type Labels<'a> = Vec<(&'a str, String)>;
+
+/// `name{label="value",...} value [timestamp]`; the scrape's own timestamp is not kept (the
+/// sample carries the time it was scraped).
+fn sample_line(line: &str) -> Option<(&str, Labels<'_>, f64)> {
+    let name_end = line
+        .find(|c: char| c == '{' || c.is_whitespace())
+        .unwrap_or(line.len());
+    let name = &line[..name_end];
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+        return None;
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(mut inner) = rest.strip_prefix('{') {
+        loop {
+            inner = inner.trim_start_matches([' ', ',']);
+            if let Some(after) = inner.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let (label, after) = inner.split_once('=')?;
+            let (value, after) = quoted(after.trim_start().strip_prefix('"')?)?;
+            labels.push((label.trim(), value));
+            inner = after;
+        }
+    }
+    let value = rest.split_whitespace().next()?;
+    Some((name, labels, value.parse().ok()?))
+}
+
+/// A quoted label value up to its closing quote (the opening one already taken), unescaped;
+/// and what follows it.
+fn quoted(text: &str) -> Option<(String, &str)> {
+    let mut value = String::new();
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((value, &text[i + 1..])),
+            '\\' => match chars.next()?.1 {
+                'n' => value.push('\n'),
+                other => value.push(other),
+            },
+            c => value.push(c),
+        }
+    }
+    None
+}
+
+fn unescape(help: &str) -> String {
+    help.replace("\\n", "\n").replace("\\\\", "\\")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_text_format_line_by_line() {
+        let text = r#"# HELP http_requests_total Requests served.
+# TYPE http_requests_total counter
+http_requests_total{method="get",path="/a \"b\""} 1027 1395066363000
+http_requests_total{method="post",} 3
+# TYPE latency_seconds histogram
+latency_seconds_bucket{le="0.1"} 5
+latency_seconds_bucket{le="+Inf"} 7
+latency_seconds_sum 1.5
+latency_seconds_count 7
+temperature NaN
+this is not a sample
+broken{label="open} 1
+"#;
+        let mut samples = Samples::new(42);
+        let parsed = parse(text, 100, &mut samples);
+        assert_eq!(parsed.bad_lines, 2);
+        assert_eq!(parsed.dropped, 0);
+        let out = &samples.out;
+        assert_eq!(out.len(), 7);
+        assert_eq!(out[0].name, "http_requests_total");
+        assert_eq!(out[0].kind, Kind::Counter);
+        assert_eq!(out[0].help, "Requests served.");
+        assert_eq!(out[0].labels["path"], "/a \"b\"");
+        assert_eq!(out[0].value, 1027.0);
+        assert_eq!(out[0].timestamp, 42);
+        assert_eq!(out[1].labels["method"], "post");
+        assert_eq!(out[2].kind, Kind::Histogram);
+        assert_eq!(out[3].labels["le"], "+Inf");
+        assert_eq!(out[5].name, "latency_seconds_count");
+        assert_eq!(out[5].kind, Kind::Histogram);
+        assert_eq!(out[6].kind, Kind::Untyped);
+        assert!(out[6].value.is_nan());
+    }
+
+    #[test]
+    fn samples_past_the_limit_are_dropped_and_counted() {
+        let mut samples = Samples::new(0);
+        let parsed = parse("a 1\nb 2\nc 3\n", 2, &mut samples);
+        assert_eq!(samples.out.len(), 2);
+        assert_eq!(parsed.dropped, 1);
+    }
+
+    #[test]
+    fn instance_is_host_and_port() {
+        assert_eq!(instance_of("http://127.0.0.1:9100/metrics"), "127.0.0.1:9100");
+    }
+}

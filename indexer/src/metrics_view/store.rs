@@ -1,0 +1,320 @@
+//! The latest sample of every series, and the Prometheus text exposition of them.
+//!
+//! A series is its name and labels. A sample older than the one held (a replay, or an agent
+//! re-sending) is ignored, so a counter never seems to reset when it did not; a counter that
+//! really reset is shown as it is, lower, which Prometheus's `rate()` reads as a reset.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One sample as the agents ship it (see the agent's `collectors::Sample`).
+#[derive(Debug, Deserialize)]
+struct WireSample {
+    name: String,
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    help: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    value: Value,
+    timestamp: i64,
+}
+
+/// Why a record was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    InvalidJson,
+    BadName,
+    BadValue,
+    /// Older than the sample held for the series.
+    OutOfOrder,
+    /// The store holds `max_series` already.
+    TooManySeries,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 5] = [
+        Refused::InvalidJson,
+        Refused::BadName,
+        Refused::BadValue,
+        Refused::OutOfOrder,
+        Refused::TooManySeries,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::InvalidJson => "invalid_json",
+            Refused::BadName => "bad_name",
+            Refused::BadValue => "bad_value",
+            Refused::OutOfOrder => "out_of_order",
+            Refused::TooManySeries => "too_many_series",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SeriesKey {
+    /// `x` for `x_bucket`, `x_sum` and `x_count` of histogram or summary `x`: the exposition
+    /// keeps a family's lines together, in key order.
+    family: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+}
+
+struct Latest {
+    kind: &'static str,
+    help: String,
+    value: f64,
+    timestamp: i64,
+    received: Instant,
+}
+
+pub struct SeriesStore {
+    series: BTreeMap<SeriesKey, Latest>,
+    max_series: usize,
+}
+
+/// Labels one sample may carry, and the longest name or value: a record is bounded.
+const MAX_LABELS: usize = 64;
+const MAX_TEXT: usize = 1024;
+
+impl SeriesStore {
+    pub fn new(max_series: usize) -> Self {
+        Self {
+            series: BTreeMap::new(),
+            max_series,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Takes one record of the metrics topic.
+    pub fn apply(&mut self, payload: &[u8], now: Instant) -> Result<(), Refused> {
+        let sample: WireSample =
+            serde_json::from_slice(payload).map_err(|_| Refused::InvalidJson)?;
+        if !valid_name(&sample.name, true)
+            || sample.labels.len() > MAX_LABELS
+            || sample
+                .labels
+                .iter()
+                .any(|(k, v)| !valid_name(k, false) || k.starts_with("__") || v.len() > MAX_TEXT)
+        {
+            return Err(Refused::BadName);
+        }
+        let value = match &sample.value {
+            Value::Number(n) => n.as_f64().ok_or(Refused::BadValue)?,
+            Value::String(s) => match s.as_str() {
+                "NaN" => f64::NAN,
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                _ => return Err(Refused::BadValue),
+            },
+            _ => return Err(Refused::BadValue),
+        };
+        let kind = match sample.kind.as_str() {
+            "counter" => "counter",
+            "gauge" => "gauge",
+            "histogram" => "histogram",
+            "summary" => "summary",
+            _ => "untyped",
+        };
+        let key = SeriesKey {
+            family: family_of(&sample.name, kind).to_owned(),
+            name: sample.name,
+            labels: sample.labels,
+        };
+        let latest = Latest {
+            kind,
+            help: sample.help.chars().take(MAX_TEXT).collect(),
+            value,
+            timestamp: sample.timestamp,
+            received: now,
+        };
+        let full = self.series.len() >= self.max_series;
+        match self.series.get_mut(&key) {
+            Some(held) if sample.timestamp < held.timestamp => Err(Refused::OutOfOrder),
+            Some(held) => {
+                *held = latest;
+                Ok(())
+            }
+            None if full => Err(Refused::TooManySeries),
+            None => {
+                self.series.insert(key, latest);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets the series not heard from for `after`; how many went.
+    pub fn expire(&mut self, now: Instant, after: Duration) -> usize {
+        let before = self.series.len();
+        self.series
+            .retain(|_, latest| now.saturating_duration_since(latest.received) < after);
+        before - self.series.len()
+    }
+
+    /// Every series in the Prometheus text format (0.0.4), a family's lines together under its
+    /// `# HELP` and `# TYPE`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut family = None;
+        for (key, latest) in &self.series {
+            if family != Some(&key.family) {
+                family = Some(&key.family);
+                let help = if latest.help.is_empty() {
+                    "Shipped by a Sluice agent"
+                } else {
+                    &latest.help
+                };
+                let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+                let _ = writeln!(out, "# HELP {} {help}", key.family);
+                let _ = writeln!(out, "# TYPE {} {}", key.family, latest.kind);
+            }
+            out.push_str(&key.name);
+            if !key.labels.is_empty() {
+                out.push('{');
+                for (i, (name, value)) in key.labels.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let value = value
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n");
+                    let _ = write!(out, "{name}=\"{value}\"");
+                }
+                out.push('}');
+            }
+            let _ = writeln!(out, " {}", number(latest.value));
+        }
+        out
+    }
+}
+
+fn number(value: f64) -> String {
+    match value {
+        v if v.is_nan() => "NaN".into(),
+        v if v == f64::INFINITY => "+Inf".into(),
+        v if v == f64::NEG_INFINITY => "-Inf".into(),
+        v => v.to_string(),
+    }
+}
+
+/// A metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`) or, without colons, a label name.
+fn valid_name(name: &str, colons: bool) -> bool {
+    let ok = |c: char, first: bool| {
+        c.is_ascii_alphabetic() || c == '_' || (colons && c == ':') || (!first && c.is_ascii_digit())
+    };
+    let mut chars = name.chars();
+    name.len() <= MAX_TEXT
+        && chars.next().is_some_and(|c| ok(c, true))
+        && chars.all(|c| ok(c, false))
+}
+
+fn family_of<'a>(name: &'a str, kind: &str) -> &'a str {
+    let suffixes: &[&str] = match kind {
+        "histogram" => &["_bucket", "_sum", "_count"],
+        "summary" => &["_sum", "_count"],
+        _ => &[],
+    };
+    suffixes
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str, kind: &str, labels: &str, value: &str, ts: i64) -> Vec<u8> {
+        format!(
+            r#"{{"name":"{name}","type":"{kind}","labels":{labels},"value":{value},"timestamp":{ts}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn keeps_the_latest_sample_and_shows_resets() {
+        let mut store = SeriesStore::new(10);
+        let now = Instant::now();
+        let labels = r#"{"host":"a","container_name":"web"}"#;
+        let name = "sluice_container_cpu_usage_seconds_total";
+        store.apply(&sample(name, "counter", labels, "10.5", 1), now).unwrap();
+        store.apply(&sample(name, "counter", labels, "12", 2), now).unwrap();
+        assert_eq!(
+            store.apply(&sample(name, "counter", labels, "11", 1), now),
+            Err(Refused::OutOfOrder)
+        );
+        assert!(store.render().contains(
+            "sluice_container_cpu_usage_seconds_total{container_name=\"web\",host=\"a\"} 12\n"
+        ));
+        // The container restarted: its counter starts again, and the view says so.
+        store.apply(&sample(name, "counter", labels, "0.5", 3), now).unwrap();
+        let text = store.render();
+        assert!(text.contains("# TYPE sluice_container_cpu_usage_seconds_total counter\n"));
+        assert!(text.ends_with("{container_name=\"web\",host=\"a\"} 0.5\n"), "{text}");
+    }
+
+    #[test]
+    fn histogram_lines_stay_under_one_family() {
+        let mut store = SeriesStore::new(10);
+        let now = Instant::now();
+        for (name, labels, value) in [
+            ("lat_seconds_bucket", r#"{"le":"0.1"}"#, "1"),
+            ("lat_seconds_bucket", r#"{"le":"+Inf"}"#, "2"),
+            ("lat_seconds_count", "{}", "2"),
+            ("lat_seconds_sum", "{}", "0.3"),
+            ("other", "{}", r#""NaN""#),
+        ] {
+            store.apply(&sample(name, "histogram", labels, value, 1), now).unwrap();
+        }
+        let text = store.render();
+        assert_eq!(text.matches("# TYPE lat_seconds histogram").count(), 1, "{text}");
+        assert!(text.contains("lat_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("other NaN\n"));
+    }
+
+    #[test]
+    fn bad_samples_are_refused_and_the_store_is_bounded() {
+        let mut store = SeriesStore::new(1);
+        let now = Instant::now();
+        assert_eq!(store.apply(b"not json", now), Err(Refused::InvalidJson));
+        assert_eq!(
+            store.apply(&sample("bad name", "gauge", "{}", "1", 1), now),
+            Err(Refused::BadName)
+        );
+        assert_eq!(
+            store.apply(&sample("x", "gauge", r#"{"__name__":"y"}"#, "1", 1), now),
+            Err(Refused::BadName)
+        );
+        assert_eq!(
+            store.apply(&sample("x", "gauge", "{}", r#""many""#, 1), now),
+            Err(Refused::BadValue)
+        );
+        store.apply(&sample("x", "gauge", "{}", "1", 1), now).unwrap();
+        assert_eq!(
+            store.apply(&sample("y", "gauge", "{}", "1", 1), now),
+            Err(Refused::TooManySeries)
+        );
+    }
+
+    #[test]
+    fn series_not_heard_from_expire() {
+        let mut store = SeriesStore::new(10);
+        let start = Instant::now();
+        store.apply(&sample("old", "gauge", "{}", "1", 1), start).unwrap();
+        let later = start + Duration::from_secs(60);
+        store.apply(&sample("new", "gauge", "{}", "1", 2), later).unwrap();
+        assert_eq!(store.expire(later, Duration::from_secs(30)), 1);
+        assert!(!store.render().contains("old"));
+        assert!(store.render().contains("new 1\n"));
+    }
+}
