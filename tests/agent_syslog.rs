@@ -7,56 +7,10 @@ mod common;
 
 use std::io::Write;
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A `sluice agent` the test owns; killed on drop.
-struct AgentProcess {
-    child: Child,
-    http: String,
-}
-
-impl AgentProcess {
-    fn start(dir: &std::path::Path, config: &str, stdin: Stdio) -> Self {
-        let path = dir.join("agent.toml");
-        std::fs::write(&path, config).unwrap();
-        let http = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(SLUICE)
-            .args(["agent", "--config"])
-            .arg(&path)
-            .args(["--http", &http])
-            .stdin(stdin)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(&http, Duration::from_secs(20)).unwrap();
-        Self { child, http }
-    }
-
-    fn metric(&self, series: &str) -> f64 {
-        http_get(&self.http, "/metrics")
-            .1
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The events on `logs`, as JSON, once there are at least `n`.
 fn events(sluice: &Sluice, n: usize) -> Vec<serde_json::Value> {

@@ -1,6 +1,7 @@
 //! The metrics path as operators use it: a real Prometheus server (Debian's `prometheus`) started
-//! with the example scrape config scrapes a running appliance, and every metric the Grafana
-//! dashboards name exists in a live scrape.
+//! with the example scrape config scrapes a running appliance, its view of an agent's container
+//! samples and the agent itself, and every Grafana dashboard expression returns data from it; and
+//! every metric the dashboards name exists in a live scrape.
 
 mod common;
 
@@ -66,8 +67,8 @@ fn dashboard_exprs() -> Vec<(String, String)> {
 #[test]
 fn every_dashboard_metric_exists_in_a_live_scrape() {
     let tmp = tempfile::tempdir().unwrap();
-    let sluice = busy_appliance(tmp.path());
-    let scrape = sluice.metrics();
+    let Appliance { sluice, agent } = busy_appliance(tmp.path());
+    let scrape = [sluice.metrics(), sluice.agent_metrics(), agent.metrics()].join("\n");
     let series: BTreeSet<&str> = scrape
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -103,14 +104,15 @@ impl Drop for Prometheus {
 #[test]
 fn prometheus_scrapes_the_appliance_with_the_example_config() {
     let tmp = tempfile::tempdir().unwrap();
-    let sluice = busy_appliance(tmp.path());
+    let Appliance { sluice, agent } = busy_appliance(tmp.path());
     let example = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prometheus.yml"),
     )
     .unwrap();
-    assert!(example.contains("127.0.0.1:7070"));
+    assert!(example.contains("127.0.0.1:7070") && example.contains("127.0.0.1:7071"));
     let config = example
         .replace("127.0.0.1:7070", &sluice.http)
+        .replace("127.0.0.1:7071", &agent.http)
         .replace("scrape_interval: 15s", "scrape_interval: 1s");
     let config_path = tmp.path().join("prometheus.yml");
     std::fs::write(&config_path, config).unwrap();
@@ -149,6 +151,12 @@ fn prometheus_scrapes_the_appliance_with_the_example_config() {
         "sluice_broker_bytes_in_total{topic=\"observed\"}",
         "sluice_indexer_documents_indexed_total",
         "up{job=\"sluice\"} == 1",
+        "up{job=\"sluice-agent\"} == 1",
+        "sluice_agent_metric_samples_total{collector=\"cgroup\"}",
+        // The agent's container series, as the agent labelled them (honor_labels).
+        "sluice_container_cpu_usage_seconds_total{container_name=\"web\",host=\"node-1\"} == 123.456789",
+        "sluice_container_memory_working_set_bytes{container_name=\"web\",image=\"nginx:1.25\"}",
+        "sluice_host_memory_total_bytes{host=\"node-1\"}",
     ] {
         loop {
             let (status, answer) = query(q);
@@ -161,6 +169,29 @@ fn prometheus_scrapes_the_appliance_with_the_example_config() {
             assert!(
                 Instant::now() < deadline,
                 "Prometheus has no {q}: {status} {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    // Every panel shows data: each dashboard expression, with Grafana's variables filled in as
+    // Grafana would, is valid PromQL and returns series.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (dashboard, expr) in dashboard_exprs() {
+        let q = expr
+            .replace("$__rate_interval", "10s")
+            .replace("$host", ".*");
+        loop {
+            let (status, answer) = query(&q);
+            assert_ne!(status, 400, "{dashboard}: {expr}: {answer}");
+            let found = answer["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty());
+            if status == 200 && found {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{dashboard}: no data for {q}: {status} {answer}"
             );
             std::thread::sleep(Duration::from_millis(500));
         }

@@ -1,7 +1,7 @@
-//! The /metrics endpoint as Prometheus sees it: `promtool check metrics` (Prometheus's own
+//! The /metrics endpoints as Prometheus sees them: `promtool check metrics` (Prometheus's own
 //! linter: naming conventions, units, types, help text) passes on a live appliance after real
-//! traffic and on separate broker and indexer processes, and the series the README promises are
-//! there.
+//! traffic, on its metrics view of an agent's samples, on the agent's own /metrics, and on
+//! separate broker and indexer processes; and the series the README promises are there.
 
 mod common;
 
@@ -12,10 +12,29 @@ use common::*;
 #[test]
 fn metrics_pass_promtool_and_hold_the_promised_series() {
     let tmp = tempfile::tempdir().unwrap();
-    let sluice = busy_appliance(tmp.path());
+    let Appliance { sluice, agent } = busy_appliance(tmp.path());
     assert_eq!(sluice.kcat_consume("observed", &["-p", "0"]), "one\ntwo\n");
     let text = sluice.metrics();
     promtool_passes(&text);
+    promtool_passes(&sluice.agent_metrics());
+    let agent_text = agent.metrics();
+    promtool_passes(&agent_text);
+    for series in [
+        "sluice_build_info{",
+        "process_resident_memory_bytes",
+        "sluice_agent_lines_read_total{input=\"syslog_udp\"}",
+        "sluice_agent_events_sent_total",
+        "sluice_agent_collect_errors_total{collector=\"cgroup\"} 0",
+    ] {
+        assert!(
+            agent_text.contains(series),
+            "{series} missing from the agent's /metrics:\n{agent_text}"
+        );
+    }
+    for collector in ["cgroup", "host", "prometheus"] {
+        let series = format!("sluice_agent_metric_samples_total{{collector=\"{collector}\"}}");
+        assert!(agent.metric(&series) > 0.0, "{series}:\n{agent_text}");
+    }
     for series in [
         "sluice_build_info{",
         "process_cpu_seconds_total",
@@ -43,6 +62,9 @@ fn metrics_pass_promtool_and_hold_the_promised_series() {
         "sluice_indexer_index_bytes",
         "sluice_search_duration_seconds_bucket{endpoint=\"search\"",
         "sluice_search_requests_total{endpoint=\"search\",outcome=\"ok\"}",
+        "sluice_metrics_view_samples_total",
+        "sluice_metrics_view_series",
+        "sluice_metrics_view_samples_refused_total{reason=\"invalid_json\"} 0",
     ] {
         assert!(
             text.contains(series),

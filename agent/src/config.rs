@@ -137,10 +137,7 @@ impl AgentConfig {
             ));
         }
         if self.metrics.interval_ms < 100 {
-            return Err((
-                "agent.metrics.interval_ms",
-                "expected at least 100".into(),
-            ));
+            return Err(("agent.metrics.interval_ms", "expected at least 100".into()));
         }
         if let Some(target) = self
             .metrics

@@ -69,10 +69,13 @@ impl Shipper {
     /// Queues the event, keyed by its host and source so one source stays on one partition.
     async fn ship(&self, input: &str, event: &Event) -> anyhow::Result<()> {
         let key = format!("{}/{}", event.host, event.source);
-        self.output.send(&self.topic, &key, &event.to_json()).await.map_err(|e| {
-            tracing::warn!(input, error = %e, "agent: shipping an event");
-            e
-        })
+        self.output
+            .send(&self.topic, &key, &event.to_json())
+            .await
+            .map_err(|e| {
+                tracing::warn!(input, error = %e, "agent: shipping an event");
+                e
+            })
     }
 }
 

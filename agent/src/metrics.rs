@@ -16,6 +16,20 @@ pub struct AgentMetrics {
 impl AgentMetrics {
     pub const INPUTS: [&'static str; 3] = ["stdin", "syslog_udp", "syslog_tcp"];
     pub const COLLECTORS: [&'static str; 3] = ["cgroup", "host", "prometheus"];
+    /// Every (input, defect) the inputs count, shown from zero so a rate has a start.
+    const MALFORMED: [(&'static str, &'static str); 11] = [
+        ("stdin", "truncated"),
+        ("stdin", "invalid_utf8"),
+        ("syslog_udp", "truncated"),
+        ("syslog_udp", "invalid_utf8"),
+        ("syslog_udp", "no_header"),
+        ("syslog_tcp", "truncated"),
+        ("syslog_tcp", "invalid_utf8"),
+        ("syslog_tcp", "no_header"),
+        ("syslog_tcp", "bad_frame"),
+        ("prometheus", "bad_line"),
+        ("prometheus", "too_many_samples"),
+    ];
 
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let metrics = Self {
@@ -70,6 +84,9 @@ impl AgentMetrics {
         for input in Self::INPUTS {
             metrics.lines_read.with_label_values(&[input]);
             metrics.bytes_read.with_label_values(&[input]);
+        }
+        for (input, reason) in Self::MALFORMED {
+            metrics.malformed.with_label_values(&[input, reason]);
         }
         for collector in Self::COLLECTORS {
             metrics.samples_collected.with_label_values(&[collector]);

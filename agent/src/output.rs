@@ -60,8 +60,7 @@ impl KafkaOutput {
     /// Queues one record under `key` (one source stays on one partition), waiting while the
     /// queue is full.
     pub async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
-        let mut record: BaseRecord<'_, str, [u8]> =
-            BaseRecord::to(topic).key(key).payload(payload);
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(key).payload(payload);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),

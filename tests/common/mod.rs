@@ -207,6 +207,29 @@ impl Sluice {
         })
     }
 
+    /// The metrics view (`/metrics/agents`).
+    pub fn agent_metrics(&self) -> String {
+        let (status, body) = http_get(&self.http, "/metrics/agents");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until a line of the metrics view starts with `prefix`; returns the view.
+    pub fn wait_for_agent_series(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.agent_metrics();
+            if text.lines().any(|l| l.starts_with(prefix)) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {prefix} in /metrics/agents:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `kcat -P` into `topic` with `extra` flags, fed `input`.
     pub fn kcat_produce(&self, topic: &str, extra: &[&str], input: &[u8]) -> Output {
         run_with_input(
@@ -436,7 +459,7 @@ pub fn crash_seed() -> u64 {
 
 /// `sluice up` after traffic through every part (produce, a group consume, an indexed and
 /// searched line), so counters, gauges and histograms all have samples.
-pub fn busy_appliance(tmp: &Path) -> Sluice {
+pub fn busy_appliance(tmp: &Path) -> Appliance {
     let sluice = Sluice::up(tmp, "");
     assert!(sluice
         .kcat_produce("observed", &["-p", "0"], b"one\ntwo\n")
@@ -465,9 +488,69 @@ pub fn busy_appliance(tmp: &Path) -> Sluice {
         .status
         .success());
     assert_eq!(sluice.wait_for_hits("hello", 1, Duration::from_secs(30)), 1);
+    let agent = metrics_agent(&sluice, tmp, &cgroup_fixture(tmp));
+    sluice.wait_for_agent_series(
+        "sluice_container_cpu_usage_seconds_total{",
+        Duration::from_secs(30),
+    );
     // Lag and size gauges refresh on their own schedule (5 s at most).
     std::thread::sleep(Duration::from_secs(6));
-    sluice
+    Appliance { sluice, agent }
+}
+
+/// An appliance after traffic, with an agent shipping metrics to it.
+pub struct Appliance {
+    pub sluice: Sluice,
+    pub agent: AgentProcess,
+}
+
+/// The cgroup v2 fixture's containers: a Docker one (named by tests/data/docker) and a
+/// Kubernetes one (containerd, no Docker record).
+pub const WEB_CONTAINER: &str = "4a3c9f1e2b7d6c5a8e0f1d2c3b4a59687f6e5d4c3b2a1908f7e6d5c4b3a29180";
+pub const POD_CONTAINER: &str = "9b8a7c6d5e4f30211f2e3d4c5b6a79880a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+fn test_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// A copy of the cgroup v2 fixture (files as the kernel writes them) for a test to change.
+pub fn cgroup_fixture(tmp: &Path) -> PathBuf {
+    let copy = tmp.join("cgroup");
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(test_data().join("cgroup"))
+            .arg(&copy),
+        Duration::from_secs(10),
+    );
+    copy
+}
+
+/// An agent shipping to `sluice` every 500 ms the containers of `cgroup_root`, this host, and
+/// `sluice`'s own /metrics as a Prometheus target; its host is named `node-1`.
+pub fn metrics_agent(sluice: &Sluice, tmp: &Path, cgroup_root: &Path) -> AgentProcess {
+    let config = format!(
+        r#"
+[agent]
+brokers = "{kafka}"
+hostname = "node-1"
+
+[agent.metrics]
+interval_ms = 500
+cgroup = true
+cgroup_root = "{cgroup}"
+host = true
+targets = ["http://{http}/metrics"]
+
+[agent.docker]
+root = "{docker}"
+"#,
+        kafka = sluice.kafka,
+        http = sluice.http,
+        cgroup = cgroup_root.display(),
+        docker = test_data().join("docker").display(),
+    );
+    AgentProcess::start(tmp, &config, Stdio::null())
 }
 
 /// `promtool check metrics` finds nothing to say about `text`.
@@ -486,4 +569,64 @@ pub fn promtool_passes(text: &str) {
         out.status.success() && report.trim().is_empty(),
         "promtool: {report}"
     );
+}
+
+/// A `sluice agent` the test owns; killed on drop.
+pub struct AgentProcess {
+    pub child: Child,
+    pub http: String,
+}
+
+impl AgentProcess {
+    pub fn start(dir: &std::path::Path, config: &str, stdin: Stdio) -> Self {
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, config).unwrap();
+        let http = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(SLUICE)
+            .args(["agent", "--config"])
+            .arg(&path)
+            .args(["--http", &http])
+            .stdin(stdin)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(&http, Duration::from_secs(20)).unwrap();
+        Self { child, http }
+    }
+
+    /// The agent's own /metrics.
+    pub fn metrics(&self) -> String {
+        http_get(&self.http, "/metrics").1
+    }
+
+    /// The value of one series on the agent's /metrics; 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `done`, failing the test after `timeout` with what it waited for.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -38,7 +38,8 @@ impl CgroupCollector {
                 ("container_name", info.name.as_str()),
                 ("image", info.image.as_str()),
             ];
-            let labels: Vec<(&str, &str)> = labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+            let labels: Vec<(&str, &str)> =
+                labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
             container_samples(&dir, &labels, samples);
         }
         Ok(())
@@ -89,8 +90,9 @@ fn container_id(name: &str) -> Option<&str> {
 fn container_samples(dir: &Path, labels: &[(&str, &str)], samples: &mut Samples) {
     let cpu = read(dir, "cpu.stat");
     let stat = |key: &str| cpu.as_deref().and_then(|text| keyed(text, key));
-    let usec = 1e-6;
-    for (name, help, key, scale) in [
+    // Divided, not multiplied by 1e-6: the quotient is the closest double to the decimal.
+    let usec = 1e6;
+    for (name, help, key, divisor) in [
         (
             "sluice_container_cpu_usage_seconds_total",
             "CPU time the container used",
@@ -129,7 +131,7 @@ fn container_samples(dir: &Path, labels: &[(&str, &str)], samples: &mut Samples)
         ),
     ] {
         if let Some(value) = stat(key) {
-            samples.push(name, Kind::Counter, help, labels, value * scale);
+            samples.push(name, Kind::Counter, help, labels, value / divisor);
         }
     }
     let current = read(dir, "memory.current").and_then(|t| t.trim().parse::<f64>().ok());
@@ -214,7 +216,12 @@ mod tests {
         ] {
             assert_eq!(container_id(&name), Some(id.as_str()), "{name}");
         }
-        for name in ["system.slice", "docker.service", "init.scope", "kubepods-pod1.slice"] {
+        for name in [
+            "system.slice",
+            "docker.service",
+            "init.scope",
+            "kubepods-pod1.slice",
+        ] {
             assert_eq!(container_id(name), None, "{name}");
         }
     }

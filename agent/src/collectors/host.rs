@@ -172,7 +172,13 @@ mod tests {
         samples
             .out
             .iter()
-            .map(|s| (s.name.clone(), s.labels.values().cloned().collect(), s.value))
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.labels.values().cloned().collect(),
+                    s.value,
+                )
+            })
             .collect()
     }
 
@@ -205,10 +211,22 @@ mod tests {
         assert_eq!(find("sluice_host_cpu_seconds_total", "user"), Some(1.0));
         assert_eq!(find("sluice_host_cpu_seconds_total", "idle"), Some(10.0));
         assert_eq!(find("sluice_host_load5", ""), Some(0.25));
-        assert_eq!(find("sluice_host_memory_total_bytes", ""), Some(2048.0 * 1024.0));
-        assert_eq!(find("sluice_host_memory_available_bytes", ""), Some(1024.0 * 1024.0));
-        assert_eq!(find("sluice_host_network_receive_bytes_total", "eth0"), Some(2000.0));
-        assert_eq!(find("sluice_host_network_transmit_bytes_total", "eth0"), Some(3000.0));
+        assert_eq!(
+            find("sluice_host_memory_total_bytes", ""),
+            Some(2048.0 * 1024.0)
+        );
+        assert_eq!(
+            find("sluice_host_memory_available_bytes", ""),
+            Some(1024.0 * 1024.0)
+        );
+        assert_eq!(
+            find("sluice_host_network_receive_bytes_total", "eth0"),
+            Some(2000.0)
+        );
+        assert_eq!(
+            find("sluice_host_network_transmit_bytes_total", "eth0"),
+            Some(3000.0)
+        );
         assert_eq!(find("sluice_host_network_receive_bytes_total", "lo"), None);
     }
 }

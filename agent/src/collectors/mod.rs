@@ -86,8 +86,8 @@ struct Collectors {
     cgroup: Option<cgroup::CgroupCollector>,
     host: Option<host::HostCollector>,
     scrape: Option<scrape::Scraper>,
-    /// The last error of each collector, so a lasting failure is logged once, not every round.
-    last_errors: BTreeMap<&'static str, String>,
+    /// The last error of each source, so a lasting failure is logged once, not every round.
+    last_errors: BTreeMap<String, String>,
 }
 
 impl Collectors {
@@ -108,21 +108,26 @@ impl Collectors {
     /// One round: every collector's samples, labelled with `host`.
     fn collect(&mut self, shipper: &Shipper) -> Vec<Sample> {
         let mut samples = Samples::new(crate::event::now_ms());
+        let mut results = Vec::new();
         if let Some(cgroup) = &mut self.cgroup {
-            let before = samples.out.len();
-            let result = cgroup.collect(&mut samples);
-            self.note(shipper, "cgroup", samples.out.len() - before, result);
+            let result = counted("cgroup", &mut samples, shipper, |s| cgroup.collect(s));
+            results.push(("cgroup", "cgroup".to_owned(), result));
         }
         if let Some(host) = &mut self.host {
-            let before = samples.out.len();
-            let result = host.collect(&mut samples);
-            self.note(shipper, "host", samples.out.len() - before, result);
+            let result = counted("host", &mut samples, shipper, |s| host.collect(s));
+            results.push(("host", "host".to_owned(), result));
         }
         if let Some(scrape) = &mut self.scrape {
-            for (target, result) in scrape.collect(&mut samples, shipper) {
-                let result = result.map_err(|e| format!("{target}: {e}"));
-                self.note(shipper, "prometheus", 0, result);
+            let targets = counted("prometheus", &mut samples, shipper, |s| {
+                scrape.collect(s, shipper)
+            });
+            // A failing target is an error of its own.
+            for (target, result) in targets {
+                results.push(("prometheus", target, result));
             }
+        }
+        for (collector, source, result) in results {
+            self.note(shipper, collector, source, result);
         }
         let mut samples = samples.out;
         for sample in &mut samples {
@@ -134,23 +139,19 @@ impl Collectors {
         samples
     }
 
-    /// Counts a collector's samples and errors; logs an error when it is new.
+    /// Counts a collector's error; logs it when it is new for its source (the collector, or
+    /// one Prometheus target).
     fn note(
         &mut self,
         shipper: &Shipper,
         collector: &'static str,
-        samples: usize,
+        source: String,
         result: Result<(), String>,
     ) {
-        shipper
-            .metrics
-            .samples_collected
-            .with_label_values(&[collector])
-            .inc_by(samples as u64);
         match result {
             Ok(()) => {
-                if self.last_errors.remove(collector).is_some() {
-                    tracing::info!(collector, "agent: metrics collector works again");
+                if self.last_errors.remove(&source).is_some() {
+                    tracing::info!(collector, %source, "agent: metrics collector works again");
                 }
             }
             Err(error) => {
@@ -159,13 +160,30 @@ impl Collectors {
                     .collect_errors
                     .with_label_values(&[collector])
                     .inc();
-                if self.last_errors.get(collector) != Some(&error) {
-                    tracing::warn!(collector, %error, "agent: metrics collector failed");
-                    self.last_errors.insert(collector, error);
+                if self.last_errors.get(&source) != Some(&error) {
+                    tracing::warn!(collector, %source, %error, "agent: metrics collector failed");
+                    self.last_errors.insert(source, error);
                 }
             }
         }
     }
+}
+
+/// Runs one collector, counting the samples it added.
+fn counted<T>(
+    collector: &'static str,
+    samples: &mut Samples,
+    shipper: &Shipper,
+    collect: impl FnOnce(&mut Samples) -> T,
+) -> T {
+    let before = samples.out.len();
+    let result = collect(samples);
+    shipper
+        .metrics
+        .samples_collected
+        .with_label_values(&[collector])
+        .inc_by((samples.out.len() - before) as u64);
+    result
 }
 
 /// Collects every `interval_ms` and ships the samples, until the agent stops.

@@ -168,7 +168,11 @@ fn sample_line(line: &str) -> Option<(&str, Labels<'_>, f64)> {
         .find(|c: char| c == '{' || c.is_whitespace())
         .unwrap_or(line.len());
     let name = &line[..name_end];
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    {
         return None;
     }
     let mut rest = &line[name_end..];
@@ -262,6 +266,9 @@ broken{label="open} 1
 
     #[test]
     fn instance_is_host_and_port() {
-        assert_eq!(instance_of("http://127.0.0.1:9100/metrics"), "127.0.0.1:9100");
+        assert_eq!(
+            instance_of("http://127.0.0.1:9100/metrics"),
+            "127.0.0.1:9100"
+        );
     }
 }

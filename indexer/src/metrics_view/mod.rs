@@ -26,8 +26,8 @@ use rdkafka::ClientConfig;
 use crate::config::MetricsViewConfig;
 use crate::metrics::ViewMetrics;
 use crate::topic::ensure_topic;
-use store::SeriesStore;
 pub use store::Refused;
+use store::SeriesStore;
 
 /// How often the view looks for partitions added to the topic, and expires series.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
@@ -106,7 +106,10 @@ impl MetricsView {
 async fn serve(State(store): State<Arc<Mutex<SeriesStore>>>) -> impl IntoResponse {
     let text = store.lock().unwrap_or_else(|e| e.into_inner()).render();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
 }
@@ -126,7 +129,13 @@ impl Reader {
         let mut last_refresh: Option<Instant> = None;
         let mut last_expiry = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            if last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
+            // A topic just created may not show its partitions yet: look again soon.
+            let every = if self.assigned == 0 {
+                Duration::from_secs(1)
+            } else {
+                REFRESH_EVERY
+            };
+            if last_refresh.is_none_or(|t| t.elapsed() >= every) {
                 last_refresh = Some(Instant::now());
                 if let Err(e) = self.assign_new_partitions() {
                     tracing::warn!(error = %e, "metrics view: assigning partitions");
@@ -192,7 +201,10 @@ impl Reader {
             new.add_partition_offset(&self.topic, element.partition(), start)?;
         }
         self.consumer.incremental_assign(&new)?;
-        tracing::info!(partitions = count, "metrics view: reading the metrics topic");
+        tracing::info!(
+            partitions = count,
+            "metrics view: reading the metrics topic"
+        );
         self.assigned = count;
         Ok(())
     }

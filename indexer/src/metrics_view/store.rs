@@ -210,7 +210,10 @@ fn number(value: f64) -> String {
 /// A metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`) or, without colons, a label name.
 fn valid_name(name: &str, colons: bool) -> bool {
     let ok = |c: char, first: bool| {
-        c.is_ascii_alphabetic() || c == '_' || (colons && c == ':') || (!first && c.is_ascii_digit())
+        c.is_ascii_alphabetic()
+            || c == '_'
+            || (colons && c == ':')
+            || (!first && c.is_ascii_digit())
     };
     let mut chars = name.chars();
     name.len() <= MAX_TEXT
@@ -247,8 +250,12 @@ mod tests {
         let now = Instant::now();
         let labels = r#"{"host":"a","container_name":"web"}"#;
         let name = "sluice_container_cpu_usage_seconds_total";
-        store.apply(&sample(name, "counter", labels, "10.5", 1), now).unwrap();
-        store.apply(&sample(name, "counter", labels, "12", 2), now).unwrap();
+        store
+            .apply(&sample(name, "counter", labels, "10.5", 1), now)
+            .unwrap();
+        store
+            .apply(&sample(name, "counter", labels, "12", 2), now)
+            .unwrap();
         assert_eq!(
             store.apply(&sample(name, "counter", labels, "11", 1), now),
             Err(Refused::OutOfOrder)
@@ -257,10 +264,15 @@ mod tests {
             "sluice_container_cpu_usage_seconds_total{container_name=\"web\",host=\"a\"} 12\n"
         ));
         // The container restarted: its counter starts again, and the view says so.
-        store.apply(&sample(name, "counter", labels, "0.5", 3), now).unwrap();
+        store
+            .apply(&sample(name, "counter", labels, "0.5", 3), now)
+            .unwrap();
         let text = store.render();
         assert!(text.contains("# TYPE sluice_container_cpu_usage_seconds_total counter\n"));
-        assert!(text.ends_with("{container_name=\"web\",host=\"a\"} 0.5\n"), "{text}");
+        assert!(
+            text.ends_with("{container_name=\"web\",host=\"a\"} 0.5\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -274,10 +286,16 @@ mod tests {
             ("lat_seconds_sum", "{}", "0.3"),
             ("other", "{}", r#""NaN""#),
         ] {
-            store.apply(&sample(name, "histogram", labels, value, 1), now).unwrap();
+            store
+                .apply(&sample(name, "histogram", labels, value, 1), now)
+                .unwrap();
         }
         let text = store.render();
-        assert_eq!(text.matches("# TYPE lat_seconds histogram").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("# TYPE lat_seconds histogram").count(),
+            1,
+            "{text}"
+        );
         assert!(text.contains("lat_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("other NaN\n"));
     }
@@ -299,7 +317,9 @@ mod tests {
             store.apply(&sample("x", "gauge", "{}", r#""many""#, 1), now),
             Err(Refused::BadValue)
         );
-        store.apply(&sample("x", "gauge", "{}", "1", 1), now).unwrap();
+        store
+            .apply(&sample("x", "gauge", "{}", "1", 1), now)
+            .unwrap();
         assert_eq!(
             store.apply(&sample("y", "gauge", "{}", "1", 1), now),
             Err(Refused::TooManySeries)
@@ -310,9 +330,13 @@ mod tests {
     fn series_not_heard_from_expire() {
         let mut store = SeriesStore::new(10);
         let start = Instant::now();
-        store.apply(&sample("old", "gauge", "{}", "1", 1), start).unwrap();
+        store
+            .apply(&sample("old", "gauge", "{}", "1", 1), start)
+            .unwrap();
         let later = start + Duration::from_secs(60);
-        store.apply(&sample("new", "gauge", "{}", "1", 2), later).unwrap();
+        store
+            .apply(&sample("new", "gauge", "{}", "1", 2), later)
+            .unwrap();
         assert_eq!(store.expire(later, Duration::from_secs(30)), 1);
         assert!(!store.render().contains("old"));
         assert!(store.render().contains("new 1\n"));
