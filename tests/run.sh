@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test. On a fresh machine it first installs what the tests use and the machine lacks:
-# kcat, prometheus (the server and promtool) and util-linux's logger (Debian), the Python Kafka
-# clients and their codecs (PyPI) and cargo-nextest.
+# kcat, prometheus (the server and promtool), util-linux's logger and logrotate (Debian), the
+# Python Kafka clients and their codecs (PyPI) and cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,7 @@ missing=()
 command -v kcat >/dev/null || missing+=(kcat)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v logger >/dev/null || missing+=(bsdutils)
+command -v logrotate >/dev/null || missing+=(logrotate)
 if ((${#missing[@]})); then
   echo "installing ${missing[*]}"
   apt-get update -qq

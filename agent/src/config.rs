@@ -16,6 +16,9 @@ pub struct AgentConfig {
     pub hostname: String,
     /// Read lines from standard input.
     pub stdin: bool,
+    /// Where the agent keeps its state (file checkpoints).
+    pub state_dir: String,
+    pub files: FilesConfig,
     pub syslog: SyslogConfig,
     pub metrics: MetricsConfig,
     pub docker: DockerConfig,
@@ -31,6 +34,47 @@ pub struct SyslogConfig {
     pub tcp: String,
     /// Longer messages are cut at this size and counted as malformed.
     pub max_message_bytes: usize,
+}
+
+/// `[agent.files]`: log files to follow.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Glob patterns of the files to follow, e.g. "/var/log/app/*.log"; empty: off. Include the
+    /// rotated names ("app.log*") to follow copytruncate rotation without a gap.
+    pub include: Vec<String>,
+    /// Where to start in a file found at the agent's first start: "beginning" or "end". Files
+    /// that appear later are always read from their beginning.
+    pub read_from: String,
+    /// Longer lines are cut at this size, marked `fields.truncated`, and counted as malformed.
+    pub max_line_bytes: usize,
+    /// A regex matching the first line of a multi-line event (a stack trace's first line);
+    /// lines that do not match join the event before them. Empty: every line is an event.
+    pub multiline_start: String,
+    /// A multi-line event waiting for more lines is shipped after this long without one.
+    pub multiline_timeout_ms: u64,
+    /// How often the globs are matched again, besides the file system's change notices.
+    pub rescan_interval_ms: u64,
+    /// How long a file that was rotated away or deleted stays open once read to its end.
+    pub rotate_wait_ms: u64,
+    /// Bytes of a file's first line that identify it (with device and inode as a hint): a
+    /// file is followed once it has a whole first line or this many bytes.
+    pub fingerprint_bytes: usize,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            include: Vec::new(),
+            read_from: "beginning".into(),
+            max_line_bytes: 256 << 10,
+            multiline_start: String::new(),
+            multiline_timeout_ms: 1000,
+            rescan_interval_ms: 10_000,
+            rotate_wait_ms: 5_000,
+            fingerprint_bytes: 1024,
+        }
+    }
 }
 
 /// `[agent.metrics]`: metric collectors, whose samples go to their own topic.
@@ -104,6 +148,8 @@ impl Default for AgentConfig {
             compression: "lz4".into(),
             hostname: String::new(),
             stdin: false,
+            state_dir: "/var/lib/sluice-agent".into(),
+            files: FilesConfig::default(),
             syslog: SyslogConfig::default(),
             metrics: MetricsConfig::default(),
             docker: DockerConfig::default(),
@@ -135,6 +181,38 @@ impl AgentConfig {
                 "agent.syslog.max_message_bytes",
                 "expected at least 480 (RFC 3164's smallest maximum)".into(),
             ));
+        }
+        if !matches!(self.files.read_from.as_str(), "beginning" | "end") {
+            return Err((
+                "agent.files.read_from",
+                format!("expected beginning or end, got {:?}", self.files.read_from),
+            ));
+        }
+        if let Err(e) = regex::Regex::new(&self.files.multiline_start) {
+            return Err((
+                "agent.files.multiline_start",
+                format!("expected a regular expression: {e}"),
+            ));
+        }
+        if let Some(pattern) = self
+            .files
+            .include
+            .iter()
+            .find(|p| glob::Pattern::new(p).is_err())
+        {
+            return Err((
+                "agent.files.include",
+                format!("expected glob patterns, got {pattern:?}"),
+            ));
+        }
+        if !(256..=900_000).contains(&self.files.max_line_bytes) {
+            return Err((
+                "agent.files.max_line_bytes",
+                "expected 256 to 900000 (an event must fit a broker's 1 MB record limit)".into(),
+            ));
+        }
+        if self.files.fingerprint_bytes < 16 {
+            return Err(("agent.files.fingerprint_bytes", "expected at least 16".into()));
         }
         if self.metrics.interval_ms < 100 {
             return Err(("agent.metrics.interval_ms", "expected at least 100".into()));

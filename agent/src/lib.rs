@@ -7,6 +7,7 @@
 //! both. Built so far: syslog over UDP and TCP, stdin and the collectors. Files, Docker and CRI
 //! logs, GELF, file checkpoints and the disk spool are issue #5's remaining work.
 
+mod acks;
 mod collectors;
 mod config;
 mod containers;
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 pub use config::{AgentConfig, DockerConfig, MetricsConfig, SyslogConfig};
 pub use metrics::AgentMetrics;
 
+use crate::acks::Ack;
 use crate::event::Event;
 use crate::output::KafkaOutput;
 
@@ -68,9 +70,14 @@ impl Shipper {
 
     /// Queues the event, keyed by its host and source so one source stays on one partition.
     async fn ship(&self, input: &str, event: &Event) -> anyhow::Result<()> {
+        self.ship_acked(input, event, Ack::none()).await
+    }
+
+    /// Queues the event; `ack` is told when the broker has it.
+    async fn ship_acked(&self, input: &str, event: &Event, ack: Box<Ack>) -> anyhow::Result<()> {
         let key = format!("{}/{}", event.host, event.source);
         self.output
-            .send(&self.topic, &key, &event.to_json())
+            .send(&self.topic, &key, &event.to_json(), ack)
             .await
             .map_err(|e| {
                 tracing::warn!(input, error = %e, "agent: shipping an event");
@@ -83,19 +90,21 @@ impl Shipper {
 pub struct Agent {
     shipper: Arc<Shipper>,
     tasks: Vec<JoinHandle<()>>,
+    files: Option<inputs::files::FilesInput>,
 }
 
 impl Agent {
     /// Binds the configured listeners (failing fast on a taken port) and starts every input.
     pub async fn start(config: AgentConfig, metrics: AgentMetrics) -> anyhow::Result<Self> {
         if !config.stdin
+            && config.files.include.is_empty()
             && config.syslog.udp.is_empty()
             && config.syslog.tcp.is_empty()
             && !config.metrics.any()
         {
             anyhow::bail!(
-                "agent: no input is on (set [agent] stdin = true, [agent.syslog] udp or tcp, or \
-                 [agent.metrics] cgroup, host or targets)"
+                "agent: no input is on (set [agent] stdin = true, [agent.files] include, \
+                 [agent.syslog] udp or tcp, or [agent.metrics] cgroup, host or targets)"
             );
         }
         let host = if config.hostname.is_empty() {
@@ -141,24 +150,51 @@ impl Agent {
                 collectors::run(config.clone(), shipper.clone()),
             ));
         }
+        let files = match config.files.include.is_empty() {
+            true => None,
+            false => Some(inputs::files::FilesInput::start(
+                config.files.clone(),
+                std::path::Path::new(&config.state_dir),
+                shipper.clone(),
+            )?),
+        };
         tracing::info!(host = %shipper.host, inputs = tasks.len(), "agent started");
-        Ok(Self { shipper, tasks })
+        Ok(Self {
+            shipper,
+            tasks,
+            files,
+        })
     }
 
-    /// Resolves when every input has ended (stdin at its end; listeners only on error).
+    /// Resolves when every input has ended (stdin at its end; listeners only on error; files
+    /// never).
     pub async fn inputs_done(&mut self) {
         for task in &mut self.tasks {
             let _ = task.await;
         }
+        if self.files.is_some() {
+            std::future::pending::<()>().await;
+        }
     }
 
-    /// Stops the inputs and waits up to `timeout` for the broker to acknowledge what is queued.
+    /// Stops the inputs and waits up to `timeout` for the broker to acknowledge what is queued;
+    /// then the file checkpoints take in the last acknowledgements.
     pub async fn stop(self, timeout: Duration) -> anyhow::Result<()> {
         for task in &self.tasks {
             task.abort();
         }
+        let checkpoints = match self.files {
+            Some(files) => files.stop().await,
+            None => None,
+        };
         let shipper = self.shipper;
-        tokio::task::spawn_blocking(move || shipper.output.flush(timeout)).await??;
+        let flushed = tokio::task::spawn_blocking(move || shipper.output.flush(timeout)).await?;
+        if let Some(checkpoints) = checkpoints {
+            checkpoints
+                .save()
+                .map_err(|e| anyhow::anyhow!("agent: writing file checkpoints: {e}"))?;
+        }
+        flushed?;
         tracing::info!("agent stopped");
         Ok(())
     }

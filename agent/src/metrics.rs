@@ -1,6 +1,6 @@
 //! The agent's Prometheus metrics. Labels are bounded: input (a fixed list), reason (fixed).
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct AgentMetrics {
@@ -11,13 +11,18 @@ pub struct AgentMetrics {
     pub send_errors: IntCounter,
     pub samples_collected: IntCounterVec,
     pub collect_errors: IntCounterVec,
+    pub files_tracked: IntGauge,
+    pub file_bytes_behind: IntGauge,
+    pub checkpoint_errors: IntCounter,
 }
 
 impl AgentMetrics {
-    pub const INPUTS: [&'static str; 3] = ["stdin", "syslog_udp", "syslog_tcp"];
+    pub const INPUTS: [&'static str; 4] = ["file", "stdin", "syslog_udp", "syslog_tcp"];
     pub const COLLECTORS: [&'static str; 3] = ["cgroup", "host", "prometheus"];
     /// Every (input, defect) the inputs count, shown from zero so a rate has a start.
-    const MALFORMED: [(&'static str, &'static str); 11] = [
+    const MALFORMED: [(&'static str, &'static str); 13] = [
+        ("file", "truncated"),
+        ("file", "invalid_utf8"),
         ("stdin", "truncated"),
         ("stdin", "invalid_utf8"),
         ("syslog_udp", "truncated"),
@@ -73,6 +78,18 @@ impl AgentMetrics {
                 ),
                 &["collector"],
             )?,
+            files_tracked: IntGauge::new(
+                "sluice_agent_files_tracked",
+                "Files the agent has open and follows",
+            )?,
+            file_bytes_behind: IntGauge::new(
+                "sluice_agent_file_bytes_behind",
+                "Bytes written to the followed files and not read yet, all files together",
+            )?,
+            checkpoint_errors: IntCounter::new(
+                "sluice_agent_checkpoint_errors_total",
+                "Failed writes of the file checkpoints",
+            )?,
         };
         registry.register(Box::new(metrics.lines_read.clone()))?;
         registry.register(Box::new(metrics.bytes_read.clone()))?;
@@ -81,6 +98,9 @@ impl AgentMetrics {
         registry.register(Box::new(metrics.send_errors.clone()))?;
         registry.register(Box::new(metrics.samples_collected.clone()))?;
         registry.register(Box::new(metrics.collect_errors.clone()))?;
+        registry.register(Box::new(metrics.files_tracked.clone()))?;
+        registry.register(Box::new(metrics.file_bytes_behind.clone()))?;
+        registry.register(Box::new(metrics.checkpoint_errors.clone()))?;
         for input in Self::INPUTS {
             metrics.lines_read.with_label_values(&[input]);
             metrics.bytes_read.with_label_values(&[input]);

@@ -11,6 +11,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext};
 
+use crate::acks::Ack;
 use crate::config::AgentConfig;
 use crate::metrics::AgentMetrics;
 
@@ -19,6 +20,7 @@ const QUEUE_KBYTES: &str = "65536";
 
 pub struct KafkaOutput {
     producer: ThreadedProducer<Deliveries>,
+    metrics: AgentMetrics,
 }
 
 struct Deliveries(AgentMetrics);
@@ -26,11 +28,16 @@ struct Deliveries(AgentMetrics);
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = Box<Ack>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
         match result {
-            Ok(_) => self.0.events_sent.inc(),
+            Ok(_) => {
+                self.0.events_sent.inc();
+                if let Some((progress, start)) = ack.0 {
+                    progress.acknowledged(start);
+                }
+            }
             Err((e, _)) => {
                 tracing::warn!(error = %e, "agent: an event was not delivered");
                 self.0.send_errors.inc();
@@ -52,21 +59,42 @@ impl KafkaOutput {
             .set("message.timeout.ms", "0")
             .set("queue.buffering.max.kbytes", QUEUE_KBYTES)
             .set("log_level", "3")
-            .create_with_context(Deliveries(metrics))
+            .create_with_context(Deliveries(metrics.clone()))
             .map_err(|e| anyhow::anyhow!("agent: Kafka producer for {}: {e}", config.brokers))?;
-        Ok(Self { producer })
+        Ok(Self { producer, metrics })
     }
 
     /// Queues one record under `key` (one source stays on one partition), waiting while the
-    /// queue is full.
-    pub async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
-        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(key).payload(payload);
+    /// queue is full; `ack` is told when the broker has it.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        ack: Box<Ack>,
+    ) -> anyhow::Result<()> {
+        let mut record: BaseRecord<'_, str, [u8], Box<Ack>> =
+            BaseRecord::with_opaque_to(topic, ack)
+                .key(key)
+                .payload(payload);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((KafkaError::MessageProduction(code), refused))
+                    if code != RDKafkaErrorCode::Fatal =>
+                {
+                    // This record can never be sent (too large, say): counted and let go, so it
+                    // cannot hold up its input, nor a file's checkpoint, for ever.
+                    tracing::warn!(%topic, error = %code, bytes = payload.len(), "agent: a record was refused");
+                    self.metrics.send_errors.inc();
+                    if let Some((progress, start)) = refused.delivery_opaque.0 {
+                        progress.acknowledged(start);
+                    }
+                    return Ok(());
                 }
                 Err((e, _)) => anyhow::bail!("agent: queueing a record for {topic}: {e}"),
             }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use crate::acks::Ack;
 use crate::config::{AgentConfig, MetricsConfig};
 use crate::Shipper;
 
@@ -205,7 +206,10 @@ pub async fn run(config: AgentConfig, shipper: Arc<Shipper>) -> anyhow::Result<(
         collectors = back;
         for sample in &samples {
             let payload = serde_json::to_vec(sample).expect("a sample serializes");
-            shipper.output.send(&topic, &shipper.host, &payload).await?;
+            shipper
+                .output
+                .send(&topic, &shipper.host, &payload, Ack::none())
+                .await?;
         }
     }
 }

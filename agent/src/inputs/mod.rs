@@ -1,7 +1,9 @@
-//! Where events come from. `syslog` listens on UDP and TCP; `stdin` reads this process's standard
-//! input. Inputs that cannot replay what they read (both of these) keep no checkpoint: what they
-//! hand the output is retried until the broker acknowledges it.
+//! Where events come from. `files` follows log files with checkpoints; `syslog` listens on UDP and
+//! TCP; `stdin` reads this process's standard input. Inputs that cannot replay what they read
+//! (syslog, stdin) keep no checkpoint: what they hand the output is retried until the broker
+//! acknowledges it.
 
+pub mod files;
 pub mod stdin;
 pub mod syslog;
 

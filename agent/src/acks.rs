@@ -1,0 +1,118 @@
+//! Which records of a replayable source the broker has acknowledged, so its checkpoint moves only
+//! past what is safe: a record's byte range is pending from the moment it is queued until its
+//! delivery report says the broker has it, and the checkpoint is the start of the oldest pending
+//! range (or the end of everything read). Delivery reports may arrive out of order (a file's
+//! lines can reach two partitions around a rotation); a failed record stays pending, so it is
+//! read again after a restart.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug)]
+pub struct Progress {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Queued and not yet acknowledged: start offset -> end offset.
+    pending: BTreeMap<u64, u64>,
+    /// Everything before this has been read (shipped, or skipped as nothing to ship).
+    read_to: u64,
+    /// Where a record still being assembled (a multi-line event) starts.
+    held: Option<u64>,
+}
+
+impl Progress {
+    pub fn new(start: u64) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                pending: BTreeMap::new(),
+                read_to: start,
+                held: None,
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The record `[start, end)` is queued.
+    pub fn queued(&self, start: u64, end: u64) {
+        let mut state = self.state();
+        state.pending.insert(start, end);
+        state.read_to = state.read_to.max(end);
+    }
+
+    /// Bytes up to `end` were read and need no record (blank lines, the cut-off rest of a line).
+    pub fn skipped(&self, end: u64) {
+        let mut state = self.state();
+        state.read_to = state.read_to.max(end);
+    }
+
+    /// A record being assembled starts at `start` (`None`: none is).
+    pub fn hold(&self, start: Option<u64>) {
+        self.state().held = start;
+    }
+
+    /// The broker has the record that starts at `start`.
+    pub fn acknowledged(&self, start: u64) {
+        self.state().pending.remove(&start);
+    }
+
+    /// Where a restart must read from: nothing before it is unacknowledged.
+    pub fn checkpoint(&self) -> u64 {
+        let state = self.state();
+        let oldest = state.pending.keys().next().copied();
+        [oldest, state.held]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(state.read_to)
+    }
+
+    /// Where reading got to: records up to here are queued or skipped.
+    pub fn read_to(&self) -> u64 {
+        self.state().read_to
+    }
+
+    /// Records queued and not yet acknowledged.
+    pub fn pending(&self) -> usize {
+        self.state().pending.len()
+    }
+}
+
+/// What a delivery report acknowledges: nothing (sources that cannot replay), or a record of a
+/// tracked source.
+pub struct Ack(pub Option<(Arc<Progress>, u64)>);
+
+impl Ack {
+    pub fn none() -> Box<Self> {
+        Box::new(Self(None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_waits_for_the_oldest_pending_record() {
+        let progress = Progress::new(0);
+        progress.queued(0, 10);
+        progress.queued(10, 25);
+        progress.skipped(26);
+        progress.queued(26, 40);
+        assert_eq!(progress.checkpoint(), 0);
+        progress.acknowledged(10);
+        progress.acknowledged(26);
+        assert_eq!(progress.checkpoint(), 0, "the first record is not acknowledged");
+        progress.acknowledged(0);
+        assert_eq!(progress.checkpoint(), 40);
+        assert_eq!(progress.pending(), 0);
+        progress.hold(Some(40));
+        progress.skipped(50);
+        assert_eq!(progress.checkpoint(), 40, "a held event is not passed");
+    }
+}

@@ -1,0 +1,101 @@
+//! Joining multi-line events (a stack trace and its header line): a line that matches the start
+//! pattern begins an event, any other line joins the event before it. An event is shipped when
+//! the next one starts, or `timeout` after its last line.
+
+use std::time::{Duration, Instant};
+
+use regex::bytes::Regex;
+
+use super::tailer::Line;
+
+pub struct Joiner {
+    start: Regex,
+    timeout: Duration,
+    max_bytes: usize,
+    pending: Option<(Line, Instant)>,
+}
+
+impl Joiner {
+    pub fn new(start: Regex, timeout: Duration, max_bytes: usize) -> Self {
+        Self {
+            start,
+            timeout,
+            max_bytes,
+            pending: None,
+        }
+    }
+
+    /// Takes a line; returns the event it completes, if any.
+    pub fn push(&mut self, line: Line, now: Instant) -> Option<Line> {
+        match &mut self.pending {
+            Some((event, last)) if !self.start.is_match(&line.bytes) => {
+                let room = self.max_bytes.saturating_sub(event.bytes.len() + 1);
+                if line.bytes.len() > room || line.truncated {
+                    event.truncated = true;
+                }
+                if room > 0 {
+                    event.bytes.push(b'\n');
+                    event
+                        .bytes
+                        .extend_from_slice(&line.bytes[..line.bytes.len().min(room)]);
+                }
+                event.end = line.end;
+                *last = now;
+                None
+            }
+            _ => self.pending.replace((line, now)).map(|(event, _)| event),
+        }
+    }
+
+    /// The event waiting for more lines, once `timeout` passed without one.
+    pub fn expired(&mut self, now: Instant) -> Option<Line> {
+        match &self.pending {
+            Some((_, last)) if now.duration_since(*last) >= self.timeout => self.flush(),
+            _ => None,
+        }
+    }
+
+    pub fn flush(&mut self) -> Option<Line> {
+        self.pending.take().map(|(event, _)| event)
+    }
+
+    /// Where the event held back starts: the checkpoint must not pass it.
+    pub fn holding(&self) -> Option<u64> {
+        self.pending.as_ref().map(|(event, _)| event.start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(start: u64, text: &str) -> Line {
+        Line {
+            start,
+            end: start + text.len() as u64 + 1,
+            bytes: text.as_bytes().to_vec(),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn stack_traces_join_their_header() {
+        let mut joiner = Joiner::new(
+            Regex::new(r"^\d{4}-").unwrap(),
+            Duration::from_secs(1),
+            1000,
+        );
+        let now = Instant::now();
+        assert_eq!(joiner.push(line(0, "2026-01-01 boom"), now), None);
+        assert_eq!(joiner.push(line(16, "  at a()"), now), None);
+        assert_eq!(joiner.push(line(25, "  at b()"), now), None);
+        let event = joiner.push(line(34, "2026-01-01 next"), now).unwrap();
+        assert_eq!(event.bytes, b"2026-01-01 boom\n  at a()\n  at b()");
+        assert_eq!((event.start, event.end), (0, 34));
+        assert_eq!(joiner.holding(), Some(34));
+        assert_eq!(joiner.expired(now), None);
+        let last = joiner.expired(now + Duration::from_secs(2)).unwrap();
+        assert_eq!(last.bytes, b"2026-01-01 next");
+        assert_eq!(joiner.holding(), None);
+    }
+}

@@ -1,0 +1,309 @@
+//! Which file is which, and how far each has been acknowledged: the checkpoint file.
+//!
+//! A file is known by the checksum of its first line, with device and inode as a hint. The same
+//! inode with the same fingerprint is the same file wherever it was renamed. A file truncated
+//! under the agent (copytruncate) is released: a copy with the same fingerprint and another inode
+//! (the rotated copy, `app.log.1`) continues it from its checkpoint, and the truncated inode gets a
+//! new identity. An identity names the time it was made, so lines of a new file never reuse an
+//! old file's ids, even on a reused inode; a file read out and gone is closed, never resumed.
+//!
+//! Entries are written to `<state_dir>/file-checkpoints.json` atomically (write, fsync, rename,
+//! fsync the directory), with each file's acknowledged offset.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::acks::Progress;
+
+/// A released entry no copy took over within this long is forgotten.
+const RELEASED_KEPT: Duration = Duration::from_secs(3600);
+/// Entries kept at most; the oldest closed ones go first.
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    fingerprint: u32,
+    /// The file that continues the entry now.
+    dev: u64,
+    ino: u64,
+    /// Acknowledged: a restart reads from here.
+    offset: u64,
+    path: PathBuf,
+    /// Truncated under the agent: a copy may continue it.
+    released: bool,
+    /// Its file was rotated away or deleted and read to its end: an inode found again is
+    /// another file.
+    #[serde(default)]
+    closed: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointFile {
+    version: u32,
+    files: HashMap<String, Entry>,
+}
+
+struct Tracked {
+    entry: Entry,
+    progress: Arc<Progress>,
+    /// Since when no tailer reads it (released, or its file closed).
+    idle_since: Option<Instant>,
+}
+
+pub struct Registry {
+    path: PathBuf,
+    tracked: HashMap<String, Tracked>,
+}
+
+/// How a found file is to be read.
+pub struct Placement {
+    pub identity: String,
+    pub start: u64,
+    pub progress: Arc<Progress>,
+}
+
+impl Registry {
+    /// Loads the checkpoints in `state_dir` (none yet is an empty registry).
+    pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            anyhow::anyhow!("agent state dir {}: cannot create: {e}", state_dir.display())
+        })?;
+        let path = state_dir.join("file-checkpoints.json");
+        let files = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: CheckpointFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    anyhow::anyhow!(
+                        "agent checkpoints {}: unreadable ({e}); move it away to read every \
+                         file again from its start",
+                        path.display()
+                    )
+                })?;
+                file.files
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => anyhow::bail!("agent checkpoints {}: {e}", path.display()),
+        };
+        let now = Instant::now();
+        let tracked = files
+            .into_iter()
+            .map(|(id, entry)| {
+                let progress = Progress::new(entry.offset);
+                let tracked = Tracked {
+                    entry,
+                    progress,
+                    idle_since: Some(now),
+                };
+                (id, tracked)
+            })
+            .collect();
+        Ok(Self { path, tracked })
+    }
+
+    /// Where to read a file found at `path` (fingerprint `fp`, inode `(dev, ino)`, `len` bytes):
+    /// `None` while it looks like a copy of a file still being read (copytruncate before the
+    /// truncation) and `wait_for_copies`, so it is looked at again. `fresh` is where an unknown
+    /// file starts.
+    pub fn place(
+        &mut self,
+        path: &Path,
+        fp: u32,
+        (dev, ino): (u64, u64),
+        len: u64,
+        fresh: u64,
+        wait_for_copies: bool,
+    ) -> Option<Placement> {
+        let same = |e: &Entry| e.fingerprint == fp && e.dev == dev && e.ino == ino;
+        if let Some((id, t)) = self
+            .tracked
+            .iter_mut()
+            .find(|(_, t)| same(&t.entry) && !t.entry.released && !t.entry.closed)
+        {
+            if len >= t.entry.offset {
+                t.entry.path = path.to_path_buf();
+                t.idle_since = None;
+                return Some(Placement {
+                    identity: id.clone(),
+                    start: t.entry.offset,
+                    progress: t.progress.clone(),
+                });
+            }
+            // Truncated while the agent was away.
+            t.entry.released = true;
+        }
+        // A copy of a truncated file (not the truncated inode itself) continues it.
+        if let Some((id, t)) = self.tracked.iter_mut().find(|(_, t)| {
+            t.entry.released
+                && t.entry.fingerprint == fp
+                && (t.entry.dev, t.entry.ino) != (dev, ino)
+                && len >= t.entry.offset
+        }) {
+            t.entry.released = false;
+            t.entry.dev = dev;
+            t.entry.ino = ino;
+            t.entry.path = path.to_path_buf();
+            t.idle_since = None;
+            // Where the truncated file was read to: what came before is queued already.
+            return Some(Placement {
+                identity: id.clone(),
+                start: t.progress.read_to(),
+                progress: t.progress.clone(),
+            });
+        }
+        let copy_of_live = self.tracked.values().any(|t| {
+            t.entry.fingerprint == fp && !t.entry.released && t.idle_since.is_none()
+        });
+        if copy_of_live && wait_for_copies {
+            return None;
+        }
+        let mut made = crate::event::now_ms();
+        let mut identity = format!("{fp:08x}.{dev:x}.{ino:x}.{made:x}");
+        while self.tracked.contains_key(&identity) {
+            made += 1;
+            identity = format!("{fp:08x}.{dev:x}.{ino:x}.{made:x}");
+        }
+        let progress = Progress::new(fresh);
+        self.tracked.insert(
+            identity.clone(),
+            Tracked {
+                entry: Entry {
+                    fingerprint: fp,
+                    dev,
+                    ino,
+                    offset: fresh,
+                    path: path.to_path_buf(),
+                    released: false,
+                    closed: false,
+                },
+                progress: progress.clone(),
+                idle_since: None,
+            },
+        );
+        Some(Placement {
+            identity,
+            start: fresh,
+            progress,
+        })
+    }
+
+    /// The file of `identity` was truncated: a copy may continue it.
+    pub fn release(&mut self, identity: &str) {
+        if let Some(t) = self.tracked.get_mut(identity) {
+            t.entry.released = true;
+            t.idle_since = Some(Instant::now());
+        }
+    }
+
+    /// No tailer reads `identity` any more (its file was rotated away or deleted and read out).
+    pub fn closed(&mut self, identity: &str) {
+        if let Some(t) = self.tracked.get_mut(identity) {
+            t.entry.closed = !t.entry.released;
+            t.idle_since = Some(Instant::now());
+        }
+    }
+
+    /// Writes every entry with its acknowledged offset, atomically; forgets entries nobody
+    /// needs any more.
+    pub fn save(&mut self) -> std::io::Result<()> {
+        let now = Instant::now();
+        self.tracked.retain(|_, t| match t.idle_since {
+            Some(since) => {
+                t.progress.pending() > 0 || now.duration_since(since) < RELEASED_KEPT
+            }
+            None => true,
+        });
+        if self.tracked.len() > MAX_ENTRIES {
+            let mut idle: Vec<(Instant, String)> = self
+                .tracked
+                .iter()
+                .filter_map(|(id, t)| t.idle_since.map(|s| (s, id.clone())))
+                .collect();
+            idle.sort();
+            for (_, id) in idle.into_iter().take(self.tracked.len() - MAX_ENTRIES) {
+                self.tracked.remove(&id);
+            }
+        }
+        let files = self
+            .tracked
+            .iter_mut()
+            .map(|(id, t)| {
+                t.entry.offset = t.progress.checkpoint();
+                (id.clone(), t.entry.clone())
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&CheckpointFile { version: 1, files })
+            .expect("checkpoints serialize");
+        write_atomically(&self.path, &bytes)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tracked.len()
+    }
+}
+
+/// Write to a temporary file, fsync, rename over, fsync the directory: a crash leaves the old
+/// file or the new one, never a mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_copytruncate_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        let a = registry.place(Path::new("app.log"), 7, (1, 10), 100, 0, true).unwrap();
+        assert_eq!(a.start, 0);
+        a.progress.queued(0, 60);
+        a.progress.acknowledged(0);
+        // Renamed: same inode, same fingerprint, another path.
+        let renamed = registry.place(Path::new("app.log.1"), 7, (1, 10), 100, 0, true).unwrap();
+        assert_eq!(renamed.identity, a.identity);
+        // A copy appears while the original is still read: not yet.
+        assert!(registry.place(Path::new("copy"), 7, (1, 11), 100, 0, true).is_none());
+        // The original is truncated: the copy continues where it was.
+        registry.release(&a.identity);
+        let copy = registry.place(Path::new("copy"), 7, (1, 11), 100, 0, true).unwrap();
+        assert_eq!((copy.identity.as_str(), copy.start), (a.identity.as_str(), 60));
+        // The truncated inode, same first line again: like two files that start alike, it waits
+        // (rotate_wait) in case it is a copy, then starts a new generation from its start.
+        assert!(registry.place(Path::new("app.log"), 7, (1, 10), 5, 0, true).is_none());
+        let again = registry.place(Path::new("app.log"), 7, (1, 10), 5, 0, false).unwrap();
+        assert_ne!(again.identity, a.identity);
+        assert_eq!(again.start, 0);
+        // Read out and deleted; its inode reused by a file that starts alike: read from 0.
+        registry.closed(&again.identity);
+        let reused = registry.place(Path::new("new.log"), 7, (1, 10), 50, 0, false).unwrap();
+        assert_ne!(reused.identity, again.identity);
+        assert_eq!(reused.start, 0);
+        registry.save().unwrap();
+        let mut reloaded = Registry::load(dir.path()).unwrap();
+        assert_eq!(reloaded.len(), 3);
+        let resumed = reloaded.place(Path::new("copy"), 7, (1, 11), 100, 0, true).unwrap();
+        assert_eq!((resumed.identity, resumed.start), (a.identity, 60));
+    }
+
+    #[test]
+    fn an_unreadable_checkpoint_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file-checkpoints.json"), b"{oops").unwrap();
+        let error = Registry::load(dir.path()).err().unwrap().to_string();
+        assert!(error.contains("file-checkpoints.json"), "{error}");
+    }
+}

@@ -1,0 +1,218 @@
+//! Reading one file: from a position, in chunks, into lines of at most `max_line_bytes` (a longer
+//! line is cut, marked, and the rest of it skipped), noticing when the file was truncated under
+//! it. Reads go through `read_at`, so the open file keeps being read after a rename or unlink.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::acks::Progress;
+
+/// Bytes read from one file in one turn, so one busy file cannot starve the others.
+const CHUNK: usize = 256 << 10;
+
+/// A line (or a multi-line event) and where it is in its file: `[start, end)`, newline included.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub start: u64,
+    pub end: u64,
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Read {
+    /// Bytes were read (maybe no whole line yet).
+    Data,
+    /// Nothing new.
+    Idle,
+    /// The file is shorter than what was read of it: it was truncated (copytruncate).
+    Truncated,
+}
+
+pub struct Tailer {
+    /// The checkpoint entry this file continues.
+    pub identity: String,
+    pub path: PathBuf,
+    file: File,
+    pub progress: Arc<Progress>,
+    /// The next byte of the file to read.
+    read_at: u64,
+    /// Read bytes not yet split into lines; `buf[0]` is the file's byte `buf_start`.
+    buf: Vec<u8>,
+    buf_start: u64,
+    /// Inside a line already cut: drop bytes up to its newline.
+    skipping: bool,
+    /// Since when the file's path no longer leads to it (rotated away or deleted).
+    pub orphaned: Option<Instant>,
+}
+
+impl Tailer {
+    pub fn new(
+        identity: String,
+        path: PathBuf,
+        file: File,
+        start: u64,
+        progress: Arc<Progress>,
+    ) -> Self {
+        Self {
+            identity,
+            path,
+            file,
+            progress,
+            read_at: start,
+            buf: Vec::new(),
+            buf_start: start,
+            skipping: false,
+            orphaned: None,
+        }
+    }
+
+    /// Bytes of the file not read yet.
+    pub fn behind(&self) -> u64 {
+        self.file
+            .metadata()
+            .map_or(0, |m| m.len().saturating_sub(self.read_at))
+    }
+
+    /// Reads what is new and appends its whole lines to `out`.
+    pub fn read(&mut self, max_line: usize, out: &mut Vec<Line>) -> std::io::Result<Read> {
+        let len = self.file.metadata()?.len();
+        if len < self.read_at {
+            return Ok(Read::Truncated);
+        }
+        if len == self.read_at {
+            return Ok(Read::Idle);
+        }
+        let want = ((len - self.read_at) as usize).min(CHUNK);
+        let old = self.buf.len();
+        self.buf.resize(old + want, 0);
+        let n = self.file.read_at(&mut self.buf[old..], self.read_at)?;
+        self.buf.truncate(old + n);
+        self.read_at += n as u64;
+        self.split(max_line, out);
+        Ok(if n == 0 { Read::Idle } else { Read::Data })
+    }
+
+    fn split(&mut self, max_line: usize, out: &mut Vec<Line>) {
+        let mut used = 0;
+        while let Some(pos) = self.buf[used..].iter().position(|&b| b == b'\n') {
+            let start = self.buf_start + used as u64;
+            let end = start + pos as u64 + 1;
+            let mut bytes = &self.buf[used..used + pos];
+            if bytes.last() == Some(&b'\r') {
+                bytes = &bytes[..bytes.len() - 1];
+            }
+            if self.skipping {
+                self.skipping = false;
+                self.progress.skipped(end);
+            } else if bytes.is_empty() {
+                self.progress.skipped(end);
+            } else {
+                let truncated = bytes.len() > max_line;
+                out.push(Line {
+                    start,
+                    end,
+                    bytes: bytes[..bytes.len().min(max_line)].to_vec(),
+                    truncated,
+                });
+            }
+            used += pos + 1;
+        }
+        let rest = self.buf.len() - used;
+        if self.skipping {
+            used = self.buf.len();
+        } else if rest > max_line {
+            // No newline in sight: ship the first max_line bytes now and drop the rest of the
+            // line as it comes, so a runaway line costs bounded memory.
+            let start = self.buf_start + used as u64;
+            out.push(Line {
+                start,
+                end: start + max_line as u64,
+                bytes: self.buf[used..used + max_line].to_vec(),
+                truncated: true,
+            });
+            self.skipping = true;
+            used = self.buf.len();
+        }
+        self.buf.drain(..used);
+        self.buf_start += used as u64;
+    }
+}
+
+/// The checksum identifying a file: of its first line (newline included), or of its first
+/// `bytes` bytes when that line is longer. `None` while the file has neither.
+pub fn fingerprint(file: &File, bytes: usize) -> std::io::Result<Option<u32>> {
+    let mut head = vec![0u8; bytes];
+    let mut len = 0;
+    while len < bytes {
+        let n = file.read_at(&mut head[len..], len as u64)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let head = &head[..len];
+    Ok(match head.iter().position(|&b| b == b'\n') {
+        Some(newline) => Some(crc32c::crc32c(&head[..=newline])),
+        None if len == bytes => Some(crc32c::crc32c(head)),
+        None => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn tailer(file: &std::path::Path) -> Tailer {
+        let f = File::open(file).unwrap();
+        Tailer::new(
+            "t".into(),
+            file.to_path_buf(),
+            f,
+            0,
+            Progress::new(0),
+        )
+    }
+
+    #[test]
+    fn lines_cut_lines_and_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, b"one\r\n\ntwo\n0123456789abcdef").unwrap();
+        let mut t = tailer(&path);
+        let mut out = Vec::new();
+        assert_eq!(t.read(10, &mut out).unwrap(), Read::Data);
+        let texts: Vec<&[u8]> = out.iter().map(|l| &l.bytes[..]).collect();
+        assert_eq!(texts, [&b"one"[..], b"two", b"0123456789"]);
+        assert_eq!((out[1].start, out[1].end), (6, 10));
+        assert!(out[2].truncated);
+        out.clear();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"ghij\nnext\n").unwrap();
+        t.read(10, &mut out).unwrap();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].bytes, b"next");
+        assert_eq!(out[0].start, 31);
+        assert_eq!(t.read(10, &mut out).unwrap(), Read::Idle);
+        f.set_len(0).unwrap();
+        assert_eq!(t.read(10, &mut out).unwrap(), Read::Truncated);
+    }
+
+    #[test]
+    fn fingerprint_needs_a_whole_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, b"partial").unwrap();
+        let file = File::open(&path).unwrap();
+        assert_eq!(fingerprint(&file, 64).unwrap(), None);
+        std::fs::write(&path, b"first line\nsecond").unwrap();
+        let first = fingerprint(&file, 64).unwrap().unwrap();
+        std::fs::write(&path, b"first line\nsomething else entirely\n").unwrap();
+        assert_eq!(fingerprint(&file, 64).unwrap(), Some(first));
+        assert_eq!(fingerprint(&file, 4).unwrap(), Some(crc32c::crc32c(b"firs")));
+    }
+}

@@ -1,0 +1,243 @@
+//! The agent's file input against the real binary and broker: a file rotated by the real
+//! `logrotate` (create, and copytruncate) while written at a high rate loses no line; an agent
+//! killed with SIGKILL halfway through a million-line file and restarted delivers every line, each
+//! repeat with its first copy's id; multi-line events, a 10 MB line and invalid UTF-8 are handled
+//! and counted.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn agent_config(sluice: &Sluice, state: &Path, include: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[agent]
+brokers = "{kafka}"
+hostname = "node-1"
+state_dir = "{state}"
+
+[agent.files]
+include = ["{include}"]
+rotate_wait_ms = 1000
+{extra}
+"#,
+        kafka = sluice.kafka,
+        state = state.display(),
+        include = include.display(),
+    )
+}
+
+/// Every event on `logs`, as JSON.
+fn events(sluice: &Sluice) -> Vec<serde_json::Value> {
+    sluice
+        .kcat_consume("logs", &["-f", "%s\\n"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Waits until the agent has read its files to the end and the broker acknowledged all of it.
+fn wait_until_shipped(agent: &AgentProcess, timeout: Duration) {
+    wait_until("the agent to ship everything", timeout, || {
+        let read = agent.metric("sluice_agent_lines_read_total{input=\"file\"}");
+        agent.metric("sluice_agent_file_bytes_behind") == 0.0
+            && read > 0.0
+            && agent.metric("sluice_agent_events_sent_total") >= read
+    });
+}
+
+/// The line numbers in the events' messages (`line <n> ...`), and for each the ids it came with.
+fn numbered(events: &[serde_json::Value]) -> HashMap<u64, Vec<String>> {
+    let mut seen: HashMap<u64, Vec<String>> = HashMap::new();
+    for event in events {
+        let message = event["message"].as_str().unwrap();
+        let n = message
+            .strip_prefix("line ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a numbered line: {message}"));
+        seen.entry(n)
+            .or_default()
+            .push(event["id"].as_str().unwrap().to_owned());
+    }
+    seen
+}
+
+fn assert_all_lines(seen: &HashMap<u64, Vec<String>>, total: u64) {
+    let missing: Vec<u64> = (0..total).filter(|n| !seen.contains_key(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {total} lines missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+#[test]
+fn kill9_halfway_through_a_million_lines_loses_none_and_repeats_keep_their_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let total = 1_000_000u64;
+    let mut text = String::with_capacity(60 << 20);
+    for n in 0..total {
+        text.push_str(&format!("line {n} GET /api/v1/orders status=200 bytes=512\n"));
+    }
+    std::fs::write(logs.join("big.log"), text).unwrap();
+    let config = agent_config(&sluice, &tmp.path().join("state"), &logs.join("*.log"), "");
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until("half the lines acknowledged", Duration::from_secs(300), || {
+        agent.metric("sluice_agent_events_sent_total") >= (total / 2) as f64
+    });
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until_shipped(&agent, Duration::from_secs(300));
+    let seen = numbered(&events(&sluice));
+    assert_all_lines(&seen, total);
+    let mut repeats = 0;
+    for (n, ids) in &seen {
+        repeats += ids.len() - 1;
+        assert!(ids.iter().all(|id| id == &ids[0]), "line {n}: ids {ids:?}");
+    }
+    // The restart resumed from the checkpoint, not from the start of the file.
+    assert!(repeats < (total / 2) as usize, "{repeats} lines sent twice");
+}
+
+/// Writes `total` numbered lines to `path` at a high rate while `logrotate` (with `mode`:
+/// "create" or "copytruncate") rotates it every 300 ms; the agent follows `path*`.
+fn rotate_while_writing(mode: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("app.log");
+    std::fs::write(&path, "line 0 first\n").unwrap();
+    let glob = logs.join("app.log*");
+    let config = agent_config(&sluice, &tmp.path().join("state"), &glob, "");
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let rotate_conf = tmp.path().join("logrotate.conf");
+    std::fs::write(
+        &rotate_conf,
+        format!(
+            "{} {{\n  rotate 1000\n  {mode}\n  missingok\n  nocompress\n}}\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    let total = 150_000u64;
+    let writer = {
+        let path = path.clone();
+        let reopen = mode == "create";
+        std::thread::spawn(move || {
+            let open = || {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap()
+            };
+            let mut file = open();
+            for batch in 0..total / 100 {
+                if reopen {
+                    // As an application told to reopen its log (a postrotate signal) does.
+                    file = open();
+                }
+                let mut text = String::new();
+                for n in (batch * 100).max(1)..(batch + 1) * 100 {
+                    text.push_str(&format!("line {n} some payload to make the line longer\n"));
+                }
+                file.write_all(text.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let mut rotations = 0;
+    while !writer.is_finished() {
+        std::thread::sleep(Duration::from_millis(300));
+        run_ok(
+            Command::new("logrotate")
+                .arg("-f")
+                .arg("-s")
+                .arg(tmp.path().join("logrotate.state"))
+                .arg(&rotate_conf),
+            Duration::from_secs(30),
+        );
+        rotations += 1;
+    }
+    writer.join().unwrap();
+    assert!(rotations >= 5, "only {rotations} rotations during the writing");
+    wait_until_shipped(&agent, Duration::from_secs(120));
+    let seen = numbered(&events(&sluice));
+    assert_all_lines(&seen, total);
+}
+
+#[test]
+fn logrotate_create_while_writing_loses_no_line() {
+    rotate_while_writing("create");
+}
+
+#[test]
+fn logrotate_copytruncate_while_writing_loses_no_line() {
+    rotate_while_writing("copytruncate");
+}
+
+#[test]
+fn multiline_events_long_lines_and_invalid_utf8() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut text = Vec::new();
+    text.extend_from_slice(b"2026-11-23 10:00:00 ERROR boom\n");
+    text.extend_from_slice(b"java.lang.IllegalStateException: no\n");
+    text.extend_from_slice(b"\tat a.b(C.java:1)\n\tat d.e(F.java:2)\n");
+    text.extend_from_slice(b"2026-11-23 10:00:01 INFO fine\n");
+    text.extend_from_slice(b"2026-11-23 10:00:02 ");
+    text.extend(std::iter::repeat_n(b'x', 10 << 20));
+    text.push(b'\n');
+    text.extend_from_slice(b"2026-11-23 10:00:03 bad \xff\xfe bytes\n");
+    text.extend_from_slice(b"2026-11-23 10:00:04 last\n");
+    std::fs::write(logs.join("app.log"), &text).unwrap();
+    let config = agent_config(
+        &sluice,
+        &tmp.path().join("state"),
+        &logs.join("*.log"),
+        "multiline_start = '^\\d{4}-\\d{2}-\\d{2} '\nmultiline_timeout_ms = 300\n",
+    );
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until("five events acknowledged", Duration::from_secs(60), || {
+        agent.metric("sluice_agent_events_sent_total") >= 5.0
+    });
+    let events = events(&sluice);
+    let messages: Vec<&str> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages.len(), 5, "{:?}", &messages);
+    assert_eq!(
+        messages[0],
+        "2026-11-23 10:00:00 ERROR boom\njava.lang.IllegalStateException: no\n\tat a.b(C.java:1)\n\tat d.e(F.java:2)"
+    );
+    assert_eq!(messages[1], "2026-11-23 10:00:01 INFO fine");
+    assert_eq!(messages[2].len(), 256 << 10, "cut at max_line_bytes");
+    assert_eq!(events[2]["fields"]["truncated"], true);
+    assert_eq!(messages[3], "2026-11-23 10:00:03 bad \u{fffd}\u{fffd} bytes");
+    assert_eq!(messages[4], "2026-11-23 10:00:04 last");
+    assert_eq!(events[4]["source"], logs.join("app.log").display().to_string());
+    assert_eq!(
+        agent.metric("sluice_agent_malformed_input_total{input=\"file\",reason=\"truncated\"}"),
+        1.0
+    );
+    assert_eq!(
+        agent.metric("sluice_agent_malformed_input_total{input=\"file\",reason=\"invalid_utf8\"}"),
+        1.0
+    );
+}
