@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -88,14 +88,18 @@ fn kill9_halfway_through_a_million_lines_loses_none_and_repeats_keep_their_ids()
     let total = 1_000_000u64;
     let mut text = String::with_capacity(60 << 20);
     for n in 0..total {
-        text.push_str(&format!("line {n} GET /api/v1/orders status=200 bytes=512\n"));
+        text.push_str(&format!(
+            "line {n} GET /api/v1/orders status=200 bytes=512\n"
+        ));
     }
     std::fs::write(logs.join("big.log"), text).unwrap();
     let config = agent_config(&sluice, &tmp.path().join("state"), &logs.join("*.log"), "");
     let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
-    wait_until("half the lines acknowledged", Duration::from_secs(300), || {
-        agent.metric("sluice_agent_events_sent_total") >= (total / 2) as f64
-    });
+    wait_until(
+        "half the lines acknowledged",
+        Duration::from_secs(300),
+        || agent.metric("sluice_agent_events_sent_total") >= (total / 2) as f64,
+    );
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
@@ -112,8 +116,9 @@ fn kill9_halfway_through_a_million_lines_loses_none_and_repeats_keep_their_ids()
 }
 
 /// Writes `total` numbered lines to `path` at a high rate while `logrotate` (with `mode`:
-/// "create" or "copytruncate") rotates it every 300 ms; the agent follows `path*`.
-fn rotate_while_writing(mode: &str) {
+/// "create" or "copytruncate") rotates it every 300 ms; the agent follows `path*`. Returns the
+/// lines that never arrived, each with whether it was written while `logrotate` ran.
+fn rotate_while_writing(mode: &str) -> Vec<(u64, bool)> {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "");
     let logs = tmp.path().join("logs");
@@ -145,6 +150,7 @@ fn rotate_while_writing(mode: &str) {
                     .unwrap()
             };
             let mut file = open();
+            let mut written = Vec::new();
             for batch in 0..total / 100 {
                 if reopen {
                     // As an application told to reopen its log (a postrotate signal) does.
@@ -154,14 +160,18 @@ fn rotate_while_writing(mode: &str) {
                 for n in (batch * 100).max(1)..(batch + 1) * 100 {
                     text.push_str(&format!("line {n} some payload to make the line longer\n"));
                 }
+                let before = Instant::now();
                 file.write_all(text.as_bytes()).unwrap();
+                written.push((before, Instant::now()));
                 std::thread::sleep(Duration::from_millis(2));
             }
+            written
         })
     };
-    let mut rotations = 0;
+    let mut rotations = Vec::new();
     while !writer.is_finished() {
         std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
         run_ok(
             Command::new("logrotate")
                 .arg("-f")
@@ -170,23 +180,58 @@ fn rotate_while_writing(mode: &str) {
                 .arg(&rotate_conf),
             Duration::from_secs(30),
         );
-        rotations += 1;
+        rotations.push((started, Instant::now()));
     }
-    writer.join().unwrap();
-    assert!(rotations >= 5, "only {rotations} rotations during the writing");
+    let written = writer.join().unwrap();
+    assert!(
+        rotations.len() >= 5,
+        "only {} rotations during the writing",
+        rotations.len()
+    );
     wait_until_shipped(&agent, Duration::from_secs(120));
     let seen = numbered(&events(&sluice));
-    assert_all_lines(&seen, total);
+    (0..total)
+        .filter(|n| !seen.contains_key(n))
+        .map(|n| {
+            let (from, to) = written[(n / 100) as usize];
+            let during = rotations.iter().any(|&(s, e)| from <= e && s <= to);
+            (n, during)
+        })
+        .collect()
 }
 
 #[test]
 fn logrotate_create_while_writing_loses_no_line() {
-    rotate_while_writing("create");
+    let lost = rotate_while_writing("create");
+    assert!(
+        lost.is_empty(),
+        "{} lines lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
 }
 
+/// copytruncate has a gap no reader can close: lines written after logrotate's copy and before
+/// its truncation are in neither file unless read in between. The agent reads without waiting
+/// for the broker, so it loses nothing else: any line missing was written while logrotate ran.
 #[test]
-fn logrotate_copytruncate_while_writing_loses_no_line() {
-    rotate_while_writing("copytruncate");
+fn logrotate_copytruncate_while_writing_loses_nothing_outside_logrotates_own_gap() {
+    let lost = rotate_while_writing("copytruncate");
+    let outside: Vec<u64> = lost
+        .iter()
+        .filter(|(_, during)| !during)
+        .map(|(n, _)| *n)
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "{} lines lost outside logrotate's runs: {:?}",
+        outside.len(),
+        &outside[..outside.len().min(10)]
+    );
+    eprintln!(
+        "copytruncate: {} lines lost inside logrotate's copy-truncate gap",
+        lost.len()
+    );
 }
 
 #[test]
@@ -229,9 +274,15 @@ fn multiline_events_long_lines_and_invalid_utf8() {
     assert_eq!(messages[1], "2026-11-23 10:00:01 INFO fine");
     assert_eq!(messages[2].len(), 256 << 10, "cut at max_line_bytes");
     assert_eq!(events[2]["fields"]["truncated"], true);
-    assert_eq!(messages[3], "2026-11-23 10:00:03 bad \u{fffd}\u{fffd} bytes");
+    assert_eq!(
+        messages[3],
+        "2026-11-23 10:00:03 bad \u{fffd}\u{fffd} bytes"
+    );
     assert_eq!(messages[4], "2026-11-23 10:00:04 last");
-    assert_eq!(events[4]["source"], logs.join("app.log").display().to_string());
+    assert_eq!(
+        events[4]["source"],
+        logs.join("app.log").display().to_string()
+    );
     assert_eq!(
         agent.metric("sluice_agent_malformed_input_total{input=\"file\",reason=\"truncated\"}"),
         1.0

@@ -107,7 +107,11 @@ mod tests {
         assert_eq!(progress.checkpoint(), 0);
         progress.acknowledged(10);
         progress.acknowledged(26);
-        assert_eq!(progress.checkpoint(), 0, "the first record is not acknowledged");
+        assert_eq!(
+            progress.checkpoint(),
+            0,
+            "the first record is not acknowledged"
+        );
         progress.acknowledged(0);
         assert_eq!(progress.checkpoint(), 40);
         assert_eq!(progress.pending(), 0);

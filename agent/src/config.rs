@@ -212,7 +212,10 @@ impl AgentConfig {
             ));
         }
         if self.files.fingerprint_bytes < 16 {
-            return Err(("agent.files.fingerprint_bytes", "expected at least 16".into()));
+            return Err((
+                "agent.files.fingerprint_bytes",
+                "expected at least 16".into(),
+            ));
         }
         if self.metrics.interval_ms < 100 {
             return Err(("agent.metrics.interval_ms", "expected at least 100".into()));

@@ -1,11 +1,14 @@
 //! Log files by glob: followed through renames, deletions and copytruncate, read from a
 //! checkpoint that moves only after the broker acknowledged the lines before it.
 //!
-//! One thread runs the input: it matches the globs (on the file system's change notices, on a
-//! truncation, and every `rescan_interval_ms` in case a notice was lost or the notify Rescan flag
-//! says events were dropped), reads every open file in turn with its `tailer::Tailer`, joins
-//! multi-line events (`multiline`), ships each line with an id made of the file's identity and
-//! the line's offset, and every second writes the acknowledged offsets through the `registry`.
+//! Two threads run the input. The reader matches the globs (on the file system's change notices,
+//! on a truncation, and every `rescan_interval_ms` in case a notice was lost or the notify Rescan
+//! flag says events were dropped), reads every open file in turn with its `tailer::Tailer`, joins
+//! multi-line events (`multiline`), and every second writes the acknowledged offsets through the
+//! `registry`. It hands batches of lines over a bounded channel to the shipper thread, which
+//! turns each line into an event whose id is the file's identity and the line's offset. Reading
+//! never waits for the broker, so a file truncated under the agent (copytruncate) has almost
+//! always been read to its end already; the channel bounds what waits in memory.
 
 mod multiline;
 mod registry;
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 use notify::{EventKind, RecursiveMode, Watcher};
 use serde_json::{json, Map};
 
-use crate::acks::Ack;
+use crate::acks::{Ack, Progress};
 use crate::config::FilesConfig;
 use crate::event::{now_rfc3339, Event};
 use crate::Shipper;
@@ -31,13 +34,25 @@ use registry::Registry;
 use tailer::{Line, Read, Tailer};
 
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Batches (each at most a read chunk of lines) waiting for the shipper: with 256 KiB chunks,
+/// at most 16 MiB of lines wait in memory.
+const BATCHES_WAITING: usize = 64;
 /// How long the thread sleeps when no file had anything new and no notice came.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// The running file input.
 pub struct FilesInput {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Registry>,
+    reader: std::thread::JoinHandle<Registry>,
+    shipper: std::thread::JoinHandle<()>,
+}
+
+/// Lines of one file, read and not shipped yet; each is already pending in `progress`.
+struct Batch {
+    identity: Arc<str>,
+    source: Arc<str>,
+    progress: Arc<Progress>,
+    lines: Vec<Line>,
 }
 
 impl FilesInput {
@@ -57,10 +72,18 @@ impl FilesInput {
             let _ = notices.send(event);
         })?;
         let stop = Arc::new(AtomicBool::new(false));
+        let (batches, waiting) = mpsc::sync_channel(BATCHES_WAITING);
+        let runtime = tokio::runtime::Handle::current();
+        let shipper_thread = std::thread::Builder::new()
+            .name("sluice-agent-files-ship".into())
+            .spawn({
+                let shipper = shipper.clone();
+                move || ship_batches(&waiting, &shipper, &runtime)
+            })?;
         let mut files = Files {
             config,
             shipper,
-            runtime: tokio::runtime::Handle::current(),
+            batches,
             registry,
             multiline,
             tailers: HashMap::new(),
@@ -69,8 +92,9 @@ impl FilesInput {
             watcher,
             watched: HashSet::new(),
             first_scan: true,
+            unready: false,
         };
-        let thread = std::thread::Builder::new()
+        let reader = std::thread::Builder::new()
             .name("sluice-agent-files".into())
             .spawn({
                 let stop = stop.clone();
@@ -79,18 +103,27 @@ impl FilesInput {
                     files.registry
                 }
             })?;
-        Ok(Self { stop, thread })
+        Ok(Self {
+            stop,
+            reader,
+            shipper: shipper_thread,
+        })
     }
 
     /// Stops reading and ships any multi-line event held back; the registry, for a last save
     /// once the output has flushed.
     pub async fn stop(self) -> Option<FileCheckpoints> {
         self.stop.store(true, Ordering::Relaxed);
-        let thread = self.thread;
-        let registry = tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .ok()?
-            .ok()?;
+        let (reader, shipper) = (self.reader, self.shipper);
+        let registry = tokio::task::spawn_blocking(move || {
+            let registry = reader.join();
+            // The reader dropped its end of the channel: the shipper ends once it is empty.
+            let _ = shipper.join();
+            registry
+        })
+        .await
+        .ok()?
+        .ok()?;
         Some(FileCheckpoints(registry))
     }
 }
@@ -108,7 +141,7 @@ impl FileCheckpoints {
 struct Files {
     config: FilesConfig,
     shipper: Arc<Shipper>,
-    runtime: tokio::runtime::Handle,
+    batches: mpsc::SyncSender<Batch>,
     registry: Registry,
     multiline: Option<regex::bytes::Regex>,
     tailers: HashMap<(u64, u64), Tailer>,
@@ -118,6 +151,9 @@ struct Files {
     watcher: notify::RecommendedWatcher,
     watched: HashSet<PathBuf>,
     first_scan: bool,
+    /// A matched file could not be followed yet (no whole first line, or waiting): any change
+    /// notice is a reason to look again.
+    unready: bool,
 }
 
 impl Files {
@@ -174,10 +210,10 @@ impl Files {
                 self.save();
             }
             if !busy {
-                rescan |= wait_for_notice(notices, IDLE_WAIT);
+                rescan |= wait_for_notice(notices, IDLE_WAIT, self.unready);
             }
             while let Ok(notice) = notices.try_recv() {
-                rescan |= needs_rescan(&notice);
+                rescan |= self.unready || needs_rescan(&notice);
             }
         }
         let keys: Vec<(u64, u64)> = self.joiners.keys().copied().collect();
@@ -193,6 +229,7 @@ impl Files {
         let fresh_from_end = self.first_scan && self.config.read_from == "end";
         self.first_scan = false;
         let mut placed = false;
+        self.unready = false;
         for pattern in self.config.include.clone() {
             self.watch(&pattern);
             let Ok(paths) = glob::glob(&pattern) else {
@@ -211,7 +248,9 @@ impl Files {
                     tailer.orphaned = None;
                     continue;
                 }
-                placed |= self.open(path, key, meta.len(), fresh_from_end);
+                let opened = self.open(path, key, meta.len(), fresh_from_end);
+                placed |= opened;
+                self.unready |= !opened;
             }
         }
         for (key, tailer) in &mut self.tailers {
@@ -258,6 +297,7 @@ impl Files {
             placement.identity,
             path,
             file,
+            fp,
             placement.start,
             placement.progress,
         );
@@ -272,25 +312,28 @@ impl Files {
 
     fn read_file(&mut self, key: (u64, u64), lines: &mut Vec<Line>) -> std::io::Result<Read> {
         let tailer = self.tailers.get_mut(&key).expect("a tailer per key");
-        tailer.read(self.config.max_line_bytes, lines)
+        tailer.read(
+            self.config.max_line_bytes,
+            self.config.fingerprint_bytes,
+            lines,
+        )
     }
 
-    /// Ships the lines read from `key`'s file (through its joiner when multi-line is on).
+    /// Hands the lines read from `key`'s file to the shipper (through its joiner when multi-line
+    /// is on).
     fn ship_lines(&mut self, key: (u64, u64), lines: &mut Vec<Line>) -> anyhow::Result<()> {
         let now = Instant::now();
+        let mut complete = Vec::with_capacity(lines.len());
         for line in lines.drain(..) {
-            let complete = match self.joiners.get_mut(&key) {
-                Some(joiner) => joiner.push(line, now),
-                None => Some(line),
-            };
-            if let Some(event) = complete {
-                self.ship(key, event)?;
+            match self.joiners.get_mut(&key) {
+                Some(joiner) => complete.extend(joiner.push(line, now)),
+                None => complete.push(line),
             }
         }
         if let Some(joiner) = self.joiners.get(&key) {
             self.tailers[&key].progress.hold(joiner.holding());
         }
-        Ok(())
+        self.ship(key, complete)
     }
 
     /// Ships multi-line events that waited long enough for another line.
@@ -303,7 +346,7 @@ impl Files {
             .collect();
         for (key, event) in expired {
             self.tailers[&key].progress.hold(None);
-            self.ship(key, event)?;
+            self.ship(key, vec![event])?;
         }
         Ok(())
     }
@@ -311,38 +354,33 @@ impl Files {
     fn flush_joiner(&mut self, key: (u64, u64)) -> anyhow::Result<()> {
         if let Some(event) = self.joiners.get_mut(&key).and_then(Joiner::flush) {
             self.tailers[&key].progress.hold(None);
-            self.ship(key, event)?;
+            self.ship(key, vec![event])?;
         }
         Ok(())
     }
 
-    fn ship(&self, key: (u64, u64), line: Line) -> anyhow::Result<()> {
+    /// Marks the lines pending and queues them for the shipper, waiting while it is behind.
+    fn ship(&self, key: (u64, u64), lines: Vec<Line>) -> anyhow::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
         let tailer = &self.tailers[&key];
-        let shipper = &self.shipper;
-        shipper.read("file", line.bytes.len());
-        if line.truncated {
-            shipper.malformed("file", "truncated");
+        for line in &lines {
+            self.shipper.read("file", line.bytes.len());
+            if line.truncated {
+                self.shipper.malformed("file", "truncated");
+            }
+            tailer.progress.queued(line.start, line.end);
         }
-        let path = tailer.path.to_string_lossy().into_owned();
-        let mut fields = Map::new();
-        fields.insert("offset".into(), json!(line.start));
-        if line.truncated {
-            fields.insert("truncated".into(), json!(true));
-        }
-        let event = Event {
-            id: format!("{}:{}:{}", shipper.host, tailer.identity, line.start),
-            timestamp: now_rfc3339(),
-            host: shipper.host.clone(),
-            source: path,
-            stream: None,
-            level: None,
-            message: shipper.text("file", &line.bytes),
-            fields,
+        let batch = Batch {
+            identity: tailer.identity.as_str().into(),
+            source: tailer.path.to_string_lossy().into(),
+            progress: tailer.progress.clone(),
+            lines,
         };
-        tailer.progress.queued(line.start, line.end);
-        let ack = Box::new(Ack(Some((tailer.progress.clone(), line.start))));
-        self.runtime
-            .block_on(shipper.ship_acked("file", &event, ack))
+        self.batches
+            .send(batch)
+            .map_err(|_| anyhow::anyhow!("agent: the file shipper stopped"))
     }
 
     fn close(&mut self, key: (u64, u64)) {
@@ -384,6 +422,39 @@ impl Files {
     }
 }
 
+/// The shipper thread: every line an event, queued on the output (waiting while its queue is
+/// full), until the reader is gone and the channel empty.
+fn ship_batches(
+    batches: &mpsc::Receiver<Batch>,
+    shipper: &Shipper,
+    runtime: &tokio::runtime::Handle,
+) {
+    for batch in batches {
+        for line in batch.lines {
+            let mut fields = Map::new();
+            fields.insert("offset".into(), json!(line.start));
+            if line.truncated {
+                fields.insert("truncated".into(), json!(true));
+            }
+            let event = Event {
+                id: format!("{}:{}:{}", shipper.host, batch.identity, line.start),
+                timestamp: now_rfc3339(),
+                host: shipper.host.clone(),
+                source: batch.source.to_string(),
+                stream: None,
+                level: None,
+                message: shipper.text("file", &line.bytes),
+                fields,
+            };
+            let ack = Box::new(Ack(Some((batch.progress.clone(), line.start))));
+            if let Err(e) = runtime.block_on(shipper.ship_acked("file", &event, ack)) {
+                tracing::error!(error = %e, "agent: file shipper stopped");
+                return;
+            }
+        }
+    }
+}
+
 /// The directory to watch for a glob pattern, and whether below it too.
 fn watch_root(pattern: &str) -> (PathBuf, bool) {
     let mut dir = PathBuf::new();
@@ -398,13 +469,15 @@ fn watch_root(pattern: &str) -> (PathBuf, bool) {
     (dir, false)
 }
 
-/// Waits up to `timeout` for a change notice; whether the globs must be matched again.
+/// Waits up to `timeout` for a change notice; whether the globs must be matched again (on any
+/// notice when `any`).
 fn wait_for_notice(
     notices: &mpsc::Receiver<notify::Result<notify::Event>>,
     timeout: Duration,
+    any: bool,
 ) -> bool {
     match notices.recv_timeout(timeout) {
-        Ok(notice) => needs_rescan(&notice),
+        Ok(notice) => any || needs_rescan(&notice),
         Err(_) => false,
     }
 }

@@ -71,7 +71,10 @@ impl Registry {
     /// Loads the checkpoints in `state_dir` (none yet is an empty registry).
     pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(state_dir).map_err(|e| {
-            anyhow::anyhow!("agent state dir {}: cannot create: {e}", state_dir.display())
+            anyhow::anyhow!(
+                "agent state dir {}: cannot create: {e}",
+                state_dir.display()
+            )
         })?;
         let path = state_dir.join("file-checkpoints.json");
         let files = match std::fs::read(&path) {
@@ -154,9 +157,10 @@ impl Registry {
                 progress: t.progress.clone(),
             });
         }
-        let copy_of_live = self.tracked.values().any(|t| {
-            t.entry.fingerprint == fp && !t.entry.released && t.idle_since.is_none()
-        });
+        let copy_of_live = self
+            .tracked
+            .values()
+            .any(|t| t.entry.fingerprint == fp && !t.entry.released && t.idle_since.is_none());
         if copy_of_live && wait_for_copies {
             return None;
         }
@@ -211,9 +215,7 @@ impl Registry {
     pub fn save(&mut self) -> std::io::Result<()> {
         let now = Instant::now();
         self.tracked.retain(|_, t| match t.idle_since {
-            Some(since) => {
-                t.progress.pending() > 0 || now.duration_since(since) < RELEASED_KEPT
-            }
+            Some(since) => t.progress.pending() > 0 || now.duration_since(since) < RELEASED_KEPT,
             None => true,
         });
         if self.tracked.len() > MAX_ENTRIES {
@@ -268,34 +270,53 @@ mod tests {
     fn rename_copytruncate_and_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        let a = registry.place(Path::new("app.log"), 7, (1, 10), 100, 0, true).unwrap();
+        let a = registry
+            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true)
+            .unwrap();
         assert_eq!(a.start, 0);
         a.progress.queued(0, 60);
         a.progress.acknowledged(0);
         // Renamed: same inode, same fingerprint, another path.
-        let renamed = registry.place(Path::new("app.log.1"), 7, (1, 10), 100, 0, true).unwrap();
+        let renamed = registry
+            .place(Path::new("app.log.1"), 7, (1, 10), 100, 0, true)
+            .unwrap();
         assert_eq!(renamed.identity, a.identity);
         // A copy appears while the original is still read: not yet.
-        assert!(registry.place(Path::new("copy"), 7, (1, 11), 100, 0, true).is_none());
+        assert!(registry
+            .place(Path::new("copy"), 7, (1, 11), 100, 0, true)
+            .is_none());
         // The original is truncated: the copy continues where it was.
         registry.release(&a.identity);
-        let copy = registry.place(Path::new("copy"), 7, (1, 11), 100, 0, true).unwrap();
-        assert_eq!((copy.identity.as_str(), copy.start), (a.identity.as_str(), 60));
+        let copy = registry
+            .place(Path::new("copy"), 7, (1, 11), 100, 0, true)
+            .unwrap();
+        assert_eq!(
+            (copy.identity.as_str(), copy.start),
+            (a.identity.as_str(), 60)
+        );
         // The truncated inode, same first line again: like two files that start alike, it waits
         // (rotate_wait) in case it is a copy, then starts a new generation from its start.
-        assert!(registry.place(Path::new("app.log"), 7, (1, 10), 5, 0, true).is_none());
-        let again = registry.place(Path::new("app.log"), 7, (1, 10), 5, 0, false).unwrap();
+        assert!(registry
+            .place(Path::new("app.log"), 7, (1, 10), 5, 0, true)
+            .is_none());
+        let again = registry
+            .place(Path::new("app.log"), 7, (1, 10), 5, 0, false)
+            .unwrap();
         assert_ne!(again.identity, a.identity);
         assert_eq!(again.start, 0);
         // Read out and deleted; its inode reused by a file that starts alike: read from 0.
         registry.closed(&again.identity);
-        let reused = registry.place(Path::new("new.log"), 7, (1, 10), 50, 0, false).unwrap();
+        let reused = registry
+            .place(Path::new("new.log"), 7, (1, 10), 50, 0, false)
+            .unwrap();
         assert_ne!(reused.identity, again.identity);
         assert_eq!(reused.start, 0);
         registry.save().unwrap();
         let mut reloaded = Registry::load(dir.path()).unwrap();
         assert_eq!(reloaded.len(), 3);
-        let resumed = reloaded.place(Path::new("copy"), 7, (1, 11), 100, 0, true).unwrap();
+        let resumed = reloaded
+            .place(Path::new("copy"), 7, (1, 11), 100, 0, true)
+            .unwrap();
         assert_eq!((resumed.identity, resumed.start), (a.identity, 60));
     }
 

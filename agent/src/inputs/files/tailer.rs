@@ -38,6 +38,8 @@ pub struct Tailer {
     pub path: PathBuf,
     file: File,
     pub progress: Arc<Progress>,
+    /// The checksum of the file's first line when it was found.
+    fingerprint: u32,
     /// The next byte of the file to read.
     read_at: u64,
     /// Read bytes not yet split into lines; `buf[0]` is the file's byte `buf_start`.
@@ -54,6 +56,7 @@ impl Tailer {
         identity: String,
         path: PathBuf,
         file: File,
+        fingerprint: u32,
         start: u64,
         progress: Arc<Progress>,
     ) -> Self {
@@ -61,6 +64,7 @@ impl Tailer {
             identity,
             path,
             file,
+            fingerprint,
             progress,
             read_at: start,
             buf: Vec::new(),
@@ -77,14 +81,24 @@ impl Tailer {
             .map_or(0, |m| m.len().saturating_sub(self.read_at))
     }
 
-    /// Reads what is new and appends its whole lines to `out`.
-    pub fn read(&mut self, max_line: usize, out: &mut Vec<Line>) -> std::io::Result<Read> {
+    /// Reads what is new and appends its whole lines to `out`. `fingerprint_bytes` is how the
+    /// fingerprint was taken: a file truncated and written past where it was read is told by
+    /// its first line, which is another.
+    pub fn read(
+        &mut self,
+        max_line: usize,
+        fingerprint_bytes: usize,
+        out: &mut Vec<Line>,
+    ) -> std::io::Result<Read> {
         let len = self.file.metadata()?.len();
         if len < self.read_at {
             return Ok(Read::Truncated);
         }
         if len == self.read_at {
             return Ok(Read::Idle);
+        }
+        if fingerprint(&self.file, fingerprint_bytes)? != Some(self.fingerprint) {
+            return Ok(Read::Truncated);
         }
         let want = ((len - self.read_at) as usize).min(CHUNK);
         let old = self.buf.len();
@@ -169,13 +183,8 @@ mod tests {
 
     fn tailer(file: &std::path::Path) -> Tailer {
         let f = File::open(file).unwrap();
-        Tailer::new(
-            "t".into(),
-            file.to_path_buf(),
-            f,
-            0,
-            Progress::new(0),
-        )
+        let fp = fingerprint(&f, 64).unwrap().unwrap();
+        Tailer::new("t".into(), file.to_path_buf(), f, fp, 0, Progress::new(0))
     }
 
     #[test]
@@ -185,21 +194,28 @@ mod tests {
         std::fs::write(&path, b"one\r\n\ntwo\n0123456789abcdef").unwrap();
         let mut t = tailer(&path);
         let mut out = Vec::new();
-        assert_eq!(t.read(10, &mut out).unwrap(), Read::Data);
+        assert_eq!(t.read(10, 64, &mut out).unwrap(), Read::Data);
         let texts: Vec<&[u8]> = out.iter().map(|l| &l.bytes[..]).collect();
         assert_eq!(texts, [&b"one"[..], b"two", b"0123456789"]);
         assert_eq!((out[1].start, out[1].end), (6, 10));
         assert!(out[2].truncated);
         out.clear();
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"ghij\nnext\n").unwrap();
-        t.read(10, &mut out).unwrap();
+        t.read(10, 64, &mut out).unwrap();
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].bytes, b"next");
         assert_eq!(out[0].start, 31);
-        assert_eq!(t.read(10, &mut out).unwrap(), Read::Idle);
+        assert_eq!(t.read(10, 64, &mut out).unwrap(), Read::Idle);
         f.set_len(0).unwrap();
-        assert_eq!(t.read(10, &mut out).unwrap(), Read::Truncated);
+        assert_eq!(t.read(10, 64, &mut out).unwrap(), Read::Truncated);
+        // Truncated and written past where it was read: its first line tells.
+        f.write_all(&[b'z'; 64]).unwrap();
+        f.write_all(b"\n").unwrap();
+        assert_eq!(t.read(10, 64, &mut out).unwrap(), Read::Truncated);
     }
 
     #[test]
@@ -213,6 +229,9 @@ mod tests {
         let first = fingerprint(&file, 64).unwrap().unwrap();
         std::fs::write(&path, b"first line\nsomething else entirely\n").unwrap();
         assert_eq!(fingerprint(&file, 64).unwrap(), Some(first));
-        assert_eq!(fingerprint(&file, 4).unwrap(), Some(crc32c::crc32c(b"firs")));
+        assert_eq!(
+            fingerprint(&file, 4).unwrap(),
+            Some(crc32c::crc32c(b"firs"))
+        );
     }
 }
