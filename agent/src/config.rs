@@ -22,6 +22,7 @@ pub struct AgentConfig {
     pub syslog: SyslogConfig,
     pub metrics: MetricsConfig,
     pub docker: DockerConfig,
+    pub cri: CriConfig,
 }
 
 /// `[agent.syslog]`: syslog listeners (RFC 3164 and RFC 5424).
@@ -101,12 +102,32 @@ pub struct MetricsConfig {
     pub max_samples_per_target: usize,
 }
 
-/// `[agent.docker]`: where Docker keeps its containers, for their names, images and labels.
+/// `[agent.docker]`: Docker's containers, their json-file logs, names, images and labels.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DockerConfig {
+    /// Follow every container's json-file log (`<root>/containers/<id>/<id>-json.log`).
+    pub logs: bool,
     /// Docker's data root; containers are under `<root>/containers/<id>/`.
     pub root: String,
+}
+
+/// `[agent.cri]`: Kubernetes' container logs as the kubelet writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CriConfig {
+    /// Follow every container's log under `root` (`<namespace>_<pod>_<uid>/<container>/N.log`).
+    pub logs: bool,
+    pub root: String,
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        Self {
+            logs: false,
+            root: "/var/log/pods".into(),
+        }
+    }
 }
 
 impl Default for MetricsConfig {
@@ -128,6 +149,7 @@ impl Default for MetricsConfig {
 impl Default for DockerConfig {
     fn default() -> Self {
         Self {
+            logs: false,
             root: "/var/lib/docker".into(),
         }
     }
@@ -153,6 +175,7 @@ impl Default for AgentConfig {
             syslog: SyslogConfig::default(),
             metrics: MetricsConfig::default(),
             docker: DockerConfig::default(),
+            cri: CriConfig::default(),
         }
     }
 }

@@ -12,6 +12,9 @@ pub struct Event {
     pub timestamp: String,
     pub host: String,
     pub source: String,
+    /// `id`, `name`, `image`, `labels`, as far as the source knows them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +82,7 @@ mod tests {
             timestamp: rfc3339_ms(0),
             host: "h".into(),
             source: "s".into(),
+            container: None,
             stream: None,
             level: None,
             message: "m".into(),

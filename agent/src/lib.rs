@@ -96,15 +96,17 @@ pub struct Agent {
 impl Agent {
     /// Binds the configured listeners (failing fast on a taken port) and starts every input.
     pub async fn start(config: AgentConfig, metrics: AgentMetrics) -> anyhow::Result<Self> {
+        let follows_files = !inputs::files::patterns(&config).is_empty();
         if !config.stdin
-            && config.files.include.is_empty()
+            && !follows_files
             && config.syslog.udp.is_empty()
             && config.syslog.tcp.is_empty()
             && !config.metrics.any()
         {
             anyhow::bail!(
                 "agent: no input is on (set [agent] stdin = true, [agent.files] include, \
-                 [agent.syslog] udp or tcp, or [agent.metrics] cgroup, host or targets)"
+                 [agent.docker] or [agent.cri] logs = true, [agent.syslog] udp or tcp, or \
+                 [agent.metrics] cgroup, host or targets)"
             );
         }
         let host = if config.hostname.is_empty() {
@@ -150,13 +152,9 @@ impl Agent {
                 collectors::run(config.clone(), shipper.clone()),
             ));
         }
-        let files = match config.files.include.is_empty() {
-            true => None,
-            false => Some(inputs::files::FilesInput::start(
-                config.files.clone(),
-                std::path::Path::new(&config.state_dir),
-                shipper.clone(),
-            )?),
+        let files = match follows_files {
+            true => Some(inputs::files::FilesInput::start(&config, shipper.clone())?),
+            false => None,
         };
         tracing::info!(host = %shipper.host, inputs = tasks.len(), "agent started");
         Ok(Self {

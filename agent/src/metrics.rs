@@ -17,12 +17,19 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
-    pub const INPUTS: [&'static str; 4] = ["file", "stdin", "syslog_udp", "syslog_tcp"];
+    pub const INPUTS: [&'static str; 6] =
+        ["file", "docker", "cri", "stdin", "syslog_udp", "syslog_tcp"];
     pub const COLLECTORS: [&'static str; 3] = ["cgroup", "host", "prometheus"];
     /// Every (input, defect) the inputs count, shown from zero so a rate has a start.
-    const MALFORMED: [(&'static str, &'static str); 13] = [
+    const MALFORMED: [(&'static str, &'static str); 19] = [
         ("file", "truncated"),
         ("file", "invalid_utf8"),
+        ("docker", "truncated"),
+        ("docker", "invalid_utf8"),
+        ("docker", "invalid_json"),
+        ("cri", "truncated"),
+        ("cri", "invalid_utf8"),
+        ("cri", "bad_line"),
         ("stdin", "truncated"),
         ("stdin", "invalid_utf8"),
         ("syslog_udp", "truncated"),

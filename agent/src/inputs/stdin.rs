@@ -25,6 +25,7 @@ pub async fn run(shipper: Arc<Shipper>) -> anyhow::Result<()> {
             timestamp: now_rfc3339(),
             host: shipper.host.clone(),
             source: "stdin".into(),
+            container: None,
             stream: None,
             level: None,
             message,

@@ -179,6 +179,7 @@ fn to_event(
             .unwrap_or_else(now_rfc3339),
         host,
         source: message.appname.unwrap_or("syslog").to_owned(),
+        container: None,
         stream: None,
         level: message.severity.map(|s| s.as_str().to_owned()),
         message: message.msg.to_owned(),

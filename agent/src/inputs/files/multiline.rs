@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use regex::bytes::Regex;
 
-use super::tailer::Line;
+use super::format::Decoded;
 
 pub struct Joiner {
     start: Regex,
     timeout: Duration,
     max_bytes: usize,
-    pending: Option<(Line, Instant)>,
+    pending: Option<(Decoded, Instant)>,
 }
 
 impl Joiner {
@@ -26,9 +26,10 @@ impl Joiner {
     }
 
     /// Takes a line; returns the event it completes, if any.
-    pub fn push(&mut self, line: Line, now: Instant) -> Option<Line> {
+    pub fn push(&mut self, next: Decoded, now: Instant) -> Option<Decoded> {
+        let line = &next.line;
         match &mut self.pending {
-            Some((event, last)) if !self.start.is_match(&line.bytes) => {
+            Some((Decoded { line: event, .. }, last)) if !self.start.is_match(&line.bytes) => {
                 let room = self.max_bytes.saturating_sub(event.bytes.len() + 1);
                 if line.bytes.len() > room || line.truncated {
                     event.truncated = true;
@@ -43,38 +44,43 @@ impl Joiner {
                 *last = now;
                 None
             }
-            _ => self.pending.replace((line, now)).map(|(event, _)| event),
+            _ => self.pending.replace((next, now)).map(|(event, _)| event),
         }
     }
 
     /// The event waiting for more lines, once `timeout` passed without one.
-    pub fn expired(&mut self, now: Instant) -> Option<Line> {
+    pub fn expired(&mut self, now: Instant) -> Option<Decoded> {
         match &self.pending {
             Some((_, last)) if now.duration_since(*last) >= self.timeout => self.flush(),
             _ => None,
         }
     }
 
-    pub fn flush(&mut self) -> Option<Line> {
+    pub fn flush(&mut self) -> Option<Decoded> {
         self.pending.take().map(|(event, _)| event)
     }
 
     /// Where the event held back starts: the checkpoint must not pass it.
     pub fn holding(&self) -> Option<u64> {
-        self.pending.as_ref().map(|(event, _)| event.start)
+        self.pending.as_ref().map(|(event, _)| event.line.start)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inputs::files::tailer::Line;
 
-    fn line(start: u64, text: &str) -> Line {
-        Line {
-            start,
-            end: start + text.len() as u64 + 1,
-            bytes: text.as_bytes().to_vec(),
-            truncated: false,
+    fn line(start: u64, text: &str) -> Decoded {
+        Decoded {
+            line: Line {
+                start,
+                end: start + text.len() as u64 + 1,
+                bytes: text.as_bytes().to_vec(),
+                truncated: false,
+            },
+            stream: None,
+            time: None,
         }
     }
 
@@ -89,12 +95,12 @@ mod tests {
         assert_eq!(joiner.push(line(0, "2026-01-01 boom"), now), None);
         assert_eq!(joiner.push(line(16, "  at a()"), now), None);
         assert_eq!(joiner.push(line(25, "  at b()"), now), None);
-        let event = joiner.push(line(34, "2026-01-01 next"), now).unwrap();
+        let event = joiner.push(line(34, "2026-01-01 next"), now).unwrap().line;
         assert_eq!(event.bytes, b"2026-01-01 boom\n  at a()\n  at b()");
         assert_eq!((event.start, event.end), (0, 34));
         assert_eq!(joiner.holding(), Some(34));
         assert_eq!(joiner.expired(now), None);
-        let last = joiner.expired(now + Duration::from_secs(2)).unwrap();
+        let last = joiner.expired(now + Duration::from_secs(2)).unwrap().line;
         assert_eq!(last.bytes, b"2026-01-01 next");
         assert_eq!(joiner.holding(), None);
     }

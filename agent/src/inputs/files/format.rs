@@ -1,0 +1,320 @@
+//! What a line of a followed file holds. Plain files: the line is the message. Docker's
+//! json-file driver: `{"log":"...\n","stream":"stdout","time":"..."}`, a line longer than 16 KiB
+//! split into parts whose `log` does not end in a newline. Kubernetes CRI logs:
+//! `<time> <stream> <P|F> <message>`, `P` for a part of a longer line. Parts are joined (up to
+//! `max_bytes`) into one event that spans them all in the file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::tailer::Line;
+use crate::containers::DockerContainers;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Plain,
+    Docker,
+    Cri,
+}
+
+impl Format {
+    /// The input label its lines are counted under.
+    pub fn input(self) -> &'static str {
+        match self {
+            Format::Plain => "file",
+            Format::Docker => "docker",
+            Format::Cri => "cri",
+        }
+    }
+}
+
+/// A decoded line: the message, and what the format said about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub line: Line,
+    pub stream: Option<String>,
+    pub time: Option<String>,
+}
+
+/// Decodes a file's lines and joins their parts; one per followed file.
+pub struct Decoder {
+    format: Format,
+    max_bytes: usize,
+    partial: Option<Decoded>,
+}
+
+#[derive(Deserialize)]
+struct DockerLine {
+    log: String,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    time: Option<String>,
+}
+
+impl Decoder {
+    pub fn new(format: Format, max_bytes: usize) -> Self {
+        Self {
+            format,
+            max_bytes,
+            partial: None,
+        }
+    }
+
+    /// Takes one line of the file; returns the event it completes, if any, and the defect it
+    /// had (the line is then shipped as it was).
+    pub fn push(&mut self, line: Line) -> (Option<Decoded>, Option<&'static str>) {
+        let (part, complete, defect) = match self.format {
+            Format::Plain => (
+                Decoded {
+                    line,
+                    stream: None,
+                    time: None,
+                },
+                true,
+                None,
+            ),
+            Format::Docker => docker(line),
+            Format::Cri => cri(line),
+        };
+        let joined = match self.partial.take() {
+            Some(mut first) => {
+                let room = self.max_bytes.saturating_sub(first.line.bytes.len());
+                if part.line.bytes.len() > room || part.line.truncated {
+                    first.line.truncated = true;
+                }
+                let take = part.line.bytes.len().min(room);
+                first.line.bytes.extend_from_slice(&part.line.bytes[..take]);
+                first.line.end = part.line.end;
+                first
+            }
+            None => part,
+        };
+        if complete {
+            (Some(joined), defect)
+        } else {
+            self.partial = Some(joined);
+            (None, defect)
+        }
+    }
+
+    /// Where a part waiting for the rest of its line starts: the checkpoint must not pass it.
+    pub fn holding(&self) -> Option<u64> {
+        self.partial.as_ref().map(|p| p.line.start)
+    }
+}
+
+fn raw(line: Line) -> Decoded {
+    Decoded {
+        line,
+        stream: None,
+        time: None,
+    }
+}
+
+/// (the part, whether it ends its line, the defect).
+fn docker(mut line: Line) -> (Decoded, bool, Option<&'static str>) {
+    if line.truncated {
+        // A cut JSON line cannot be parsed: shipped as it is.
+        return (raw(line), true, None);
+    }
+    let Ok(parsed) = serde_json::from_slice::<DockerLine>(&line.bytes) else {
+        return (raw(line), true, Some("invalid_json"));
+    };
+    let mut log = parsed.log;
+    let complete = log.ends_with('\n');
+    if complete {
+        log.pop();
+        if log.ends_with('\r') {
+            log.pop();
+        }
+    }
+    line.bytes = log.into_bytes();
+    let decoded = Decoded {
+        line,
+        stream: parsed.stream,
+        time: parsed.time,
+    };
+    (decoded, complete, None)
+}
+
+fn cri(mut line: Line) -> (Decoded, bool, Option<&'static str>) {
+    let text = line.bytes.clone();
+    let mut parts = text.splitn(4, |&b| b == b' ');
+    let (Some(time), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+        return (raw(line), true, Some("bad_line"));
+    };
+    let message = parts.next().unwrap_or_default();
+    let known_stream = matches!(stream, b"stdout" | b"stderr");
+    let complete = match tag.split(|&b| b == b':').next() {
+        Some(b"F") => true,
+        Some(b"P") => false,
+        _ => return (raw(line), true, Some("bad_line")),
+    };
+    if !known_stream {
+        return (raw(line), true, Some("bad_line"));
+    }
+    line.bytes = message.to_vec();
+    let decoded = Decoded {
+        line,
+        stream: Some(String::from_utf8_lossy(stream).into_owned()),
+        time: Some(String::from_utf8_lossy(time).into_owned()),
+    };
+    (decoded, complete, None)
+}
+
+/// Who wrote a followed file: the event's `source`, and its `container` where the path says.
+pub struct Origin {
+    pub source: String,
+    pub container: Option<Value>,
+}
+
+impl Origin {
+    pub fn of(path: &Path, format: Format, docker: &mut DockerContainers) -> Self {
+        let dir_name = |p: Option<&Path>| {
+            p.and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        match format {
+            Format::Plain => Self::plain(path),
+            // <root>/containers/<id>/<id>-json.log
+            Format::Docker => {
+                let Some(id) = dir_name(path.parent()) else {
+                    return Self::plain(path);
+                };
+                let info = docker.get(&id).unwrap_or_default();
+                let name = if info.name.is_empty() {
+                    id.chars().take(12).collect()
+                } else {
+                    info.name.clone()
+                };
+                let mut container = json!({"id": id, "name": name});
+                if !info.image.is_empty() {
+                    container["image"] = json!(info.image);
+                }
+                if !info.labels.is_empty() {
+                    container["labels"] = json!(info.labels);
+                }
+                Self {
+                    source: name,
+                    container: Some(container),
+                }
+            }
+            // <root>/<namespace>_<pod>_<uid>/<container>/<restarts>.log
+            Format::Cri => {
+                let container_dir = path.parent();
+                let (Some(name), Some(pod_dir)) = (
+                    dir_name(container_dir),
+                    dir_name(container_dir.and_then(Path::parent)),
+                ) else {
+                    return Self::plain(path);
+                };
+                let mut pod = pod_dir.splitn(3, '_');
+                let (Some(namespace), Some(pod_name), Some(uid)) =
+                    (pod.next(), pod.next(), pod.next())
+                else {
+                    return Self::plain(path);
+                };
+                let labels = BTreeMap::from([
+                    ("io.kubernetes.pod.namespace", namespace),
+                    ("io.kubernetes.pod.name", pod_name),
+                    ("io.kubernetes.pod.uid", uid),
+                ]);
+                Self {
+                    source: format!("{namespace}/{pod_name}/{name}"),
+                    container: Some(json!({"name": name, "labels": labels})),
+                }
+            }
+        }
+    }
+
+    fn plain(path: &Path) -> Self {
+        Self {
+            source: path.to_string_lossy().into_owned(),
+            container: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(start: u64, text: &str) -> Line {
+        Line {
+            start,
+            end: start + text.len() as u64 + 1,
+            bytes: text.as_bytes().to_vec(),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn docker_parts_join_into_one_line() {
+        let mut decoder = Decoder::new(Format::Docker, 1000);
+        let first = r#"{"log":"aaaa","stream":"stdout","time":"2026-11-23T10:00:00.000000001Z"}"#;
+        let second =
+            r#"{"log":"bbbb\n","stream":"stdout","time":"2026-11-23T10:00:00.000000002Z"}"#;
+        assert_eq!(decoder.push(line(0, first)), (None, None));
+        assert_eq!(decoder.holding(), Some(0));
+        let (done, defect) = decoder.push(line(first.len() as u64 + 1, second));
+        let done = done.unwrap();
+        assert_eq!(defect, None);
+        assert_eq!(done.line.bytes, b"aaaabbbb");
+        assert_eq!(
+            (done.line.start, done.line.end),
+            (0, (first.len() + second.len() + 2) as u64)
+        );
+        assert_eq!(done.stream.as_deref(), Some("stdout"));
+        assert_eq!(done.time.as_deref(), Some("2026-11-23T10:00:00.000000001Z"));
+        assert_eq!(decoder.holding(), None);
+        let (bad, defect) = decoder.push(line(500, "not json"));
+        assert_eq!(bad.unwrap().line.bytes, b"not json");
+        assert_eq!(defect, Some("invalid_json"));
+    }
+
+    #[test]
+    fn cri_parts_join_and_bad_lines_are_kept() {
+        let mut decoder = Decoder::new(Format::Cri, 1000);
+        assert_eq!(
+            decoder.push(line(0, "2026-11-23T10:00:00.1Z stderr P part one, ")),
+            (None, None)
+        );
+        let (done, _) = decoder.push(line(42, "2026-11-23T10:00:00.2Z stderr F part two"));
+        let done = done.unwrap();
+        assert_eq!(done.line.bytes, b"part one, part two");
+        assert_eq!(done.stream.as_deref(), Some("stderr"));
+        let (kept, defect) = decoder.push(line(90, "garbage"));
+        assert_eq!(kept.unwrap().line.bytes, b"garbage");
+        assert_eq!(defect, Some("bad_line"));
+    }
+
+    #[test]
+    fn origins_from_paths() {
+        let mut docker = DockerContainers::new("/nonexistent");
+        let id = "ab".repeat(32);
+        let origin = Origin::of(
+            Path::new(&format!("/var/lib/docker/containers/{id}/{id}-json.log")),
+            Format::Docker,
+            &mut docker,
+        );
+        assert_eq!(origin.source, &id[..12]);
+        assert_eq!(origin.container.unwrap()["id"], id);
+        let origin = Origin::of(
+            Path::new("/var/log/pods/shop_web-7d9f_5f0c3a2e-8d1b/nginx/0.log"),
+            Format::Cri,
+            &mut docker,
+        );
+        assert_eq!(origin.source, "shop/web-7d9f/nginx");
+        let container = origin.container.unwrap();
+        assert_eq!(container["name"], "nginx");
+        assert_eq!(container["labels"]["io.kubernetes.pod.namespace"], "shop");
+        assert_eq!(
+            container["labels"]["io.kubernetes.pod.uid"],
+            "5f0c3a2e-8d1b"
+        );
+    }
+}

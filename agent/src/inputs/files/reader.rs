@@ -1,0 +1,366 @@
+//! The reader thread: matches the globs, reads every followed file in turn, decodes and joins
+//! its lines, and hands them to the shipper; saves the checkpoints every second.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+
+use super::format::{Decoded, Decoder, Format, Origin};
+use super::multiline::Joiner;
+use super::registry::Registry;
+use super::tailer::{self, Line, Read, Tailer};
+use super::{needs_rescan, wait_for_notice, watch_root, Batch};
+use crate::config::FilesConfig;
+use crate::containers::DockerContainers;
+use crate::Shipper;
+
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How long the thread sleeps when no file had anything new and no notice came.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// A file being followed: how it is read, decoded, joined, and who wrote it.
+pub struct Followed {
+    tailer: Tailer,
+    format: Format,
+    decoder: Decoder,
+    joiner: Option<Joiner>,
+    origin: Arc<Origin>,
+}
+
+impl Followed {
+    /// The checkpoint must not pass a part or a multi-line event still being assembled.
+    fn hold(&self) {
+        let joined = self.joiner.as_ref().and_then(Joiner::holding);
+        let held = [self.decoder.holding(), joined].into_iter().flatten().min();
+        self.tailer.progress.hold(held);
+    }
+}
+
+pub struct Reader {
+    pub config: FilesConfig,
+    pub patterns: Vec<(String, Format)>,
+    pub shipper: Arc<Shipper>,
+    pub batches: mpsc::SyncSender<Batch>,
+    pub registry: Registry,
+    pub multiline: Option<regex::bytes::Regex>,
+    pub docker: DockerContainers,
+    pub watcher: notify::RecommendedWatcher,
+    pub followed: HashMap<(u64, u64), Followed>,
+    /// Files that look like a copy of one still being read, and since when.
+    pub waiting: HashMap<(u64, u64), Instant>,
+    pub watched: HashSet<PathBuf>,
+    pub first_scan: bool,
+    /// A matched file could not be followed yet (no whole first line, or waiting): any change
+    /// notice is a reason to look again.
+    pub unready: bool,
+}
+
+impl Reader {
+    pub fn run(
+        &mut self,
+        notices: &mpsc::Receiver<notify::Result<notify::Event>>,
+        stop: &AtomicBool,
+    ) {
+        let rescan_every = Duration::from_millis(self.config.rescan_interval_ms.max(100));
+        let rotate_wait = Duration::from_millis(self.config.rotate_wait_ms);
+        let mut last_scan: Option<Instant> = None;
+        let mut last_save = Instant::now();
+        let mut rescan = true;
+        let mut lines = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if rescan || last_scan.is_none_or(|t| t.elapsed() >= rescan_every) {
+                rescan = false;
+                last_scan = Some(Instant::now());
+                self.scan();
+            }
+            let mut busy = false;
+            let mut closed = Vec::new();
+            let keys: Vec<(u64, u64)> = self.followed.keys().copied().collect();
+            for key in keys {
+                let followed = self.followed.get_mut(&key).expect("followed");
+                let read = followed.tailer.read(
+                    self.config.max_line_bytes,
+                    self.config.fingerprint_bytes,
+                    &mut lines,
+                );
+                match read {
+                    Ok(Read::Data) => busy = true,
+                    Ok(Read::Idle) => {
+                        if followed
+                            .tailer
+                            .orphaned
+                            .is_some_and(|since| since.elapsed() >= rotate_wait)
+                        {
+                            closed.push(key);
+                        }
+                    }
+                    Ok(Read::Truncated) => {
+                        let tailer = &followed.tailer;
+                        tracing::info!(path = %tailer.path.display(), "agent: file truncated");
+                        self.registry.release(&tailer.identity);
+                        closed.push(key);
+                        rescan = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "agent: reading a file");
+                        closed.push(key);
+                    }
+                }
+                if self.hand_on(key, &mut lines).is_err() {
+                    return;
+                }
+            }
+            for key in closed {
+                self.close(key);
+            }
+            if self.hand_on_expired().is_err() {
+                return;
+            }
+            self.note_behind();
+            if last_save.elapsed() >= SAVE_EVERY {
+                last_save = Instant::now();
+                self.save();
+            }
+            if !busy {
+                rescan |= wait_for_notice(notices, IDLE_WAIT, self.unready);
+            }
+            while let Ok(notice) = notices.try_recv() {
+                rescan |= self.unready || needs_rescan(&notice);
+            }
+        }
+        let keys: Vec<(u64, u64)> = self.followed.keys().copied().collect();
+        for key in keys {
+            let _ = self.flush(key);
+        }
+        self.save();
+    }
+
+    /// Matches the globs: new files are followed, files whose path moved are noted.
+    fn scan(&mut self) {
+        let mut seen = HashSet::new();
+        let fresh_from_end = self.first_scan && self.config.read_from == "end";
+        self.first_scan = false;
+        let mut placed = false;
+        self.unready = false;
+        for (pattern, format) in self.patterns.clone() {
+            self.watch(&pattern);
+            let Ok(paths) = glob::glob(&pattern) else {
+                continue;
+            };
+            // Rotated logs compressed by their rotator are not text to follow.
+            for path in paths
+                .flatten()
+                .filter(|p| p.extension().is_none_or(|e| e != "gz"))
+            {
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                let key = (meta.dev(), meta.ino());
+                if !meta.is_file() || !seen.insert(key) {
+                    continue;
+                }
+                if let Some(followed) = self.followed.get_mut(&key) {
+                    followed.tailer.path = path;
+                    followed.tailer.orphaned = None;
+                    continue;
+                }
+                let opened = self.open(path, format, key, meta.len(), fresh_from_end);
+                placed |= opened;
+                self.unready |= !opened;
+            }
+        }
+        for (key, followed) in &mut self.followed {
+            if !seen.contains(key) && followed.tailer.orphaned.is_none() {
+                followed.tailer.orphaned = Some(Instant::now());
+            }
+        }
+        self.waiting.retain(|key, _| seen.contains(key));
+        if placed {
+            // A new file's identity is on disk before any of its lines is shipped, so a
+            // restart gives its lines the same ids.
+            self.save();
+        }
+        self.shipper
+            .metrics
+            .files_tracked
+            .set(self.followed.len() as i64);
+    }
+
+    /// Starts following a file the globs found; whether it is followed now.
+    fn open(
+        &mut self,
+        path: PathBuf,
+        format: Format,
+        key: (u64, u64),
+        len: u64,
+        from_end: bool,
+    ) -> bool {
+        let Ok(file) = std::fs::File::open(&path) else {
+            return false;
+        };
+        let Ok(Some(fp)) = tailer::fingerprint(&file, self.config.fingerprint_bytes) else {
+            return false; // No whole first line yet.
+        };
+        let wait = Duration::from_millis(self.config.rotate_wait_ms);
+        let waited_enough = self
+            .waiting
+            .get(&key)
+            .is_some_and(|since| since.elapsed() >= wait);
+        let fresh = if from_end { len } else { 0 };
+        let Some(placement) = self
+            .registry
+            .place(&path, fp, key, len, fresh, !waited_enough)
+        else {
+            self.waiting.entry(key).or_insert_with(Instant::now);
+            return false;
+        };
+        self.waiting.remove(&key);
+        tracing::debug!(path = %path.display(), start = placement.start, "agent: following a file");
+        let origin = Arc::new(Origin::of(&path, format, &mut self.docker));
+        let max = self.config.max_line_bytes;
+        let joiner = self.multiline.as_ref().map(|start| {
+            let timeout = Duration::from_millis(self.config.multiline_timeout_ms);
+            Joiner::new(start.clone(), timeout, max)
+        });
+        let tailer = Tailer::new(
+            placement.identity,
+            path,
+            file,
+            fp,
+            placement.start,
+            placement.progress,
+        );
+        self.followed.insert(
+            key,
+            Followed {
+                tailer,
+                format,
+                decoder: Decoder::new(format, max),
+                joiner,
+                origin,
+            },
+        );
+        true
+    }
+
+    /// Decodes and joins the lines read from `key`'s file and hands the events to the shipper.
+    fn hand_on(&mut self, key: (u64, u64), lines: &mut Vec<Line>) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let followed = self.followed.get_mut(&key).expect("followed");
+        let input = followed.format.input();
+        let mut events = Vec::with_capacity(lines.len());
+        for line in lines.drain(..) {
+            self.shipper.read(input, line.bytes.len());
+            let (decoded, defect) = followed.decoder.push(line);
+            if let Some(defect) = defect {
+                self.shipper.malformed(input, defect);
+            }
+            let Some(decoded) = decoded else {
+                continue;
+            };
+            match &mut followed.joiner {
+                Some(joiner) => events.extend(joiner.push(decoded, now)),
+                None => events.push(decoded),
+            }
+        }
+        followed.hold();
+        self.send(key, events)
+    }
+
+    /// Hands on multi-line events that waited long enough for another line.
+    fn hand_on_expired(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (key, followed) in &mut self.followed {
+            if let Some(event) = followed.joiner.as_mut().and_then(|j| j.expired(now)) {
+                followed.hold();
+                expired.push((*key, event));
+            }
+        }
+        for (key, event) in expired {
+            self.send(key, vec![event])?;
+        }
+        Ok(())
+    }
+
+    /// Hands on what `key`'s joiner holds.
+    fn flush(&mut self, key: (u64, u64)) -> anyhow::Result<()> {
+        let followed = self.followed.get_mut(&key).expect("followed");
+        if let Some(event) = followed.joiner.as_mut().and_then(Joiner::flush) {
+            followed.hold();
+            self.send(key, vec![event])?;
+        }
+        Ok(())
+    }
+
+    /// Marks the events pending and queues them for the shipper, waiting while it is behind.
+    fn send(&self, key: (u64, u64), events: Vec<Decoded>) -> anyhow::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let followed = &self.followed[&key];
+        let input = followed.format.input();
+        for event in &events {
+            if event.line.truncated {
+                self.shipper.malformed(input, "truncated");
+            }
+            followed
+                .tailer
+                .progress
+                .queued(event.line.start, event.line.end);
+        }
+        let batch = Batch {
+            input,
+            identity: followed.tailer.identity.as_str().into(),
+            origin: followed.origin.clone(),
+            progress: followed.tailer.progress.clone(),
+            events,
+        };
+        self.batches
+            .send(batch)
+            .map_err(|_| anyhow::anyhow!("agent: the file shipper stopped"))
+    }
+
+    fn close(&mut self, key: (u64, u64)) {
+        let _ = self.flush(key);
+        if let Some(followed) = self.followed.remove(&key) {
+            let tailer = followed.tailer;
+            tracing::debug!(path = %tailer.path.display(), "agent: file closed");
+            self.registry.closed(&tailer.identity);
+        }
+    }
+
+    fn save(&mut self) {
+        if let Err(e) = self.registry.save() {
+            tracing::warn!(error = %e, "agent: writing file checkpoints");
+            self.shipper.metrics.checkpoint_errors.inc();
+        }
+    }
+
+    fn note_behind(&self) {
+        let behind: u64 = self.followed.values().map(|f| f.tailer.behind()).sum();
+        self.shipper.metrics.file_bytes_behind.set(behind as i64);
+    }
+
+    /// Watches the directory a pattern's files are in (recursively when the pattern has more
+    /// than its last part wild). A directory that does not exist yet is tried again next scan.
+    fn watch(&mut self, pattern: &str) {
+        let (dir, recursive) = watch_root(pattern);
+        if self.watched.contains(&dir) {
+            return;
+        }
+        let mode = if recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        if self.watcher.watch(&dir, mode).is_ok() {
+            self.watched.insert(dir);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Container log files through the real agent, broker and indexer: Docker's json-file logs (a
+//! line over 16 KiB split into parts, as the driver writes it) and Kubernetes CRI logs (`P` and
+//! `F` parts) arrive as one event each, joined, with their stream and time, and labelled with
+//! their container (Docker's config.v2.json; the pod path) — and are searchable by it.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn docker_and_cri_logs_arrive_joined_and_labelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::up(tmp.path(), "");
+    let docker = tmp.path().join("docker");
+    let container = docker.join("containers").join(WEB_CONTAINER);
+    std::fs::create_dir_all(&container).unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/docker/containers")
+            .join(WEB_CONTAINER)
+            .join("config.v2.json"),
+        container.join("config.v2.json"),
+    )
+    .unwrap();
+    // The json-file driver splits a line at 16 KiB: every part but the last lacks the newline.
+    let long = format!("{}END", "a".repeat(20_000));
+    let (head, tail) = long.split_at(16_384);
+    let docker_log = format!(
+        concat!(
+            r#"{{"log":"GET /health 200\n","stream":"stdout","time":"2026-11-23T10:00:00.123456789Z"}}"#,
+            "\n",
+            r#"{{"log":"{}","stream":"stderr","time":"2026-11-23T10:00:01.000000001Z"}}"#,
+            "\n",
+            r#"{{"log":"{}\n","stream":"stderr","time":"2026-11-23T10:00:01.000000002Z"}}"#,
+            "\n",
+            "not json at all\n",
+        ),
+        head, tail
+    );
+    std::fs::write(
+        container.join(format!("{WEB_CONTAINER}-json.log")),
+        docker_log,
+    )
+    .unwrap();
+    let pods = tmp.path().join("pods");
+    let pod = pods.join("shop_web-7d9f_5f0c3a2e-8d1b-4c7e-9a6f-2b3c4d5e6f70/nginx");
+    std::fs::create_dir_all(&pod).unwrap();
+    std::fs::write(
+        pod.join("0.log"),
+        "2026-11-23T10:00:02.000000000Z stdout F pod started\n\
+         2026-11-23T10:00:03.000000000Z stderr P first part, \n\
+         2026-11-23T10:00:03.000000001Z stderr P second part, \n\
+         2026-11-23T10:00:03.000000002Z stderr F last part\n",
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[agent]
+brokers = "{kafka}"
+hostname = "node-1"
+state_dir = "{state}"
+
+[agent.docker]
+logs = true
+root = "{docker}"
+
+[agent.cri]
+logs = true
+root = "{pods}"
+"#,
+        kafka = sluice.kafka,
+        state = tmp.path().join("state").display(),
+        docker = docker.display(),
+        pods = pods.display(),
+    );
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until("five events acknowledged", Duration::from_secs(60), || {
+        agent.metric("sluice_agent_events_sent_total") >= 5.0
+    });
+    let events: Vec<serde_json::Value> = sluice
+        .kcat_consume("logs", &["-f", "%s\\n"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 5, "{events:?}");
+    let by_message = |m: &str| {
+        events
+            .iter()
+            .find(|e| e["message"] == m)
+            .unwrap_or_else(|| panic!("no event {m:?} in {events:?}"))
+    };
+    let health = by_message("GET /health 200");
+    assert_eq!(health["stream"], "stdout");
+    assert_eq!(health["timestamp"], "2026-11-23T10:00:00.123456789Z");
+    assert_eq!(health["source"], "web");
+    assert_eq!(health["container"]["id"], WEB_CONTAINER);
+    assert_eq!(health["container"]["name"], "web");
+    assert_eq!(health["container"]["image"], "nginx:1.25");
+    assert_eq!(health["container"]["labels"]["com.example.team"], "shop");
+    let joined = by_message(&long);
+    assert_eq!(joined["stream"], "stderr");
+    assert_eq!(joined["timestamp"], "2026-11-23T10:00:01.000000001Z");
+    by_message("not json at all");
+    assert_eq!(
+        agent
+            .metric("sluice_agent_malformed_input_total{input=\"docker\",reason=\"invalid_json\"}"),
+        1.0
+    );
+    let cri = by_message("first part, second part, last part");
+    assert_eq!(cri["stream"], "stderr");
+    assert_eq!(cri["source"], "shop/web-7d9f/nginx");
+    assert_eq!(cri["container"]["name"], "nginx");
+    assert_eq!(
+        cri["container"]["labels"]["io.kubernetes.pod.namespace"],
+        "shop"
+    );
+    assert_eq!(by_message("pod started")["stream"], "stdout");
+    // Searchable by their container.
+    assert_eq!(
+        sluice.wait_for_hits("container.name:web", 3, Duration::from_secs(30)),
+        3
+    );
+    assert_eq!(
+        sluice.wait_for_hits(
+            "source:\"shop/web-7d9f/nginx\" AND stream:stderr",
+            1,
+            Duration::from_secs(30)
+        ),
+        1
+    );
+}
