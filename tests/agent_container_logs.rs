@@ -80,11 +80,7 @@ root = "{pods}"
     wait_until("five events acknowledged", Duration::from_secs(60), || {
         agent.metric("sluice_agent_events_sent_total") >= 5.0
     });
-    let events: Vec<serde_json::Value> = sluice
-        .kcat_consume("logs", &["-f", "%s\\n"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = logs_events(&sluice, 5);
     assert_eq!(events.len(), 5, "{events:?}");
     let by_message = |m: &str| {
         events

@@ -33,15 +33,6 @@ rotate_wait_ms = 1000
     )
 }
 
-/// Every event on `logs`, as JSON.
-fn events(sluice: &Sluice) -> Vec<serde_json::Value> {
-    sluice
-        .kcat_consume("logs", &["-f", "%s\\n"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
 /// Waits until the agent has read its files to the end and the broker acknowledged all of it.
 fn wait_until_shipped(agent: &AgentProcess, timeout: Duration) {
     wait_until("the agent to ship everything", timeout, || {
@@ -104,7 +95,7 @@ fn kill9_halfway_through_a_million_lines_loses_none_and_repeats_keep_their_ids()
     agent.child.wait().unwrap();
     let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
     wait_until_shipped(&agent, Duration::from_secs(300));
-    let seen = numbered(&events(&sluice));
+    let seen = numbered(&logs_events(&sluice, 0));
     assert_all_lines(&seen, total);
     let mut repeats = 0;
     for (n, ids) in &seen {
@@ -189,7 +180,7 @@ fn rotate_while_writing(mode: &str) -> Vec<(u64, bool)> {
         rotations.len()
     );
     wait_until_shipped(&agent, Duration::from_secs(120));
-    let seen = numbered(&events(&sluice));
+    let seen = numbered(&logs_events(&sluice, 0));
     (0..total)
         .filter(|n| !seen.contains_key(n))
         .map(|n| {
@@ -261,7 +252,7 @@ fn multiline_events_long_lines_and_invalid_utf8() {
     wait_until("five events acknowledged", Duration::from_secs(60), || {
         agent.metric("sluice_agent_events_sent_total") >= 5.0
     });
-    let events = events(&sluice);
+    let events = logs_events(&sluice, 0);
     let messages: Vec<&str> = events
         .iter()
         .map(|e| e["message"].as_str().unwrap())

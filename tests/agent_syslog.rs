@@ -12,27 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The events on `logs`, as JSON, once there are at least `n`.
-fn events(sluice: &Sluice, n: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        // Until the first event the topic does not exist and kcat says so.
-        let out = run(
-            kcat().args(["-C", "-b", &sluice.kafka, "-t", "logs", "-e", "-q"]),
-            Duration::from_secs(30),
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let events: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect();
-        if events.len() >= n || Instant::now() > deadline {
-            return events;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 /// util-linux `logger` to 127.0.0.1:`port` with `args`.
 fn logger(port: &str, args: &[&str]) {
     run_ok(
@@ -114,7 +93,7 @@ fn logger_messages_arrive_parsed_and_searchable() {
         ],
     );
 
-    let events = events(&sluice, 4);
+    let events = logs_events(&sluice, 4);
     let by_source = |source: &str| {
         events
             .iter()
@@ -189,7 +168,7 @@ fn malformed_syslog_is_counted_and_shipped() {
     let mut stream = std::net::TcpStream::connect(&tcp).unwrap();
     stream.write_all(b"99999999999999999999 junk\n").unwrap();
     drop(stream);
-    let events = events(&sluice, 3);
+    let events = logs_events(&sluice, 3);
     assert_eq!(events.len(), 3, "{events:?}");
     assert!(events.iter().any(|e| e["message"] == "no priority at all"));
     assert!(events
@@ -241,7 +220,7 @@ fn stdin_lines_are_shipped_and_the_agent_ends_with_its_input() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success());
-    let events = events(&sluice, 1000);
+    let events = logs_events(&sluice, 1000);
     assert_eq!(events.len(), 1000);
     let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     ids.sort_unstable();

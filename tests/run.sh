@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test. On a fresh machine it first installs what the tests use and the machine lacks:
 # kcat, prometheus (the server and promtool), util-linux's logger and logrotate (Debian), the
-# Python Kafka clients and their codecs (PyPI) and cargo-nextest.
+# Python Kafka clients and their codecs and graypy, a GELF client (PyPI), and cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,8 +15,8 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -c 'import confluent_kafka, kafka, lz4, zstandard, snappy' 2>/dev/null ||
-  pip install -q confluent-kafka kafka-python lz4 zstandard python-snappy
+python3 -c 'import confluent_kafka, kafka, lz4, zstandard, snappy, graypy' 2>/dev/null ||
+  pip install -q confluent-kafka kafka-python lz4 zstandard python-snappy graypy
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
 cargo nextest run --workspace --no-fail-fast "$@"

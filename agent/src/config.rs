@@ -20,6 +20,7 @@ pub struct AgentConfig {
     pub state_dir: String,
     pub files: FilesConfig,
     pub syslog: SyslogConfig,
+    pub gelf: GelfConfig,
     pub metrics: MetricsConfig,
     pub docker: DockerConfig,
     pub cri: CriConfig,
@@ -162,6 +163,28 @@ impl MetricsConfig {
     }
 }
 
+/// `[agent.gelf]`: GELF listeners (what Docker's gelf logging driver and Graylog clients send).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GelfConfig {
+    /// UDP listen address (chunked, gzip, zlib or plain), e.g. "127.0.0.1:12201"; empty: off.
+    pub udp: String,
+    /// TCP listen address (null-delimited frames); empty: off.
+    pub tcp: String,
+    /// Larger messages (after decompression) are dropped and counted.
+    pub max_message_bytes: usize,
+}
+
+impl Default for GelfConfig {
+    fn default() -> Self {
+        Self {
+            udp: String::new(),
+            tcp: String::new(),
+            max_message_bytes: 1 << 20,
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
@@ -173,6 +196,7 @@ impl Default for AgentConfig {
             state_dir: "/var/lib/sluice-agent".into(),
             files: FilesConfig::default(),
             syslog: SyslogConfig::default(),
+            gelf: GelfConfig::default(),
             metrics: MetricsConfig::default(),
             docker: DockerConfig::default(),
             cri: CriConfig::default(),

@@ -101,11 +101,14 @@ impl Agent {
             && !follows_files
             && config.syslog.udp.is_empty()
             && config.syslog.tcp.is_empty()
+            && config.gelf.udp.is_empty()
+            && config.gelf.tcp.is_empty()
             && !config.metrics.any()
         {
             anyhow::bail!(
                 "agent: no input is on (set [agent] stdin = true, [agent.files] include, \
-                 [agent.docker] or [agent.cri] logs = true, [agent.syslog] udp or tcp, or \
+                 [agent.docker] or [agent.cri] logs = true, [agent.syslog] or [agent.gelf] udp or \
+                 tcp, or \
                  [agent.metrics] cgroup, host or targets)"
             );
         }
@@ -141,6 +144,25 @@ impl Agent {
             tasks.push(spawn_input(
                 "syslog_tcp",
                 inputs::syslog::run_tcp(listener, shipper.clone(), max),
+            ));
+        }
+        let gelf_max = config.gelf.max_message_bytes;
+        if !config.gelf.udp.is_empty() {
+            let socket = UdpSocket::bind(&config.gelf.udp).await.map_err(|e| {
+                anyhow::anyhow!("agent GELF UDP {}: cannot listen: {e}", config.gelf.udp)
+            })?;
+            tasks.push(spawn_input(
+                "gelf_udp",
+                inputs::gelf::run_udp(socket, shipper.clone(), gelf_max),
+            ));
+        }
+        if !config.gelf.tcp.is_empty() {
+            let listener = TcpListener::bind(&config.gelf.tcp).await.map_err(|e| {
+                anyhow::anyhow!("agent GELF TCP {}: cannot listen: {e}", config.gelf.tcp)
+            })?;
+            tasks.push(spawn_input(
+                "gelf_tcp",
+                inputs::gelf::run_tcp(listener, shipper.clone(), gelf_max),
             ));
         }
         if config.stdin {

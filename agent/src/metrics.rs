@@ -17,11 +17,29 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
-    pub const INPUTS: [&'static str; 6] =
-        ["file", "docker", "cri", "stdin", "syslog_udp", "syslog_tcp"];
+    pub const INPUTS: [&'static str; 8] = [
+        "file",
+        "docker",
+        "cri",
+        "stdin",
+        "syslog_udp",
+        "syslog_tcp",
+        "gelf_udp",
+        "gelf_tcp",
+    ];
     pub const COLLECTORS: [&'static str; 3] = ["cgroup", "host", "prometheus"];
     /// Every (input, defect) the inputs count, shown from zero so a rate has a start.
-    const MALFORMED: [(&'static str, &'static str); 19] = [
+    const MALFORMED: [(&'static str, &'static str); 29] = [
+        ("gelf_udp", "bad_chunk"),
+        ("gelf_udp", "incomplete_chunks"),
+        ("gelf_udp", "too_many_chunked_messages"),
+        ("gelf_udp", "too_large"),
+        ("gelf_udp", "bad_compression"),
+        ("gelf_udp", "invalid_json"),
+        ("gelf_udp", "missing_short_message"),
+        ("gelf_tcp", "too_large"),
+        ("gelf_tcp", "invalid_json"),
+        ("gelf_tcp", "missing_short_message"),
         ("file", "truncated"),
         ("file", "invalid_utf8"),
         ("docker", "truncated"),

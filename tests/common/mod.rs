@@ -630,3 +630,24 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The events on `logs`, as JSON, once there are at least `n`.
+pub fn logs_events(sluice: &Sluice, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Until the first event the topic does not exist and kcat says so.
+        let out = run(
+            kcat().args(["-C", "-b", &sluice.kafka, "-t", "logs", "-e", "-q"]),
+            Duration::from_secs(30),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if events.len() >= n || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

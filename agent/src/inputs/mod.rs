@@ -1,9 +1,10 @@
-//! Where events come from. `files` follows log files with checkpoints; `syslog` listens on UDP and
-//! TCP; `stdin` reads this process's standard input. Inputs that cannot replay what they read
-//! (syslog, stdin) keep no checkpoint: what they hand the output is retried until the broker
-//! acknowledges it.
+//! Where events come from. `files` follows log files (plain, Docker's, CRI's) with checkpoints;
+//! `syslog` and `gelf` listen on UDP and TCP; `stdin` reads this process's standard input. Inputs
+//! that cannot replay what they read (syslog, GELF, stdin) keep no checkpoint: what they hand the
+//! output is retried until the broker acknowledges it.
 
 pub mod files;
+pub mod gelf;
 pub mod stdin;
 pub mod syslog;
 

@@ -1,0 +1,347 @@
+//! GELF, as Docker's gelf logging driver and Graylog clients send it: over UDP a datagram a
+//! message, gzip- or zlib-compressed or plain, split into chunks (`0x1e 0x0f`, an 8-byte message
+//! id, sequence number and count) when large; over TCP plain JSON frames ended by a null byte.
+//!
+//! Chunks are reassembled in a bounded table: at most `MAX_PENDING` messages at once, each
+//! dropped (and counted) when its chunks have not all come within five seconds, as the GELF
+//! specification says. Decompression stops at `max_message_bytes`, so a small datagram cannot
+//! expand into a large allocation.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use crate::event::{now_rfc3339, rfc3339_ms, Event};
+use crate::Shipper;
+
+const CHUNK_MAGIC: [u8; 2] = [0x1e, 0x0f];
+const CHUNK_HEADER: usize = 12;
+/// The GELF specification's limits: 128 chunks, five seconds to get them all.
+const MAX_CHUNKS: u8 = 128;
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages being reassembled at once; a chunk of one more is dropped and counted.
+const MAX_PENDING: usize = 1024;
+
+pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    let mut chunks = Reassembly::default();
+    let mut seq = 0u64;
+    loop {
+        let (len, peer) = socket.recv_from(&mut buf).await?;
+        let datagram = &buf[..len];
+        let now = Instant::now();
+        for _ in 0..chunks.expire(now) {
+            shipper.malformed("gelf_udp", "incomplete_chunks");
+        }
+        let whole = if datagram.starts_with(&CHUNK_MAGIC) {
+            match chunks.add(datagram, now, max) {
+                Ok(Some(whole)) => whole,
+                Ok(None) => continue,
+                Err(reason) => {
+                    shipper.malformed("gelf_udp", reason);
+                    continue;
+                }
+            }
+        } else {
+            datagram.to_vec()
+        };
+        seq += 1;
+        ship(&shipper, "gelf_udp", &whole, peer.ip(), seq, max).await?;
+    }
+}
+
+pub async fn run_tcp(
+    listener: TcpListener,
+    shipper: Arc<Shipper>,
+    max: usize,
+) -> anyhow::Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let shipper = shipper.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, peer, &shipper, max).await {
+                tracing::debug!(%peer, error = %e, "agent: GELF TCP connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shipper: &Shipper,
+    max: usize,
+) -> anyhow::Result<()> {
+    let mut reader = BufReader::new(stream);
+    let mut seq = 0u64;
+    let mut frame = Vec::new();
+    loop {
+        frame.clear();
+        // Bounded: a frame longer than `max` is cut there and the rest skipped.
+        let mut cut = false;
+        loop {
+            let available = reader.fill_buf().await?;
+            if available.is_empty() {
+                return Ok(());
+            }
+            let (chunk, done) = match available.iter().position(|&b| b == 0) {
+                Some(end) => (&available[..end], Some(end + 1)),
+                None => (available, None),
+            };
+            let room = max.saturating_sub(frame.len());
+            cut |= chunk.len() > room;
+            frame.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let used = done.unwrap_or(available.len());
+            reader.consume(used);
+            if done.is_some() {
+                break;
+            }
+        }
+        let text = frame.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        if cut {
+            shipper.malformed("gelf_tcp", "too_large");
+            continue;
+        }
+        seq += 1;
+        ship(shipper, "gelf_tcp", text, peer.ip(), seq, max).await?;
+    }
+}
+
+/// Messages being put together from their chunks.
+#[derive(Default)]
+struct Reassembly {
+    pending: HashMap<[u8; 8], Pending>,
+}
+
+struct Pending {
+    first: Instant,
+    parts: Vec<Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Reassembly {
+    /// Takes one chunk; the whole message once its last chunk came.
+    fn add(
+        &mut self,
+        datagram: &[u8],
+        now: Instant,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, &'static str> {
+        if datagram.len() < CHUNK_HEADER {
+            return Err("bad_chunk");
+        }
+        let id: [u8; 8] = datagram[2..10].try_into().expect("eight bytes");
+        let (seq, count) = (datagram[10], datagram[11]);
+        if count == 0 || count > MAX_CHUNKS || seq >= count {
+            return Err("bad_chunk");
+        }
+        if !self.pending.contains_key(&id) && self.pending.len() >= MAX_PENDING {
+            return Err("too_many_chunked_messages");
+        }
+        let pending = self.pending.entry(id).or_insert_with(|| Pending {
+            first: now,
+            parts: vec![None; count as usize],
+            bytes: 0,
+        });
+        if pending.parts.len() != count as usize {
+            self.pending.remove(&id);
+            return Err("bad_chunk");
+        }
+        let part = &datagram[CHUNK_HEADER..];
+        pending.bytes += part.len();
+        if pending.bytes > max {
+            self.pending.remove(&id);
+            return Err("too_large");
+        }
+        pending.parts[seq as usize] = Some(part.to_vec());
+        if pending.parts.iter().any(Option::is_none) {
+            return Ok(None);
+        }
+        let pending = self.pending.remove(&id).expect("present");
+        Ok(Some(
+            pending.parts.into_iter().flatten().flatten().collect(),
+        ))
+    }
+
+    /// Drops messages whose chunks did not all come in time; how many.
+    fn expire(&mut self, now: Instant) -> usize {
+        let before = self.pending.len();
+        self.pending
+            .retain(|_, p| now.duration_since(p.first) < CHUNK_TIMEOUT);
+        before - self.pending.len()
+    }
+}
+
+/// The message's JSON: gzip (`1f 8b`) and zlib (`78 ..`) are inflated, up to `max` bytes.
+fn decompress(bytes: &[u8], max: usize) -> Result<Vec<u8>, &'static str> {
+    let mut out = Vec::new();
+    let limit = max as u64 + 1;
+    let read = match bytes {
+        [0x1f, 0x8b, ..] => flate2::read::GzDecoder::new(bytes)
+            .take(limit)
+            .read_to_end(&mut out),
+        [0x78, second, ..] if (0x78u16 * 256 + *second as u16) % 31 == 0 => {
+            flate2::read::ZlibDecoder::new(bytes)
+                .take(limit)
+                .read_to_end(&mut out)
+        }
+        _ => return Ok(bytes.to_vec()),
+    };
+    read.map_err(|_| "bad_compression")?;
+    if out.len() > max {
+        return Err("too_large");
+    }
+    Ok(out)
+}
+
+async fn ship(
+    shipper: &Shipper,
+    input: &str,
+    raw: &[u8],
+    peer: IpAddr,
+    seq: u64,
+    max: usize,
+) -> anyhow::Result<()> {
+    shipper.read(input, raw.len());
+    let json = match decompress(raw, max) {
+        Ok(json) => json,
+        Err(reason) => {
+            shipper.malformed(input, reason);
+            return Ok(());
+        }
+    };
+    let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(&json) else {
+        shipper.malformed(input, "invalid_json");
+        return Ok(());
+    };
+    let Some(event) = event(shipper, message, peer, seq) else {
+        shipper.malformed(input, "missing_short_message");
+        return Ok(());
+    };
+    shipper.ship(input, &event).await
+}
+
+/// A GELF message as an event: `host`, `short_message` as the message, `timestamp` (seconds),
+/// `level` as its syslog severity name; Docker's `_container_*` and `_image_name` as the
+/// container, every other additional field (`_x`) as `fields.x`.
+fn event(shipper: &Shipper, mut gelf: Map<String, Value>, peer: IpAddr, seq: u64) -> Option<Event> {
+    let Some(Value::String(message)) = gelf.remove("short_message") else {
+        return None;
+    };
+    let text = |v: Option<Value>| match v {
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    };
+    let host = text(gelf.remove("host")).unwrap_or_else(|| peer.to_string());
+    let timestamp = match gelf.remove("timestamp").and_then(|t| t.as_f64()) {
+        Some(seconds) => rfc3339_ms((seconds * 1000.0).round() as i64),
+        None => now_rfc3339(),
+    };
+    let level = gelf
+        .remove("level")
+        .and_then(|l| l.as_u64())
+        .filter(|&l| l < 8)
+        .and_then(|l| syslog_loose::decompose_pri(l as u8).1)
+        .map(|s| s.as_str().to_owned());
+    let mut container = Map::new();
+    for (gelf_key, key) in [
+        ("_container_id", "id"),
+        ("_container_name", "name"),
+        ("_image_name", "image"),
+    ] {
+        if let Some(value) = text(gelf.remove(gelf_key)) {
+            container.insert(key.into(), json!(value));
+        }
+    }
+    let source = container
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| text(gelf.get("_tag").cloned()))
+        .unwrap_or_else(|| "gelf".into());
+    gelf.remove("version");
+    let mut fields = Map::new();
+    for (key, value) in gelf {
+        let key = key.strip_prefix('_').unwrap_or(&key).to_owned();
+        fields.insert(key, value);
+    }
+    fields.insert("peer".into(), json!(peer.to_string()));
+    Some(Event {
+        id: format!("{}/gelf/{}/{seq}", shipper.host, shipper.run),
+        timestamp,
+        host,
+        source,
+        container: (!container.is_empty()).then_some(Value::Object(container)),
+        stream: None,
+        level,
+        message,
+        fields,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn chunk(id: u8, seq: u8, count: u8, part: &[u8]) -> Vec<u8> {
+        let mut datagram = vec![0x1e, 0x0f, id, 0, 0, 0, 0, 0, 0, 0, seq, count];
+        datagram.extend_from_slice(part);
+        datagram
+    }
+
+    #[test]
+    fn chunks_reassemble_in_any_order_and_expire() {
+        let mut chunks = Reassembly::default();
+        let now = Instant::now();
+        assert_eq!(chunks.add(&chunk(1, 1, 2, b"world"), now, 100), Ok(None));
+        assert_eq!(
+            chunks.add(&chunk(1, 0, 2, b"hello "), now, 100),
+            Ok(Some(b"hello world".to_vec()))
+        );
+        assert_eq!(chunks.add(&chunk(2, 0, 2, b"half"), now, 100), Ok(None));
+        assert_eq!(chunks.expire(now + Duration::from_secs(6)), 1);
+        assert_eq!(
+            chunks.add(&chunk(3, 2, 2, b"x"), now, 100),
+            Err("bad_chunk")
+        );
+        assert_eq!(chunks.add(&[0x1e, 0x0f, 1], now, 100), Err("bad_chunk"));
+        assert_eq!(
+            chunks.add(&chunk(4, 0, 2, &[0; 200]), now, 100),
+            Err("too_large")
+        );
+    }
+
+    #[test]
+    fn gzip_zlib_and_plain_and_bombs() {
+        let json = br#"{"short_message":"hi"}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(json).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zl.write_all(json).unwrap();
+        let zl = zl.finish().unwrap();
+        assert_eq!(decompress(&gz, 100).unwrap(), json);
+        assert_eq!(decompress(&zl, 100).unwrap(), json);
+        assert_eq!(decompress(json, 100).unwrap(), json);
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        bomb.write_all(&vec![b' '; 10 << 20]).unwrap();
+        assert_eq!(
+            decompress(&bomb.finish().unwrap(), 1 << 20),
+            Err("too_large")
+        );
+        assert_eq!(
+            decompress(&[0x1f, 0x8b, 1, 2, 3], 100),
+            Err("bad_compression")
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! GELF against the real agent and broker: graypy (a GELF client for Python's logging) over UDP,
+//! zlib-compressed and chunked, and over TCP; datagrams as Docker's gelf logging driver makes them
+//! (its fields, gzip, go-gelf's chunking). Each message arrives whole, with its host, level, time
+//! and container; broken GELF is counted, never a crash.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn gelf_from_graypy_and_as_docker_sends_it_arrives_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::up(tmp.path(), "");
+    let udp = format!("127.0.0.1:{}", free_port());
+    let tcp = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "[agent]\nbrokers = \"{}\"\nhostname = \"node-1\"\n\n[agent.gelf]\nudp = \"{udp}\"\ntcp = \"{tcp}\"\n",
+        sluice.kafka
+    );
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let out = run_ok(
+        python()
+            .arg(client_script("gelf_send.py"))
+            .arg("127.0.0.1")
+            .arg(udp.rsplit(':').next().unwrap())
+            .arg(tcp.rsplit(':').next().unwrap()),
+        Duration::from_secs(60),
+    );
+    assert!(out.contains("sent"), "{out}");
+    let events = logs_events(&sluice, 6);
+    let find = |prefix: &str| {
+        events
+            .iter()
+            .find(|e| e["message"].as_str().unwrap().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {events:?}"))
+    };
+    let short = find("graypy udp short");
+    assert_eq!(short["host"], "graypy-host");
+    assert_eq!(short["level"], "warning");
+    let long = find("graypy udp long");
+    assert_eq!(
+        long["message"].as_str().unwrap().len(),
+        "graypy udp long ".len() + 5000,
+        "all the chunks, in order"
+    );
+    assert_eq!(long["level"], "err");
+    let docker = find("docker gzip line");
+    assert_eq!(docker["host"], "docker-host");
+    assert_eq!(docker["source"], "web");
+    assert_eq!(docker["level"], "info");
+    assert_eq!(docker["timestamp"], "2026-11-23T12:40:00.250Z");
+    assert_eq!(docker["container"]["name"], "web");
+    assert_eq!(docker["container"]["image"], "nginx:1.25");
+    assert_eq!(docker["container"]["id"], WEB_CONTAINER);
+    assert_eq!(docker["fields"]["command"], "nginx -g daemon off;");
+    let chunked = find("docker chunked ");
+    assert_eq!(
+        chunked["message"].as_str().unwrap().len(),
+        "docker chunked ".len() + 6000
+    );
+    find("graypy tcp one");
+    find("graypy tcp two");
+    assert_eq!(events.len(), 6, "{events:?}");
+    for (reason, n) in [("bad_compression", 1.0), ("invalid_json", 1.0)] {
+        let series =
+            format!("sluice_agent_malformed_input_total{{input=\"gelf_udp\",reason=\"{reason}\"}}");
+        assert_eq!(agent.metric(&series), n, "{series}");
+    }
+    assert_eq!(
+        agent.metric("sluice_agent_lines_read_total{input=\"gelf_tcp\"}"),
+        2.0
+    );
+}
