@@ -189,7 +189,8 @@ fn decompress(bytes: &[u8], max: usize) -> Result<Vec<u8>, &'static str> {
         [0x1f, 0x8b, ..] => flate2::read::GzDecoder::new(bytes)
             .take(limit)
             .read_to_end(&mut out),
-        [0x78, second, ..] if (0x78u16 * 256 + *second as u16) % 31 == 0 => {
+        // A zlib header's two bytes, read as one big-endian number, are a multiple of 31.
+        [0x78, second, ..] if (0x78u16 * 256 + *second as u16).is_multiple_of(31) => {
             flate2::read::ZlibDecoder::new(bytes)
                 .take(limit)
                 .read_to_end(&mut out)
