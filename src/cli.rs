@@ -118,6 +118,9 @@ pub struct AgentArgs {
     /// Kafka bootstrap servers, comma-separated [default: 127.0.0.1:9092].
     #[arg(long, value_name = "LIST")]
     pub brokers: Option<String>,
+    /// Where the agent keeps its file checkpoints and spool [default: /var/lib/sluice-agent].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Where a client command finds the broker.

@@ -87,6 +87,9 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(brokers) = args.brokers {
         config.agent.brokers = brokers;
     }
+    if let Some(dir) = args.state_dir {
+        config.agent.state_dir = dir.display().to_string();
+    }
     let shutdown = Shutdown::install()?;
     let registry = http::new_registry();
     let http_listener = http::bind("HTTP listener", &config.http.listen).await?;

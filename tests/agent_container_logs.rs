@@ -61,7 +61,6 @@ fn docker_and_cri_logs_arrive_joined_and_labelled() {
 [agent]
 brokers = "{kafka}"
 hostname = "node-1"
-state_dir = "{state}"
 
 [agent.docker]
 logs = true
@@ -72,7 +71,6 @@ logs = true
 root = "{pods}"
 "#,
         kafka = sluice.kafka,
-        state = tmp.path().join("state").display(),
         docker = docker.display(),
         pods = pods.display(),
     );

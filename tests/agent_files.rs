@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn agent_config(sluice: &Sluice, state: &Path, include: &Path, extra: &str) -> String {
+fn agent_config(sluice: &Sluice, include: &Path, extra: &str) -> String {
     format!(
         r#"
 [agent]
 brokers = "{kafka}"
 hostname = "node-1"
-state_dir = "{state}"
 
 [agent.files]
 include = ["{include}"]
@@ -28,7 +27,6 @@ rotate_wait_ms = 1000
 {extra}
 "#,
         kafka = sluice.kafka,
-        state = state.display(),
         include = include.display(),
     )
 }
@@ -84,7 +82,7 @@ fn kill9_halfway_through_a_million_lines_loses_none_and_repeats_keep_their_ids()
         ));
     }
     std::fs::write(logs.join("big.log"), text).unwrap();
-    let config = agent_config(&sluice, &tmp.path().join("state"), &logs.join("*.log"), "");
+    let config = agent_config(&sluice, &logs.join("*.log"), "");
     let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
     wait_until(
         "half the lines acknowledged",
@@ -117,7 +115,7 @@ fn rotate_while_writing(mode: &str) -> Vec<(u64, bool)> {
     let path = logs.join("app.log");
     std::fs::write(&path, "line 0 first\n").unwrap();
     let glob = logs.join("app.log*");
-    let config = agent_config(&sluice, &tmp.path().join("state"), &glob, "");
+    let config = agent_config(&sluice, &glob, "");
     let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
     let rotate_conf = tmp.path().join("logrotate.conf");
     std::fs::write(
@@ -244,7 +242,6 @@ fn multiline_events_long_lines_and_invalid_utf8() {
     std::fs::write(logs.join("app.log"), &text).unwrap();
     let config = agent_config(
         &sluice,
-        &tmp.path().join("state"),
         &logs.join("*.log"),
         "multiline_start = '^\\d{4}-\\d{2}-\\d{2} '\nmultiline_timeout_ms = 300\n",
     );

@@ -228,3 +228,75 @@ fn stdin_lines_are_shipped_and_the_agent_ends_with_its_input() {
     assert_eq!(ids.len(), 1000, "every line has its own id");
     assert!(events.iter().all(|e| e["source"] == "stdin"));
 }
+
+/// A syslog flood over TCP from util-linux `logger` (5000 messages a second for 40 s) while the
+/// broker is stopped for 30 s: the agent's spool takes what librdkafka's queue cannot, and after
+/// the broker is back every message is in the topic.
+#[test]
+fn broker_stopped_for_30_s_during_a_syslog_flood_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(tmp.path(), "");
+    let tcp = free_port().to_string();
+    let agent = AgentProcess::start(
+        tmp.path(),
+        &format!(
+            "[agent]\nbrokers = \"{}\"\n[agent.syslog]\ntcp = \"127.0.0.1:{tcp}\"\n",
+            sluice.kafka
+        ),
+        Stdio::null(),
+    );
+    wait_for_port(&format!("127.0.0.1:{tcp}"), Duration::from_secs(10)).unwrap();
+    let (rounds, per_round) = (40u64, 5000u64);
+    let flood = {
+        let dir = tmp.path().to_path_buf();
+        let tcp = tcp.clone();
+        std::thread::spawn(move || {
+            for round in 0..rounds {
+                let started = Instant::now();
+                let file = dir.join(format!("round-{round}.txt"));
+                let lines: String = (round * per_round..(round + 1) * per_round)
+                    .map(|n| format!("flood {n} payload\n"))
+                    .collect();
+                std::fs::write(&file, lines).unwrap();
+                let mut args = vec!["-T", "--octet-count", "--rfc5424", "-t", "flood", "-f"];
+                let file = file.display().to_string();
+                args.push(&file);
+                logger(&tcp, &args);
+                std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(sluice.stop_with("TERM").success());
+    let mut spooled = 0.0f64;
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(30) {
+        spooled = spooled.max(agent.metric("sluice_agent_spool_bytes"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    sluice.restart();
+    flood.join().unwrap();
+    assert!(spooled > 0.0, "the spool was never used during the outage");
+    let total = rounds * per_round;
+    wait_until(
+        "every message acknowledged",
+        Duration::from_secs(120),
+        || {
+            agent.metric("sluice_agent_events_sent_total") >= total as f64
+                && agent.metric("sluice_agent_spool_bytes") == 0.0
+        },
+    );
+    let mut seen = vec![false; total as usize];
+    for event in logs_events(&sluice, total as usize) {
+        let message = event["message"].as_str().unwrap();
+        let n: usize = message.split(' ').nth(1).unwrap().parse().unwrap();
+        seen[n] = true;
+    }
+    let missing: Vec<usize> = (0..total as usize).filter(|&n| !seen[n]).collect();
+    assert!(
+        missing.is_empty(),
+        "{} messages missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}

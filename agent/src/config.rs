@@ -21,6 +21,7 @@ pub struct AgentConfig {
     pub files: FilesConfig,
     pub syslog: SyslogConfig,
     pub gelf: GelfConfig,
+    pub spool: SpoolConfig,
     pub metrics: MetricsConfig,
     pub docker: DockerConfig,
     pub cri: CriConfig,
@@ -185,6 +186,26 @@ impl Default for GelfConfig {
     }
 }
 
+/// `[agent.spool]`: where syslog, GELF and stdin events wait while the broker is slow or away.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Most bytes the spool holds (under `<state_dir>/spool/`).
+    pub max_bytes: u64,
+    /// When it is full: "block" (inputs wait; UDP datagrams then overflow in the kernel) or
+    /// "drop" (events are dropped and counted).
+    pub when_full: String,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 << 20,
+            when_full: "block".into(),
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
@@ -197,6 +218,7 @@ impl Default for AgentConfig {
             files: FilesConfig::default(),
             syslog: SyslogConfig::default(),
             gelf: GelfConfig::default(),
+            spool: SpoolConfig::default(),
             metrics: MetricsConfig::default(),
             docker: DockerConfig::default(),
             cri: CriConfig::default(),
@@ -227,6 +249,12 @@ impl AgentConfig {
             return Err((
                 "agent.syslog.max_message_bytes",
                 "expected at least 480 (RFC 3164's smallest maximum)".into(),
+            ));
+        }
+        if !matches!(self.spool.when_full.as_str(), "block" | "drop") {
+            return Err((
+                "agent.spool.when_full",
+                format!("expected block or drop, got {:?}", self.spool.when_full),
             ));
         }
         if !matches!(self.files.read_from.as_str(), "beginning" | "end") {

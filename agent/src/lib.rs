@@ -1,11 +1,12 @@
-//! The Sluice agent: runs beside containers and ships their logs into the broker.
+//! The Sluice agent: runs beside containers and ships their logs and metrics into the broker.
 //!
-//! Each input in `inputs` turns what it reads into an `event::Event` (the design brief's JSON
-//! contract) and hands it to the `Shipper`, which counts it (`metrics`) and queues it on the Kafka
-//! `output`. The `collectors` sample containers' cgroups, the host and Prometheus targets every
-//! interval and ship the samples to the metrics topic; `containers` names Docker's containers for
-//! both. Built so far: syslog over UDP and TCP, stdin and the collectors. Files, Docker and CRI
-//! logs, GELF, file checkpoints and the disk spool are issue #5's remaining work.
+//! Each input in `inputs` (files, Docker and CRI logs, syslog, GELF, stdin) turns what it reads
+//! into an `event::Event` (the design brief's JSON contract) and hands it to the `shipper`, which
+//! counts it (`metrics`) and queues it on the Kafka `output`; `acks` tracks which records the
+//! broker acknowledged, so file checkpoints move only past those. Events of inputs that cannot
+//! replay go through the disk `spool` while the broker is slow or away. The `collectors` sample
+//! containers' cgroups, the host and Prometheus targets every interval and ship the samples to
+//! the metrics topic; `containers` names Docker's containers for both.
 
 mod acks;
 mod collectors;
@@ -15,6 +16,8 @@ mod event;
 mod inputs;
 mod metrics;
 mod output;
+mod shipper;
+mod spool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,75 +25,20 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
-pub use config::{AgentConfig, DockerConfig, MetricsConfig, SyslogConfig};
+pub use config::AgentConfig;
 pub use metrics::AgentMetrics;
 
-use crate::acks::Ack;
-use crate::event::Event;
 use crate::output::KafkaOutput;
-
-/// What every input needs: the output, the metrics, and the names ids are made of.
-pub struct Shipper {
-    output: KafkaOutput,
-    metrics: AgentMetrics,
-    /// Topic the log events go to.
-    topic: String,
-    /// This host's name, for events that name none.
-    host: String,
-    /// The agent's start time in ms: ids of inputs that cannot replay are unique per run.
-    run: i64,
-}
-
-impl Shipper {
-    fn read(&self, input: &str, bytes: usize) {
-        self.metrics.lines_read.with_label_values(&[input]).inc();
-        self.metrics
-            .bytes_read
-            .with_label_values(&[input])
-            .inc_by(bytes as u64);
-    }
-
-    fn malformed(&self, input: &str, reason: &str) {
-        self.metrics
-            .malformed
-            .with_label_values(&[input, reason])
-            .inc();
-    }
-
-    /// The bytes as text; invalid UTF-8 is replaced and counted.
-    fn text(&self, input: &str, bytes: &[u8]) -> String {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => text.to_owned(),
-            Err(_) => {
-                self.malformed(input, "invalid_utf8");
-                String::from_utf8_lossy(bytes).into_owned()
-            }
-        }
-    }
-
-    /// Queues the event, keyed by its host and source so one source stays on one partition.
-    async fn ship(&self, input: &str, event: &Event) -> anyhow::Result<()> {
-        self.ship_acked(input, event, Ack::none()).await
-    }
-
-    /// Queues the event; `ack` is told when the broker has it.
-    async fn ship_acked(&self, input: &str, event: &Event, ack: Box<Ack>) -> anyhow::Result<()> {
-        let key = format!("{}/{}", event.host, event.source);
-        self.output
-            .send(&self.topic, &key, &event.to_json(), ack)
-            .await
-            .map_err(|e| {
-                tracing::warn!(input, error = %e, "agent: shipping an event");
-                e
-            })
-    }
-}
+use crate::shipper::Shipper;
+use crate::spool::Spool;
 
 /// A running agent.
 pub struct Agent {
     shipper: Arc<Shipper>,
     tasks: Vec<JoinHandle<()>>,
     files: Option<inputs::files::FilesInput>,
+    /// Sends the spool's segments; stopped last.
+    drain: Option<JoinHandle<()>>,
 }
 
 impl Agent {
@@ -119,8 +67,31 @@ impl Agent {
         } else {
             config.hostname.clone()
         };
+        let output = Arc::new(KafkaOutput::new(&config, metrics.clone())?);
+        let cannot_replay = config.stdin
+            || !(config.syslog.udp.is_empty()
+                && config.syslog.tcp.is_empty()
+                && config.gelf.udp.is_empty()
+                && config.gelf.tcp.is_empty());
+        let spool = match cannot_replay {
+            true => Some(Arc::new(Spool::open(
+                &std::path::Path::new(&config.state_dir).join("spool"),
+                config.spool.max_bytes,
+                config.spool.when_full == "block",
+                metrics.clone(),
+            )?)),
+            false => None,
+        };
+        let drain = spool.as_ref().map(|spool| {
+            tokio::spawn(spool::drain(
+                spool.clone(),
+                output.clone(),
+                config.topic.clone(),
+            ))
+        });
         let shipper = Arc::new(Shipper {
-            output: KafkaOutput::new(&config, metrics.clone())?,
+            output,
+            spool,
             metrics,
             topic: config.topic.clone(),
             host,
@@ -183,6 +154,7 @@ impl Agent {
             shipper,
             tasks,
             files,
+            drain,
         })
     }
 
@@ -207,6 +179,18 @@ impl Agent {
             Some(files) => files.stop().await,
             None => None,
         };
+        if let Some(drain) = self.drain {
+            // What waits in the spool goes first, as far as the time allows; the rest stays on
+            // disk for the next start.
+            if let Some(spool) = &self.shipper.spool {
+                spool.close();
+                let deadline = tokio::time::Instant::now() + timeout;
+                while !spool.is_empty() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            drain.abort();
+        }
         let shipper = self.shipper;
         let flushed = tokio::task::spawn_blocking(move || shipper.output.flush(timeout)).await?;
         if let Some(checkpoints) = checkpoints {

@@ -14,6 +14,8 @@ pub struct AgentMetrics {
     pub files_tracked: IntGauge,
     pub file_bytes_behind: IntGauge,
     pub checkpoint_errors: IntCounter,
+    pub spool_bytes: IntGauge,
+    pub spool_dropped: IntCounter,
 }
 
 impl AgentMetrics {
@@ -115,6 +117,14 @@ impl AgentMetrics {
                 "sluice_agent_checkpoint_errors_total",
                 "Failed writes of the file checkpoints",
             )?,
+            spool_bytes: IntGauge::new(
+                "sluice_agent_spool_bytes",
+                "Bytes of events waiting in the disk spool for the broker",
+            )?,
+            spool_dropped: IntCounter::new(
+                "sluice_agent_spool_dropped_total",
+                "Events dropped because the spool was full (when_full = drop) or torn",
+            )?,
         };
         registry.register(Box::new(metrics.lines_read.clone()))?;
         registry.register(Box::new(metrics.bytes_read.clone()))?;
@@ -126,6 +136,8 @@ impl AgentMetrics {
         registry.register(Box::new(metrics.files_tracked.clone()))?;
         registry.register(Box::new(metrics.file_bytes_behind.clone()))?;
         registry.register(Box::new(metrics.checkpoint_errors.clone()))?;
+        registry.register(Box::new(metrics.spool_bytes.clone()))?;
+        registry.register(Box::new(metrics.spool_dropped.clone()))?;
         for input in Self::INPUTS {
             metrics.lines_read.with_label_values(&[input]);
             metrics.bytes_read.with_label_values(&[input]);

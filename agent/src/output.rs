@@ -101,6 +101,11 @@ impl KafkaOutput {
         }
     }
 
+    /// Records queued or in flight, not yet acknowledged.
+    pub fn backlog(&self) -> u64 {
+        self.producer.in_flight_count().max(0) as u64
+    }
+
     /// Waits for everything queued to be acknowledged, up to `timeout`.
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer

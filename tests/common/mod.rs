@@ -585,6 +585,8 @@ impl AgentProcess {
         let child = Command::new(SLUICE)
             .args(["agent", "--config"])
             .arg(&path)
+            .arg("--state-dir")
+            .arg(dir.join("agent-state"))
             .args(["--http", &http])
             .stdin(stdin)
             .stdout(Stdio::null())

@@ -15,7 +15,7 @@ use serde::{Serialize, Serializer};
 
 use crate::acks::Ack;
 use crate::config::{AgentConfig, MetricsConfig};
-use crate::Shipper;
+use crate::shipper::Shipper;
 
 /// One sample, as the metrics topic carries it: `{"name", "type", "help", "labels", "value",
 /// "timestamp"}`, the timestamp in milliseconds since the epoch. A value that is not a finite

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Kind, Samples};
 use crate::config::MetricsConfig;
-use crate::Shipper;
+use crate::shipper::Shipper;
 
 pub struct Scraper {
     http: ureq::Agent,

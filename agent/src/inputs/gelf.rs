@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::event::{now_rfc3339, rfc3339_ms, Event};
-use crate::Shipper;
+use crate::shipper::Shipper;
 
 const CHUNK_MAGIC: [u8; 2] = [0x1e, 0x0f];
 const CHUNK_HEADER: usize = 12;

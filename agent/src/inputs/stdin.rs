@@ -6,7 +6,7 @@ use tokio::io::BufReader;
 
 use super::read_line;
 use crate::event::{now_rfc3339, Event};
-use crate::Shipper;
+use crate::shipper::Shipper;
 
 const MAX_LINE_BYTES: usize = 256 << 10;
 

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::read_line;
 use crate::event::{now_rfc3339, rfc3339_ms, Event};
-use crate::Shipper;
+use crate::shipper::Shipper;
 
 pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 65_536];

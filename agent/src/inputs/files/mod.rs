@@ -32,7 +32,7 @@ use crate::acks::{Ack, Progress};
 use crate::config::AgentConfig;
 use crate::containers::DockerContainers;
 use crate::event::{now_rfc3339, Event};
-use crate::Shipper;
+use crate::shipper::Shipper;
 use format::{Decoded, Format, Origin};
 use reader::Reader;
 use registry::Registry;

@@ -17,7 +17,7 @@ use super::tailer::{self, Line, Read, Tailer};
 use super::{needs_rescan, wait_for_notice, watch_root, Batch};
 use crate::config::FilesConfig;
 use crate::containers::DockerContainers;
-use crate::Shipper;
+use crate::shipper::Shipper;
 
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// How long the thread sleeps when no file had anything new and no notice came.

@@ -1,0 +1,87 @@
+//! What every input hands its events to: counting (lines, bytes, defects), the spool for inputs
+//! that cannot replay, and the Kafka output.
+
+use std::sync::Arc;
+
+use crate::acks::Ack;
+use crate::event::Event;
+use crate::metrics::AgentMetrics;
+use crate::output::KafkaOutput;
+use crate::spool::{Spool, Spooled};
+
+/// What every input needs: the output, the metrics, and the names ids are made of.
+pub struct Shipper {
+    pub output: Arc<KafkaOutput>,
+    /// Where events of inputs that cannot replay wait while the broker is slow or away.
+    pub spool: Option<Arc<Spool>>,
+    pub metrics: AgentMetrics,
+    /// Topic the log events go to.
+    pub topic: String,
+    /// This host's name, for events that name none.
+    pub host: String,
+    /// The agent's start time in ms: ids of inputs that cannot replay are unique per run.
+    pub run: i64,
+}
+
+impl Shipper {
+    pub fn read(&self, input: &str, bytes: usize) {
+        self.metrics.lines_read.with_label_values(&[input]).inc();
+        self.metrics
+            .bytes_read
+            .with_label_values(&[input])
+            .inc_by(bytes as u64);
+    }
+
+    pub fn malformed(&self, input: &str, reason: &str) {
+        self.metrics
+            .malformed
+            .with_label_values(&[input, reason])
+            .inc();
+    }
+
+    /// The bytes as text; invalid UTF-8 is replaced and counted.
+    pub fn text(&self, input: &str, bytes: &[u8]) -> String {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => text.to_owned(),
+            Err(_) => {
+                self.malformed(input, "invalid_utf8");
+                String::from_utf8_lossy(bytes).into_owned()
+            }
+        }
+    }
+
+    /// Queues an event of an input that cannot replay, keyed by its host and source so one source
+    /// stays on one partition; through the spool while the broker is slow or away.
+    pub async fn ship(&self, input: &str, event: &Event) -> anyhow::Result<()> {
+        if let Some(spool) = &self.spool {
+            let key = format!("{}/{}", event.host, event.source);
+            match spool
+                .offer(self.output.backlog(), &key, &event.to_json())
+                .await
+            {
+                Ok(Spooled::Kept | Spooled::Dropped) => return Ok(()),
+                Ok(Spooled::NotNeeded) => {}
+                // The disk failed us: librdkafka's bounded memory queue still holds it.
+                Err(e) => tracing::warn!(input, error = %e, "agent: spooling an event"),
+            }
+        }
+        self.ship_acked(input, event, Ack::none()).await
+    }
+
+    /// Queues the event; `ack` is told when the broker has it.
+    pub async fn ship_acked(
+        &self,
+        input: &str,
+        event: &Event,
+        ack: Box<Ack>,
+    ) -> anyhow::Result<()> {
+        let key = format!("{}/{}", event.host, event.source);
+        self.output
+            .send(&self.topic, &key, &event.to_json(), ack)
+            .await
+            .map_err(|e| {
+                tracing::warn!(input, error = %e, "agent: shipping an event");
+                e
+            })
+    }
+}

@@ -1,0 +1,300 @@
+//! The disk spool for inputs that cannot replay (syslog, GELF, stdin): while the broker is slow or
+//! away (the output's backlog passes `DIVERT_AT` records), their events are appended to segment
+//! files under `<state_dir>/spool/` instead of memory, and everything after them follows them
+//! there, so order is kept. A drain task sends the oldest segment once the backlog is low again
+//! and deletes it when the broker acknowledged all its records; segments left by a killed agent
+//! are sent after a restart. When the spool holds `max_bytes`, the policy decides: `block`
+//! (inputs wait, and a UDP socket's buffer overflows in the kernel) or `drop` (counted).
+//!
+//! A record is `[u32 length][u32 crc32c][u16 key length][key][payload]`; a torn or corrupt
+//! record ends its segment (what follows it is lost and counted).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::acks::{Ack, Progress};
+use crate::metrics::AgentMetrics;
+use crate::output::KafkaOutput;
+
+/// Records waiting in librdkafka past which new events go to disk.
+pub const DIVERT_AT: u64 = 20_000;
+/// A segment is sealed (and can be drained) at this size.
+const SEGMENT_BYTES: u64 = 4 << 20;
+const HEADER: usize = 10;
+
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    block: bool,
+    metrics: AgentMetrics,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Sealed segments, oldest first: (number, bytes).
+    sealed: VecDeque<(u64, u64)>,
+    /// The segment being appended to: (number, writer, bytes).
+    open: Option<(u64, BufWriter<File>, u64)>,
+    next: u64,
+    bytes: u64,
+}
+
+/// What became of an event handed to the spool.
+pub enum Spooled {
+    Kept,
+    /// Not the spool's: send it straight away.
+    NotNeeded,
+    /// The spool is full and the policy is `drop`.
+    Dropped,
+}
+
+impl Spool {
+    /// Opens the spool in `dir`, taking in the segments a previous run left.
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        block: bool,
+        metrics: AgentMetrics,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            anyhow::anyhow!("agent spool dir {}: cannot create: {e}", dir.display())
+        })?;
+        let mut sealed = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(number) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".spool"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            sealed.push((number, entry.metadata()?.len()));
+        }
+        sealed.sort();
+        let bytes = sealed.iter().map(|(_, b)| b).sum();
+        let next = sealed.last().map_or(0, |(n, _)| n + 1);
+        metrics.spool_bytes.set(bytes as i64);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            block,
+            metrics,
+            state: Mutex::new(State {
+                sealed: sealed.into(),
+                open: None,
+                next,
+                bytes,
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("{number:020}.spool"))
+    }
+
+    /// Keeps the event when the spool is in use or the backlog is high; waits for room when
+    /// full and the policy is `block`.
+    pub async fn offer(&self, backlog: u64, key: &str, payload: &[u8]) -> std::io::Result<Spooled> {
+        let size = (HEADER + key.len() + payload.len()) as u64;
+        loop {
+            {
+                let mut state = self.state();
+                if state.bytes == 0 && backlog < DIVERT_AT {
+                    return Ok(Spooled::NotNeeded);
+                }
+                if state.bytes + size <= self.max_bytes {
+                    self.append(&mut state, key, payload)?;
+                    return Ok(Spooled::Kept);
+                }
+                if !self.block {
+                    self.metrics.spool_dropped.inc();
+                    return Ok(Spooled::Dropped);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn append(&self, state: &mut State, key: &str, payload: &[u8]) -> std::io::Result<()> {
+        if state.open.is_none() {
+            let number = state.next;
+            state.next += 1;
+            let file = File::create(self.path(number))?;
+            state.open = Some((number, BufWriter::new(file), 0));
+        }
+        let (_, writer, len) = state.open.as_mut().expect("opened");
+        let key = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
+        let mut body = Vec::with_capacity(2 + key.len() + payload.len());
+        body.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        body.extend_from_slice(key);
+        body.extend_from_slice(payload);
+        writer.write_all(&(body.len() as u32).to_le_bytes())?;
+        writer.write_all(&crc32c::crc32c(&body).to_le_bytes())?;
+        writer.write_all(&body)?;
+        let size = 8 + body.len() as u64;
+        *len += size;
+        state.bytes += size;
+        self.metrics.spool_bytes.set(state.bytes as i64);
+        if *len >= SEGMENT_BYTES {
+            Self::seal(state)?;
+        }
+        Ok(())
+    }
+
+    fn seal(state: &mut State) -> std::io::Result<()> {
+        if let Some((number, mut writer, len)) = state.open.take() {
+            writer.flush()?;
+            writer.get_ref().sync_data()?;
+            state.sealed.push_back((number, len));
+        }
+        Ok(())
+    }
+
+    /// The oldest segment, sealed first if it is the one being written.
+    fn oldest(&self) -> std::io::Result<Option<(u64, u64)>> {
+        let mut state = self.state();
+        if state.sealed.is_empty() {
+            Self::seal(&mut state)?;
+        }
+        Ok(state.sealed.front().copied())
+    }
+
+    /// Writes out what is buffered, so a stop loses nothing the spool took.
+    pub fn close(&self) {
+        if let Err(e) = Self::seal(&mut self.state()) {
+            tracing::warn!(error = %e, "agent: sealing the spool");
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state().bytes == 0
+    }
+
+    fn remove_oldest(&self, number: u64, bytes: u64) {
+        let mut state = self.state();
+        if state.sealed.front().map(|(n, _)| *n) == Some(number) {
+            state.sealed.pop_front();
+            state.bytes = state.bytes.saturating_sub(bytes);
+            self.metrics.spool_bytes.set(state.bytes as i64);
+        }
+    }
+}
+
+/// Sends the spooled segments, oldest first, whenever the output's backlog is low.
+pub async fn drain(spool: Arc<Spool>, output: Arc<KafkaOutput>, topic: String) {
+    loop {
+        let next = match output.backlog() < DIVERT_AT / 2 {
+            true => spool.oldest(),
+            false => Ok(None),
+        };
+        match next {
+            Ok(Some((number, bytes))) => {
+                if let Err(e) = send_segment(&spool, &output, &topic, number).await {
+                    tracing::warn!(error = %e, "agent: draining the spool");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                let _ = std::fs::remove_file(spool.path(number));
+                spool.remove_oldest(number, bytes);
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "agent: sealing a spool segment");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Sends every record of a segment and waits until the broker has them all.
+async fn send_segment(
+    spool: &Spool,
+    output: &KafkaOutput,
+    topic: &str,
+    number: u64,
+) -> anyhow::Result<()> {
+    let bytes = tokio::fs::read(spool.path(number)).await?;
+    let progress = Progress::new(0);
+    let mut at = 0usize;
+    let mut records = 0u64;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into()?);
+        let Some(body) = bytes.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if crc32c::crc32c(body) != crc || body.len() < 2 {
+            break;
+        }
+        let key_len = u16::from_le_bytes([body[0], body[1]]) as usize;
+        let Some(key) = body.get(2..2 + key_len) else {
+            break;
+        };
+        let payload = &body[2 + key_len..];
+        progress.queued(records, records + 1);
+        let ack = Box::new(Ack(Some((progress.clone(), records))));
+        output
+            .send(topic, &String::from_utf8_lossy(key), payload, ack)
+            .await?;
+        records += 1;
+        at += 8 + len;
+    }
+    if at < bytes.len() {
+        tracing::warn!(
+            segment = number,
+            lost_bytes = bytes.len() - at,
+            "agent: a spool segment ends in a torn record"
+        );
+        spool.metrics.spool_dropped.inc();
+    }
+    while progress.pending() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn spools_in_order_and_reopens_what_was_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = prometheus::Registry::new();
+        let metrics = AgentMetrics::register(&registry).unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, false, metrics.clone()).unwrap();
+        assert!(matches!(
+            spool.offer(0, "k", b"direct").await.unwrap(),
+            Spooled::NotNeeded
+        ));
+        assert!(matches!(
+            spool.offer(DIVERT_AT, "k", b"one").await.unwrap(),
+            Spooled::Kept
+        ));
+        // Once something is spooled, everything after it is, whatever the backlog.
+        assert!(matches!(
+            spool.offer(0, "k", b"two").await.unwrap(),
+            Spooled::Kept
+        ));
+        assert_eq!(spool.oldest().unwrap().map(|(n, _)| n), Some(0));
+        drop(spool);
+        let reopened = Spool::open(dir.path(), 1 << 20, false, metrics.clone()).unwrap();
+        assert_eq!(reopened.state().sealed.len(), 1);
+        let full = Spool::open(&dir.path().join("small"), 10, false, metrics.clone()).unwrap();
+        assert!(matches!(
+            full.offer(DIVERT_AT, "k", b"too big").await.unwrap(),
+            Spooled::Dropped
+        ));
+        assert_eq!(metrics.spool_dropped.get(), 1);
+    }
+}
