@@ -1,5 +1,6 @@
 //! `sluice`: one binary that composes the agent, broker and indexer crates.
 
+mod agent;
 mod alloc;
 mod bench;
 mod cli;
@@ -88,7 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => server::up(args).await,
         Command::Broker(args) => server::broker(args.server).await,
         Command::Indexer(args) => server::indexer(args).await,
-        Command::Agent(args) => server::agent(args).await,
+        Command::Agent(args) => agent::run(args).await,
         Command::Topics(args) => client::topics::run(args).await,
         Command::Produce(args) => {
             tokio::task::spawn_blocking(|| client::produce::run(args)).await?

@@ -1,13 +1,11 @@
-//! The long-running processes: `sluice up` (broker, indexer and search API in one process),
-//! `sluice broker`, `sluice indexer` and `sluice agent`.
+//! The long-running appliance processes: `sluice up` (broker, indexer and search API in one
+//! process), `sluice broker` and `sluice indexer`. `sluice agent` is in `agent`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use sluice_agent::{Agent, AgentMetrics};
 use sluice_broker::Broker;
 use sluice_indexer::{
     Indexer, IndexerMetrics, MetricsView, SearchLimits, SearchMetrics, SearchService, ViewMetrics,
@@ -15,7 +13,7 @@ use sluice_indexer::{
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-use crate::cli::{AgentArgs, CommonArgs, IndexerArgs, ServerArgs};
+use crate::cli::{CommonArgs, IndexerArgs, ServerArgs};
 use crate::config::SluiceConfig;
 use crate::http;
 use crate::shutdown::Shutdown;
@@ -79,38 +77,6 @@ fn load_config(common: CommonArgs, data_dir: Option<PathBuf>) -> anyhow::Result<
     }
     Ok(config)
 }
-
-/// `sluice agent`: ships this host's logs to the brokers, with /metrics on its HTTP address.
-/// Stops on SIGTERM, or when its only inputs end (stdin at its end).
-pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let mut config = load_config(args.common, None)?;
-    if let Some(brokers) = args.brokers {
-        config.agent.brokers = brokers;
-    }
-    if let Some(dir) = args.state_dir {
-        config.agent.state_dir = dir.display().to_string();
-    }
-    let shutdown = Shutdown::install()?;
-    let registry = http::new_registry();
-    let http_listener = http::bind("HTTP listener", &config.http.listen).await?;
-    let metrics = AgentMetrics::register(&registry)?;
-    let mut agent = Agent::start(config.agent.clone(), metrics).await?;
-    let (stop_http, http_stopped) = oneshot::channel::<()>();
-    let http_task = tokio::spawn(http::serve(http_listener, registry, Router::new(), async {
-        let _ = http_stopped.await;
-    }));
-    tokio::select! {
-        _ = shutdown.wait() => {}
-        _ = agent.inputs_done() => {}
-    }
-    let stopped = agent.stop(AGENT_FLUSH).await;
-    let _ = stop_http.send(());
-    http_task.await??;
-    stopped
-}
-
-/// How long a stopping agent waits for the broker to acknowledge what it queued.
-const AGENT_FLUSH: Duration = Duration::from_secs(30);
 
 fn server_config(args: ServerArgs) -> anyhow::Result<SluiceConfig> {
     let mut config = load_config(args.common, args.data_dir)?;

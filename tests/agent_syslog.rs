@@ -300,3 +300,47 @@ fn broker_stopped_for_30_s_during_a_syslog_flood_loses_nothing() {
         &missing[..missing.len().min(10)]
     );
 }
+
+/// The agent follows its configuration file: a new listen address is taken up without a restart
+/// of the process; a broken file leaves the running inputs as they are.
+#[test]
+fn config_changes_are_picked_up_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let config = |port: &str| {
+        format!(
+            "[agent]\nbrokers = \"{}\"\n[agent.syslog]\ntcp = \"127.0.0.1:{port}\"\n",
+            sluice.kafka
+        )
+    };
+    let first = free_port().to_string();
+    let agent = AgentProcess::start(tmp.path(), &config(&first), Stdio::null());
+    wait_for_port(&format!("127.0.0.1:{first}"), Duration::from_secs(10)).unwrap();
+    logger(&first, &["-T", "-t", "reload", "before the change"]);
+    let second = free_port().to_string();
+    let path = tmp.path().join("agent.toml");
+    std::fs::write(&path, config(&second)).unwrap();
+    wait_for_port(&format!("127.0.0.1:{second}"), Duration::from_secs(20)).unwrap();
+    logger(&second, &["-T", "-t", "reload", "after the change"]);
+    std::fs::write(&path, "[agent]\nno_such_key = 1\n").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    logger(&second, &["-T", "-t", "reload", "despite a broken file"]);
+    let events = logs_events(&sluice, 3);
+    let messages: Vec<&str> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "before the change",
+            "after the change",
+            "despite a broken file"
+        ]
+    );
+    assert_eq!(
+        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#),
+        3.0,
+        "counters carry on across a reload"
+    );
+}

@@ -1,0 +1,125 @@
+//! `sluice agent`: runs the agent with /metrics on its HTTP address, and restarts its inputs when
+//! the configuration file changes (a file watch; a change that does not load keeps the running
+//! configuration and says why). Stops on SIGTERM, or when its only inputs end (stdin at its end).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::Router;
+use notify::Watcher;
+use sluice_agent::{Agent, AgentConfig, AgentMetrics};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cli::AgentArgs;
+use crate::config::SluiceConfig;
+use crate::http;
+use crate::shutdown::Shutdown;
+
+/// How long a stopping agent waits for the broker to acknowledge what it queued.
+const AGENT_FLUSH: Duration = Duration::from_secs(30);
+/// Editors write a file in several steps: changes this close together are one change.
+const SETTLE: Duration = Duration::from_millis(300);
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let path = args.common.config.clone();
+    let load = || -> anyhow::Result<SluiceConfig> {
+        let mut config = SluiceConfig::load(path.as_deref())?;
+        if let Some(addr) = &args.common.http {
+            config.http.listen = addr.clone();
+        }
+        if let Some(brokers) = &args.brokers {
+            config.agent.brokers = brokers.clone();
+        }
+        if let Some(dir) = &args.state_dir {
+            config.agent.state_dir = dir.display().to_string();
+        }
+        Ok(config)
+    };
+    let config = load()?;
+    let shutdown = Shutdown::install()?;
+    let registry = http::new_registry();
+    let http_listener = http::bind("HTTP listener", &config.http.listen).await?;
+    let metrics = AgentMetrics::register(&registry)?;
+    let (changed, mut changes) = mpsc::channel(1);
+    let _watch = match &path {
+        Some(path) => Some(watch(path, changed)?),
+        None => None,
+    };
+    let mut running = config.agent;
+    let mut agent = Agent::start(running.clone(), metrics.clone()).await?;
+    let (stop_http, http_stopped) = oneshot::channel::<()>();
+    let http_task = tokio::spawn(http::serve(http_listener, registry, Router::new(), async {
+        let _ = http_stopped.await;
+    }));
+    loop {
+        tokio::select! {
+            _ = shutdown.clone().wait() => break,
+            _ = agent.inputs_done() => break,
+            Some(()) = changes.recv() => {
+                tokio::time::sleep(SETTLE).await;
+                while changes.try_recv().is_ok() {}
+                let wanted = match load() {
+                    Ok(config) => config.agent,
+                    Err(e) => {
+                        tracing::error!("{e:#}; the agent keeps its running configuration");
+                        continue;
+                    }
+                };
+                if wanted != running {
+                    (agent, running) = restart(agent, running, wanted, &metrics).await?;
+                }
+            }
+        }
+    }
+    let stopped = agent.stop(AGENT_FLUSH).await;
+    let _ = stop_http.send(());
+    http_task.await??;
+    stopped
+}
+
+/// Stops the inputs and starts them with `wanted`; with `running` again when `wanted` cannot
+/// start (a port taken, say).
+async fn restart(
+    agent: Agent,
+    running: AgentConfig,
+    wanted: AgentConfig,
+    metrics: &AgentMetrics,
+) -> anyhow::Result<(Agent, AgentConfig)> {
+    tracing::info!("configuration changed: restarting the agent's inputs");
+    if let Err(e) = agent.stop(AGENT_FLUSH).await {
+        tracing::warn!(error = %e, "agent: stopping for the new configuration");
+    }
+    match Agent::start(wanted.clone(), metrics.clone()).await {
+        Ok(agent) => Ok((agent, wanted)),
+        Err(e) => {
+            tracing::error!("{e:#}; the agent goes on with its previous configuration");
+            Ok((
+                Agent::start(running.clone(), metrics.clone()).await?,
+                running,
+            ))
+        }
+    }
+}
+
+/// Watches the file's directory (editors and config managers replace the file, which a watch on
+/// the file itself would lose) and sends on `changed` when the file may have changed.
+fn watch(path: &Path, changed: mpsc::Sender<()>) -> anyhow::Result<notify::RecommendedWatcher> {
+    let path = std::path::absolute(path)?;
+    let dir = path
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let ours = match &event {
+            Ok(event) => event.paths.iter().any(|p| p.file_name() == name.as_deref()),
+            Err(_) => true,
+        };
+        if ours {
+            let _ = changed.try_send(());
+        }
+    })?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| anyhow::anyhow!("config file {}: cannot watch: {e}", path.display()))?;
+    Ok(watcher)
+}
