@@ -237,6 +237,22 @@ pub enum BenchTarget {
     /// Index through a broker and an indexer it starts; compare with raw Tantivy, measure
     /// freshness and search latency.
     Index(BenchIndexArgs),
+    /// Ship a log file through `sluice agent` into a broker it starts; MB/s per core of agent CPU
+    /// and peak RSS, against kcat on the same file.
+    Agent(BenchAgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchAgentArgs {
+    /// Log lines to write the file of (cycled), e.g. the Loghub samples concatenated.
+    #[arg(long, value_name = "FILE")]
+    pub lines: PathBuf,
+    /// Size of the file to ship, in MiB.
+    #[arg(long, default_value_t = 500)]
+    pub megabytes: u64,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

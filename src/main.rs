@@ -105,5 +105,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             target: cli::BenchTarget::Index(args),
         } => bench::index(args).await,
+        Command::Bench {
+            target: cli::BenchTarget::Agent(args),
+        } => bench::agent(args).await,
     }
 }

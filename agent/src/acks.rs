@@ -1,11 +1,12 @@
 //! Which records of a replayable source the broker has acknowledged, so its checkpoint moves only
-//! past what is safe: a record's byte range is pending from the moment it is queued until its
-//! delivery report says the broker has it, and the checkpoint is the start of the oldest pending
-//! range (or the end of everything read). Delivery reports may arrive out of order (a file's
-//! lines can reach two partitions around a rotation); a failed record stays pending, so it is
-//! read again after a restart.
+//! past what is safe: a batch's byte range is pending from the moment it is queued until the
+//! delivery reports say the broker has every record of it (`Settle` counts them down), and the
+//! checkpoint is the start of the oldest pending range (or the end of everything read). Delivery
+//! reports may arrive out of order (a file's lines can reach two partitions around a rotation); a
+//! batch with a failed record stays pending, so it is read again after a restart.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug)]
@@ -83,13 +84,44 @@ impl Progress {
     }
 }
 
-/// What a delivery report acknowledges: nothing (sources that cannot replay), or a record of a
-/// tracked source.
-pub struct Ack(pub Option<(Arc<Progress>, u64)>);
+/// Records queued together (a batch of a file's lines, a spool segment) whose range, starting at
+/// `start`, is pending in `progress` until every one of them is acknowledged.
+pub struct Settle {
+    progress: Arc<Progress>,
+    start: u64,
+    remaining: AtomicUsize,
+}
+
+impl Settle {
+    /// Marks `[start, end)` pending for `records` records.
+    pub fn queued(progress: &Arc<Progress>, start: u64, end: u64, records: usize) -> Arc<Self> {
+        progress.queued(start, end);
+        Arc::new(Self {
+            progress: progress.clone(),
+            start,
+            remaining: AtomicUsize::new(records),
+        })
+    }
+
+    /// One record is done with (acknowledged, or refused for good and counted).
+    pub fn one_done(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.progress.acknowledged(self.start);
+        }
+    }
+}
+
+/// What a delivery report settles: nothing (sources that cannot replay), or one record of a
+/// tracked batch.
+pub struct Ack(pub Option<Arc<Settle>>);
 
 impl Ack {
     pub fn none() -> Box<Self> {
         Box::new(Self(None))
+    }
+
+    pub fn of(settle: &Arc<Settle>) -> Box<Self> {
+        Box::new(Self(Some(settle.clone())))
     }
 }
 
@@ -118,5 +150,15 @@ mod tests {
         progress.hold(Some(40));
         progress.skipped(50);
         assert_eq!(progress.checkpoint(), 40, "a held event is not passed");
+        progress.hold(None);
+        let batch = Settle::queued(&progress, 50, 90, 2);
+        batch.one_done();
+        assert_eq!(
+            progress.checkpoint(),
+            50,
+            "half a batch is not acknowledged"
+        );
+        batch.one_done();
+        assert_eq!(progress.checkpoint(), 90);
     }
 }

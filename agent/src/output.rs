@@ -15,8 +15,9 @@ use crate::acks::Ack;
 use crate::config::AgentConfig;
 use crate::metrics::AgentMetrics;
 
-/// Bytes of events librdkafka may hold while the broker is slow or away.
-const QUEUE_KBYTES: &str = "65536";
+/// Bytes of records librdkafka may hold. Small: files wait in themselves and the other inputs in
+/// the disk spool while the broker is slow or away, so this only smooths batches.
+const QUEUE_KBYTES: &str = "8192";
 
 pub struct KafkaOutput {
     producer: ThreadedProducer<Deliveries>,
@@ -34,8 +35,8 @@ impl ProducerContext for Deliveries {
         match result {
             Ok(_) => {
                 self.0.events_sent.inc();
-                if let Some((progress, start)) = ack.0 {
-                    progress.acknowledged(start);
+                if let Some(settle) = ack.0 {
+                    settle.one_done();
                 }
             }
             Err((e, _)) => {
@@ -91,8 +92,8 @@ impl KafkaOutput {
                     // cannot hold up its input, nor a file's checkpoint, for ever.
                     tracing::warn!(%topic, error = %code, bytes = payload.len(), "agent: a record was refused");
                     self.metrics.send_errors.inc();
-                    if let Some((progress, start)) = refused.delivery_opaque.0 {
-                        progress.acknowledged(start);
+                    if let Some(settle) = refused.delivery_opaque.0 {
+                        settle.one_done();
                     }
                     return Ok(());
                 }

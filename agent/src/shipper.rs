@@ -25,7 +25,15 @@ pub struct Shipper {
 
 impl Shipper {
     pub fn read(&self, input: &str, bytes: usize) {
-        self.metrics.lines_read.with_label_values(&[input]).inc();
+        self.read_many(input, 1, bytes);
+    }
+
+    /// `lines` lines (or messages) of `bytes` bytes together.
+    pub fn read_many(&self, input: &str, lines: usize, bytes: usize) {
+        self.metrics
+            .lines_read
+            .with_label_values(&[input])
+            .inc_by(lines as u64);
         self.metrics
             .bytes_read
             .with_label_values(&[input])

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::acks::{Ack, Progress};
+use crate::acks::{Ack, Progress, Settle};
 use crate::metrics::AgentMetrics;
 use crate::output::KafkaOutput;
 
@@ -224,12 +224,37 @@ async fn send_segment(
     number: u64,
 ) -> anyhow::Result<()> {
     let bytes = tokio::fs::read(spool.path(number)).await?;
+    let (records, read) = records(&bytes);
+    if read < bytes.len() {
+        tracing::warn!(
+            segment = number,
+            lost_bytes = bytes.len() - read,
+            "agent: a spool segment ends in a torn record"
+        );
+        spool.metrics.spool_dropped.inc();
+    }
     let progress = Progress::new(0);
+    let settle = Settle::queued(&progress, 0, 1, records.len());
+    for (key, payload) in &records {
+        let key = String::from_utf8_lossy(key);
+        output.send(topic, &key, payload, Ack::of(&settle)).await?;
+    }
+    while !records.is_empty() && progress.pending() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A spooled record: (key, payload).
+type Record<'a> = (&'a [u8], &'a [u8]);
+
+/// The records of a segment, up to the first torn or corrupt one; and how many bytes they took.
+fn records(bytes: &[u8]) -> (Vec<Record<'_>>, usize) {
+    let mut records = Vec::new();
     let mut at = 0usize;
-    let mut records = 0u64;
-    while at + 8 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into()?);
+    while let Some(header) = bytes.get(at..at + 8) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         let Some(body) = bytes.get(at + 8..at + 8 + len) else {
             break;
         };
@@ -240,27 +265,10 @@ async fn send_segment(
         let Some(key) = body.get(2..2 + key_len) else {
             break;
         };
-        let payload = &body[2 + key_len..];
-        progress.queued(records, records + 1);
-        let ack = Box::new(Ack(Some((progress.clone(), records))));
-        output
-            .send(topic, &String::from_utf8_lossy(key), payload, ack)
-            .await?;
-        records += 1;
+        records.push((key, &body[2 + key_len..]));
         at += 8 + len;
     }
-    if at < bytes.len() {
-        tracing::warn!(
-            segment = number,
-            lost_bytes = bytes.len() - at,
-            "agent: a spool segment ends in a torn record"
-        );
-        spool.metrics.spool_dropped.inc();
-    }
-    while progress.pending() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    (records, at)
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! `sluice bench`: end-to-end benchmarks that drive real `sluice` processes with real clients.
 //! `produce` measures the broker (throughput, acknowledgement latency, CPU); `index` measures the
-//! indexer against raw Tantivy, its freshness, and search latency. What both need (a child
-//! process, CPU accounting, topics) lives here.
+//! indexer against raw Tantivy, its freshness, and search latency; `agent` measures the agent's
+//! file input against kcat. What they need (a child process, CPU accounting, topics) lives here.
 
+mod agent;
 mod index;
 mod produce;
 
@@ -14,6 +15,7 @@ use anyhow::{bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 
+pub use agent::agent;
 pub use index::index;
 pub use produce::produce;
 

@@ -28,7 +28,7 @@ use std::time::Duration;
 use notify::EventKind;
 use serde_json::{json, Map};
 
-use crate::acks::{Ack, Progress};
+use crate::acks::{Ack, Settle};
 use crate::config::AgentConfig;
 use crate::containers::DockerContainers;
 use crate::event::{now_rfc3339, Event};
@@ -38,8 +38,8 @@ use reader::Reader;
 use registry::Registry;
 
 /// Batches (each at most a read chunk of lines) waiting for the shipper: with 256 KiB chunks,
-/// at most 16 MiB of lines wait in memory.
-const BATCHES_WAITING: usize = 64;
+/// at most 2 MiB of lines wait in memory.
+const BATCHES_WAITING: usize = 8;
 
 /// The running file input.
 pub struct FilesInput {
@@ -48,12 +48,12 @@ pub struct FilesInput {
     shipper: std::thread::JoinHandle<()>,
 }
 
-/// Events of one file, read and not shipped yet; each is already pending in `progress`.
+/// Events of one file, read and not shipped yet; their range is already pending.
 struct Batch {
     input: &'static str,
     identity: Arc<str>,
     origin: Arc<Origin>,
-    progress: Arc<Progress>,
+    settle: Arc<Settle>,
     events: Vec<Decoded>,
 }
 
@@ -164,30 +164,36 @@ fn ship_batches(
     runtime: &tokio::runtime::Handle,
 ) {
     for batch in batches {
-        for decoded in batch.events {
-            let line = decoded.line;
-            let mut fields = Map::new();
-            fields.insert("offset".into(), json!(line.start));
-            if line.truncated {
-                fields.insert("truncated".into(), json!(true));
+        // Lines read together are stamped together where the format gives no time.
+        let read_at = now_rfc3339();
+        let shipped = runtime.block_on(async {
+            for decoded in batch.events {
+                let line = decoded.line;
+                let mut fields = Map::new();
+                fields.insert("offset".into(), json!(line.start));
+                if line.truncated {
+                    fields.insert("truncated".into(), json!(true));
+                }
+                let event = Event {
+                    id: format!("{}:{}:{}", shipper.host, batch.identity, line.start),
+                    // The line's own time where the format gives one (Docker, CRI).
+                    timestamp: decoded.time.unwrap_or_else(|| read_at.clone()),
+                    host: shipper.host.clone(),
+                    source: batch.origin.source.clone(),
+                    container: batch.origin.container.clone(),
+                    stream: decoded.stream,
+                    level: None,
+                    message: shipper.text(batch.input, &line.bytes),
+                    fields,
+                };
+                let ack = Ack::of(&batch.settle);
+                shipper.ship_acked(batch.input, &event, ack).await?;
             }
-            let event = Event {
-                id: format!("{}:{}:{}", shipper.host, batch.identity, line.start),
-                // The line's own time where the format gives one (Docker, CRI).
-                timestamp: decoded.time.unwrap_or_else(now_rfc3339),
-                host: shipper.host.clone(),
-                source: batch.origin.source.clone(),
-                container: batch.origin.container.clone(),
-                stream: decoded.stream,
-                level: None,
-                message: shipper.text(batch.input, &line.bytes),
-                fields,
-            };
-            let ack = Box::new(Ack(Some((batch.progress.clone(), line.start))));
-            if let Err(e) = runtime.block_on(shipper.ship_acked(batch.input, &event, ack)) {
-                tracing::error!(error = %e, "agent: file shipper stopped");
-                return;
-            }
+            anyhow::Ok(())
+        });
+        if let Err(e) = shipped {
+            tracing::error!(error = %e, "agent: file shipper stopped");
+            return;
         }
     }
 }

@@ -15,6 +15,7 @@ use super::multiline::Joiner;
 use super::registry::Registry;
 use super::tailer::{self, Line, Read, Tailer};
 use super::{needs_rescan, wait_for_notice, watch_root, Batch};
+use crate::acks::Settle;
 use crate::config::FilesConfig;
 use crate::containers::DockerContainers;
 use crate::shipper::Shipper;
@@ -254,8 +255,9 @@ impl Reader {
         let followed = self.followed.get_mut(&key).expect("followed");
         let input = followed.format.input();
         let mut events = Vec::with_capacity(lines.len());
+        let bytes = lines.iter().map(|l| l.bytes.len()).sum();
+        self.shipper.read_many(input, lines.len(), bytes);
         for line in lines.drain(..) {
-            self.shipper.read(input, line.bytes.len());
             let (decoded, defect) = followed.decoder.push(line);
             if let Some(defect) = defect {
                 self.shipper.malformed(input, defect);
@@ -309,16 +311,14 @@ impl Reader {
             if event.line.truncated {
                 self.shipper.malformed(input, "truncated");
             }
-            followed
-                .tailer
-                .progress
-                .queued(event.line.start, event.line.end);
         }
+        let (start, end) = (events[0].line.start, events[events.len() - 1].line.end);
+        let settle = Settle::queued(&followed.tailer.progress, start, end, events.len());
         let batch = Batch {
             input,
             identity: followed.tailer.identity.as_str().into(),
             origin: followed.origin.clone(),
-            progress: followed.tailer.progress.clone(),
+            settle,
             events,
         };
         self.batches
