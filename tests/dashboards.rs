@@ -137,13 +137,23 @@ fn prometheus_scrapes_the_appliance_with_the_example_config() {
             .expect("start prometheus"),
     );
     wait_for_port(&web, Duration::from_secs(30)).unwrap();
-    // Prometheus listens before its storage is ready and answers 503 until then.
-    let query = |q: &str| -> (u16, serde_json::Value) {
+    // Prometheus listens before its storage is ready and answers 503 until then; a query that is
+    // not PromQL is a 400 at once.
+    let returns_series = |q: &str, what: &str, deadline: Instant| loop {
         let (status, body) = http_get(&web, &format!("/api/v1/query?query={}", url_encode(q)));
-        (
-            status,
-            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
-        )
+        let answer = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+        assert_ne!(status, 400, "{what}: {q}: {answer}");
+        let found = answer["data"]["result"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty());
+        if status == 200 && found {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no data for {q}: {status} {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     for q in [
@@ -158,20 +168,7 @@ fn prometheus_scrapes_the_appliance_with_the_example_config() {
         "sluice_container_memory_working_set_bytes{container_name=\"web\",image=\"nginx:1.25\"}",
         "sluice_host_memory_total_bytes{host=\"node-1\"}",
     ] {
-        loop {
-            let (status, answer) = query(q);
-            let found = answer["data"]["result"]
-                .as_array()
-                .is_some_and(|r| !r.is_empty());
-            if status == 200 && found {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus has no {q}: {status} {answer}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        returns_series(q, "Prometheus", deadline);
     }
     // Every panel shows data: each dashboard expression, with Grafana's variables filled in as
     // Grafana would, is valid PromQL and returns series.
@@ -180,20 +177,6 @@ fn prometheus_scrapes_the_appliance_with_the_example_config() {
         let q = expr
             .replace("$__rate_interval", "10s")
             .replace("$host", ".*");
-        loop {
-            let (status, answer) = query(&q);
-            assert_ne!(status, 400, "{dashboard}: {expr}: {answer}");
-            let found = answer["data"]["result"]
-                .as_array()
-                .is_some_and(|r| !r.is_empty());
-            if status == 200 && found {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{dashboard}: no data for {q}: {status} {answer}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        returns_series(&q, &dashboard, deadline);
     }
 }

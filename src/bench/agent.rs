@@ -32,20 +32,8 @@ pub async fn agent(args: BenchAgentArgs) -> anyhow::Result<()> {
     let result = json!({
         "input_mb": mb,
         "lines": lines,
-        "agent": {
-            "seconds": run.seconds,
-            "mb_per_s": mb / run.seconds,
-            "cpu_seconds": run.cpu,
-            "mb_per_core_s": mb / run.cpu,
-            "peak_rss_mb": run.peak_rss_kb as f64 / 1024.0,
-        },
-        "kcat_baseline": {
-            "seconds": baseline.seconds,
-            "mb_per_s": mb / baseline.seconds,
-            "cpu_seconds": baseline.cpu,
-            "mb_per_core_s": mb / baseline.cpu,
-            "peak_rss_mb": baseline.peak_rss_kb as f64 / 1024.0,
-        },
+        "agent": summary(&run, mb),
+        "kcat_baseline": summary(&baseline, mb),
     });
     if args.json {
         println!("{result}");
@@ -53,6 +41,16 @@ pub async fn agent(args: BenchAgentArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&result)?);
     }
     Ok(())
+}
+
+fn summary(run: &Run, mb: f64) -> serde_json::Value {
+    json!({
+        "seconds": run.seconds,
+        "mb_per_s": mb / run.seconds,
+        "cpu_seconds": run.cpu,
+        "mb_per_core_s": mb / run.cpu,
+        "peak_rss_mb": run.peak_rss_kb as f64 / 1024.0,
+    })
 }
 
 /// Writes `lines` cycled until `target` bytes; (bytes, lines) written.

@@ -8,7 +8,32 @@ pub mod gelf;
 pub mod stdin;
 pub mod syslog;
 
+use std::future::Future;
+use std::net::SocketAddr;
+
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Accepts TCP connections for ever, each served by `serve` in a task of its own.
+pub async fn accept<S, F>(
+    listener: TcpListener,
+    input: &'static str,
+    serve: S,
+) -> anyhow::Result<()>
+where
+    S: Fn(TcpStream, SocketAddr) -> F,
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let connection = serve(stream, peer);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(input, %peer, error = %e, "agent: TCP connection ended");
+            }
+        });
+    }
+}
 
 /// One line of at most `max` bytes (without its newline); a longer line is cut, the rest of it
 /// skipped, and `cut` set. `None` at the end of the input.

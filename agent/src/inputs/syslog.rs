@@ -33,15 +33,11 @@ pub async fn run_tcp(
     shipper: Arc<Shipper>,
     max: usize,
 ) -> anyhow::Result<()> {
-    loop {
-        let (stream, peer) = listener.accept().await?;
+    super::accept(listener, "syslog_tcp", move |stream, peer| {
         let shipper = shipper.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection(stream, peer, &shipper, max).await {
-                tracing::debug!(%peer, error = %e, "agent: syslog TCP connection ended");
-            }
-        });
-    }
+        async move { connection(stream, peer, &shipper, max).await }
+    })
+    .await
 }
 
 async fn connection(
