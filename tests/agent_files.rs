@@ -280,3 +280,29 @@ fn multiline_events_long_lines_and_invalid_utf8() {
         1.0
     );
 }
+
+/// `read_from = "end"`: a file found at the first start is followed from its end; a file that
+/// appears later is read from its beginning.
+#[test]
+fn read_from_end_skips_what_was_there_at_the_first_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let old = logs.join("old.log");
+    std::fs::write(&old, "line 0 before the agent\nline 1 before the agent\n").unwrap();
+    let config = agent_config(&sluice, &logs.join("*.log"), "read_from = \"end\"\n");
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until("the old file followed", Duration::from_secs(20), || {
+        agent.metric("sluice_agent_files_tracked") == 1.0
+    });
+    let mut file = std::fs::OpenOptions::new().append(true).open(&old).unwrap();
+    file.write_all(b"line 2 after the start\n").unwrap();
+    std::fs::write(logs.join("new.log"), "line 3 in a new file\n").unwrap();
+    wait_until("two events acknowledged", Duration::from_secs(30), || {
+        agent.metric("sluice_agent_events_sent_total") >= 2.0
+    });
+    let mut seen: Vec<u64> = numbered(&logs_events(&sluice, 2)).into_keys().collect();
+    seen.sort();
+    assert_eq!(seen, [2, 3]);
+}

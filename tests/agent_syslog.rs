@@ -344,3 +344,37 @@ fn config_changes_are_picked_up_without_a_restart() {
         "counters carry on across a reload"
     );
 }
+
+/// With no broker at all and a small spool set to drop, a flood is bounded: the spool stays
+/// within `max_bytes` and what it cannot hold is counted as dropped, not kept in memory.
+#[test]
+fn a_full_spool_drops_and_counts_with_the_drop_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tcp = free_port().to_string();
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let agent = AgentProcess::start(
+        tmp.path(),
+        &format!(
+            "[agent]\nbrokers = \"{nowhere}\"\n[agent.syslog]\ntcp = \"127.0.0.1:{tcp}\"\n\
+             [agent.spool]\nmax_bytes = 65536\nwhen_full = \"drop\"\n"
+        ),
+        Stdio::null(),
+    );
+    wait_for_port(&format!("127.0.0.1:{tcp}"), Duration::from_secs(10)).unwrap();
+    let file = tmp.path().join("flood.txt");
+    let lines: String = (0..30_000)
+        .map(|n| format!("flood {n} payload\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let file = file.display().to_string();
+    logger(&tcp, &["-T", "--octet-count", "-t", "flood", "-f", &file]);
+    wait_until("all 30000 messages read", Duration::from_secs(30), || {
+        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 30_000.0
+    });
+    let spooled = agent.metric("sluice_agent_spool_bytes");
+    assert!(
+        spooled > 0.0 && spooled <= 65_536.0,
+        "spool holds {spooled} bytes"
+    );
+    assert!(agent.metric("sluice_agent_spool_dropped_total") > 0.0);
+}
