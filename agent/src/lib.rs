@@ -97,44 +97,24 @@ impl Agent {
             host,
             run: event::now_ms(),
         });
-        let max = config.syslog.max_message_bytes;
         let mut tasks = Vec::new();
-        if !config.syslog.udp.is_empty() {
-            let socket = UdpSocket::bind(&config.syslog.udp).await.map_err(|e| {
-                anyhow::anyhow!("agent syslog UDP {}: cannot listen: {e}", config.syslog.udp)
-            })?;
-            tasks.push(spawn_input(
-                "syslog_udp",
-                inputs::syslog::run_udp(socket, shipper.clone(), max),
-            ));
+        let (syslog, gelf) = (&config.syslog, &config.gelf);
+        if let Some(socket) = bind_udp("syslog", &syslog.udp).await? {
+            let input = inputs::syslog::run_udp(socket, shipper.clone(), syslog.max_message_bytes);
+            tasks.push(spawn_input("syslog_udp", input));
         }
-        if !config.syslog.tcp.is_empty() {
-            let listener = TcpListener::bind(&config.syslog.tcp).await.map_err(|e| {
-                anyhow::anyhow!("agent syslog TCP {}: cannot listen: {e}", config.syslog.tcp)
-            })?;
-            tasks.push(spawn_input(
-                "syslog_tcp",
-                inputs::syslog::run_tcp(listener, shipper.clone(), max),
-            ));
+        if let Some(listener) = bind_tcp("syslog", &syslog.tcp).await? {
+            let input =
+                inputs::syslog::run_tcp(listener, shipper.clone(), syslog.max_message_bytes);
+            tasks.push(spawn_input("syslog_tcp", input));
         }
-        let gelf_max = config.gelf.max_message_bytes;
-        if !config.gelf.udp.is_empty() {
-            let socket = UdpSocket::bind(&config.gelf.udp).await.map_err(|e| {
-                anyhow::anyhow!("agent GELF UDP {}: cannot listen: {e}", config.gelf.udp)
-            })?;
-            tasks.push(spawn_input(
-                "gelf_udp",
-                inputs::gelf::run_udp(socket, shipper.clone(), gelf_max),
-            ));
+        if let Some(socket) = bind_udp("GELF", &gelf.udp).await? {
+            let input = inputs::gelf::run_udp(socket, shipper.clone(), gelf.max_message_bytes);
+            tasks.push(spawn_input("gelf_udp", input));
         }
-        if !config.gelf.tcp.is_empty() {
-            let listener = TcpListener::bind(&config.gelf.tcp).await.map_err(|e| {
-                anyhow::anyhow!("agent GELF TCP {}: cannot listen: {e}", config.gelf.tcp)
-            })?;
-            tasks.push(spawn_input(
-                "gelf_tcp",
-                inputs::gelf::run_tcp(listener, shipper.clone(), gelf_max),
-            ));
+        if let Some(listener) = bind_tcp("GELF", &gelf.tcp).await? {
+            let input = inputs::gelf::run_tcp(listener, shipper.clone(), gelf.max_message_bytes);
+            tasks.push(spawn_input("gelf_tcp", input));
         }
         if config.stdin {
             tasks.push(spawn_input("stdin", inputs::stdin::run(shipper.clone())));
@@ -202,6 +182,28 @@ impl Agent {
         tracing::info!("agent stopped");
         Ok(())
     }
+}
+
+/// The UDP socket of a listener that is on (a non-empty address), failing fast on a taken port.
+async fn bind_udp(what: &str, addr: &str) -> anyhow::Result<Option<UdpSocket>> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let socket = UdpSocket::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("agent {what} UDP {addr}: cannot listen: {e}"))?;
+    Ok(Some(socket))
+}
+
+/// The TCP listener of a listener that is on (a non-empty address), failing fast on a taken port.
+async fn bind_tcp(what: &str, addr: &str) -> anyhow::Result<Option<TcpListener>> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("agent {what} TCP {addr}: cannot listen: {e}"))?;
+    Ok(Some(listener))
 }
 
 fn spawn_input(
