@@ -21,7 +21,7 @@ use crate::metrics::AgentMetrics;
 use crate::output::KafkaOutput;
 
 /// Records waiting in librdkafka past which new events go to disk.
-pub const DIVERT_AT: u64 = 20_000;
+const DIVERT_AT: u64 = 20_000;
 /// A segment is sealed (and can be drained) at this size.
 const SEGMENT_BYTES: u64 = 4 << 20;
 const HEADER: usize = 10;
