@@ -85,9 +85,11 @@ impl Progress {
 }
 
 /// Records queued together (a batch of a file's lines, a spool segment) whose range, starting at
-/// `start`, is pending in `progress` until every one of them is acknowledged.
+/// `start`, is pending in `progress` until every one of them is acknowledged. Each record's
+/// delivery report holds a reference to it (no allocation per record).
 pub struct Settle {
-    progress: Arc<Progress>,
+    /// `None`: records of sources that cannot replay, which nothing waits for.
+    progress: Option<Arc<Progress>>,
     start: u64,
     remaining: AtomicUsize,
 }
@@ -97,31 +99,28 @@ impl Settle {
     pub fn queued(progress: &Arc<Progress>, start: u64, end: u64, records: usize) -> Arc<Self> {
         progress.queued(start, end);
         Arc::new(Self {
-            progress: progress.clone(),
+            progress: Some(progress.clone()),
             start,
             remaining: AtomicUsize::new(records),
         })
     }
 
+    /// What records nothing waits for settle.
+    pub fn untracked() -> Arc<Self> {
+        Arc::new(Self {
+            progress: None,
+            start: 0,
+            remaining: AtomicUsize::new(0),
+        })
+    }
+
     /// One record is done with (acknowledged, or refused for good and counted).
     pub fn one_done(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.progress.acknowledged(self.start);
+        if let Some(progress) = &self.progress {
+            if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                progress.acknowledged(self.start);
+            }
         }
-    }
-}
-
-/// What a delivery report settles: nothing (sources that cannot replay), or one record of a
-/// tracked batch.
-pub struct Ack(pub Option<Arc<Settle>>);
-
-impl Ack {
-    pub fn none() -> Box<Self> {
-        Box::new(Self(None))
-    }
-
-    pub fn of(settle: &Arc<Settle>) -> Box<Self> {
-        Box::new(Self(Some(settle.clone())))
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::acks::Ack;
-use crate::event::Event;
+use crate::acks::Settle;
+use crate::event::{now_ms, Event};
 use crate::metrics::AgentMetrics;
 use crate::output::KafkaOutput;
 use crate::spool::{Spool, Spooled};
@@ -73,23 +73,32 @@ impl Shipper {
                 Err(e) => tracing::warn!(input, error = %e, "agent: spooling an event"),
             }
         }
-        self.ship_acked(input, event, Ack::none()).await
-    }
-
-    /// Queues the event; `ack` is told when the broker has it.
-    pub async fn ship_acked(
-        &self,
-        input: &str,
-        event: &Event,
-        ack: Box<Ack>,
-    ) -> anyhow::Result<()> {
         let key = format!("{}/{}", event.host, event.source);
         self.output
-            .send(&self.topic, &key, &event.to_json(), ack)
+            .send(
+                &self.topic,
+                key.as_bytes(),
+                &event.to_json(),
+                now_ms(),
+                None,
+            )
             .await
             .map_err(|e| {
                 tracing::warn!(input, error = %e, "agent: shipping an event");
                 e
             })
+    }
+
+    /// Queues a file's event, already encoded; `settle` is told when the broker has it.
+    pub async fn ship_file_line(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        settle: &Arc<Settle>,
+        timestamp: i64,
+    ) -> anyhow::Result<()> {
+        self.output
+            .send(&self.topic, key, payload, timestamp, Some(settle))
+            .await
     }
 }

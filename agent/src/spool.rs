@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::acks::{Ack, Progress, Settle};
+use crate::acks::{Progress, Settle};
+use crate::event::now_ms;
 use crate::metrics::AgentMetrics;
 use crate::output::KafkaOutput;
 
@@ -236,8 +237,9 @@ async fn send_segment(
     let progress = Progress::new(0);
     let settle = Settle::queued(&progress, 0, 1, records.len());
     for (key, payload) in &records {
-        let key = String::from_utf8_lossy(key);
-        output.send(topic, &key, payload, Ack::of(&settle)).await?;
+        output
+            .send(topic, key, payload, now_ms(), Some(&settle))
+            .await?;
     }
     while !records.is_empty() && progress.pending() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::acks::Ack;
 use crate::config::{AgentConfig, MetricsConfig};
+use crate::event::now_ms;
 use crate::shipper::Shipper;
 
 /// One sample, as the metrics topic carries it: `{"name", "type", "help", "labels", "value",
@@ -208,7 +208,7 @@ pub async fn run(config: AgentConfig, shipper: Arc<Shipper>) -> anyhow::Result<(
             let payload = serde_json::to_vec(sample).expect("a sample serializes");
             shipper
                 .output
-                .send(&topic, &shipper.host, &payload, Ack::none())
+                .send(&topic, shipper.host.as_bytes(), &payload, now_ms(), None)
                 .await?;
         }
     }

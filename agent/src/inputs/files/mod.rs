@@ -16,6 +16,7 @@ mod format;
 mod multiline;
 mod reader;
 mod registry;
+mod ship;
 mod tailer;
 
 use std::collections::{HashMap, HashSet};
@@ -26,16 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::EventKind;
-use serde_json::{json, Map};
 
-use crate::acks::{Ack, Settle};
 use crate::config::AgentConfig;
 use crate::containers::DockerContainers;
-use crate::event::{now_rfc3339, Event};
 use crate::shipper::Shipper;
-use format::{Decoded, Format, Origin};
+use format::Format;
 use reader::Reader;
 use registry::Registry;
+use ship::ship_batches;
 
 /// Batches (each at most a read chunk of lines) waiting for the shipper: with 256 KiB chunks,
 /// at most 2 MiB of lines wait in memory.
@@ -46,15 +45,6 @@ pub struct FilesInput {
     stop: Arc<AtomicBool>,
     reader: std::thread::JoinHandle<Registry>,
     shipper: std::thread::JoinHandle<()>,
-}
-
-/// Events of one file, read and not shipped yet; their range is already pending.
-struct Batch {
-    input: &'static str,
-    identity: Arc<str>,
-    origin: Arc<Origin>,
-    settle: Arc<Settle>,
-    events: Vec<Decoded>,
 }
 
 /// The globs to follow and how their files read: `[agent.files]`, Docker's and CRI's log files.
@@ -153,48 +143,6 @@ impl FileCheckpoints {
     /// Writes what the broker acknowledged.
     pub fn save(mut self) -> std::io::Result<()> {
         self.0.save()
-    }
-}
-
-/// The shipper thread: every line an event, queued on the output (waiting while its queue is
-/// full), until the reader is gone and the channel empty.
-fn ship_batches(
-    batches: &mpsc::Receiver<Batch>,
-    shipper: &Shipper,
-    runtime: &tokio::runtime::Handle,
-) {
-    for batch in batches {
-        // Lines read together are stamped together where the format gives no time.
-        let read_at = now_rfc3339();
-        let shipped = runtime.block_on(async {
-            for decoded in batch.events {
-                let line = decoded.line;
-                let mut fields = Map::new();
-                fields.insert("offset".into(), json!(line.start));
-                if line.truncated {
-                    fields.insert("truncated".into(), json!(true));
-                }
-                let event = Event {
-                    id: format!("{}:{}:{}", shipper.host, batch.identity, line.start),
-                    // The line's own time where the format gives one (Docker, CRI).
-                    timestamp: decoded.time.unwrap_or_else(|| read_at.clone()),
-                    host: shipper.host.clone(),
-                    source: batch.origin.source.clone(),
-                    container: batch.origin.container.clone(),
-                    stream: decoded.stream,
-                    level: None,
-                    message: shipper.text(batch.input, &line.bytes),
-                    fields,
-                };
-                let ack = Ack::of(&batch.settle);
-                shipper.ship_acked(batch.input, &event, ack).await?;
-            }
-            anyhow::Ok(())
-        });
-        if let Err(e) = shipped {
-            tracing::error!(error = %e, "agent: file shipper stopped");
-            return;
-        }
     }
 }
 

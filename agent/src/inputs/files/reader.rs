@@ -13,8 +13,9 @@ use notify::{RecursiveMode, Watcher};
 use super::format::{Decoded, Decoder, Format, Origin};
 use super::multiline::Joiner;
 use super::registry::Registry;
+use super::ship::Batch;
 use super::tailer::{self, Line, Read, Tailer};
-use super::{needs_rescan, wait_for_notice, watch_root, Batch};
+use super::{needs_rescan, wait_for_notice, watch_root};
 use crate::acks::Settle;
 use crate::config::FilesConfig;
 use crate::containers::DockerContainers;
@@ -314,13 +315,13 @@ impl Reader {
         }
         let (start, end) = (events[0].line.start, events[events.len() - 1].line.end);
         let settle = Settle::queued(&followed.tailer.progress, start, end, events.len());
-        let batch = Batch {
+        let batch = Batch::new(
             input,
-            identity: followed.tailer.identity.as_str().into(),
-            origin: followed.origin.clone(),
+            followed.tailer.identity.as_str().into(),
+            followed.origin.clone(),
             settle,
-            events,
-        };
+            &events,
+        );
         self.batches
             .send(batch)
             .map_err(|_| anyhow::anyhow!("agent: the file shipper stopped"))

@@ -1,10 +1,12 @@
 //! Events as the design brief's contract has them on the `logs` topic: `id`, `timestamp`,
-//! `host`, `source`, `stream`, `level`, `message` and `fields` for the rest.
+//! `host`, `source`, `stream`, `level`, `message` and `fields` for the rest. `json` writes them;
+//! the file input uses it directly, line by line, without building an `Event`.
 
-use serde::Serialize;
+pub mod json;
+
 use serde_json::{Map, Value};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Event {
     /// Deterministic from the source's identity and position: a re-sent event has the same id.
     pub id: String,
@@ -13,20 +15,43 @@ pub struct Event {
     pub host: String,
     pub source: String,
     /// `id`, `name`, `image`, `labels`, as far as the source knows them.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
     pub message: String,
-    #[serde(skip_serializing_if = "Map::is_empty")]
     pub fields: Map<String, Value>,
 }
 
 impl Event {
+    /// The event's JSON object; parts it does not have are left out.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an event of strings and JSON values serializes")
+        let mut out = Vec::with_capacity(256 + self.message.len());
+        out.push(b'{');
+        let string = |out: &mut Vec<u8>, name, value: &str| {
+            json::push_key(out, name);
+            json::push_str(out, value.as_bytes());
+        };
+        string(&mut out, "id", &self.id);
+        string(&mut out, "timestamp", &self.timestamp);
+        string(&mut out, "host", &self.host);
+        string(&mut out, "source", &self.source);
+        if let Some(container) = &self.container {
+            json::push_key(&mut out, "container");
+            json::push_value(&mut out, container);
+        }
+        if let Some(stream) = &self.stream {
+            string(&mut out, "stream", stream);
+        }
+        if let Some(level) = &self.level {
+            string(&mut out, "level", level);
+        }
+        string(&mut out, "message", &self.message);
+        if !self.fields.is_empty() {
+            json::push_key(&mut out, "fields");
+            json::push_value(&mut out, &self.fields);
+        }
+        out.push(b'}');
+        out
     }
 }
 

@@ -1,0 +1,254 @@
+//! The file input's shipper thread: every line of a batch becomes an event, written straight
+//! into one reused buffer (what a batch's events share is encoded once per batch), and queued
+//! on the output under the batch's key with the batch's settle as its acknowledgement.
+
+use std::ops::Range;
+use std::sync::{mpsc, Arc};
+
+use super::format::{Decoded, Origin};
+use crate::acks::Settle;
+use crate::event::{json, now_ms, rfc3339_ms};
+use crate::shipper::Shipper;
+
+/// Events of one file, read and not shipped yet; their range is already pending.
+pub struct Batch {
+    input: &'static str,
+    identity: Arc<str>,
+    origin: Arc<Origin>,
+    settle: Arc<Settle>,
+    /// The events' messages, streams and times, one after another: one buffer for a batch
+    /// rather than one per line.
+    text: Vec<u8>,
+    events: Vec<Span>,
+}
+
+/// One event of a batch: where it is in its file, and where its parts are in the batch's text.
+struct Span {
+    start: u64,
+    truncated: bool,
+    message: Range<usize>,
+    stream: Option<Range<usize>>,
+    time: Option<Range<usize>>,
+}
+
+impl Batch {
+    pub fn new(
+        input: &'static str,
+        identity: Arc<str>,
+        origin: Arc<Origin>,
+        settle: Arc<Settle>,
+        events: &[Decoded],
+    ) -> Self {
+        let bytes = events.iter().map(|e| e.line.bytes.len()).sum();
+        let mut batch = Self {
+            input,
+            identity,
+            origin,
+            settle,
+            text: Vec::with_capacity(bytes),
+            events: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            let message = batch.keep(&event.line.bytes);
+            let stream = event.stream.as_ref().map(|s| batch.keep(s.as_bytes()));
+            let time = event.time.as_ref().map(|t| batch.keep(t.as_bytes()));
+            batch.events.push(Span {
+                start: event.line.start,
+                truncated: event.line.truncated,
+                message,
+                stream,
+                time,
+            });
+        }
+        batch
+    }
+
+    fn keep(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.text.len();
+        self.text.extend_from_slice(bytes);
+        start..self.text.len()
+    }
+}
+
+/// Every line an event, queued on the output (waiting while its queue is full), until the
+/// reader is gone and the channel empty.
+pub fn ship_batches(
+    batches: &mpsc::Receiver<Batch>,
+    shipper: &Shipper,
+    runtime: &tokio::runtime::Handle,
+) {
+    let mut payload = Vec::new();
+    for batch in batches {
+        let shared = Shared::of(&batch, &shipper.host);
+        let shipped = runtime.block_on(async {
+            for span in &batch.events {
+                if !shared.write(&mut payload, &batch.text, span) {
+                    shipper.malformed(batch.input, "invalid_utf8");
+                }
+                shipper
+                    .ship_file_line(&shared.key, &payload, &batch.settle, shared.read_at)
+                    .await?;
+            }
+            anyhow::Ok(())
+        });
+        if let Err(e) = shipped {
+            tracing::error!(error = %e, "agent: file shipper stopped");
+            return;
+        }
+    }
+}
+
+/// What a batch's events share, encoded once.
+struct Shared {
+    /// `host/source`: one source stays on one partition.
+    key: Vec<u8>,
+    /// When the batch was shipped, in ms: the record's timestamp, and the event's where the
+    /// format gives none.
+    read_at: i64,
+    /// `{"id":"<host>:<identity>:` (open: the line's offset ends the id).
+    id_prefix: Vec<u8>,
+    /// The batch's time as a JSON string.
+    read_at_json: Vec<u8>,
+    /// `,"host":…,"source":…` and the container where known.
+    origin: Vec<u8>,
+}
+
+impl Shared {
+    fn of(batch: &Batch, host: &str) -> Self {
+        let source = &batch.origin.source;
+        let read_at = now_ms();
+        let mut id_prefix = b"{".to_vec();
+        json::push_key(&mut id_prefix, "id");
+        json::push_str(
+            &mut id_prefix,
+            format!("{host}:{}:", batch.identity).as_bytes(),
+        );
+        id_prefix.pop();
+        let mut read_at_json = Vec::new();
+        json::push_str(&mut read_at_json, rfc3339_ms(read_at).as_bytes());
+        let mut origin = Vec::new();
+        json::push_key(&mut origin, "host");
+        json::push_str(&mut origin, host.as_bytes());
+        json::push_key(&mut origin, "source");
+        json::push_str(&mut origin, source.as_bytes());
+        if let Some(container) = &batch.origin.container {
+            json::push_key(&mut origin, "container");
+            json::push_value(&mut origin, container);
+        }
+        Self {
+            key: format!("{host}/{source}").into_bytes(),
+            read_at,
+            id_prefix,
+            read_at_json,
+            origin,
+        }
+    }
+
+    /// Writes the event of `span` into `out` (cleared first); whether its text was valid UTF-8.
+    fn write(&self, out: &mut Vec<u8>, text: &[u8], span: &Span) -> bool {
+        out.clear();
+        out.extend_from_slice(&self.id_prefix);
+        json::push_u64(out, span.start);
+        out.push(b'"');
+        json::push_key(out, "timestamp");
+        match &span.time {
+            // The line's own time where the format gives one (Docker, CRI).
+            Some(time) => {
+                json::push_str(out, &text[time.clone()]);
+            }
+            None => out.extend_from_slice(&self.read_at_json),
+        }
+        out.extend_from_slice(&self.origin);
+        if let Some(stream) = &span.stream {
+            json::push_key(out, "stream");
+            json::push_str(out, &text[stream.clone()]);
+        }
+        json::push_key(out, "message");
+        let valid = json::push_str(out, &text[span.message.clone()]);
+        json::push_key(out, "fields");
+        out.push(b'{');
+        json::push_key(out, "offset");
+        json::push_u64(out, span.start);
+        if span.truncated {
+            json::push_key(out, "truncated");
+            out.extend_from_slice(b"true");
+        }
+        out.extend_from_slice(b"}}");
+        valid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::acks::Progress;
+    use crate::inputs::files::tailer::Line;
+
+    fn decoded(start: u64, text: &[u8], stream: Option<&str>, time: Option<&str>) -> Decoded {
+        Decoded {
+            line: Line {
+                start,
+                end: start + text.len() as u64 + 1,
+                bytes: text.to_vec(),
+                truncated: text.len() > 8,
+            },
+            stream: stream.map(Into::into),
+            time: time.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn events_of_a_batch_follow_the_contract() {
+        let origin = Origin {
+            source: "/var/log/a \"b\".log".into(),
+            container: Some(json!({"id": "c1", "name": "web", "labels": {"app": "x"}})),
+        };
+        let events = [
+            decoded(0, b"first", None, None),
+            decoded(
+                6,
+                b"second \"quoted\" \xff",
+                Some("stderr"),
+                Some("2026-11-23T01:02:03.123456789Z"),
+            ),
+        ];
+        let settle = Settle::queued(&Progress::new(0), 0, 30, 2);
+        let batch = Batch::new(
+            "docker",
+            "7.1.2.3".into(),
+            Arc::new(origin),
+            settle,
+            &events,
+        );
+        let shared = Shared::of(&batch, "node-1");
+        assert_eq!(shared.key, b"node-1//var/log/a \"b\".log");
+        let mut out = Vec::new();
+        assert!(shared.write(&mut out, &batch.text, &batch.events[0]));
+        let first: Value = serde_json::from_slice(&out).unwrap();
+        let read_at = rfc3339_ms(shared.read_at);
+        assert_eq!(
+            first,
+            json!({
+                "id": "node-1:7.1.2.3:0",
+                "timestamp": read_at,
+                "host": "node-1",
+                "source": "/var/log/a \"b\".log",
+                "container": {"id": "c1", "name": "web", "labels": {"app": "x"}},
+                "message": "first",
+                "fields": {"offset": 0},
+            })
+        );
+        assert!(
+            !shared.write(&mut out, &batch.text, &batch.events[1]),
+            "invalid UTF-8 is reported"
+        );
+        let second: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(second["id"], "node-1:7.1.2.3:6");
+        assert_eq!(second["timestamp"], "2026-11-23T01:02:03.123456789Z");
+        assert_eq!(second["stream"], "stderr");
+        assert_eq!(second["message"], "second \"quoted\" \u{fffd}");
+        assert_eq!(second["fields"], json!({"offset": 6, "truncated": true}));
+    }
+}
