@@ -68,40 +68,76 @@ fn assert_all_lines(seen: &HashMap<u64, Vec<String>>, total: u64) {
     );
 }
 
+/// The checkpoint the agent saved for the file at `path` (0 before its first save).
+fn saved_checkpoint(tmp: &Path, path: &Path) -> u64 {
+    let saved = std::fs::read(tmp.join("agent-state/file-checkpoints.json")).unwrap_or_default();
+    let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap_or_default();
+    saved["files"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find(|(_, entry)| entry["path"] == path.to_str().unwrap())
+        .map_or(0, |(_, entry)| entry["offset"].as_u64().unwrap())
+}
+
 #[test]
 fn kill9_halfway_through_a_million_lines_loses_none_and_repeats_keep_their_ids() {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "");
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("big.log");
     let total = 1_000_000u64;
-    let mut text = String::with_capacity(60 << 20);
-    for n in 0..total {
-        text.push_str(&format!(
-            "line {n} GET /api/v1/orders status=200 bytes=512\n"
-        ));
-    }
-    std::fs::write(logs.join("big.log"), text).unwrap();
+    // An application writing 200 000 lines a second for five seconds: the agent is killed in
+    // the middle of it, and restarted while the file still grows.
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&path).unwrap();
+            for chunk in (0..total).collect::<Vec<_>>().chunks(10_000) {
+                let text: String = chunk
+                    .iter()
+                    .map(|n| format!("line {n} GET /api/v1/orders status=200 bytes=512\n"))
+                    .collect();
+                file.write_all(text.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
     let config = agent_config(&sluice, &logs.join("*.log"), "");
     let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
-    wait_until(
-        "half the lines acknowledged",
-        Duration::from_secs(300),
-        || agent.metric("sluice_agent_events_sent_total") >= (total / 2) as f64,
-    );
+    wait_until("a checkpoint saved", Duration::from_secs(300), || {
+        saved_checkpoint(tmp.path(), &path) > 0
+            && agent.metric("sluice_agent_events_sent_total") >= (total / 4) as f64
+    });
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
+    let checkpoint = saved_checkpoint(tmp.path(), &path);
     let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    writer.join().unwrap();
     wait_until_shipped(&agent, Duration::from_secs(300));
     let seen = numbered(&logs_events(&sluice, 0));
     assert_all_lines(&seen, total);
-    let mut repeats = 0;
     for (n, ids) in &seen {
-        repeats += ids.len() - 1;
         assert!(ids.iter().all(|id| id == &ids[0]), "line {n}: ids {ids:?}");
     }
-    // The restart resumed from the checkpoint, not from the start of the file.
-    assert!(repeats < (total / 2) as usize, "{repeats} lines sent twice");
+    // The restart resumed from the checkpoint: no line before it was sent twice.
+    let text = std::fs::read(&path).unwrap();
+    let before = text[..checkpoint as usize]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count() as u64;
+    assert!(
+        before > 0 && before < total,
+        "killed mid-file: {before} lines before the checkpoint"
+    );
+    let repeated: Vec<u64> = (0..before).filter(|n| seen[n].len() > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "{} lines before the checkpoint (line {before}) sent twice, first {:?}",
+        repeated.len(),
+        &repeated[..repeated.len().min(10)]
+    );
 }
 
 /// Writes `total` numbered lines to `path` at a high rate while `logrotate` (with `mode`:
