@@ -19,8 +19,13 @@ use crate::config::AgentConfig;
 use crate::metrics::AgentMetrics;
 
 /// Bytes of records librdkafka may hold. Small: files wait in themselves and the other inputs in
-/// the disk spool while the broker is slow or away, so this only smooths batches.
-const QUEUE_KBYTES: &str = "8192";
+/// the disk spool while the broker is slow or away, so this only smooths batches. 4 MiB kept a
+/// file flood at full speed against a local broker; with 8 MiB the agent's peak RSS was 37 MB
+/// rather than 27.
+const QUEUE_KBYTES: &str = "4096";
+
+/// How long librdkafka waits to fill a batch: what a log line's delivery may be delayed by.
+const LINGER_MS: &str = "20";
 
 pub struct KafkaOutput {
     producer: ThreadedProducer<Deliveries, KeyHash>,
@@ -80,7 +85,8 @@ impl KafkaOutput {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("compression.type", &config.compression)
-            .set("linger.ms", "5")
+            // Fuller batches: a file flood cost 30% more CPU per line at librdkafka's 5 ms.
+            .set("linger.ms", LINGER_MS)
             // Never give up on an event: the broker may be away for a while.
             .set("message.timeout.ms", "0")
             .set("queue.buffering.max.kbytes", QUEUE_KBYTES)

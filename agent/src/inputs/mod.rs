@@ -48,7 +48,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
         if available.is_empty() {
             return Ok((!line.is_empty() || cut).then_some((line, cut)));
         }
-        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+        let (chunk, done) = match memchr::memchr(b'\n', available) {
             Some(end) => (&available[..end], Some(end + 1)),
             None => (available, None),
         };

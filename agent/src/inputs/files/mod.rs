@@ -36,9 +36,9 @@ use reader::Reader;
 use registry::Registry;
 use ship::ship_batches;
 
-/// Batches (each at most a read chunk of lines) waiting for the shipper: with 256 KiB chunks,
-/// at most 2 MiB of lines wait in memory.
-const BATCHES_WAITING: usize = 8;
+/// Batches (each at most a read chunk of lines) waiting for the shipper: with 128 KiB chunks,
+/// at most 512 KiB of lines wait in memory.
+const BATCHES_WAITING: usize = 4;
 
 /// The running file input.
 pub struct FilesInput {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::acks::Progress;
 
 /// Bytes read from one file in one turn, so one busy file cannot starve the others.
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 128 << 10;
 
 /// A line (or a multi-line event) and where it is in its file: `[start, end)`, newline included.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +112,7 @@ impl Tailer {
 
     fn split(&mut self, max_line: usize, out: &mut Vec<Line>) {
         let mut used = 0;
-        while let Some(pos) = self.buf[used..].iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', &self.buf[used..]) {
             let start = self.buf_start + used as u64;
             let end = start + pos as u64 + 1;
             let mut bytes = &self.buf[used..used + pos];
@@ -169,7 +169,7 @@ pub fn fingerprint(file: &File, bytes: usize) -> std::io::Result<Option<u32>> {
         len += n;
     }
     let head = &head[..len];
-    Ok(match head.iter().position(|&b| b == b'\n') {
+    Ok(match memchr::memchr(b'\n', head) {
         Some(newline) => Some(crc32c::crc32c(&head[..=newline])),
         None if len == bytes => Some(crc32c::crc32c(head)),
         None => None,
