@@ -4,6 +4,7 @@
 //! `<time> <stream> <P|F> <message>`, `P` for a part of a longer line. Parts are joined (up to
 //! `max_bytes`) into one event that spans them all in the file.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -31,19 +32,31 @@ impl Format {
     }
 }
 
-/// A decoded line: the message, and what the format said about it.
+/// A decoded line: the message, and what the format said about it. Borrowed from the read
+/// buffer unless it had to be unescaped or joined.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decoded {
-    pub line: Line,
-    pub stream: Option<String>,
-    pub time: Option<String>,
+pub struct Decoded<'a> {
+    pub line: Line<'a>,
+    pub stream: Option<Cow<'a, str>>,
+    pub time: Option<Cow<'a, str>>,
+}
+
+impl Decoded<'_> {
+    /// The event with parts of its own, to be kept past the next read.
+    pub fn into_owned(self) -> Decoded<'static> {
+        Decoded {
+            line: self.line.into_owned(),
+            stream: self.stream.map(|s| Cow::Owned(s.into_owned())),
+            time: self.time.map(|t| Cow::Owned(t.into_owned())),
+        }
+    }
 }
 
 /// Decodes a file's lines and joins their parts; one per followed file.
 pub struct Decoder {
     format: Format,
     max_bytes: usize,
-    partial: Option<Decoded>,
+    partial: Option<Decoded<'static>>,
 }
 
 #[derive(Deserialize)]
@@ -66,17 +79,9 @@ impl Decoder {
 
     /// Takes one line of the file; returns the event it completes, if any, and the defect it
     /// had (the line is then shipped as it was).
-    pub fn push(&mut self, line: Line) -> (Option<Decoded>, Option<&'static str>) {
+    pub fn push<'a>(&mut self, line: Line<'a>) -> (Option<Decoded<'a>>, Option<&'static str>) {
         let (part, complete, defect) = match self.format {
-            Format::Plain => (
-                Decoded {
-                    line,
-                    stream: None,
-                    time: None,
-                },
-                true,
-                None,
-            ),
+            Format::Plain => (raw(line), true, None),
             Format::Docker => docker(line),
             Format::Cri => cri(line),
         };
@@ -87,7 +92,11 @@ impl Decoder {
                     first.line.truncated = true;
                 }
                 let take = part.line.bytes.len().min(room);
-                first.line.bytes.extend_from_slice(&part.line.bytes[..take]);
+                first
+                    .line
+                    .bytes
+                    .to_mut()
+                    .extend_from_slice(&part.line.bytes[..take]);
                 first.line.end = part.line.end;
                 first
             }
@@ -96,7 +105,7 @@ impl Decoder {
         if complete {
             (Some(joined), defect)
         } else {
-            self.partial = Some(joined);
+            self.partial = Some(joined.into_owned());
             (None, defect)
         }
     }
@@ -107,7 +116,7 @@ impl Decoder {
     }
 }
 
-fn raw(line: Line) -> Decoded {
+fn raw(line: Line<'_>) -> Decoded<'_> {
     Decoded {
         line,
         stream: None,
@@ -116,7 +125,7 @@ fn raw(line: Line) -> Decoded {
 }
 
 /// (the part, whether it ends its line, the defect).
-fn docker(mut line: Line) -> (Decoded, bool, Option<&'static str>) {
+fn docker(mut line: Line<'_>) -> (Decoded<'_>, bool, Option<&'static str>) {
     if line.truncated {
         // A cut JSON line cannot be parsed: shipped as it is.
         return (raw(line), true, None);
@@ -132,38 +141,56 @@ fn docker(mut line: Line) -> (Decoded, bool, Option<&'static str>) {
             log.pop();
         }
     }
-    line.bytes = log.into_bytes();
+    line.bytes = Cow::Owned(log.into_bytes());
     let decoded = Decoded {
         line,
-        stream: parsed.stream,
-        time: parsed.time,
+        stream: parsed.stream.map(Cow::Owned),
+        time: parsed.time.map(Cow::Owned),
     };
     (decoded, complete, None)
 }
 
-fn cri(mut line: Line) -> (Decoded, bool, Option<&'static str>) {
-    let text = line.bytes.clone();
-    let mut parts = text.splitn(4, |&b| b == b' ');
+fn cri(line: Line<'_>) -> (Decoded<'_>, bool, Option<&'static str>) {
+    let mut parts = line.bytes.splitn(4, |&b| b == b' ');
     let (Some(time), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
         return (raw(line), true, Some("bad_line"));
     };
-    let message = parts.next().unwrap_or_default();
-    let known_stream = matches!(stream, b"stdout" | b"stderr");
     let complete = match tag.split(|&b| b == b':').next() {
         Some(b"F") => true,
         Some(b"P") => false,
         _ => return (raw(line), true, Some("bad_line")),
     };
-    if !known_stream {
+    if !matches!(stream, b"stdout" | b"stderr") {
         return (raw(line), true, Some("bad_line"));
     }
-    line.bytes = message.to_vec();
+    let time = 0..time.len();
+    let stream = time.end + 1..time.end + 1 + stream.len();
+    let message = (stream.end + 1 + tag.len() + 1).min(line.bytes.len())..line.bytes.len();
     let decoded = Decoded {
-        line,
-        stream: Some(String::from_utf8_lossy(stream).into_owned()),
-        time: Some(String::from_utf8_lossy(time).into_owned()),
+        stream: Some(text(part(&line.bytes, stream))),
+        time: Some(text(part(&line.bytes, time))),
+        line: Line {
+            bytes: part(&line.bytes, message),
+            ..line
+        },
     };
     (decoded, complete, None)
+}
+
+/// `range` of a line's bytes, borrowed where the line is.
+fn part<'a>(bytes: &Cow<'a, [u8]>, range: std::ops::Range<usize>) -> Cow<'a, [u8]> {
+    match bytes {
+        Cow::Borrowed(bytes) => Cow::Borrowed(&bytes[range]),
+        Cow::Owned(bytes) => Cow::Owned(bytes[range].to_vec()),
+    }
+}
+
+/// Bytes as text, invalid UTF-8 replaced.
+fn text(bytes: Cow<'_, [u8]>) -> Cow<'_, str> {
+    match bytes {
+        Cow::Borrowed(bytes) => String::from_utf8_lossy(bytes),
+        Cow::Owned(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
+    }
 }
 
 /// Who wrote a followed file: the event's `source`, and its `container` where the path says.
@@ -243,11 +270,11 @@ impl Origin {
 mod tests {
     use super::*;
 
-    fn line(start: u64, text: &str) -> Line {
+    fn line(start: u64, text: &str) -> Line<'_> {
         Line {
             start,
             end: start + text.len() as u64 + 1,
-            bytes: text.as_bytes().to_vec(),
+            bytes: Cow::Borrowed(text.as_bytes()),
             truncated: false,
         }
     }
@@ -263,7 +290,7 @@ mod tests {
         let (done, defect) = decoder.push(line(first.len() as u64 + 1, second));
         let done = done.unwrap();
         assert_eq!(defect, None);
-        assert_eq!(done.line.bytes, b"aaaabbbb");
+        assert_eq!(done.line.bytes, &b"aaaabbbb"[..]);
         assert_eq!(
             (done.line.start, done.line.end),
             (0, (first.len() + second.len() + 2) as u64)
@@ -272,7 +299,7 @@ mod tests {
         assert_eq!(done.time.as_deref(), Some("2026-11-23T10:00:00.000000001Z"));
         assert_eq!(decoder.holding(), None);
         let (bad, defect) = decoder.push(line(500, "not json"));
-        assert_eq!(bad.unwrap().line.bytes, b"not json");
+        assert_eq!(bad.unwrap().line.bytes, &b"not json"[..]);
         assert_eq!(defect, Some("invalid_json"));
     }
 
@@ -285,10 +312,10 @@ mod tests {
         );
         let (done, _) = decoder.push(line(42, "2026-11-23T10:00:00.2Z stderr F part two"));
         let done = done.unwrap();
-        assert_eq!(done.line.bytes, b"part one, part two");
+        assert_eq!(done.line.bytes, &b"part one, part two"[..]);
         assert_eq!(done.stream.as_deref(), Some("stderr"));
         let (kept, defect) = decoder.push(line(90, "garbage"));
-        assert_eq!(kept.unwrap().line.bytes, b"garbage");
+        assert_eq!(kept.unwrap().line.bytes, &b"garbage"[..]);
         assert_eq!(defect, Some("bad_line"));
     }
 

@@ -12,7 +12,7 @@ pub struct Joiner {
     start: Regex,
     timeout: Duration,
     max_bytes: usize,
-    pending: Option<(Decoded, Instant)>,
+    pending: Option<(Decoded<'static>, Instant)>,
 }
 
 impl Joiner {
@@ -26,7 +26,7 @@ impl Joiner {
     }
 
     /// Takes a line; returns the event it completes, if any.
-    pub fn push(&mut self, next: Decoded, now: Instant) -> Option<Decoded> {
+    pub fn push(&mut self, next: Decoded<'_>, now: Instant) -> Option<Decoded<'static>> {
         let line = &next.line;
         match &mut self.pending {
             Some((Decoded { line: event, .. }, last)) if !self.start.is_match(&line.bytes) => {
@@ -35,28 +35,30 @@ impl Joiner {
                     event.truncated = true;
                 }
                 if room > 0 {
-                    event.bytes.push(b'\n');
-                    event
-                        .bytes
-                        .extend_from_slice(&line.bytes[..line.bytes.len().min(room)]);
+                    let bytes = event.bytes.to_mut();
+                    bytes.push(b'\n');
+                    bytes.extend_from_slice(&line.bytes[..line.bytes.len().min(room)]);
                 }
                 event.end = line.end;
                 *last = now;
                 None
             }
-            _ => self.pending.replace((next, now)).map(|(event, _)| event),
+            _ => self
+                .pending
+                .replace((next.into_owned(), now))
+                .map(|(event, _)| event),
         }
     }
 
     /// The event waiting for more lines, once `timeout` passed without one.
-    pub fn expired(&mut self, now: Instant) -> Option<Decoded> {
+    pub fn expired(&mut self, now: Instant) -> Option<Decoded<'static>> {
         match &self.pending {
             Some((_, last)) if now.duration_since(*last) >= self.timeout => self.flush(),
             _ => None,
         }
     }
 
-    pub fn flush(&mut self) -> Option<Decoded> {
+    pub fn flush(&mut self) -> Option<Decoded<'static>> {
         self.pending.take().map(|(event, _)| event)
     }
 
@@ -71,12 +73,12 @@ mod tests {
     use super::*;
     use crate::inputs::files::tailer::Line;
 
-    fn line(start: u64, text: &str) -> Decoded {
+    fn line(start: u64, text: &str) -> Decoded<'_> {
         Decoded {
             line: Line {
                 start,
                 end: start + text.len() as u64 + 1,
-                bytes: text.as_bytes().to_vec(),
+                bytes: text.as_bytes().into(),
                 truncated: false,
             },
             stream: None,
@@ -96,12 +98,12 @@ mod tests {
         assert_eq!(joiner.push(line(16, "  at a()"), now), None);
         assert_eq!(joiner.push(line(25, "  at b()"), now), None);
         let event = joiner.push(line(34, "2026-01-01 next"), now).unwrap().line;
-        assert_eq!(event.bytes, b"2026-01-01 boom\n  at a()\n  at b()");
+        assert_eq!(event.bytes, &b"2026-01-01 boom\n  at a()\n  at b()"[..]);
         assert_eq!((event.start, event.end), (0, 34));
         assert_eq!(joiner.holding(), Some(34));
         assert_eq!(joiner.expired(now), None);
         let last = joiner.expired(now + Duration::from_secs(2)).unwrap().line;
-        assert_eq!(last.bytes, b"2026-01-01 next");
+        assert_eq!(last.bytes, &b"2026-01-01 next"[..]);
         assert_eq!(joiner.holding(), None);
     }
 }

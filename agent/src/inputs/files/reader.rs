@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
-use super::format::{Decoded, Decoder, Format, Origin};
+use super::format::{Decoder, Format, Origin};
 use super::multiline::Joiner;
 use super::registry::Registry;
-use super::ship::Batch;
-use super::tailer::{self, Line, Read, Tailer};
+use super::ship::{Batch, Events};
+use super::tailer::{self, Read, Tailer};
 use super::{needs_rescan, wait_for_notice, watch_root};
 use crate::acks::Settle;
 use crate::config::FilesConfig;
@@ -73,7 +73,6 @@ impl Reader {
         let mut last_scan: Option<Instant> = None;
         let mut last_save = Instant::now();
         let mut rescan = true;
-        let mut lines = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             if rescan || last_scan.is_none_or(|t| t.elapsed() >= rescan_every) {
                 rescan = false;
@@ -85,11 +84,7 @@ impl Reader {
             let keys: Vec<(u64, u64)> = self.followed.keys().copied().collect();
             for key in keys {
                 let followed = self.followed.get_mut(&key).expect("followed");
-                let read = followed.tailer.read(
-                    self.config.max_line_bytes,
-                    self.config.fingerprint_bytes,
-                    &mut lines,
-                );
+                let read = followed.tailer.read(self.config.fingerprint_bytes);
                 match read {
                     Ok(Read::Data) => busy = true,
                     Ok(Read::Idle) => {
@@ -113,7 +108,7 @@ impl Reader {
                         closed.push(key);
                     }
                 }
-                if self.hand_on(key, &mut lines).is_err() {
+                if self.hand_on(key).is_err() {
                     return;
                 }
             }
@@ -251,26 +246,33 @@ impl Reader {
     }
 
     /// Decodes and joins the lines read from `key`'s file and hands the events to the shipper.
-    fn hand_on(&mut self, key: (u64, u64), lines: &mut Vec<Line>) -> anyhow::Result<()> {
+    fn hand_on(&mut self, key: (u64, u64)) -> anyhow::Result<()> {
         let now = Instant::now();
         let followed = self.followed.get_mut(&key).expect("followed");
         let input = followed.format.input();
-        let mut events = Vec::with_capacity(lines.len());
-        let bytes = lines.iter().map(|l| l.bytes.len()).sum();
-        self.shipper.read_many(input, lines.len(), bytes);
-        for line in lines.drain(..) {
-            let (decoded, defect) = followed.decoder.push(line);
+        let (decoder, joiner) = (&mut followed.decoder, &mut followed.joiner);
+        let mut events = Events::default();
+        let (mut lines, mut bytes) = (0, 0);
+        for line in followed.tailer.lines(self.config.max_line_bytes) {
+            lines += 1;
+            bytes += line.bytes.len();
+            let (decoded, defect) = decoder.push(line);
             if let Some(defect) = defect {
                 self.shipper.malformed(input, defect);
             }
             let Some(decoded) = decoded else {
                 continue;
             };
-            match &mut followed.joiner {
-                Some(joiner) => events.extend(joiner.push(decoded, now)),
-                None => events.push(decoded),
+            match joiner {
+                Some(joiner) => {
+                    if let Some(event) = joiner.push(decoded, now) {
+                        events.push(&event);
+                    }
+                }
+                None => events.push(&decoded),
             }
         }
+        self.shipper.read_many(input, lines, bytes);
         followed.hold();
         self.send(key, events)
     }
@@ -286,7 +288,7 @@ impl Reader {
             }
         }
         for (key, event) in expired {
-            self.send(key, vec![event])?;
+            self.send(key, Events::of(&event))?;
         }
         Ok(())
     }
@@ -296,31 +298,28 @@ impl Reader {
         let followed = self.followed.get_mut(&key).expect("followed");
         if let Some(event) = followed.joiner.as_mut().and_then(Joiner::flush) {
             followed.hold();
-            self.send(key, vec![event])?;
+            self.send(key, Events::of(&event))?;
         }
         Ok(())
     }
 
     /// Marks the events pending and queues them for the shipper, waiting while it is behind.
-    fn send(&self, key: (u64, u64), events: Vec<Decoded>) -> anyhow::Result<()> {
-        if events.is_empty() {
+    fn send(&self, key: (u64, u64), events: Events) -> anyhow::Result<()> {
+        let Some((start, end)) = events.range() else {
             return Ok(());
-        }
+        };
         let followed = &self.followed[&key];
         let input = followed.format.input();
-        for event in &events {
-            if event.line.truncated {
-                self.shipper.malformed(input, "truncated");
-            }
+        for _ in 0..events.truncated() {
+            self.shipper.malformed(input, "truncated");
         }
-        let (start, end) = (events[0].line.start, events[events.len() - 1].line.end);
         let settle = Settle::queued(&followed.tailer.progress, start, end, events.len());
         let batch = Batch::new(
             input,
             followed.tailer.identity.as_str().into(),
             followed.origin.clone(),
             settle,
-            &events,
+            events,
         );
         self.batches
             .send(batch)

@@ -16,10 +16,18 @@ pub struct Batch {
     identity: Arc<str>,
     origin: Arc<Origin>,
     settle: Arc<Settle>,
-    /// The events' messages, streams and times, one after another: one buffer for a batch
-    /// rather than one per line.
+    events: Events,
+}
+
+/// A file's events as they are decoded: their messages, streams and times one after another in
+/// one buffer, rather than one allocation per line.
+#[derive(Default)]
+pub struct Events {
     text: Vec<u8>,
-    events: Vec<Span>,
+    spans: Vec<Span>,
+    /// Where the last event ends in the file.
+    end: u64,
+    truncated: usize,
 }
 
 /// One event of a batch: where it is in its file, and where its parts are in the batch's text.
@@ -37,30 +45,52 @@ impl Batch {
         identity: Arc<str>,
         origin: Arc<Origin>,
         settle: Arc<Settle>,
-        events: &[Decoded],
+        events: Events,
     ) -> Self {
-        let bytes = events.iter().map(|e| e.line.bytes.len()).sum();
-        let mut batch = Self {
+        Self {
             input,
             identity,
             origin,
             settle,
-            text: Vec::with_capacity(bytes),
-            events: Vec::with_capacity(events.len()),
-        };
-        for event in events {
-            let message = batch.keep(&event.line.bytes);
-            let stream = event.stream.as_ref().map(|s| batch.keep(s.as_bytes()));
-            let time = event.time.as_ref().map(|t| batch.keep(t.as_bytes()));
-            batch.events.push(Span {
-                start: event.line.start,
-                truncated: event.line.truncated,
-                message,
-                stream,
-                time,
-            });
+            events,
         }
-        batch
+    }
+}
+
+impl Events {
+    pub fn of(event: &Decoded<'_>) -> Self {
+        let mut events = Self::default();
+        events.push(event);
+        events
+    }
+
+    pub fn push(&mut self, event: &Decoded<'_>) {
+        let message = self.keep(&event.line.bytes);
+        let stream = event.stream.as_ref().map(|s| self.keep(s.as_bytes()));
+        let time = event.time.as_ref().map(|t| self.keep(t.as_bytes()));
+        self.spans.push(Span {
+            start: event.line.start,
+            truncated: event.line.truncated,
+            message,
+            stream,
+            time,
+        });
+        self.end = event.line.end;
+        self.truncated += usize::from(event.line.truncated);
+    }
+
+    /// The part of the file the events span, from the first one's start.
+    pub fn range(&self) -> Option<(u64, u64)> {
+        Some((self.spans.first()?.start, self.end))
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// How many were cut at `max_line_bytes`.
+    pub fn truncated(&self) -> usize {
+        self.truncated
     }
 
     fn keep(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -81,8 +111,8 @@ pub fn ship_batches(
     for batch in batches {
         let shared = Shared::of(&batch, &shipper.host);
         let shipped = runtime.block_on(async {
-            for span in &batch.events {
-                if !shared.write(&mut payload, &batch.text, span) {
+            for span in &batch.events.spans {
+                if !shared.write(&mut payload, &batch.events.text, span) {
                     shipper.malformed(batch.input, "invalid_utf8");
                 }
                 shipper
@@ -183,12 +213,17 @@ mod tests {
     use crate::acks::Progress;
     use crate::inputs::files::tailer::Line;
 
-    fn decoded(start: u64, text: &[u8], stream: Option<&str>, time: Option<&str>) -> Decoded {
+    fn decoded<'a>(
+        start: u64,
+        text: &'a [u8],
+        stream: Option<&'a str>,
+        time: Option<&'a str>,
+    ) -> Decoded<'a> {
         Decoded {
             line: Line {
                 start,
                 end: start + text.len() as u64 + 1,
-                bytes: text.to_vec(),
+                bytes: text.into(),
                 truncated: text.len() > 8,
             },
             stream: stream.map(Into::into),
@@ -212,17 +247,24 @@ mod tests {
             ),
         ];
         let settle = Settle::queued(&Progress::new(0), 0, 30, 2);
+        let mut decoded = Events::default();
+        for event in &events {
+            decoded.push(event);
+        }
+        assert_eq!(decoded.range(), Some((0, 6 + 17 + 1)));
+        assert_eq!(decoded.truncated(), 1);
         let batch = Batch::new(
             "docker",
             "7.1.2.3".into(),
             Arc::new(origin),
             settle,
-            &events,
+            decoded,
         );
         let shared = Shared::of(&batch, "node-1");
         assert_eq!(shared.key, b"node-1//var/log/a \"b\".log");
         let mut out = Vec::new();
-        assert!(shared.write(&mut out, &batch.text, &batch.events[0]));
+        let (text, spans) = (&batch.events.text, &batch.events.spans);
+        assert!(shared.write(&mut out, text, &spans[0]));
         let first: Value = serde_json::from_slice(&out).unwrap();
         let read_at = rfc3339_ms(shared.read_at);
         assert_eq!(
@@ -238,7 +280,7 @@ mod tests {
             })
         );
         assert!(
-            !shared.write(&mut out, &batch.text, &batch.events[1]),
+            !shared.write(&mut out, text, &spans[1]),
             "invalid UTF-8 is reported"
         );
         let second: Value = serde_json::from_slice(&out).unwrap();

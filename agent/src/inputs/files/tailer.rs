@@ -2,7 +2,9 @@
 //! line is cut, marked, and the rest of it skipped), noticing when the file was truncated under
 //! it. Reads go through `read_at`, so the open file keeps being read after a rename or unlink.
 
+use std::borrow::Cow;
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,12 +16,31 @@ use crate::acks::Progress;
 const CHUNK: usize = 128 << 10;
 
 /// A line (or a multi-line event) and where it is in its file: `[start, end)`, newline included.
+/// Its bytes are borrowed from the read buffer as long as nothing had to be joined or decoded.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Line {
+pub struct Line<'a> {
     pub start: u64,
     pub end: u64,
-    pub bytes: Vec<u8>,
+    pub bytes: Cow<'a, [u8]>,
     pub truncated: bool,
+}
+
+impl Line<'_> {
+    /// The line with bytes of its own, to be kept past the next read.
+    pub fn into_owned(self) -> Line<'static> {
+        Line {
+            bytes: Cow::Owned(self.bytes.into_owned()),
+            ..self
+        }
+    }
+}
+
+/// A line found in the read buffer: where it is in the file, and in the buffer.
+struct Span {
+    start: u64,
+    end: u64,
+    bytes: Range<usize>,
+    truncated: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -42,9 +63,12 @@ pub struct Tailer {
     fingerprint: u32,
     /// The next byte of the file to read.
     read_at: u64,
-    /// Read bytes not yet split into lines; `buf[0]` is the file's byte `buf_start`.
+    /// Read bytes; `buf[0]` is the file's byte `buf_start`. The first `used` were split into
+    /// the lines handed out last, which borrow them until the next read.
     buf: Vec<u8>,
     buf_start: u64,
+    used: usize,
+    spans: Vec<Span>,
     /// Inside a line already cut: drop bytes up to its newline.
     skipping: bool,
     /// Since when the file's path no longer leads to it (rotated away or deleted).
@@ -69,6 +93,8 @@ impl Tailer {
             read_at: start,
             buf: Vec::new(),
             buf_start: start,
+            used: 0,
+            spans: Vec::new(),
             skipping: false,
             orphaned: None,
         }
@@ -81,15 +107,11 @@ impl Tailer {
             .map_or(0, |m| m.len().saturating_sub(self.read_at))
     }
 
-    /// Reads what is new and appends its whole lines to `out`. `fingerprint_bytes` is how the
+    /// Reads what is new (its whole lines are then in `lines`). `fingerprint_bytes` is how the
     /// fingerprint was taken: a file truncated and written past where it was read is told by
     /// its first line, which is another.
-    pub fn read(
-        &mut self,
-        max_line: usize,
-        fingerprint_bytes: usize,
-        out: &mut Vec<Line>,
-    ) -> std::io::Result<Read> {
+    pub fn read(&mut self, fingerprint_bytes: usize) -> std::io::Result<Read> {
+        self.consume();
         let len = self.file.metadata()?.len();
         if len < self.read_at {
             return Ok(Read::Truncated);
@@ -106,11 +128,31 @@ impl Tailer {
         let n = self.file.read_at(&mut self.buf[old..], self.read_at)?;
         self.buf.truncate(old + n);
         self.read_at += n as u64;
-        self.split(max_line, out);
         Ok(if n == 0 { Read::Idle } else { Read::Data })
     }
 
-    fn split(&mut self, max_line: usize, out: &mut Vec<Line>) {
+    /// The whole lines read and not handed out yet, each cut at `max_line` bytes.
+    pub fn lines(&mut self, max_line: usize) -> impl Iterator<Item = Line<'_>> {
+        self.consume();
+        self.split(max_line);
+        let buf = &self.buf;
+        self.spans.iter().map(move |span| Line {
+            start: span.start,
+            end: span.end,
+            bytes: Cow::Borrowed(&buf[span.bytes.clone()]),
+            truncated: span.truncated,
+        })
+    }
+
+    /// Drops the bytes of the lines handed out last.
+    fn consume(&mut self) {
+        self.buf.drain(..self.used);
+        self.buf_start += self.used as u64;
+        self.used = 0;
+        self.spans.clear();
+    }
+
+    fn split(&mut self, max_line: usize) {
         let mut used = 0;
         while let Some(pos) = memchr::memchr(b'\n', &self.buf[used..]) {
             let start = self.buf_start + used as u64;
@@ -125,12 +167,11 @@ impl Tailer {
             } else if bytes.is_empty() {
                 self.progress.skipped(end);
             } else {
-                let truncated = bytes.len() > max_line;
-                out.push(Line {
+                self.spans.push(Span {
                     start,
                     end,
-                    bytes: bytes[..bytes.len().min(max_line)].to_vec(),
-                    truncated,
+                    bytes: used..used + bytes.len().min(max_line),
+                    truncated: bytes.len() > max_line,
                 });
             }
             used += pos + 1;
@@ -142,17 +183,16 @@ impl Tailer {
             // No newline in sight: ship the first max_line bytes now and drop the rest of the
             // line as it comes, so a runaway line costs bounded memory.
             let start = self.buf_start + used as u64;
-            out.push(Line {
+            self.spans.push(Span {
                 start,
                 end: start + max_line as u64,
-                bytes: self.buf[used..used + max_line].to_vec(),
+                bytes: used..used + max_line,
                 truncated: true,
             });
             self.skipping = true;
             used = self.buf.len();
         }
-        self.buf.drain(..used);
-        self.buf_start += used as u64;
+        self.used = used;
     }
 }
 
@@ -193,29 +233,30 @@ mod tests {
         let path = dir.path().join("a.log");
         std::fs::write(&path, b"one\r\n\ntwo\n0123456789abcdef").unwrap();
         let mut t = tailer(&path);
-        let mut out = Vec::new();
-        assert_eq!(t.read(10, 64, &mut out).unwrap(), Read::Data);
+        assert_eq!(t.read(64).unwrap(), Read::Data);
+        let out: Vec<Line<'static>> = t.lines(10).map(Line::into_owned).collect();
         let texts: Vec<&[u8]> = out.iter().map(|l| &l.bytes[..]).collect();
         assert_eq!(texts, [&b"one"[..], b"two", b"0123456789"]);
         assert_eq!((out[1].start, out[1].end), (6, 10));
         assert!(out[2].truncated);
-        out.clear();
+        assert_eq!(t.lines(10).count(), 0, "lines are handed out once");
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap();
         f.write_all(b"ghij\nnext\n").unwrap();
-        t.read(10, 64, &mut out).unwrap();
+        t.read(64).unwrap();
+        let out: Vec<Line<'_>> = t.lines(10).collect();
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!(out[0].bytes, b"next");
+        assert_eq!(out[0].bytes, &b"next"[..]);
         assert_eq!(out[0].start, 31);
-        assert_eq!(t.read(10, 64, &mut out).unwrap(), Read::Idle);
+        assert_eq!(t.read(64).unwrap(), Read::Idle);
         f.set_len(0).unwrap();
-        assert_eq!(t.read(10, 64, &mut out).unwrap(), Read::Truncated);
+        assert_eq!(t.read(64).unwrap(), Read::Truncated);
         // Truncated and written past where it was read: its first line tells.
         f.write_all(&[b'z'; 64]).unwrap();
         f.write_all(b"\n").unwrap();
-        assert_eq!(t.read(10, 64, &mut out).unwrap(), Read::Truncated);
+        assert_eq!(t.read(64).unwrap(), Read::Truncated);
     }
 
     #[test]
