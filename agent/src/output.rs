@@ -4,6 +4,7 @@
 //! Events wait in librdkafka's queue (bounded by `queue.buffering.max.kbytes`) while the broker
 //! is slow or away, and are retried without a deadline; a full queue makes the inputs wait.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,11 @@ pub struct KafkaOutput {
     metrics: AgentMetrics,
     /// Settles records nothing waits for.
     untracked: Arc<Settle>,
+    /// The last record offered found the queue full.
+    full: AtomicBool,
 }
+
+type Record<'a> = BaseRecord<'a, [u8], [u8], Arc<Settle>>;
 
 struct Deliveries(AgentMetrics, KeyHash);
 
@@ -97,6 +102,7 @@ impl KafkaOutput {
             producer,
             metrics,
             untracked: Settle::untracked(),
+            full: AtomicBool::new(false),
         })
     }
 
@@ -110,31 +116,71 @@ impl KafkaOutput {
         timestamp: i64,
         settle: Option<&Arc<Settle>>,
     ) -> anyhow::Result<()> {
+        let mut record = self.record(topic, key, payload, timestamp, settle);
+        while let Some(back) = self.queue(record)? {
+            record = back;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Queues one record as `send` does, unless the queue is full: whether it was queued.
+    pub fn try_send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        timestamp: i64,
+    ) -> anyhow::Result<bool> {
+        let record = self.record(topic, key, payload, timestamp, None);
+        Ok(self.queue(record)?.is_none())
+    }
+
+    /// Whether the last record offered found librdkafka's queue full.
+    pub fn queue_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    fn record<'a>(
+        &self,
+        topic: &'a str,
+        key: &'a [u8],
+        payload: &'a [u8],
+        timestamp: i64,
+        settle: Option<&Arc<Settle>>,
+    ) -> Record<'a> {
         let settle = settle.unwrap_or(&self.untracked).clone();
-        let mut record: BaseRecord<'_, [u8], [u8], Arc<Settle>> =
-            BaseRecord::with_opaque_to(topic, settle)
-                .key(key)
-                .payload(payload)
-                .timestamp(timestamp);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+        BaseRecord::with_opaque_to(topic, settle)
+            .key(key)
+            .payload(payload)
+            .timestamp(timestamp)
+    }
+
+    /// Queues the record; gives it back when the queue is full.
+    fn queue<'a>(&self, record: Record<'a>) -> anyhow::Result<Option<Record<'a>>> {
+        let (topic, bytes) = (record.topic, record.payload.map_or(0, <[u8]>::len));
+        match self.producer.send(record) {
+            Ok(()) => {
+                if self.queue_full() {
+                    self.full.store(false, Ordering::Relaxed);
                 }
-                Err((KafkaError::MessageProduction(code), refused))
-                    if code != RDKafkaErrorCode::Fatal =>
-                {
-                    // This record can never be sent (too large, say): counted and let go, so it
-                    // cannot hold up its input, nor a file's checkpoint, for ever.
-                    tracing::warn!(%topic, error = %code, bytes = payload.len(), "agent: a record was refused");
-                    self.metrics.send_errors.inc();
-                    refused.delivery_opaque.one_done();
-                    return Ok(());
-                }
-                Err((e, _)) => anyhow::bail!("agent: queueing a record for {topic}: {e}"),
+                Ok(None)
             }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                self.full.store(true, Ordering::Relaxed);
+                Ok(Some(back))
+            }
+            Err((KafkaError::MessageProduction(code), refused))
+                if code != RDKafkaErrorCode::Fatal =>
+            {
+                // This record can never be sent (too large, say): counted and let go, so it
+                // cannot hold up its input, nor a file's checkpoint, for ever.
+                tracing::warn!(%topic, error = %code, bytes, "agent: a record was refused");
+                self.metrics.send_errors.inc();
+                refused.delivery_opaque.one_done();
+                Ok(None)
+            }
+            Err((e, _)) => anyhow::bail!("agent: queueing a record for {topic}: {e}"),
         }
     }
 

@@ -7,7 +7,7 @@ use crate::acks::Settle;
 use crate::event::{now_ms, Event};
 use crate::metrics::AgentMetrics;
 use crate::output::KafkaOutput;
-use crate::spool::{Spool, Spooled};
+use crate::spool::{self, Spool, Spooled};
 
 /// What every input needs: the output, the metrics, and the names ids are made of.
 pub struct Shipper {
@@ -59,34 +59,42 @@ impl Shipper {
     }
 
     /// Queues an event of an input that cannot replay, keyed by its host and source so one source
-    /// stays on one partition; through the spool while the broker is slow or away.
+    /// stays on one partition; through the spool while the broker is slow or away (librdkafka's
+    /// queue full or long), so the input never waits for the broker.
     pub async fn ship(&self, input: &str, event: &Event) -> anyhow::Result<()> {
-        if let Some(spool) = &self.spool {
-            let key = format!("{}/{}", event.host, event.source);
-            match spool
-                .offer(self.output.backlog(), &key, &event.to_json())
-                .await
-            {
-                Ok(Spooled::Kept | Spooled::Dropped) => return Ok(()),
-                Ok(Spooled::NotNeeded) => {}
-                // The disk failed us: librdkafka's bounded memory queue still holds it.
-                Err(e) => tracing::warn!(input, error = %e, "agent: spooling an event"),
-            }
-        }
         let key = format!("{}/{}", event.host, event.source);
-        self.output
-            .send(
-                &self.topic,
-                key.as_bytes(),
-                &event.to_json(),
-                now_ms(),
-                None,
-            )
-            .await
-            .map_err(|e| {
-                tracing::warn!(input, error = %e, "agent: shipping an event");
-                e
-            })
+        let payload = event.to_json();
+        let shipped = async {
+            if let Some(spool) = &self.spool {
+                loop {
+                    match spool
+                        .offer(spool::pressed(&self.output), &key, &payload)
+                        .await
+                    {
+                        Ok(Spooled::Kept | Spooled::Dropped) => return Ok(()),
+                        Ok(Spooled::NotNeeded) => {}
+                        // The disk failed us: librdkafka's bounded memory queue still holds it.
+                        Err(e) => {
+                            tracing::warn!(input, error = %e, "agent: spooling an event");
+                            break;
+                        }
+                    }
+                    if self
+                        .output
+                        .try_send(&self.topic, key.as_bytes(), &payload, now_ms())?
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            self.output
+                .send(&self.topic, key.as_bytes(), &payload, now_ms(), None)
+                .await
+        };
+        shipped.await.map_err(|e| {
+            tracing::warn!(input, error = %e, "agent: shipping an event");
+            e
+        })
     }
 
     /// Queues a file's event, already encoded; `settle` is told when the broker has it.

@@ -1,8 +1,8 @@
 //! The disk spool for inputs that cannot replay (syslog, GELF, stdin): while the broker is slow or
-//! away (the output's backlog passes `DIVERT_AT` records), their events are appended to segment
-//! files under `<state_dir>/spool/` instead of memory, and everything after them follows them
-//! there, so order is kept. A drain task sends the oldest segment once the backlog is low again
-//! and deletes it when the broker acknowledged all its records; segments left by a killed agent
+//! away (librdkafka's queue is full, or its backlog passes `DIVERT_AT` records), their events are
+//! appended to segment files under `<state_dir>/spool/` instead of memory, and everything after
+//! them follows them there, so order is kept. A drain task sends the oldest segment and deletes
+//! it when the broker acknowledged all its records; segments left by a killed agent
 //! are sent after a restart. When the spool holds `max_bytes`, the policy decides: `block`
 //! (inputs wait, and a UDP socket's buffer overflows in the kernel) or `drop` (counted).
 //!
@@ -21,8 +21,14 @@ use crate::event::now_ms;
 use crate::metrics::AgentMetrics;
 use crate::output::KafkaOutput;
 
-/// Records waiting in librdkafka past which new events go to disk.
+/// Records waiting in librdkafka past which new events go to disk (as they do when its queue is
+/// full).
 const DIVERT_AT: u64 = 20_000;
+
+/// Whether the broker is slow or away: new events go to disk.
+pub fn pressed(output: &KafkaOutput) -> bool {
+    output.queue_full() || output.backlog() >= DIVERT_AT
+}
 /// A segment is sealed (and can be drained) at this size.
 const SEGMENT_BYTES: u64 = 4 << 20;
 const HEADER: usize = 10;
@@ -103,14 +109,19 @@ impl Spool {
         self.dir.join(format!("{number:020}.spool"))
     }
 
-    /// Keeps the event when the spool is in use or the backlog is high; waits for room when
-    /// full and the policy is `block`.
-    pub async fn offer(&self, backlog: u64, key: &str, payload: &[u8]) -> std::io::Result<Spooled> {
+    /// Keeps the event when the spool is in use or the output is `pressed`; waits for room
+    /// when full and the policy is `block`.
+    pub async fn offer(
+        &self,
+        pressed: bool,
+        key: &str,
+        payload: &[u8],
+    ) -> std::io::Result<Spooled> {
         let size = (HEADER + key.len() + payload.len()) as u64;
         loop {
             {
                 let mut state = self.state();
-                if state.bytes == 0 && backlog < DIVERT_AT {
+                if state.bytes == 0 && !pressed {
                     return Ok(Spooled::NotNeeded);
                 }
                 if state.bytes + size <= self.max_bytes {
@@ -191,14 +202,11 @@ impl Spool {
     }
 }
 
-/// Sends the spooled segments, oldest first, whenever the output's backlog is low.
+/// Sends the spooled segments, oldest first, competing with the other inputs for room in
+/// librdkafka's queue (so a file flood cannot hold syslog back for ever).
 pub async fn drain(spool: Arc<Spool>, output: Arc<KafkaOutput>, topic: String) {
     loop {
-        let next = match output.backlog() < DIVERT_AT / 2 {
-            true => spool.oldest(),
-            false => Ok(None),
-        };
-        match next {
+        match spool.oldest() {
             Ok(Some((number, bytes))) => {
                 if let Err(e) = send_segment(&spool, &output, &topic, number).await {
                     tracing::warn!(error = %e, "agent: draining the spool");
@@ -284,16 +292,16 @@ mod tests {
         let metrics = AgentMetrics::register(&registry).unwrap();
         let spool = Spool::open(dir.path(), 1 << 20, false, metrics.clone()).unwrap();
         assert!(matches!(
-            spool.offer(0, "k", b"direct").await.unwrap(),
+            spool.offer(false, "k", b"direct").await.unwrap(),
             Spooled::NotNeeded
         ));
         assert!(matches!(
-            spool.offer(DIVERT_AT, "k", b"one").await.unwrap(),
+            spool.offer(true, "k", b"one").await.unwrap(),
             Spooled::Kept
         ));
         // Once something is spooled, everything after it is, whatever the backlog.
         assert!(matches!(
-            spool.offer(0, "k", b"two").await.unwrap(),
+            spool.offer(false, "k", b"two").await.unwrap(),
             Spooled::Kept
         ));
         assert_eq!(spool.oldest().unwrap().map(|(n, _)| n), Some(0));
@@ -302,7 +310,7 @@ mod tests {
         assert_eq!(reopened.state().sealed.len(), 1);
         let full = Spool::open(&dir.path().join("small"), 10, false, metrics.clone()).unwrap();
         assert!(matches!(
-            full.offer(DIVERT_AT, "k", b"too big").await.unwrap(),
+            full.offer(true, "k", b"too big").await.unwrap(),
             Spooled::Dropped
         ));
         assert_eq!(metrics.spool_dropped.get(), 1);
