@@ -105,7 +105,7 @@ impl Settle {
         })
     }
 
-    /// What records nothing waits for settle.
+    /// The settle of records nothing waits for (syslog, GELF, stdin, metric samples).
     pub fn untracked() -> Arc<Self> {
         Arc::new(Self {
             progress: None,
