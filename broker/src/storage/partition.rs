@@ -156,6 +156,39 @@ impl Partition {
         self.log().segments.values().map(|s| s.size).sum()
     }
 
+    /// Starts a new segment when `len` bytes of `records` records would not fit the active one.
+    /// The old segment's fsync and the new files' creation (with a directory fsync) run on a
+    /// blocking thread: on a runtime worker they stalled every connection it served for as long
+    /// as the disk took. Appends wait for it (the caller holds the append lock).
+    async fn roll_if_full(
+        &self,
+        len: u64,
+        records: i64,
+        settings: &LogSettings,
+    ) -> Result<(), AppendError> {
+        let (sync, base) = {
+            let log = self.log();
+            let active = log
+                .segments
+                .values()
+                .next_back()
+                .expect("a partition has a segment");
+            if !active.is_full(len, records, settings.segment_bytes, settings.segment_ms) {
+                return Ok(());
+            }
+            (active.syncer(), log.next_offset)
+        };
+        let (dir, interval) = (self.dir.clone(), settings.index_interval_bytes);
+        let fresh = tokio::task::spawn_blocking(move || {
+            sync()?;
+            Segment::create(&dir, base, interval)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.log().segments.insert(base, fresh);
+        Ok(())
+    }
+
     /// Appends validated batches (one produce request's record set for this partition), assigning
     /// consecutive offsets. Returns once the bytes are written (not yet synced) together with the
     /// file that must be synced for durability. A batch an idempotent producer already wrote is
@@ -170,9 +203,15 @@ impl Partition {
             return Ok(answer);
         }
         let settings = *self.settings.lock().expect("settings lock");
+        let count = batches
+            .iter()
+            .map(|(h, _)| h.last_offset_delta as i64 + 1)
+            .sum();
+        self.roll_if_full(records.len() as u64, count, &settings)
+            .await?;
         let mut data = BytesMut::from(records);
         let (file, position, base_offset, headers) = {
-            let mut log = self.log();
+            let log = self.log();
             let mut next = log.next_offset;
             let mut headers = Vec::with_capacity(batches.len());
             for (header, range) in batches {
@@ -182,22 +221,6 @@ impl Partition {
                     ..*header
                 });
                 next += header.last_offset_delta as i64 + 1;
-            }
-            let active = log
-                .segments
-                .values()
-                .next_back()
-                .expect("a partition has a segment");
-            if active.is_full(
-                data.len() as u64,
-                next - log.next_offset,
-                settings.segment_bytes,
-                settings.segment_ms,
-            ) {
-                let base = log.next_offset;
-                active.sync()?;
-                let fresh = Segment::create(&self.dir, base, settings.index_interval_bytes)?;
-                log.segments.insert(base, fresh);
             }
             let active = log
                 .segments

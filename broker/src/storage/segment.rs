@@ -52,7 +52,7 @@ pub struct ScanReport {
 pub struct Segment {
     pub base_offset: i64,
     pub log: Arc<File>,
-    index_file: File,
+    index_file: Arc<File>,
     log_path: PathBuf,
     index_path: PathBuf,
     /// Bytes of log written and visible to readers.
@@ -91,7 +91,7 @@ impl Segment {
         let index_path = index_path(dir, base_offset);
         let log = open_rw(&log_path)?;
         log.set_len(0)?;
-        let index_file = open_rw(&index_path)?;
+        let index_file = Arc::new(open_rw(&index_path)?);
         index_file.set_len(0)?;
         // The new files' names must survive a crash as surely as the data acked into them.
         super::sync_dir(dir)?;
@@ -122,7 +122,7 @@ impl Segment {
         let log_path = log_path(dir, base_offset);
         let index_path = index_path(dir, base_offset);
         let log = open_rw(&log_path)?;
-        let index_file = open_rw(&index_path)?;
+        let index_file = Arc::new(open_rw(&index_path)?);
         let created = log
             .metadata()?
             .modified()
@@ -316,8 +316,16 @@ impl Segment {
 
     /// Makes the log and the index durable (on roll and at shutdown).
     pub fn sync(&self) -> io::Result<()> {
-        self.log.sync_data()?;
-        self.index_file.sync_data()
+        self.syncer()()
+    }
+
+    /// What `sync` does, to run on a blocking thread.
+    pub fn syncer(&self) -> impl FnOnce() -> io::Result<()> + Send + 'static {
+        let (log, index) = (self.log.clone(), self.index_file.clone());
+        move || {
+            log.sync_data()?;
+            index.sync_data()
+        }
     }
 
     pub fn log_path(&self) -> &Path {
