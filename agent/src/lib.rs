@@ -1,10 +1,11 @@
 //! The Sluice agent: runs beside containers and ships their logs and metrics into the broker.
 //!
 //! Each input in `inputs` (files, Docker and CRI logs, syslog, GELF, stdin) turns what it reads
-//! into an `event::Event` (the design brief's JSON contract) and hands it to the `shipper`, which
-//! counts it (`metrics`) and queues it on the Kafka `output`; `acks` tracks which records the
-//! broker acknowledged, so file checkpoints move only past those. Events of inputs that cannot
-//! replay go through the disk `spool` while the broker is slow or away. The `collectors` sample
+//! into an event (the design brief's JSON contract, written by `event::json`; the file input writes
+//! its lines' events straight into one buffer, the others build an `event::Event`) and hands it to
+//! the `shipper`, which counts it (`metrics`) and queues it on the Kafka `output`; `acks` tracks
+//! which records the broker acknowledged, so file checkpoints move only past those. Events of
+//! inputs that cannot replay go through the disk `spool` while the broker is slow or away. The `collectors` sample
 //! containers' cgroups, the host and Prometheus targets every interval and ship the samples to
 //! the metrics topic; `containers` names Docker's containers for both.
 
