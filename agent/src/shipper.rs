@@ -24,6 +24,12 @@ pub struct Shipper {
 }
 
 impl Shipper {
+    /// The id of the `seq`th event of an input that cannot replay: unique per host, input and
+    /// run (a TCP input mixes the peer's port into `seq`, see `connection_seq`).
+    pub fn event_id(&self, input: &str, seq: u64) -> String {
+        format!("{}/{input}/{}/{seq}", self.host, self.run)
+    }
+
     pub fn read(&self, input: &str, bytes: usize) {
         self.read_many(input, 1, bytes);
     }
@@ -109,4 +115,10 @@ impl Shipper {
             .send(&self.topic, key, payload, timestamp, Some(settle))
             .await
     }
+}
+
+/// The `seq`th message of a TCP connection from `peer` as a sequence number of its input:
+/// connections from different ports never share one.
+pub fn connection_seq(peer: std::net::SocketAddr, seq: u64) -> u64 {
+    (u64::from(peer.port()) << 40) | seq
 }

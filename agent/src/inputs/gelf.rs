@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::event::{now_rfc3339, rfc3339_ms, Event};
-use crate::shipper::Shipper;
+use crate::shipper::{connection_seq, Shipper};
 
 const CHUNK_MAGIC: [u8; 2] = [0x1e, 0x0f];
 const CHUNK_HEADER: usize = 12;
@@ -108,7 +108,15 @@ async fn connection(
             continue;
         }
         seq += 1;
-        ship(shipper, "gelf_tcp", text, peer.ip(), seq, max).await?;
+        ship(
+            shipper,
+            "gelf_tcp",
+            text,
+            peer.ip(),
+            connection_seq(peer, seq),
+            max,
+        )
+        .await?;
     }
 }
 
@@ -220,7 +228,7 @@ async fn ship(
         shipper.malformed(input, "invalid_json");
         return Ok(());
     };
-    let Some(event) = event(shipper, message, peer, seq) else {
+    let Some(event) = event(message, peer, shipper.event_id(input, seq)) else {
         shipper.malformed(input, "missing_short_message");
         return Ok(());
     };
@@ -230,7 +238,7 @@ async fn ship(
 /// A GELF message as an event: `host`, `short_message` as the message, `timestamp` (seconds),
 /// `level` as its syslog severity name; Docker's `_container_*` and `_image_name` as the
 /// container, every other additional field (`_x`) as `fields.x`.
-fn event(shipper: &Shipper, mut gelf: Map<String, Value>, peer: IpAddr, seq: u64) -> Option<Event> {
+fn event(mut gelf: Map<String, Value>, peer: IpAddr, id: String) -> Option<Event> {
     let Some(Value::String(message)) = gelf.remove("short_message") else {
         return None;
     };
@@ -273,7 +281,7 @@ fn event(shipper: &Shipper, mut gelf: Map<String, Value>, peer: IpAddr, seq: u64
     }
     fields.insert("peer".into(), json!(peer.to_string()));
     Some(Event {
-        id: format!("{}/gelf/{}/{seq}", shipper.host, shipper.run),
+        id,
         timestamp,
         host,
         source,

@@ -21,7 +21,7 @@ pub async fn run(shipper: Arc<Shipper>) -> anyhow::Result<()> {
         }
         let message = shipper.text("stdin", &line);
         let event = Event {
-            id: format!("{}/stdin/{}/{line_no}", shipper.host, shipper.run),
+            id: shipper.event_id("stdin", line_no),
             timestamp: now_rfc3339(),
             host: shipper.host.clone(),
             source: "stdin".into(),

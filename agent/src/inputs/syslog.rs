@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::read_line;
 use crate::event::{now_rfc3339, rfc3339_ms, Event};
-use crate::shipper::Shipper;
+use crate::shipper::{connection_seq, Shipper};
 
 pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 65_536];
@@ -75,7 +75,7 @@ async fn connection(
             continue;
         }
         seq += 1;
-        let id_seq = (u64::from(peer.port()) << 40) | seq;
+        let id_seq = connection_seq(peer, seq);
         ship(shipper, "syslog_tcp", &message, peer.ip(), id_seq).await?;
     }
 }
@@ -168,7 +168,7 @@ fn to_event(
         fields.insert("structured_data".into(), Value::Object(data));
     }
     Event {
-        id: format!("{}/{input}/{}/{seq}", shipper.host, shipper.run),
+        id: shipper.event_id(input, seq),
         timestamp: message
             .timestamp
             .map(|t| rfc3339_ms(t.timestamp_millis()))
