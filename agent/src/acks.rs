@@ -92,6 +92,10 @@ pub struct Settle {
     progress: Option<Arc<Progress>>,
     start: u64,
     remaining: AtomicUsize,
+    /// Whether the records can be read again (a file's lines): a batch with a failed record
+    /// then stays pending. A spool segment's cannot, so a record the broker refused for good is
+    /// counted and let go rather than holding the drain for ever.
+    replays: bool,
 }
 
 impl Settle {
@@ -102,6 +106,18 @@ impl Settle {
             progress: Some(progress.clone()),
             start,
             remaining: AtomicUsize::new(records),
+            replays: true,
+        })
+    }
+
+    /// The `records` records of a spool segment, pending in `progress`.
+    pub fn segment(progress: &Arc<Progress>, records: usize) -> Arc<Self> {
+        progress.queued(0, 1);
+        Arc::new(Self {
+            progress: Some(progress.clone()),
+            start: 0,
+            remaining: AtomicUsize::new(records),
+            replays: false,
         })
     }
 
@@ -111,7 +127,16 @@ impl Settle {
             progress: None,
             start: 0,
             remaining: AtomicUsize::new(0),
+            replays: false,
         })
+    }
+
+    /// One record failed for good (counted by the caller): done with, unless it can be read
+    /// again.
+    pub fn one_failed(&self) {
+        if !self.replays {
+            self.one_done();
+        }
     }
 
     /// One record is done with (acknowledged, or refused for good and counted).
@@ -159,5 +184,19 @@ mod tests {
         );
         batch.one_done();
         assert_eq!(progress.checkpoint(), 90);
+    }
+
+    #[test]
+    fn a_failed_record_holds_a_file_batch_but_not_a_spool_segment() {
+        let file = Progress::new(0);
+        let batch = Settle::queued(&file, 0, 10, 2);
+        batch.one_done();
+        batch.one_failed();
+        assert_eq!(file.checkpoint(), 0, "read again after a restart");
+        let spool = Progress::new(0);
+        let segment = Settle::segment(&spool, 2);
+        segment.one_done();
+        segment.one_failed();
+        assert_eq!(spool.pending(), 0, "the drain goes on");
     }
 }

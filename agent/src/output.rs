@@ -77,6 +77,7 @@ impl ProducerContext<KeyHash> for Deliveries {
             Err((e, _)) => {
                 tracing::warn!(error = %e, "agent: an event was not delivered");
                 self.0.send_errors.inc();
+                settle.one_failed();
             }
         }
     }

@@ -243,7 +243,7 @@ async fn send_segment(
         spool.metrics.spool_dropped.inc();
     }
     let progress = Progress::new(0);
-    let settle = Settle::queued(&progress, 0, 1, records.len());
+    let settle = Settle::segment(&progress, records.len());
     for (key, payload) in &records {
         output
             .send(topic, key, payload, now_ms(), Some(&settle))
