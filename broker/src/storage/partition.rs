@@ -157,16 +157,17 @@ impl Partition {
     }
 
     /// Starts a new segment when `len` bytes of `records` records would not fit the active one.
-    /// The old segment's fsync and the new files' creation (with a directory fsync) run on a
-    /// blocking thread: on a runtime worker they stalled every connection it served for as long
-    /// as the disk took. Appends wait for it (the caller holds the append lock).
+    /// The old segment is synced through the I/O backend and the new files are created (with a
+    /// directory fsync) on a blocking thread: on a runtime worker they stalled every connection
+    /// it served for as long as the disk took. Appends wait for it (the caller holds the append
+    /// lock).
     async fn roll_if_full(
         &self,
         len: u64,
         records: i64,
         settings: &LogSettings,
     ) -> Result<(), AppendError> {
-        let (sync, base) = {
+        let (old, base) = {
             let log = self.log();
             let active = log
                 .segments
@@ -176,15 +177,13 @@ impl Partition {
             if !active.is_full(len, records, settings.segment_bytes, settings.segment_ms) {
                 return Ok(());
             }
-            (active.syncer(), log.next_offset)
+            (active.files(), log.next_offset)
         };
+        self.io.sync_all(&old).await?;
         let (dir, interval) = (self.dir.clone(), settings.index_interval_bytes);
-        let fresh = tokio::task::spawn_blocking(move || {
-            sync()?;
-            Segment::create(&dir, base, interval)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+        let fresh = tokio::task::spawn_blocking(move || Segment::create(&dir, base, interval))
+            .await
+            .map_err(std::io::Error::other)??;
         self.log().segments.insert(base, fresh);
         Ok(())
     }

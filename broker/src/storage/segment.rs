@@ -316,16 +316,13 @@ impl Segment {
 
     /// Makes the log and the index durable (on roll and at shutdown).
     pub fn sync(&self) -> io::Result<()> {
-        self.syncer()()
+        self.log.sync_data()?;
+        self.index_file.sync_data()
     }
 
-    /// What `sync` does, to run on a blocking thread.
-    pub fn syncer(&self) -> impl FnOnce() -> io::Result<()> + Send + 'static {
-        let (log, index) = (self.log.clone(), self.index_file.clone());
-        move || {
-            log.sync_data()?;
-            index.sync_data()
-        }
+    /// The segment's log and index, for syncing through the I/O backend.
+    pub fn files(&self) -> [Arc<File>; 2] {
+        [self.log.clone(), self.index_file.clone()]
     }
 
     pub fn log_path(&self) -> &Path {
