@@ -142,8 +142,9 @@ fn kill9_halfway_through_a_million_lines_loses_none_and_repeats_keep_their_ids()
 
 /// Writes `total` numbered lines to `path` at a high rate while `logrotate` (with `mode`:
 /// "create" or "copytruncate") rotates it every 300 ms; the agent follows `path*`. Returns the
-/// lines that never arrived, each with whether it was written while `logrotate` ran.
-fn rotate_while_writing(mode: &str) -> Vec<(u64, bool)> {
+/// lines that never arrived, each with whether it was written while `logrotate` ran, and the
+/// lines that arrived under more than one id.
+fn rotate_while_writing(mode: &str) -> (Vec<(u64, bool)>, Vec<u64>) {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "");
     let logs = tmp.path().join("logs");
@@ -215,19 +216,32 @@ fn rotate_while_writing(mode: &str) -> Vec<(u64, bool)> {
     );
     wait_until_shipped(&agent, Duration::from_secs(120));
     let seen = numbered(&logs_events(&sluice, 0));
-    (0..total)
+    let renamed: Vec<u64> = seen
+        .iter()
+        .filter(|(_, ids)| ids.iter().any(|id| id != &ids[0]))
+        .map(|(n, _)| *n)
+        .collect();
+    let lost = (0..total)
         .filter(|n| !seen.contains_key(n))
         .map(|n| {
             let (from, to) = written[(n / 100) as usize];
             let during = rotations.iter().any(|&(s, e)| from <= e && s <= to);
             (n, during)
         })
-        .collect()
+        .collect();
+    (lost, renamed)
 }
 
 #[test]
 fn logrotate_create_while_writing_loses_no_line() {
-    let lost = rotate_while_writing("create");
+    let (lost, renamed) = rotate_while_writing("create");
+    // A renamed file keeps its identity: a line read twice keeps its id.
+    assert!(
+        renamed.is_empty(),
+        "{} lines arrived under two ids: {:?}",
+        renamed.len(),
+        &renamed[..renamed.len().min(10)]
+    );
     assert!(
         lost.is_empty(),
         "{} lines lost: {:?}",
@@ -241,7 +255,9 @@ fn logrotate_create_while_writing_loses_no_line() {
 /// for the broker, so it loses nothing else: any line missing was written while logrotate ran.
 #[test]
 fn logrotate_copytruncate_while_writing_loses_nothing_outside_logrotates_own_gap() {
-    let lost = rotate_while_writing("copytruncate");
+    // Not asserted here: under copytruncate a line can still arrive a second time under the
+    // copy's new identity (an open defect: the indexer then cannot recognise the repeat).
+    let (lost, _) = rotate_while_writing("copytruncate");
     let outside: Vec<u64> = lost
         .iter()
         .filter(|(_, during)| !during)

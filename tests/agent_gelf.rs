@@ -21,6 +21,8 @@ fn gelf_from_graypy_and_as_docker_sends_it_arrives_whole() {
         sluice.kafka
     );
     let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    // The TCP listener is bound after the UDP socket: both are ready.
+    wait_for_port(&tcp, Duration::from_secs(10)).unwrap();
     let out = run_ok(
         python()
             .arg(client_script("gelf_send.py"))
