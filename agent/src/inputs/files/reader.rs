@@ -98,7 +98,11 @@ impl Reader {
                     }
                     Ok(Read::Truncated) => {
                         let tailer = &followed.tailer;
-                        tracing::info!(path = %tailer.path.display(), "agent: file truncated");
+                        tracing::info!(
+                            path = %tailer.path.display(),
+                            identity = %tailer.identity,
+                            "agent: file truncated"
+                        );
                         self.registry.release(&tailer.identity);
                         closed.push(key);
                         rescan = true;
@@ -217,7 +221,13 @@ impl Reader {
             return false;
         };
         self.waiting.remove(&key);
-        tracing::debug!(path = %path.display(), start = placement.start, "agent: following a file");
+        tracing::debug!(
+            path = %path.display(),
+            identity = %placement.identity,
+            start = placement.start,
+            len,
+            "agent: following a file"
+        );
         let origin = Arc::new(Origin::of(&path, format, &mut self.docker));
         let max = self.config.max_line_bytes;
         let joiner = self.multiline.as_ref().map(|start| {

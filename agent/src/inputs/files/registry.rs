@@ -53,6 +53,10 @@ struct Tracked {
     progress: Arc<Progress>,
     /// Since when no tailer reads it (released, or its file closed).
     idle_since: Option<Instant>,
+    /// The copy that continues it is shorter than what was read of the truncated file (lines
+    /// written between logrotate's copy and its truncation, read before the truncation): its
+    /// checkpoint stops at the copy's end, so a restart finds the copy whole, not truncated.
+    copy_len: Option<u64>,
 }
 
 pub struct Registry {
@@ -100,6 +104,7 @@ impl Registry {
                     entry,
                     progress,
                     idle_since: Some(now),
+                    copy_len: None,
                 };
                 (id, tracked)
             })
@@ -150,10 +155,13 @@ impl Registry {
             t.entry.ino = ino;
             t.entry.path = path.to_path_buf();
             t.idle_since = None;
-            // Where the truncated file was read to: what came before is queued already.
+            // Where the truncated file was read to: what came before is queued already. A copy
+            // shorter than that has nothing new.
+            let read_to = t.progress.read_to();
+            t.copy_len = (len < read_to).then_some(len);
             return Some(Placement {
                 identity: id.clone(),
-                start: t.progress.read_to(),
+                start: read_to.min(len),
                 progress: t.progress.clone(),
             });
         }
@@ -185,6 +193,7 @@ impl Registry {
                 },
                 progress: progress.clone(),
                 idle_since: None,
+                copy_len: None,
             },
         );
         Some(Placement {
@@ -233,7 +242,7 @@ impl Registry {
             .tracked
             .iter_mut()
             .map(|(id, t)| {
-                t.entry.offset = t.progress.checkpoint();
+                t.entry.offset = t.progress.checkpoint().min(t.copy_len.unwrap_or(u64::MAX));
                 (id.clone(), t.entry.clone())
             })
             .collect();
@@ -318,6 +327,34 @@ mod tests {
             .place(Path::new("copy"), 7, (1, 11), 100, 0, true)
             .unwrap();
         assert_eq!((resumed.identity, resumed.start), (a.identity, 60));
+    }
+
+    /// Lines written between logrotate's copy and its truncation may have been read from the
+    /// original: the copy, shorter than that, continues the same identity from its end, also
+    /// after a restart.
+    #[test]
+    fn a_copy_shorter_than_what_was_read_continues_from_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        let a = registry
+            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true)
+            .unwrap();
+        a.progress.queued(0, 100);
+        registry.release(&a.identity);
+        let copy = registry
+            .place(Path::new("app.log.1"), 7, (1, 11), 90, 0, true)
+            .unwrap();
+        assert_eq!(
+            (copy.identity.as_str(), copy.start),
+            (a.identity.as_str(), 90)
+        );
+        a.progress.acknowledged(0);
+        registry.save().unwrap();
+        let mut reloaded = Registry::load(dir.path()).unwrap();
+        let resumed = reloaded
+            .place(Path::new("app.log.1"), 7, (1, 11), 90, 0, true)
+            .unwrap();
+        assert_eq!((resumed.identity, resumed.start), (a.identity, 90));
     }
 
     #[test]
