@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -41,17 +41,21 @@ fn wait_until_shipped(agent: &AgentProcess, timeout: Duration) {
     });
 }
 
-/// The line numbers in the events' messages (`line <n> ...`), and for each the ids it came with.
+/// The line number in an event's message (`line <n> ...`).
+fn line_number(event: &serde_json::Value) -> u64 {
+    let message = event["message"].as_str().unwrap();
+    message
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a numbered line: {message}"))
+}
+
+/// The line numbers in the events' messages, and for each the ids it came with.
 fn numbered(events: &[serde_json::Value]) -> HashMap<u64, Vec<String>> {
     let mut seen: HashMap<u64, Vec<String>> = HashMap::new();
     for event in events {
-        let message = event["message"].as_str().unwrap();
-        let n = message
-            .strip_prefix("line ")
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("not a numbered line: {message}"));
-        seen.entry(n)
+        seen.entry(line_number(event))
             .or_default()
             .push(event["id"].as_str().unwrap().to_owned());
     }
@@ -116,10 +120,40 @@ fn kill9_halfway_through_a_million_lines_loses_none_and_repeats_keep_their_ids()
     let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
     writer.join().unwrap();
     wait_until_shipped(&agent, Duration::from_secs(300));
-    let seen = numbered(&logs_events(&sluice, 0));
+    let events = logs_events(&sluice, 0);
+    let seen = numbered(&events);
     assert_all_lines(&seen, total);
     for (n, ids) in &seen {
         assert!(ids.iter().all(|id| id == &ids[0]), "line {n}: ids {ids:?}");
+    }
+    // One source stays on one partition (of the broker's three), in the file's order: each
+    // line's first copy comes after the line before it.
+    let partitions = run(
+        kcat().args([
+            "-C",
+            "-b",
+            &sluice.kafka,
+            "-t",
+            "logs",
+            "-e",
+            "-q",
+            "-f",
+            "%p\n",
+        ]),
+        Duration::from_secs(60),
+    );
+    let used: HashSet<String> = String::from_utf8_lossy(&partitions.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(used.len(), 1, "one file's lines on partitions {used:?}");
+    let mut first_copies = HashSet::new();
+    let mut last = None;
+    for n in events.iter().map(line_number) {
+        if first_copies.insert(n) {
+            assert!(last < Some(n), "line {n} after line {last:?}");
+            last = Some(n);
+        }
     }
     // The restart resumed from the checkpoint: no line before it was sent twice.
     let text = std::fs::read(&path).unwrap();

@@ -13,7 +13,7 @@ mod acks;
 mod collectors;
 mod config;
 mod containers;
-mod event;
+pub mod event;
 mod inputs;
 mod metrics;
 mod output;

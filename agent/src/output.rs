@@ -4,7 +4,7 @@
 //! Events wait in librdkafka's queue (bounded by `queue.buffering.max.kbytes`) while the broker
 //! is slow or away, and are retried without a deadline; a full queue makes the inputs wait.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,18 +44,34 @@ struct Deliveries(AgentMetrics, KeyHash);
 /// A record's partition is a hash of its key: one source stays on one partition. CRC-32C (one
 /// instruction per 8 bytes) rather than librdkafka's default CRC-32 of zlib, which took 6% of
 /// the agent's busiest thread on a file flood.
-struct KeyHash;
+///
+/// It remembers how many partitions the logs topic had when it last ran, so a batch of one
+/// file's lines (one key) is partitioned once and its other records name their partition: the
+/// partitioner, called back per record, took a tenth of the file shipper's thread.
+struct KeyHash {
+    logs_topic: String,
+    /// 0 until known.
+    logs_partitions: AtomicI32,
+}
+
+impl KeyHash {
+    fn of(key: &[u8], partitions: i32) -> i32 {
+        (crc32c::crc32c(key) % partitions.max(1).unsigned_abs()) as i32
+    }
+}
 
 impl Partitioner for KeyHash {
     fn partition(
         &self,
-        _topic: &str,
+        topic: &str,
         key: Option<&[u8]>,
         partitions: i32,
         _available: impl Fn(i32) -> bool,
     ) -> i32 {
-        let hash = crc32c::crc32c(key.unwrap_or_default());
-        (hash % partitions.max(1).unsigned_abs()) as i32
+        if topic == self.logs_topic {
+            self.logs_partitions.store(partitions, Ordering::Relaxed);
+        }
+        Self::of(key.unwrap_or_default(), partitions)
     }
 }
 
@@ -97,7 +113,13 @@ impl KafkaOutput {
             .set("message.timeout.ms", "0")
             .set("queue.buffering.max.kbytes", QUEUE_KBYTES)
             .set("log_level", "3")
-            .create_with_context(Deliveries(metrics.clone(), KeyHash))
+            .create_with_context(Deliveries(
+                metrics.clone(),
+                KeyHash {
+                    logs_topic: config.topic.clone(),
+                    logs_partitions: AtomicI32::new(0),
+                },
+            ))
             .map_err(|e| anyhow::anyhow!("agent: Kafka producer for {}: {e}", config.brokers))?;
         Ok(Self {
             producer,
@@ -117,12 +139,43 @@ impl KafkaOutput {
         timestamp: i64,
         settle: Option<&Arc<Settle>>,
     ) -> anyhow::Result<()> {
-        let mut record = self.record(topic, key, payload, timestamp, settle);
+        self.send_record(self.record(topic, key, payload, timestamp, settle))
+            .await
+    }
+
+    /// As `send`, to `partition` (what `logs_partition` gave for `key`).
+    pub async fn send_to_partition(
+        &self,
+        partition: i32,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        timestamp: i64,
+        settle: &Arc<Settle>,
+    ) -> anyhow::Result<()> {
+        let record = self.record(topic, key, payload, timestamp, Some(settle));
+        self.send_record(record.partition(partition)).await
+    }
+
+    async fn send_record(&self, mut record: Record<'_>) -> anyhow::Result<()> {
         while let Some(back) = self.queue(record)? {
             record = back;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
+    }
+
+    /// The partition the partitioner gives records of the logs topic under `key`, with the
+    /// partition count it last saw (`None` until it ran for the topic): one file's batch names
+    /// it rather than calling the partitioner for each of its lines.
+    pub fn logs_partition(&self, key: &[u8]) -> Option<i32> {
+        let partitions = self
+            .producer
+            .context()
+            .1
+            .logs_partitions
+            .load(Ordering::Relaxed);
+        (partitions > 0).then(|| KeyHash::of(key, partitions))
     }
 
     /// Queues one record as `send` does, unless the queue is full: whether it was queued.
@@ -170,6 +223,14 @@ impl KafkaOutput {
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 self.full.store(true, Ordering::Relaxed);
                 Ok(Some(back))
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), mut back))
+                if back.partition.is_some() =>
+            {
+                // Fewer partitions than the partitioner last saw (the topic was made again):
+                // the partitioner chooses.
+                back.partition = None;
+                self.queue(back)
             }
             Err((KafkaError::MessageProduction(code), refused))
                 if code != RDKafkaErrorCode::Fatal =>

@@ -103,17 +103,29 @@ impl Shipper {
         })
     }
 
-    /// Queues a file's event, already encoded; `settle` is told when the broker has it.
+    /// Queues a file's event, already encoded, to `partition` where known (see
+    /// `KafkaOutput::logs_partition`); `settle` is told when the broker has it.
     pub async fn ship_file_line(
         &self,
+        partition: Option<i32>,
         key: &[u8],
         payload: &[u8],
         settle: &Arc<Settle>,
         timestamp: i64,
     ) -> anyhow::Result<()> {
-        self.output
-            .send(&self.topic, key, payload, timestamp, Some(settle))
-            .await
+        let output = &self.output;
+        match partition {
+            Some(p) => {
+                output
+                    .send_to_partition(p, &self.topic, key, payload, timestamp, settle)
+                    .await
+            }
+            None => {
+                output
+                    .send(&self.topic, key, payload, timestamp, Some(settle))
+                    .await
+            }
+        }
     }
 }
 

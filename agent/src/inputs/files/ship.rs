@@ -111,13 +111,17 @@ pub fn ship_batches(
     for batch in batches {
         let shared = Shared::of(&batch, &shipper.host);
         let shipped = runtime.block_on(async {
+            // The partitioner places the batch's first line; the others follow it.
+            let mut partition = None;
             for span in &batch.events.spans {
                 if !shared.write(&mut payload, &batch.events.text, span) {
                     shipper.malformed(batch.input, "invalid_utf8");
                 }
+                let (key, settle) = (&shared.key, &batch.settle);
                 shipper
-                    .ship_file_line(&shared.key, &payload, &batch.settle, shared.read_at)
+                    .ship_file_line(partition, key, &payload, settle, shared.read_at)
                     .await?;
+                partition = partition.or_else(|| shipper.output.logs_partition(key));
             }
             anyhow::Ok(())
         });
@@ -179,7 +183,9 @@ impl Shared {
     fn write(&self, out: &mut Vec<u8>, text: &[u8], span: &Span) -> bool {
         out.clear();
         out.extend_from_slice(&self.id_prefix);
+        let offset = out.len();
         json::push_u64(out, span.start);
+        let offset = offset..out.len();
         out.extend_from_slice(b"\",\"timestamp\":");
         match &span.time {
             // The line's own time where the format gives one (Docker, CRI).
@@ -196,7 +202,7 @@ impl Shared {
         out.extend_from_slice(b",\"message\":");
         let valid = json::push_str(out, &text[span.message.clone()]);
         out.extend_from_slice(b",\"fields\":{\"offset\":");
-        json::push_u64(out, span.start);
+        out.extend_from_within(offset);
         if span.truncated {
             out.extend_from_slice(b",\"truncated\":true");
         }
