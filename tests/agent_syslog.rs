@@ -165,6 +165,13 @@ fn malformed_syslog_is_counted_and_shipped() {
             &udp,
         )
         .unwrap();
+    // A 10 MB line over TCP is cut at max_message_bytes; the connection carries on.
+    let mut stream = std::net::TcpStream::connect(&tcp).unwrap();
+    let mut long = b"<13>Nov 23 00:00:00 host app: ".to_vec();
+    long.extend(std::iter::repeat_n(b'y', 10 << 20));
+    long.extend_from_slice(b"\n<13>Nov 23 00:00:01 host app: after the long one\n");
+    stream.write_all(&long).unwrap();
+    drop(stream);
     let mut stream = std::net::TcpStream::connect(&tcp).unwrap();
     stream.write_all(b"99999999999999999999 junk\n").unwrap();
     drop(stream);
@@ -178,8 +185,13 @@ fn malformed_syslog_is_counted_and_shipped() {
     wait_until("the bad TCP frame counted", Duration::from_secs(10), || {
         counted("bad_frame", "syslog_tcp") >= 1.0
     });
-    let events = logs_events(&sluice, 3);
-    assert_eq!(events.len(), 3, "{events:?}");
+    let events = logs_events(&sluice, 5);
+    assert_eq!(events.len(), 5, "{events:?}");
+    let message = |e: &serde_json::Value| e["message"].as_str().unwrap().to_owned();
+    assert!(events
+        .iter()
+        .any(|e| message(e).len() < 1000 && message(e).starts_with("yyy")));
+    assert!(events.iter().any(|e| message(e) == "after the long one"));
     assert!(events.iter().any(|e| e["message"] == "no priority at all"));
     assert!(events
         .iter()
@@ -193,6 +205,7 @@ fn malformed_syslog_is_counted_and_shipped() {
     assert_eq!(counted("invalid_utf8", "syslog_udp"), 1.0);
     assert_eq!(counted("truncated", "syslog_udp"), 1.0);
     assert_eq!(counted("bad_frame", "syslog_tcp"), 1.0);
+    assert_eq!(counted("truncated", "syslog_tcp"), 1.0);
 }
 
 #[test]

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
+use super::read_until;
 use crate::event::{now_rfc3339, rfc3339_ms, Event};
 use crate::shipper::{connection_seq, Shipper};
 
@@ -76,29 +77,8 @@ async fn connection(
 ) -> anyhow::Result<()> {
     let mut reader = BufReader::new(stream);
     let mut seq = 0u64;
-    let mut frame = Vec::new();
-    loop {
-        frame.clear();
-        // Bounded: a frame longer than `max` is cut there and the rest skipped.
-        let mut cut = false;
-        loop {
-            let available = reader.fill_buf().await?;
-            if available.is_empty() {
-                return Ok(());
-            }
-            let (chunk, done) = match available.iter().position(|&b| b == 0) {
-                Some(end) => (&available[..end], Some(end + 1)),
-                None => (available, None),
-            };
-            let room = max.saturating_sub(frame.len());
-            cut |= chunk.len() > room;
-            frame.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            let used = done.unwrap_or(available.len());
-            reader.consume(used);
-            if done.is_some() {
-                break;
-            }
-        }
+    // Bounded: a frame longer than `max` is cut there and the rest skipped.
+    while let Some((frame, cut)) = read_until(&mut reader, 0, max).await? {
         let text = frame.trim_ascii();
         if text.is_empty() {
             continue;
@@ -118,6 +98,7 @@ async fn connection(
         )
         .await?;
     }
+    Ok(())
 }
 
 /// Messages being put together from their chunks.

@@ -35,35 +35,47 @@ where
     }
 }
 
-/// One line of at most `max` bytes (without its newline); a longer line is cut, the rest of it
-/// skipped, and `cut` set. `None` at the end of the input.
+/// One line of at most `max` bytes (without its newline or a CR before it); a longer line is
+/// cut, the rest of it skipped, and `cut` set. `None` at the end of the input.
 pub async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> std::io::Result<Option<(Vec<u8>, bool)>> {
-    let mut line = Vec::new();
+    let mut line = read_until(reader, b'\n', max).await?;
+    if let Some((text, _)) = &mut line {
+        if text.last() == Some(&b'\r') {
+            text.pop();
+        }
+    }
+    Ok(line)
+}
+
+/// One record ended by `delim` (not included; the input's end also ends one) of at most `max`
+/// bytes; a longer record is cut, the rest of it skipped, and `cut` set. `None` at the end of
+/// the input.
+pub async fn read_until<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    delim: u8,
+    max: usize,
+) -> std::io::Result<Option<(Vec<u8>, bool)>> {
+    let mut record = Vec::new();
     let mut cut = false;
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
-            return Ok((!line.is_empty() || cut).then_some((line, cut)));
+            return Ok((!record.is_empty() || cut).then_some((record, cut)));
         }
-        let (chunk, done) = match memchr::memchr(b'\n', available) {
+        let (chunk, done) = match memchr::memchr(delim, available) {
             Some(end) => (&available[..end], Some(end + 1)),
             None => (available, None),
         };
-        let room = max.saturating_sub(line.len());
-        if chunk.len() > room {
-            cut = true;
-        }
-        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let room = max.saturating_sub(record.len());
+        cut |= chunk.len() > room;
+        record.extend_from_slice(&chunk[..chunk.len().min(room)]);
         let used = done.unwrap_or(available.len());
         reader.consume(used);
         if done.is_some() {
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            return Ok(Some((line, cut)));
+            return Ok(Some((record, cut)));
         }
     }
 }
@@ -89,5 +101,24 @@ mod tests {
             Some((b"last".to_vec(), false))
         );
         assert_eq!(read_line(&mut reader, 8).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn null_delimited_frames_are_bounded_and_cut() {
+        let input = b"{\"a\":1}\0{\"too\":\"long\"}\0\0{\"b\":2}\0".to_vec();
+        let mut reader = tokio::io::BufReader::with_capacity(4, &input[..]);
+        let mut frames = Vec::new();
+        while let Some(frame) = read_until(&mut reader, 0, 9).await.unwrap() {
+            frames.push(frame);
+        }
+        assert_eq!(
+            frames,
+            [
+                (b"{\"a\":1}".to_vec(), false),
+                (b"{\"too\":\"l".to_vec(), true),
+                (Vec::new(), false),
+                (b"{\"b\":2}".to_vec(), false),
+            ]
+        );
     }
 }
