@@ -85,7 +85,7 @@ impl AgentMetrics {
             )?,
             events_sent: IntCounter::new(
                 "sluice_agent_events_sent_total",
-                "Events the broker acknowledged",
+                "Records the broker acknowledged: log events, and metric samples on the metrics topic",
             )?,
             send_errors: IntCounter::new(
                 "sluice_agent_send_errors_total",

@@ -181,6 +181,14 @@ impl Reader {
             }
         }
         self.waiting.retain(|key, _| seen.contains(key));
+        // Bounded by the containers whose logs are followed.
+        let alive = self
+            .followed
+            .values()
+            .filter_map(|f| f.origin.container.as_ref()?["id"].as_str())
+            .map(str::to_owned)
+            .collect();
+        self.docker.retain(&alive);
         if placed {
             // A new file's identity is on disk before any of its lines is shipped, so a
             // restart gives its lines the same ids.
