@@ -250,11 +250,6 @@ fn rotate_while_writing(mode: &str) -> (Vec<(u64, bool)>, Vec<u64>) {
     );
     wait_until_shipped(&agent, Duration::from_secs(120));
     let seen = numbered(&logs_events(&sluice, 0));
-    for (n, ids) in &seen {
-        if ids.iter().any(|id| id != &ids[0]) && n % 50 == 0 {
-            eprintln!("DUP {n} {ids:?}");
-        }
-    }
     let renamed: Vec<u64> = seen
         .iter()
         .filter(|(_, ids)| ids.iter().any(|id| id != &ids[0]))

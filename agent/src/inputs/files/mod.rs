@@ -98,6 +98,7 @@ impl FilesInput {
             watcher,
             followed: HashMap::new(),
             waiting: HashMap::new(),
+            passes: 0,
             watched: HashSet::new(),
             first_scan: true,
             unready: false,

@@ -53,8 +53,10 @@ pub struct Reader {
     pub docker: DockerContainers,
     pub watcher: notify::RecommendedWatcher,
     pub followed: HashMap<(u64, u64), Followed>,
-    /// Files that look like a copy of one still being read, and since when.
-    pub waiting: HashMap<(u64, u64), Instant>,
+    /// Files that look like a copy of one still being read: since when, and in which pass.
+    pub waiting: HashMap<(u64, u64), (Instant, u64)>,
+    /// Passes over the followed files so far.
+    pub passes: u64,
     pub watched: HashSet<PathBuf>,
     pub first_scan: bool,
     /// A matched file could not be followed yet (no whole first line, or waiting): any change
@@ -119,6 +121,7 @@ impl Reader {
             for key in closed {
                 self.close(key);
             }
+            self.passes += 1;
             if self.hand_on_expired().is_err() {
                 return;
             }
@@ -215,17 +218,22 @@ impl Reader {
         let Ok(Some(fp)) = tailer::fingerprint(&file, self.config.fingerprint_bytes) else {
             return false; // No whole first line yet.
         };
+        // Long enough, and a whole pass over the followed files began after the copy was seen
+        // (one whose truncation came while the reader waited for the shipper is told by then).
         let wait = Duration::from_millis(self.config.rotate_wait_ms);
         let waited_enough = self
             .waiting
             .get(&key)
-            .is_some_and(|since| since.elapsed() >= wait);
+            .is_some_and(|(since, pass)| since.elapsed() >= wait && self.passes >= pass + 2);
         let fresh = if from_end { len } else { 0 };
         let Some(placement) = self
             .registry
             .place(&path, fp, key, len, fresh, !waited_enough)
         else {
-            self.waiting.entry(key).or_insert_with(Instant::now);
+            let pass = self.passes;
+            self.waiting
+                .entry(key)
+                .or_insert_with(|| (Instant::now(), pass));
             return false;
         };
         self.waiting.remove(&key);
