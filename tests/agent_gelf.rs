@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -32,7 +34,36 @@ fn gelf_from_graypy_and_as_docker_sends_it_arrives_whole() {
         Duration::from_secs(60),
     );
     assert!(out.contains("sent"), "{out}");
-    let events = logs_events(&sluice, 6);
+    // Broken GELF of the other kinds: counted, and each listener carries on.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .send_to(br#"{"version":"1.1","host":"h"}"#, &udp)
+        .unwrap();
+    let mut chunk = vec![0x1e, 0x0f];
+    chunk.extend_from_slice(&7u64.to_be_bytes());
+    chunk.extend_from_slice(&[5, 2]); // chunk 5 of 2
+    socket.send_to(&chunk, &udp).unwrap();
+    let mut frames = br#"{"version":"1.1","host":"h","short_message":""#.to_vec();
+    frames.extend(std::iter::repeat_n(b'z', 2 << 20));
+    frames.extend_from_slice(b"\"}\0");
+    frames.extend_from_slice(
+        br#"{"version":"1.1","host":"h","short_message":"graypy tcp after the 2 MB frame"}"#,
+    );
+    frames.push(0);
+    let mut stream = TcpStream::connect(&tcp).unwrap();
+    stream.write_all(&frames).unwrap();
+    drop(stream);
+    let counted = |input: &str, reason: &str| {
+        agent.metric(&format!(
+            "sluice_agent_malformed_input_total{{input=\"{input}\",reason=\"{reason}\"}}"
+        ))
+    };
+    wait_until("the broken GELF counted", Duration::from_secs(20), || {
+        counted("gelf_udp", "missing_short_message") == 1.0
+            && counted("gelf_udp", "bad_chunk") == 1.0
+            && counted("gelf_tcp", "too_large") == 1.0
+    });
+    let events = logs_events(&sluice, 7);
     let find = |prefix: &str| {
         events
             .iter()
@@ -65,14 +96,13 @@ fn gelf_from_graypy_and_as_docker_sends_it_arrives_whole() {
     );
     find("graypy tcp one");
     find("graypy tcp two");
-    assert_eq!(events.len(), 6, "{events:?}");
-    for (reason, n) in [("bad_compression", 1.0), ("invalid_json", 1.0)] {
-        let series =
-            format!("sluice_agent_malformed_input_total{{input=\"gelf_udp\",reason=\"{reason}\"}}");
-        assert_eq!(agent.metric(&series), n, "{series}");
+    find("graypy tcp after the 2 MB frame");
+    assert_eq!(events.len(), 7, "{events:?}");
+    for reason in ["bad_compression", "invalid_json"] {
+        assert_eq!(counted("gelf_udp", reason), 1.0, "{reason}");
     }
     assert_eq!(
         agent.metric("sluice_agent_lines_read_total{input=\"gelf_tcp\"}"),
-        2.0
+        3.0
     );
 }
