@@ -308,6 +308,15 @@ mod tests {
         drop(spool);
         let reopened = Spool::open(dir.path(), 1 << 20, false, metrics.clone()).unwrap();
         assert_eq!(reopened.state().sealed.len(), 1);
+        // What the drain reads back: the records in order, then nothing past a torn one.
+        let mut bytes = std::fs::read(reopened.path(0)).unwrap();
+        let whole = bytes.len();
+        let expected: Vec<Record> = vec![(b"k", b"one"), (b"k", b"two")];
+        assert_eq!(records(&bytes), (expected.clone(), whole));
+        bytes.extend_from_within(..whole / 2 - 3); // a record cut short
+        assert_eq!(records(&bytes), (expected, whole));
+        bytes[HEADER + 1] ^= 0xff; // the first record's key length: its CRC no longer matches
+        assert_eq!(records(&bytes), (Vec::new(), 0));
         let full = Spool::open(&dir.path().join("small"), 10, false, metrics.clone()).unwrap();
         assert!(matches!(
             full.offer(true, "k", b"too big").await.unwrap(),
