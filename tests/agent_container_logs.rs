@@ -105,13 +105,17 @@ root = "{pods}"
     );
     let cri = by_message("first part, second part, last part");
     assert_eq!(cri["stream"], "stderr");
+    // A joined line has its first part's time.
+    assert_eq!(cri["timestamp"], "2026-11-23T10:00:03.000000000Z");
     assert_eq!(cri["source"], "shop/web-7d9f/nginx");
     assert_eq!(cri["container"]["name"], "nginx");
     assert_eq!(
         cri["container"]["labels"]["io.kubernetes.pod.namespace"],
         "shop"
     );
-    assert_eq!(by_message("pod started")["stream"], "stdout");
+    let started = by_message("pod started");
+    assert_eq!(started["stream"], "stdout");
+    assert_eq!(started["timestamp"], "2026-11-23T10:00:02.000000000Z");
     // Searchable by their container.
     assert_eq!(
         sluice.wait_for_hits("container.name:web", 3, Duration::from_secs(30)),
