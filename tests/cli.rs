@@ -211,3 +211,49 @@ fn every_command_has_help() {
         );
     }
 }
+
+/// `sluice bench produce` against the broker it starts: what it reports adds up.
+#[test]
+fn bench_produce_reports_throughput_latency_and_broker_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("bench");
+    let out = sluice(&[
+        "bench",
+        "produce",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--seconds",
+        "3",
+        "--record-size",
+        "1024",
+        "--acks",
+        "all",
+        "--rate-mb",
+        "5",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let number = |key: &str| {
+        report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {report}"))
+    };
+    assert_eq!(number("failed"), 0.0, "{report}");
+    assert_eq!(number("payload_bytes"), number("records") * 1024.0);
+    // Paced at 5 MB/s for 3 s.
+    assert!((4.0..=6.0).contains(&number("mb_per_s")), "{report}");
+    assert!(number("ack_p50_ms") > 0.0);
+    assert!(number("ack_p99_ms") >= number("ack_p50_ms"));
+    assert!(number("ack_max_ms") >= number("ack_p99_ms"));
+    // librdkafka's statistics arrive every second: at least one per run.
+    assert!(number("request_rtt_p99_ms_median_second") > 0.0, "{report}");
+    assert!(
+        number("request_rtt_p99_ms_worst_second") >= number("request_rtt_p99_ms_median_second")
+    );
+    assert!(number("broker_cores") > 0.0, "{report}");
+}

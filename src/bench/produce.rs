@@ -27,6 +27,11 @@ struct Report {
     ack_p50_ms: f64,
     ack_p99_ms: f64,
     ack_max_ms: f64,
+    /// librdkafka's own request round trip to the broker (send to response), p99 of each
+    /// second: the median second and the worst. Against the ack latency it tells time spent at
+    /// the broker from time spent queued in the client.
+    request_rtt_p99_ms_median_second: Option<f64>,
+    request_rtt_p99_ms_worst_second: Option<f64>,
     /// Broker CPU seconds per wall second (only when the bench started the broker).
     broker_cores: Option<f64>,
     /// Broker cores used per 100 MB/s of payload.
@@ -40,11 +45,23 @@ struct Acks {
     records: AtomicU64,
     bytes: AtomicU64,
     failed: AtomicU64,
+    /// Each statistics interval's p99 request round trip, in µs.
+    rtt_p99_us: Mutex<Vec<i64>>,
 }
 
 struct BenchContext(Arc<Acks>);
 
-impl ClientContext for BenchContext {}
+impl ClientContext for BenchContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let seconds = statistics.brokers.values().filter_map(|broker| {
+            let rtt = broker.rtt.as_ref()?;
+            (rtt.cnt > 0).then_some(rtt.p99)
+        });
+        if let Ok(mut rtt) = self.0.rtt_p99_us.lock() {
+            rtt.extend(seconds);
+        }
+    }
+}
 
 impl ProducerContext for BenchContext {
     /// When the record was queued, in µs since `Acks::epoch`: no allocation per record, so the
@@ -99,6 +116,14 @@ pub async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
             report.records, report.failed, report.mb_per_s, report.records_per_s,
             report.ack_p50_ms, report.ack_p99_ms, report.ack_max_ms
         );
+        if let (Some(median), Some(worst)) = (
+            report.request_rtt_p99_ms_median_second,
+            report.request_rtt_p99_ms_worst_second,
+        ) {
+            println!(
+                "request round trip p99 per second: median {median:.2} ms, worst {worst:.2} ms"
+            );
+        }
         if let (Some(cores), Some(per)) = (report.broker_cores, report.broker_cores_per_100mb_s) {
             println!("broker CPU: {cores:.2} cores, {per:.2} cores per 100 MB/s");
         }
@@ -121,6 +146,7 @@ fn drive(
         records: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        rtt_p99_us: Mutex::new(Vec::new()),
     });
     let acks_setting = if args.acks == "all" {
         "-1"
@@ -133,6 +159,7 @@ fn drive(
         .set("linger.ms", args.linger_ms.to_string())
         .set("batch.size", "1000000")
         .set("queue.buffering.max.kbytes", "262144")
+        .set("statistics.interval.ms", "1000")
         .create_with_context(BenchContext(acks.clone()))?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
@@ -164,6 +191,13 @@ fn drive(
         .latency_us
         .lock()
         .map_err(|_| anyhow::anyhow!("latency lock"))?;
+    let mut rtt = acks
+        .rtt_p99_us
+        .lock()
+        .map_err(|_| anyhow::anyhow!("round trip lock"))?
+        .clone();
+    rtt.sort_unstable();
+    let rtt_ms = |us: Option<&i64>| us.map(|&us| us as f64 / 1000.0);
     let bytes = acks.bytes.load(Ordering::Relaxed);
     let mb_per_s = bytes as f64 / seconds / 1e6;
     Ok(Report {
@@ -176,6 +210,8 @@ fn drive(
         ack_p50_ms: histogram.value_at_quantile(0.50) as f64 / 1000.0,
         ack_p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
         ack_max_ms: histogram.max() as f64 / 1000.0,
+        request_rtt_p99_ms_median_second: rtt_ms(rtt.get(rtt.len() / 2)),
+        request_rtt_p99_ms_worst_second: rtt_ms(rtt.last()),
         broker_cores: cores,
         broker_cores_per_100mb_s: cores
             .filter(|_| mb_per_s > 0.0)
