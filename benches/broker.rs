@@ -65,11 +65,13 @@ fn append(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("append_64KiB");
     group.throughput(Throughput::Bytes(record_set.len() as u64));
-    for (name, kind) in [
-        ("io_uring", IoBackendKind::IoUring),
-        ("plain", IoBackendKind::Plain),
+    for (name, kind, direct) in [
+        ("io_uring", IoBackendKind::IoUring, false),
+        ("io_uring+direct", IoBackendKind::IoUring, true),
+        ("plain", IoBackendKind::Plain, false),
+        ("plain+direct", IoBackendKind::Plain, true),
     ] {
-        let io = runtime.block_on(async { Io::start(kind).unwrap() });
+        let io = runtime.block_on(async { Io::start(kind, direct).unwrap() });
         for durable in [false, true] {
             let dir = tempfile::tempdir_in(".").unwrap();
             let partition =

@@ -316,6 +316,9 @@ pub struct BenchProduceArgs {
     /// Storage backend of the broker the bench starts: io_uring or plain.
     #[arg(long, value_parser = ["auto", "io_uring", "plain"], default_value = "auto")]
     pub io_backend: String,
+    /// Whether the broker the bench starts appends with O_DIRECT (its `direct_io`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub direct_io: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -61,6 +61,8 @@ pub struct BrokerConfig {
     pub node_id: i32,
     /// Storage I/O backend.
     pub io_backend: IoBackendKind,
+    /// Append segment logs with O_DIRECT where the file system allows it.
+    pub direct_io: bool,
     /// Create a topic when a client first produces to it or asks for its metadata.
     pub auto_create_topics: bool,
     /// Partition count of auto-created topics.
@@ -107,6 +109,7 @@ impl Default for BrokerConfig {
             advertised_listener: String::new(),
             node_id: 1,
             io_backend: IoBackendKind::Auto,
+            direct_io: true,
             auto_create_topics: true,
             default_partitions: 3,
             max_message_bytes: 1_048_588,

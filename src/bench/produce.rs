@@ -91,7 +91,10 @@ pub async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
     let (brokers, owned) = match &args.brokers {
         Some(list) => (list.clone(), None),
         None => {
-            let config = format!("[broker]\nio_backend = \"{}\"\n", args.io_backend);
+            let config = format!(
+                "[broker]\nio_backend = \"{}\"\ndirect_io = {}\n",
+                args.io_backend, args.direct_io
+            );
             let (addr, broker) = start_broker(args.data_dir.clone(), &config)?;
             (addr, Some(broker))
         }

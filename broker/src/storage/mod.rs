@@ -8,6 +8,7 @@
 //! the free-disk guard and the periodic flush; `topics` holds topic configuration. This module owns the set of topics,
 //! the data-dir lock, clean-shutdown detection, retention and the free-disk guard.
 
+mod appender;
 pub mod batch;
 pub mod compaction;
 pub mod compress;
@@ -161,8 +162,8 @@ impl Storage {
             // Durably gone: a crash from here on must count as unclean.
             sync_dir(dir)?;
         }
-        let io = Io::start(defaults.io_backend)?;
-        tracing::info!(backend = io.name(), dir = %dir.display(), "storage opened");
+        let io = Io::start(defaults.io_backend, defaults.direct_io)?;
+        tracing::info!(backend = io.name(), direct_io = io.direct_writes(), dir = %dir.display(), "storage opened");
         metrics.io_backend.with_label_values(&[io.name()]).set(1);
         let failed = Arc::new(AtomicBool::new(false));
         let flusher = Flusher::start(

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
+use super::appender::Appender;
 use super::batch::{set_base_offset, BatchHeader, HEADER_LEN};
 use super::compaction::{Rewrite, SegmentFile};
 use super::io::Io;
@@ -63,7 +64,9 @@ pub struct Partition {
     io: Io,
     settings: Mutex<LogSettings>,
     log: Mutex<Log>,
-    append_lock: tokio::sync::Mutex<()>,
+    /// Held by the one append at a time, with its appender for the active segment (`None` until
+    /// the first append).
+    append_lock: tokio::sync::Mutex<Option<Appender>>,
     /// Idempotent producers' sequences; read and changed only under `append_lock`.
     producers: Mutex<ProducerStates>,
     /// Written since the last fdatasync of the active segment.
@@ -122,7 +125,7 @@ impl Partition {
                 segments,
                 next_offset,
             }),
-            append_lock: tokio::sync::Mutex::new(()),
+            append_lock: tokio::sync::Mutex::new(None),
             producers: Mutex::new(producers),
             dirty: AtomicBool::new(false),
         })
@@ -157,17 +160,17 @@ impl Partition {
     }
 
     /// Starts a new segment when `len` bytes of `records` records would not fit the active one.
-    /// The old segment is synced through the I/O backend and the new files are created (with a
-    /// directory fsync) on a blocking thread: on a runtime worker they stalled every connection
-    /// it served for as long as the disk took. Appends wait for it (the caller holds the append
-    /// lock).
+    /// The old segment loses the padding of direct writes and is synced through the I/O backend,
+    /// and the new files are created (with a directory fsync) on a blocking thread: on a runtime
+    /// worker they stalled every connection it served for as long as the disk took. Appends wait
+    /// for it (the caller holds the append lock).
     async fn roll_if_full(
         &self,
         len: u64,
         records: i64,
         settings: &LogSettings,
     ) -> Result<(), AppendError> {
-        let (old, base) = {
+        let (old, size, base) = {
             let log = self.log();
             let active = log
                 .segments
@@ -177,8 +180,12 @@ impl Partition {
             if !active.is_full(len, records, settings.segment_bytes, settings.segment_ms) {
                 return Ok(());
             }
-            (active.files(), log.next_offset)
+            (active.files(), active.size, log.next_offset)
         };
+        let log = old[0].clone();
+        tokio::task::spawn_blocking(move || log.set_len(size))
+            .await
+            .map_err(std::io::Error::other)??;
         self.io.sync_all(&old).await?;
         let (dir, interval) = (self.dir.clone(), settings.index_interval_bytes);
         let fresh = tokio::task::spawn_blocking(move || Segment::create(&dir, base, interval))
@@ -197,7 +204,7 @@ impl Partition {
         batches: &[(BatchHeader, std::ops::Range<usize>)],
         records: &[u8],
     ) -> Result<(Appended, Arc<File>), AppendError> {
-        let _writer = self.append_lock.lock().await;
+        let mut appender = self.append_lock.lock().await;
         if let Some(answer) = self.check_sequences(batches)? {
             return Ok(answer);
         }
@@ -208,11 +215,13 @@ impl Partition {
             .sum();
         self.roll_if_full(records.len() as u64, count, &settings)
             .await?;
-        let mut data = BytesMut::from(records);
+        let appender = self.appender(&mut appender)?;
+        let mut write = appender.prepare(records);
         let (file, position, base_offset, headers) = {
             let log = self.log();
             let mut next = log.next_offset;
             let mut headers = Vec::with_capacity(batches.len());
+            let data = &mut write.data[write.records.clone()];
             for (header, range) in batches {
                 set_base_offset(&mut data[range.clone()], next);
                 headers.push(BatchHeader {
@@ -228,8 +237,8 @@ impl Partition {
                 .expect("a partition has a segment");
             (active.log.clone(), active.size, log.next_offset, headers)
         };
-        let len = data.len() as u64;
-        self.io.write_at(&file, position, data.freeze()).await?;
+        let len = records.len() as u64;
+        appender.write(&self.io, write).await?;
         let mut log = self.log();
         let log_start_offset = log.segments.values().next().map_or(0, |s| s.base_offset);
         let active = log
@@ -261,6 +270,23 @@ impl Partition {
             },
             file,
         ))
+    }
+
+    /// `slot`'s appender, made again unless it appends to the active segment where it ends.
+    fn appender<'a>(&self, slot: &'a mut Option<Appender>) -> io::Result<&'a mut Appender> {
+        let log = self.log();
+        let active = log
+            .segments
+            .values()
+            .next_back()
+            .expect("a partition has a segment");
+        let current = slot
+            .as_ref()
+            .is_some_and(|a| a.base_offset == active.base_offset && a.end() == active.size);
+        if !current {
+            *slot = Some(Appender::open(active, self.io.direct_writes())?);
+        }
+        Ok(slot.as_mut().expect("set above"))
     }
 
     /// Idempotence: `Some` answer for a retried batch, an error for a sequence gap or a fenced
@@ -528,8 +554,10 @@ impl Partition {
         Ok(removed)
     }
 
-    /// Makes every segment durable (clean shutdown).
+    /// Makes every segment durable (clean shutdown, on a blocking thread: it waits for the
+    /// append in progress).
     pub fn sync(&self) -> io::Result<()> {
+        let _no_append = self.append_lock.blocking_lock();
         self.log().segments.values().try_for_each(Segment::sync)
     }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::appender::BLOCK;
 use super::batch::{BatchHeader, HEADER_LEN};
 
 const INDEX_ENTRY: usize = 16;
@@ -47,6 +48,8 @@ pub struct ScanReport {
     pub batches: usize,
     /// Bytes cut from the end because they were torn or corrupt.
     pub truncated_bytes: u64,
+    /// Zeros cut from the end: the padding of a direct write to the last block.
+    pub padding_bytes: u64,
 }
 
 pub struct Segment {
@@ -169,7 +172,7 @@ impl Segment {
                 segment.scan_from(0, file_len, true)?
             }
         };
-        if report.truncated_bytes > 0 {
+        if report.truncated_bytes > 0 || report.padding_bytes > 0 {
             segment.log.set_len(segment.size)?;
             segment.log.sync_data()?;
         }
@@ -235,7 +238,16 @@ impl Segment {
             report.batches += 1;
         }
         self.size = pos.max(self.size);
-        report.truncated_bytes = end - self.size;
+        let rest = end - self.size;
+        if rest < BLOCK as u64 {
+            let mut after = vec![0u8; rest as usize];
+            self.log.read_exact_at(&mut after, self.size)?;
+            if after.iter().all(|&b| b == 0) {
+                report.padding_bytes = rest;
+                return Ok(report);
+            }
+        }
+        report.truncated_bytes = rest;
         Ok(report)
     }
 
@@ -314,8 +326,10 @@ impl Segment {
         too_big || too_old
     }
 
-    /// Makes the log and the index durable (on roll and at shutdown).
+    /// Cuts what direct writes padded past the end, and makes the log and the index durable (at
+    /// shutdown).
     pub fn sync(&self) -> io::Result<()> {
+        self.log.set_len(self.size)?;
         self.log.sync_data()?;
         self.index_file.sync_data()
     }
@@ -443,6 +457,24 @@ mod tests {
             std::fs::metadata(log_path(dir.path(), 0)).unwrap().len(),
             good
         );
+    }
+
+    #[test]
+    fn reopen_cuts_the_padding_of_direct_writes_without_calling_it_torn() {
+        for verify in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut seg = Segment::create(dir.path(), 0, 1).unwrap();
+            append(&mut seg, 5, 1);
+            let good = seg.size;
+            let padded = good.div_ceil(BLOCK as u64) * BLOCK as u64;
+            seg.log.set_len(padded).unwrap();
+            drop(seg);
+            let (seg, report) = Segment::open(dir.path(), 0, 1, verify).unwrap();
+            assert_eq!((seg.size, seg.next_offset), (good, 5));
+            assert_eq!(report.truncated_bytes, 0);
+            assert_eq!(report.padding_bytes, padded - good);
+            assert_eq!(seg.log.metadata().unwrap().len(), good);
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Storage I/O: io_uring where the kernel allows it, positional syscalls where it does not.
-//! Both do the same three things; the broker logs and exports which one runs.
+//! Both do the same three things; the broker logs and exports which one runs. Either way,
+//! segment logs may be appended with direct I/O (`direct_writes`, see `storage::appender`).
 
 mod plain;
 mod uring;
@@ -12,59 +13,74 @@ use bytes::Bytes;
 
 use crate::config::IoBackendKind;
 
-/// The storage I/O backend in use.
+/// The storage I/O in use: a backend, and whether segment logs are appended with O_DIRECT.
 #[derive(Clone)]
-pub enum Io {
+pub struct Io {
+    backend: Backend,
+    direct_writes: bool,
+}
+
+#[derive(Clone)]
+enum Backend {
     Uring(uring::Uring),
     Plain,
 }
 
 impl Io {
     /// Starts the configured backend; `auto` falls back to plain I/O when io_uring is refused.
-    pub fn start(kind: IoBackendKind) -> anyhow::Result<Self> {
-        match kind {
-            IoBackendKind::Plain => Ok(Self::Plain),
-            IoBackendKind::IoUring => uring::Uring::start().map(Self::Uring).map_err(|e| {
+    pub fn start(kind: IoBackendKind, direct_writes: bool) -> anyhow::Result<Self> {
+        let backend = match kind {
+            IoBackendKind::Plain => Backend::Plain,
+            IoBackendKind::IoUring => uring::Uring::start().map(Backend::Uring).map_err(|e| {
                 anyhow::anyhow!("io_backend = \"io_uring\": io_uring unavailable: {e}")
-            }),
+            })?,
             IoBackendKind::Auto => match uring::Uring::start() {
-                Ok(ring) => Ok(Self::Uring(ring)),
+                Ok(ring) => Backend::Uring(ring),
                 Err(e) => {
                     tracing::warn!(error = %e, "io_uring unavailable, using plain I/O");
-                    Ok(Self::Plain)
+                    Backend::Plain
                 }
             },
-        }
+        };
+        Ok(Self {
+            backend,
+            direct_writes,
+        })
     }
 
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Uring(_) => "io_uring",
-            Self::Plain => "plain",
+        match self.backend {
+            Backend::Uring(_) => "io_uring",
+            Backend::Plain => "plain",
         }
+    }
+
+    /// Whether segment logs are to be appended with O_DIRECT.
+    pub fn direct_writes(&self) -> bool {
+        self.direct_writes
     }
 
     /// Writes all of `data` at `offset`.
     pub async fn write_at(&self, file: &Arc<File>, offset: u64, data: Bytes) -> io::Result<()> {
-        match self {
-            Self::Uring(ring) => ring.write_at(file, offset, data).await,
-            Self::Plain => plain::write_at(file, offset, data).await,
+        match &self.backend {
+            Backend::Uring(ring) => ring.write_at(file, offset, data).await,
+            Backend::Plain => plain::write_at(file, offset, data).await,
         }
     }
 
     /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
     pub async fn read_at(&self, file: &Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        match self {
-            Self::Uring(ring) => ring.read_at(file, offset, len).await,
-            Self::Plain => plain::read_at(file, offset, len).await,
+        match &self.backend {
+            Backend::Uring(ring) => ring.read_at(file, offset, len).await,
+            Backend::Plain => plain::read_at(file, offset, len).await,
         }
     }
 
     /// fdatasyncs every file; returns when all are durable.
     pub async fn sync_all(&self, files: &[Arc<File>]) -> io::Result<()> {
-        match self {
-            Self::Uring(ring) => ring.sync_all(files).await,
-            Self::Plain => plain::sync_all(files).await,
+        match &self.backend {
+            Backend::Uring(ring) => ring.sync_all(files).await,
+            Backend::Plain => plain::sync_all(files).await,
         }
     }
 }
@@ -105,17 +121,17 @@ mod tests {
 
     #[tokio::test]
     async fn plain_round_trip() {
-        round_trip(Io::Plain).await;
+        round_trip(Io::start(IoBackendKind::Plain, false).unwrap()).await;
     }
 
     #[tokio::test]
     async fn uring_round_trip() {
-        round_trip(Io::start(IoBackendKind::IoUring).unwrap()).await;
+        round_trip(Io::start(IoBackendKind::IoUring, false).unwrap()).await;
     }
 
     #[tokio::test]
     async fn uring_many_concurrent_writes() {
-        let io = Io::start(IoBackendKind::IoUring).unwrap();
+        let io = Io::start(IoBackendKind::IoUring, false).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let file = scratch_file(&dir);
         let writes = (0..1000u64).map(|i| {
