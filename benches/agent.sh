@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q
 sluice=$PWD/target/release/sluice
-work=$(mktemp -d ./bench-tmp.XXXXXX)
+work=$(mktemp -d "$PWD/bench-tmp.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cat ../shared/data/loghub/*_2k.log > "$work/lines.txt"
 cd "$work"

@@ -1,5 +1,7 @@
-//! Produce: appends happen now, in request order; the acks=all answer waits in its own task for
-//! the group commit, so the connection can take the next request meanwhile.
+//! Produce: appends happen now, before the connection's next request; a request's partitions
+//! are appended side by side (each a write to the disk when direct I/O is on). The acks=all
+//! answer waits in its own task for the group commit, so the connection can take the next
+//! request meanwhile.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -9,14 +11,25 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use tokio::task::JoinHandle;
+
 use super::{Close, Context, Reply, Request};
+use crate::storage::partition::Appended;
 use crate::storage::AppendError;
+
+/// A partition's answer, or the append it waits for.
+enum Slot {
+    Answered(PartitionProduceResponse),
+    Appending(
+        PartitionProduceResponse,
+        JoinHandle<Result<(Appended, Arc<File>), AppendError>>,
+    ),
+}
 
 pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Close> {
     let request: ProduceRequest = req.decode()?;
     let acks = request.acks;
-    let mut files: Vec<Arc<File>> = Vec::new();
-    let mut responses = Vec::with_capacity(request.topic_data.len());
+    let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic_data in request.topic_data {
         let name = topic_data.name.0.to_string();
         let topic = ctx.storage.topic(&name);
@@ -25,37 +38,61 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
             let response = PartitionProduceResponse::default().with_index(data.index);
             let partition = topic.as_ref().and_then(|t| t.partition(data.index));
             let (Some(topic), Some(partition)) = (&topic, partition) else {
-                partitions.push(refuse(
+                partitions.push(Slot::Answered(refuse(
                     ctx,
                     response,
                     ResponseError::UnknownTopicOrPartition,
                     None,
-                ));
+                )));
                 continue;
             };
             if crate::storage::is_internal(&name) {
                 // Internal topics are written by the broker alone (Kafka refuses the same way).
                 let why = format!("{name} is an internal topic; clients cannot write to it");
-                partitions.push(refuse(
+                partitions.push(Slot::Answered(refuse(
                     ctx,
                     response,
                     ResponseError::InvalidTopicException,
                     Some(why),
-                ));
+                )));
                 continue;
             }
             if request.transactional_id.is_some() {
                 let why = "transactions are not supported".to_owned();
-                partitions.push(refuse(
+                partitions.push(Slot::Answered(refuse(
                     ctx,
                     response,
                     ResponseError::InvalidRequest,
                     Some(why),
-                ));
+                )));
                 continue;
             }
             let records = data.records.unwrap_or_default();
-            match ctx.storage.append(topic, &partition, records).await {
+            let (storage, topic) = (ctx.storage.clone(), topic.clone());
+            let append =
+                tokio::spawn(async move { storage.append(&topic, &partition, records).await });
+            partitions.push(Slot::Appending(response, append));
+        }
+        topics.push((name, topic_data.name, partitions));
+    }
+    let mut files: Vec<Arc<File>> = Vec::new();
+    let mut responses = Vec::with_capacity(topics.len());
+    for (name, topic_name, slots) in topics {
+        let mut partitions = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let (response, append) = match slot {
+                Slot::Answered(response) => {
+                    partitions.push(response);
+                    continue;
+                }
+                Slot::Appending(response, append) => (response, append),
+            };
+            let appended = append.await.unwrap_or_else(|e| {
+                Err(AppendError::Io(std::io::Error::other(format!(
+                    "append task failed: {e}"
+                ))))
+            });
+            match appended {
                 Ok((appended, file)) => {
                     if !files.iter().any(|f| Arc::ptr_eq(f, &file)) {
                         files.push(file);
@@ -67,7 +104,8 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
                     );
                 }
                 Err(e) => {
-                    tracing::debug!(topic = %name, partition = data.index, error = %e, "produce refused");
+                    let index = response.index;
+                    tracing::debug!(topic = %name, partition = index, error = %e, "produce refused");
                     let code = match e {
                         AppendError::Corrupt(_) => ResponseError::CorruptMessage,
                         AppendError::TooLarge { .. } => ResponseError::MessageTooLarge,
@@ -86,7 +124,7 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
         }
         responses.push(
             TopicProduceResponse::default()
-                .with_name(topic_data.name)
+                .with_name(topic_name)
                 .with_partition_responses(partitions),
         );
     }
