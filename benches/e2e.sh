@@ -5,7 +5,8 @@
 #   2. durable produce (acks=all) of 1 KiB incompressible records, flat out, per I/O backend;
 #   3. the same at half the rate reached in 2, three times, for acknowledgement latency
 #      (linger.ms=1: the producer waits at most 1 ms to fill a batch), after the disk's own
-#      write-to-durable latency at that rate (benches/sync_latency.py); with io_uring, three
+#      write-to-durable latency at that rate (benches/sync_latency.py, with and without
+#      O_DIRECT); with io_uring, three
 #      more runs at that rate writing through the page cache (direct_io = false);
 #   4. lz4 batches of real log lines (Loghub), for broker CPU per 100 MB/s of raw text.
 # Usage: benches/e2e.sh [SECONDS]   (run from the repository root; builds --release first)
@@ -43,7 +44,9 @@ run() { # label, then bench flags
 for backend in io_uring plain; do
   run "acks=all 1KiB random, $backend, max rate" --io-backend "$backend" --record-size 1024 --acks all
   half=$(python3 -c "print(round($LAST_MB / 2, 1))")
-  echo "disk alone, group-committed appends at $half MB/s: $(python3 benches/sync_latency.py "$half" "$secs" "$work/sync.bin")"
+  for mode in direct buffered; do
+    echo "disk alone, group-committed $mode appends at $half MB/s: $(python3 benches/sync_latency.py "$half" "$secs" "$work/sync.bin" "$mode")"
+  done
   for attempt in 1 2 3; do
     run "acks=all 1KiB random, $backend, half rate ($half MB/s), run $attempt" --io-backend "$backend" \
       --record-size 1024 --acks all --rate-mb "$half" --linger-ms 1
