@@ -275,6 +275,9 @@ pub struct BenchIndexArgs {
     /// Runs of each search query.
     #[arg(long, default_value_t = 50)]
     pub queries: usize,
+    /// Whether the broker the bench starts appends with O_DIRECT (its `direct_io`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub direct_io: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -132,7 +132,8 @@ fn run(args: BenchIndexArgs, runtime: tokio::runtime::Handle) -> anyhow::Result<
     )?;
 
     let data_dir = work.path().join("data");
-    let (kafka, _broker) = start_broker(Some(data_dir.clone()), "")?;
+    let config = format!("[broker]\ndirect_io = {}\n", args.direct_io);
+    let (kafka, _broker) = start_broker(Some(data_dir.clone()), &config)?;
     runtime.block_on(create_topic(&kafka, TOPIC, args.partitions))?;
     eprintln!("loading the broker...");
     let load_start_ms = now_ms();

@@ -206,8 +206,9 @@ impl Coordinator {
         RecordBatchEncoder::encode(&mut buf, &records, &options).map_err(|e| storage_error(&e))?;
         let (_, file) = self
             .storage
-            .append(&topic, &partition, buf.freeze())
+            .append(topic, partition, buf.freeze())
             .await
+            .map_err(|e| storage_error(&e))?
             .map_err(|e| storage_error(&e))?;
         self.storage
             .make_durable(vec![file])

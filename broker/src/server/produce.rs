@@ -30,6 +30,7 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
     let request: ProduceRequest = req.decode()?;
     let acks = request.acks;
     let mut topics = Vec::with_capacity(request.topic_data.len());
+    let mut appending = Vec::new();
     for topic_data in request.topic_data {
         let name = topic_data.name.0.to_string();
         let topic = ctx.storage.topic(&name);
@@ -67,10 +68,20 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
                 )));
                 continue;
             }
+            if appending.iter().any(|p| Arc::ptr_eq(p, &partition)) {
+                // Appended side by side, the two would race for the partition's order.
+                let why = "the partition appears twice in the request".to_owned();
+                partitions.push(Slot::Answered(refuse(
+                    ctx,
+                    response,
+                    ResponseError::InvalidRequest,
+                    Some(why),
+                )));
+                continue;
+            }
+            appending.push(partition.clone());
             let records = data.records.unwrap_or_default();
-            let (storage, topic) = (ctx.storage.clone(), topic.clone());
-            let append =
-                tokio::spawn(async move { storage.append(&topic, &partition, records).await });
+            let append = ctx.storage.append(topic.clone(), partition, records);
             partitions.push(Slot::Appending(response, append));
         }
         topics.push((name, topic_data.name, partitions));
@@ -87,11 +98,7 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
                 }
                 Slot::Appending(response, append) => (response, append),
             };
-            let appended = append.await.unwrap_or_else(|e| {
-                Err(AppendError::Io(std::io::Error::other(format!(
-                    "append task failed: {e}"
-                ))))
-            });
+            let appended = append.await.unwrap_or_else(|e| Err(e.into()));
             match appended {
                 Ok((appended, file)) => {
                     if !files.iter().any(|f| Arc::ptr_eq(f, &file)) {
@@ -114,9 +121,11 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
                         }
                         AppendError::ProducerFenced { .. } => ResponseError::InvalidProducerEpoch,
                         AppendError::UnknownProducer => ResponseError::UnknownProducerId,
-                        AppendError::DiskFull | AppendError::Failed | AppendError::Io(_) => {
-                            ResponseError::KafkaStorageError
-                        }
+                        AppendError::DiskFull
+                        | AppendError::Failed
+                        | AppendError::Closed
+                        | AppendError::Task(_)
+                        | AppendError::Io(_) => ResponseError::KafkaStorageError,
                     };
                     partitions.push(refuse(ctx, response, code, Some(e.to_string())));
                 }

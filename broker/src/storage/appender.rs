@@ -12,7 +12,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -72,6 +72,15 @@ impl Appender {
             .open(segment.log_path());
         match opened {
             Ok(file) => {
+                // Opened by name: make sure it is still the segment's file (a topic deleted and
+                // made again has a new file under the same name).
+                let (ours, named) = (segment.log.metadata()?, file.metadata()?);
+                if (ours.dev(), ours.ino()) != (named.dev(), named.ino()) {
+                    return Err(io::Error::other(format!(
+                        "{} is no longer this segment's file (topic deleted?)",
+                        segment.log_path().display()
+                    )));
+                }
                 let partial = end % BLOCK as u64;
                 let mut tail = vec![0u8; partial as usize];
                 segment.log.read_exact_at(&mut tail, end - partial)?;
@@ -199,6 +208,16 @@ mod tests {
         expected.extend_from_slice(b"more");
         let written = std::fs::read(segment.log_path()).unwrap();
         assert_eq!(&written[..expected.len()], expected);
+    }
+
+    #[test]
+    fn a_file_made_again_under_the_segment_name_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Segment::create(dir.path(), 0, 4096).unwrap();
+        std::fs::remove_file(segment.log_path()).unwrap();
+        std::fs::write(segment.log_path(), b"another topic's data").unwrap();
+        let refused = Appender::open(&segment, true).err().expect("refused");
+        assert!(refused.to_string().contains("no longer"), "{refused}");
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use thiserror::Error;
+use tokio::task::JoinHandle;
 
 use self::batch::{split_batches, BatchError, BatchHeader};
 use self::flusher::Flusher;
@@ -107,6 +108,10 @@ pub enum AppendError {
     ProducerFenced { current: i16, got: i16 },
     #[error("unknown producer id for a batch that does not start its sequence at 0")]
     UnknownProducer,
+    #[error("the broker is shutting down")]
+    Closed,
+    #[error("append task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("storage error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -440,9 +445,21 @@ impl Storage {
         )
     }
 
-    /// Validates a partition's record set, compresses it as the topic asks, and appends it.
-    /// Returns once written, with the file that `make_durable` must sync for acks=all.
-    pub async fn append(
+    /// Validates a partition's record set, compresses it as the topic asks, and appends it, in a
+    /// task of its own: a connection that goes away mid-append cannot leave a write in flight
+    /// that nothing waits for (a clean stop waits for every append under way). Yields, once
+    /// written, the file that `make_durable` must sync for acks=all.
+    pub fn append(
+        self: &Arc<Self>,
+        topic: Arc<Topic>,
+        partition: Arc<Partition>,
+        records: Bytes,
+    ) -> JoinHandle<Result<(Appended, Arc<File>), AppendError>> {
+        let storage = self.clone();
+        tokio::spawn(async move { storage.append_now(&topic, &partition, records).await })
+    }
+
+    async fn append_now(
         &self,
         topic: &Topic,
         partition: &Partition,

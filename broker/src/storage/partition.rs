@@ -71,6 +71,8 @@ pub struct Partition {
     producers: Mutex<ProducerStates>,
     /// Written since the last fdatasync of the active segment.
     dirty: AtomicBool,
+    /// Synced for a clean stop: no append may follow. Set and read under `append_lock`.
+    closed: AtomicBool,
 }
 
 /// What a fetch read returned.
@@ -128,6 +130,7 @@ impl Partition {
             append_lock: tokio::sync::Mutex::new(None),
             producers: Mutex::new(producers),
             dirty: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -205,6 +208,9 @@ impl Partition {
         records: &[u8],
     ) -> Result<(Appended, Arc<File>), AppendError> {
         let mut appender = self.append_lock.lock().await;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(AppendError::Closed);
+        }
         if let Some(answer) = self.check_sequences(batches)? {
             return Ok(answer);
         }
@@ -554,10 +560,11 @@ impl Partition {
         Ok(removed)
     }
 
-    /// Makes every segment durable (clean shutdown, on a blocking thread: it waits for the
-    /// append in progress).
+    /// Makes every segment durable for a clean stop, after which appends are refused (on a
+    /// blocking thread: it waits for the append in progress).
     pub fn sync(&self) -> io::Result<()> {
         let _no_append = self.append_lock.blocking_lock();
+        self.closed.store(true, Ordering::Release);
         self.log().segments.values().try_for_each(Segment::sync)
     }
 }
@@ -572,5 +579,51 @@ fn log_recovery(dir: &Path, base: i64, report: &ScanReport) {
     if report.truncated_bytes > 0 {
         tracing::warn!(dir = %dir.display(), segment = base, truncated_bytes = report.truncated_bytes,
             batches_kept = report.batches, "recovery cut a torn or corrupt tail");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::batch::{split_batches, testing::batch};
+    use super::*;
+    use crate::config::IoBackendKind;
+
+    #[tokio::test]
+    async fn direct_appends_survive_a_clean_stop_and_none_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = LogSettings {
+            segment_bytes: 1 << 20,
+            segment_ms: u64::MAX,
+            index_interval_bytes: 4096,
+        };
+        let io = Io::start(IoBackendKind::IoUring, true).unwrap();
+        let partition = Arc::new(Partition::open(dir.path(), io.clone(), settings, false).unwrap());
+        let records = batch(3, 1000, 1);
+        let batches = split_batches(&records).unwrap();
+        for _ in 0..5 {
+            partition.append(&batches, &records).await.unwrap();
+        }
+        let size = partition.size_bytes();
+        assert_eq!(size, 5 * records.len() as u64);
+        let stopping = partition.clone();
+        tokio::task::spawn_blocking(move || stopping.sync())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            partition.append(&batches, &records).await,
+            Err(AppendError::Closed)
+        ));
+        drop(partition);
+        let log = dir.path().join(format!("{:020}.log", 0));
+        assert_eq!(
+            std::fs::metadata(&log).unwrap().len(),
+            size,
+            "the padding of the last direct write is cut"
+        );
+        let reopened = Partition::open(dir.path(), io, settings, true).unwrap();
+        assert_eq!(reopened.log_end_offset(), 15);
+        let read = reopened.read(12, 1 << 20).await.unwrap();
+        assert_eq!(read.records.len(), records.len(), "the last batch, whole");
     }
 }

@@ -239,7 +239,9 @@ impl Segment {
         }
         self.size = pos.max(self.size);
         let rest = end - self.size;
-        if rest < BLOCK as u64 {
+        // Direct writes end on a block boundary: only then can zeros after the last batch be
+        // their padding rather than a batch cut short.
+        if rest < BLOCK as u64 && end.is_multiple_of(BLOCK as u64) {
             let mut after = vec![0u8; rest as usize];
             self.log.read_exact_at(&mut after, self.size)?;
             if after.iter().all(|&b| b == 0) {
@@ -475,6 +477,15 @@ mod tests {
             assert_eq!(report.padding_bytes, padded - good);
             assert_eq!(seg.log.metadata().unwrap().len(), good);
         }
+        // Zeros that do not end on a block boundary are a batch cut short, not padding.
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 1).unwrap();
+        append(&mut seg, 5, 1);
+        let good = seg.size;
+        seg.log.set_len(good + 100).unwrap();
+        drop(seg);
+        let (_, report) = Segment::open(dir.path(), 0, 1, true).unwrap();
+        assert_eq!((report.truncated_bytes, report.padding_bytes), (100, 0));
     }
 
     #[test]
