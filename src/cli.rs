@@ -250,6 +250,9 @@ pub struct BenchAgentArgs {
     /// Size of the file to ship, in MiB.
     #[arg(long, default_value_t = 500)]
     pub megabytes: u64,
+    /// Whether the broker the bench starts appends with O_DIRECT (its `direct_io`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub direct_io: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,

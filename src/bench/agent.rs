@@ -22,7 +22,8 @@ pub async fn agent(args: BenchAgentArgs) -> anyhow::Result<()> {
     let file = logs.join("bench.log");
     let (bytes, lines) = write_input(&args.lines, &file, args.megabytes << 20)?;
     let mb = bytes as f64 / 1e6;
-    let (kafka, broker) = start_broker(None, "")?;
+    let config = format!("[broker]\ndirect_io = {}\n", args.direct_io);
+    let (kafka, broker) = start_broker(None, &config)?;
     create_topic(&kafka, "logs", 3).await?;
     create_topic(&kafka, "baseline", 3).await?;
 
