@@ -47,36 +47,22 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
                 )));
                 continue;
             };
-            if crate::storage::is_internal(&name) {
+            let refusal = if crate::storage::is_internal(&name) {
                 // Internal topics are written by the broker alone (Kafka refuses the same way).
                 let why = format!("{name} is an internal topic; clients cannot write to it");
-                partitions.push(Slot::Answered(refuse(
-                    ctx,
-                    response,
-                    ResponseError::InvalidTopicException,
-                    Some(why),
-                )));
-                continue;
-            }
-            if request.transactional_id.is_some() {
+                Some((ResponseError::InvalidTopicException, why))
+            } else if request.transactional_id.is_some() {
                 let why = "transactions are not supported".to_owned();
-                partitions.push(Slot::Answered(refuse(
-                    ctx,
-                    response,
-                    ResponseError::InvalidRequest,
-                    Some(why),
-                )));
-                continue;
-            }
-            if appending.iter().any(|p| Arc::ptr_eq(p, &partition)) {
+                Some((ResponseError::InvalidRequest, why))
+            } else if appending.iter().any(|p| Arc::ptr_eq(p, &partition)) {
                 // Appended side by side, the two would race for the partition's order.
                 let why = "the partition appears twice in the request".to_owned();
-                partitions.push(Slot::Answered(refuse(
-                    ctx,
-                    response,
-                    ResponseError::InvalidRequest,
-                    Some(why),
-                )));
+                Some((ResponseError::InvalidRequest, why))
+            } else {
+                None
+            };
+            if let Some((error, why)) = refusal {
+                partitions.push(Slot::Answered(refuse(ctx, response, error, Some(why))));
                 continue;
             }
             appending.push(partition.clone());

@@ -59,6 +59,23 @@ struct Log {
     next_offset: i64,
 }
 
+impl Log {
+    /// The segment appends go to: the last one (a partition always has one).
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a partition has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a partition has a segment")
+    }
+}
+
 pub struct Partition {
     pub dir: PathBuf,
     io: Io,
@@ -175,11 +192,7 @@ impl Partition {
     ) -> Result<(), AppendError> {
         let (old, size, base) = {
             let log = self.log();
-            let active = log
-                .segments
-                .values()
-                .next_back()
-                .expect("a partition has a segment");
+            let active = log.active();
             if !active.is_full(len, records, settings.segment_bytes, settings.segment_ms) {
                 return Ok(());
             }
@@ -236,22 +249,14 @@ impl Partition {
                 });
                 next += header.last_offset_delta as i64 + 1;
             }
-            let active = log
-                .segments
-                .values()
-                .next_back()
-                .expect("a partition has a segment");
+            let active = log.active();
             (active.log.clone(), active.size, log.next_offset, headers)
         };
         let len = records.len() as u64;
         appender.write(&self.io, write).await?;
         let mut log = self.log();
         let log_start_offset = log.segments.values().next().map_or(0, |s| s.base_offset);
-        let active = log
-            .segments
-            .values_mut()
-            .next_back()
-            .expect("a partition has a segment");
+        let active = log.active_mut();
         let mut at = position;
         for header in &headers {
             active.note_batch(header, at)?;
@@ -281,11 +286,7 @@ impl Partition {
     /// `slot`'s appender, made again unless it appends to the active segment where it ends.
     fn appender<'a>(&self, slot: &'a mut Option<Appender>) -> io::Result<&'a mut Appender> {
         let log = self.log();
-        let active = log
-            .segments
-            .values()
-            .next_back()
-            .expect("a partition has a segment");
+        let active = log.active();
         let current = slot
             .as_ref()
             .is_some_and(|a| a.base_offset == active.base_offset && a.end() == active.size);
@@ -326,13 +327,7 @@ impl Partition {
             });
         }
         let log = self.log();
-        let file = log
-            .segments
-            .values()
-            .next_back()
-            .expect("a partition has a segment")
-            .log
-            .clone();
+        let file = log.active().log.clone();
         Ok(Some((
             Appended {
                 base_offset,
