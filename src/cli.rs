@@ -253,6 +253,10 @@ pub struct BenchAgentArgs {
     /// Whether the broker the bench starts appends with O_DIRECT (its `direct_io`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub direct_io: bool,
+    /// A librdkafka property for the agent's producer (its `[agent.kafka]`), e.g.
+    /// `batch.size=4000000`; the kcat baseline gets the same ones. Repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub kafka: Vec<String>,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,

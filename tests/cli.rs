@@ -89,6 +89,34 @@ fn bad_config_names_file_line_key_and_expectation() {
 }
 
 #[test]
+fn agent_kafka_properties_are_checked_before_the_agent_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("agent.toml");
+    let agent = |kafka: &str| {
+        std::fs::write(
+            &path,
+            format!("[agent]\nbrokers = \"127.0.0.1:9\"\n[agent.kafka]\n{kafka}\n"),
+        )
+        .unwrap();
+        one_line_error(&sluice(&["agent", "--config", path.to_str().unwrap()]))
+    };
+    let line = agent("\"sasl.mechanizms\" = \"PLAIN\"");
+    assert!(line.contains(path.to_str().unwrap()), "{line}");
+    assert!(line.contains("agent.kafka"), "{line}");
+    assert!(line.contains("sasl.mechanizms"), "{line}");
+
+    let line = agent("\"linger.ms\" = \"soon\"");
+    assert!(
+        line.contains("linger.ms") && line.contains("soon"),
+        "{line}"
+    );
+
+    let line = agent("\"acks\" = \"1\"");
+    assert!(line.contains("\"acks\" cannot be set here"), "{line}");
+    assert!(line.contains("acks=all"), "{line}");
+}
+
+#[test]
 fn unknown_flag_is_one_line_and_exit_2() {
     let out = sluice(&["up", "--bogus"]);
     assert_eq!(out.status.code(), Some(2));
@@ -256,4 +284,38 @@ fn bench_produce_reports_throughput_latency_and_broker_cpu() {
         number("request_rtt_p99_ms_worst_second") >= number("request_rtt_p99_ms_median_second")
     );
     assert!(number("broker_cores") > 0.0, "{report}");
+    assert!(number("generator_cores") > 0.0, "{report}");
+}
+
+/// `sluice bench agent`, small: the agent, kcat on the raw lines and kcat on the agent's own
+/// events each report a rate per core and a peak RSS.
+#[test]
+fn bench_agent_reports_the_agent_beside_both_kcat_baselines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = tmp.path().join("lines.txt");
+    std::fs::write(
+        &lines,
+        std::fs::read(loghub_dir().join("Linux_2k.log")).unwrap(),
+    )
+    .unwrap();
+    let out = run(
+        Command::new(SLUICE)
+            .args(["bench", "agent", "--megabytes", "8", "--json", "--lines"])
+            .arg(&lines)
+            .current_dir(tmp.path()),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["lines"].as_u64().unwrap() > 10_000, "{report}");
+    for run in ["agent", "kcat_baseline", "kcat_agent_events_baseline"] {
+        for figure in ["mb_per_core_s", "peak_rss_mb", "seconds"] {
+            let value = report[run][figure].as_f64();
+            assert!(value.is_some_and(|v| v > 0.0), "{run}.{figure} in {report}");
+        }
+    }
 }

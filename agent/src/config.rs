@@ -1,5 +1,7 @@
 //! The `[agent]` section of `sluice.toml`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Agent settings.
@@ -25,7 +27,36 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
     pub docker: DockerConfig,
     pub cri: CriConfig,
+    /// librdkafka properties for the producer (TLS and SASL for a Kafka cluster, batch sizes),
+    /// applied over the agent's own choices; those that would break its delivery guarantees
+    /// are refused.
+    pub kafka: BTreeMap<String, String>,
 }
+
+/// librdkafka properties `[agent.kafka]` may not set, and why.
+const KAFKA_FIXED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set agent.brokers instead"),
+    ("metadata.broker.list", "set agent.brokers instead"),
+    ("compression.type", "set agent.compression instead"),
+    ("compression.codec", "set agent.compression instead"),
+    (
+        "acks",
+        "the agent needs acks=all: a checkpoint moves only past what the broker has",
+    ),
+    (
+        "request.required.acks",
+        "the agent needs acks=all: a checkpoint moves only past what the broker has",
+    ),
+    (
+        "enable.idempotence",
+        "the agent needs idempotence: a retried batch must not be written twice",
+    ),
+    (
+        "message.timeout.ms",
+        "the agent retries without a deadline: it never gives up an event",
+    ),
+    ("transactional.id", "the agent does not use transactions"),
+];
 
 /// `[agent.syslog]`: syslog listeners (RFC 3164 and RFC 5424).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -222,6 +253,7 @@ impl Default for AgentConfig {
             metrics: MetricsConfig::default(),
             docker: DockerConfig::default(),
             cri: CriConfig::default(),
+            kafka: BTreeMap::new(),
         }
     }
 }
@@ -295,6 +327,7 @@ impl AgentConfig {
         if self.metrics.interval_ms < 100 {
             return Err(("agent.metrics.interval_ms", "expected at least 100".into()));
         }
+        self.check_kafka().map_err(|why| ("agent.kafka", why))?;
         if let Some(target) = self
             .metrics
             .targets
@@ -307,5 +340,21 @@ impl AgentConfig {
             ));
         }
         Ok(())
+    }
+
+    /// `[agent.kafka]` names properties librdkafka knows, with values it takes, and none the
+    /// agent's guarantees depend on.
+    fn check_kafka(&self) -> Result<(), String> {
+        let mut config = rdkafka::ClientConfig::new();
+        for (key, value) in &self.kafka {
+            if let Some((_, why)) = KAFKA_FIXED.iter().find(|(fixed, _)| fixed == key) {
+                return Err(format!("{key:?} cannot be set here: {why}"));
+            }
+            config.set(key, value);
+        }
+        config
+            .create_native_config()
+            .map(drop)
+            .map_err(|e| format!("librdkafka refused it: {e}"))
     }
 }

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 pub use config::AgentConfig;
 pub use metrics::AgentMetrics;
+pub use output::BATCHING;
 
 use crate::output::KafkaOutput;
 use crate::shipper::Shipper;

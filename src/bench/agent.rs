@@ -26,15 +26,32 @@ pub async fn agent(args: BenchAgentArgs) -> anyhow::Result<()> {
     let (kafka, broker) = start_broker(None, &config)?;
     create_topic(&kafka, "logs", 3).await?;
     create_topic(&kafka, "baseline", 3).await?;
+    create_topic(&kafka, "baseline-events", 3).await?;
 
-    let baseline = kcat_baseline(&kafka, &file)?;
-    let run = run_agent(&kafka, work.path(), &file, lines).await?;
+    let properties = args
+        .kafka
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .with_context(|| format!("--kafka {p:?}: expected KEY=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let baseline = kcat_produce(&kafka, "baseline", &file, false, &properties)?;
+    let run = run_agent(&kafka, work.path(), &file, lines, &properties).await?;
+    // The agent's own records, keys and all, sent again by kcat with the agent's batching:
+    // what librdkafka costs for these bytes, so what is left is the agent's own work.
+    let events = work.path().join("events.txt");
+    dump_events(&kafka, &events, lines)?;
+    let mut same = properties.clone();
+    same.extend(sluice_agent::BATCHING);
+    let events_baseline = kcat_produce(&kafka, "baseline-events", &events, true, &same)?;
     drop(broker);
     let result = json!({
         "input_mb": mb,
         "lines": lines,
         "agent": summary(&run, mb),
         "kcat_baseline": summary(&baseline, mb),
+        "kcat_agent_events_baseline": summary(&events_baseline, mb),
     });
     if args.json {
         println!("{result}");
@@ -111,14 +128,29 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn kcat_baseline(kafka: &str, file: &Path) -> anyhow::Result<Run> {
-    let mut kcat = Command::new("kcat")
-        .args(["-P", "-b", kafka, "-t", "baseline", "-z", "lz4"])
-        .args(["-X", "acks=all", "-X", "enable.idempotence=true", "-l"])
+/// kcat producing `file` to `topic`, one record a line (`keyed`: a key, a tab, the value).
+fn kcat_produce(
+    kafka: &str,
+    topic: &str,
+    file: &Path,
+    keyed: bool,
+    properties: &[(&str, &str)],
+) -> anyhow::Result<Run> {
+    let mut kcat = Command::new("kcat");
+    kcat.args(["-P", "-b", kafka, "-t", topic, "-z", "lz4"])
+        .args(["-X", "acks=all", "-X", "enable.idempotence=true"]);
+    if keyed {
+        kcat.args(["-K", "\t"]);
+    }
+    for (key, value) in properties {
+        kcat.arg("-X").arg(format!("{key}={value}"));
+    }
+    let mut kcat = kcat
+        .arg("-l")
         .arg(file)
         .stdout(Stdio::null())
         .spawn()
-        .context("starting kcat (the baseline)")?;
+        .with_context(|| format!("starting kcat (the {topic} baseline)"))?;
     let pid = kcat.id();
     let mut status = None;
     let run = watch(pid, || {
@@ -126,21 +158,48 @@ fn kcat_baseline(kafka: &str, file: &Path) -> anyhow::Result<Run> {
         Ok(status.is_some())
     })?;
     if !status.is_some_and(|s| s.success()) {
-        bail!("kcat (the baseline) failed: {status:?}");
+        bail!("kcat (the {topic} baseline) failed: {status:?}");
     }
     Ok(run)
 }
 
-async fn run_agent(kafka: &str, dir: &Path, file: &Path, lines: u64) -> anyhow::Result<Run> {
+/// The `lines` records the agent sent, as `key<TAB>value` lines (JSON has no raw tab or newline).
+fn dump_events(kafka: &str, out: &Path, lines: u64) -> anyhow::Result<()> {
+    let dumped = Command::new("kcat")
+        .args([
+            "-C", "-b", kafka, "-t", "logs", "-e", "-q", "-f", "%k\t%s\n",
+        ])
+        .stdout(std::fs::File::create(out)?)
+        .status()
+        .context("starting kcat to read the agent's events")?;
+    if !dumped.success() {
+        bail!("kcat reading the agent's events failed: {dumped}");
+    }
+    let text = std::fs::read(out)?;
+    let read = text.iter().filter(|&&b| b == b'\n').count() as u64;
+    if read != lines {
+        bail!("read {read} of the agent's events back, expected {lines}");
+    }
+    Ok(())
+}
+
+async fn run_agent(
+    kafka: &str,
+    dir: &Path,
+    file: &Path,
+    lines: u64,
+    properties: &[(&str, &str)],
+) -> anyhow::Result<Run> {
     let http = format!("127.0.0.1:{}", free_port()?);
     let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nbrokers = \"{kafka}\"\n[agent.files]\ninclude = [\"{}\"]\n",
-            file.display()
-        ),
-    )?;
+    let mut text = format!(
+        "[agent]\nbrokers = \"{kafka}\"\n[agent.files]\ninclude = [\"{}\"]\n[agent.kafka]\n",
+        file.display()
+    );
+    for (key, value) in properties {
+        text.push_str(&format!("{key:?} = {value:?}\n"));
+    }
+    std::fs::write(&config, text)?;
     let child = Command::new(std::env::current_exe()?)
         .arg("agent")
         .arg("--config")
