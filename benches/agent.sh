@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end agent benchmark (`sluice bench agent`): a 500 MiB file of the Loghub samples' lines
 # (cycled) through `sluice agent`'s file input into a `sluice broker`, three runs. Same-run
-# baseline: kcat -P producing the same file, one message a line, lz4, acks=all, idempotent.
-# Reports MB/s of file per core of CPU (user + system) and peak RSS (VmHWM) of the agent and kcat.
+# baselines: kcat -P producing the same file, one message a line, lz4, acks=all, idempotent; and
+# kcat -P producing the agent's own records (keys and JSON events, read back from the topic) with
+# the agent's batching, which is what librdkafka alone costs for the bytes the agent sends.
+# Reports MB/s of file per core of CPU (user + system) and peak RSS (VmHWM) of each.
 # Usage: benches/agent.sh   (run from the repository root; builds --release first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
