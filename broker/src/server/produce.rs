@@ -109,6 +109,7 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
                         AppendError::UnknownProducer => ResponseError::UnknownProducerId,
                         AppendError::DiskFull
                         | AppendError::Failed
+                        | AppendError::RollSyncFailed(_)
                         | AppendError::Closed
                         | AppendError::Task(_)
                         | AppendError::Io(_) => ResponseError::KafkaStorageError,

@@ -102,6 +102,9 @@ pub enum AppendError {
     DiskFull,
     #[error("storage failed (an fsync returned an error); produce refused until restart")]
     Failed,
+    /// The fdatasync of a segment being rolled failed; the storage takes it as `Failed`.
+    #[error("fdatasync of a rolled segment failed: {0}")]
+    RollSyncFailed(std::io::Error),
     #[error("out of order sequence number: expected {expected}, got {got}")]
     OutOfOrderSequence { expected: i32, got: i32 },
     #[error("producer epoch {got} is older than the current epoch {current}")]
@@ -371,6 +374,10 @@ impl Storage {
             .remove(name)
             .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
         self.save_topics()?;
+        let partitions = topic.partitions.read().expect("topic lock").clone();
+        for partition in &partitions {
+            partition.close().await;
+        }
         let count = topic.partition_count();
         for i in 0..count {
             let dir = self.partition_dir(name, i as u32);
@@ -482,7 +489,15 @@ impl Storage {
             }
         }
         let (batches, records) = compress_as_configured(batches, records, &settings);
-        let (appended, file) = partition.append(&batches, &records).await?;
+        let (appended, file) = match partition.append(&batches, &records).await {
+            Err(AppendError::RollSyncFailed(e)) => {
+                // As for the group commit: after a failed fsync nothing unsynced may be trusted.
+                self.failed.store(true, Ordering::Release);
+                tracing::error!(error = %e, "fdatasync of a rolled segment failed: storage is failed, refusing every produce until restart");
+                return Err(AppendError::Failed);
+            }
+            appended => appended?,
+        };
         if appended.duplicate {
             return Ok((appended, file));
         }

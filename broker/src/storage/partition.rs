@@ -202,7 +202,10 @@ impl Partition {
         tokio::task::spawn_blocking(move || log.set_len(size))
             .await
             .map_err(std::io::Error::other)??;
-        self.io.sync_all(&old).await?;
+        self.io
+            .sync_all(&old)
+            .await
+            .map_err(AppendError::RollSyncFailed)?;
         let (dir, interval) = (self.dir.clone(), settings.index_interval_bytes);
         let fresh = tokio::task::spawn_blocking(move || Segment::create(&dir, base, interval))
             .await
@@ -553,6 +556,14 @@ impl Partition {
             removed += rewrite.removed;
         }
         Ok(removed)
+    }
+
+    /// Refuses every later append once the one in progress is done: the partition's topic is
+    /// being deleted, and an append (a roll, say) must not make files in a directory that a
+    /// topic made again under the same name may own.
+    pub async fn close(&self) {
+        let _no_append = self.append_lock.lock().await;
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Makes every segment durable for a clean stop, after which appends are refused (on a

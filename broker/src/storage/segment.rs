@@ -223,6 +223,12 @@ impl Segment {
             if pos + header.size as u64 > end {
                 break;
             }
+            // Offsets only grow. A batch numbered below the one before it was left past the log's
+            // end by an append that failed after its write (its offsets were given out again):
+            // the log ends before it.
+            if header.base_offset < self.next_offset {
+                break;
+            }
             if verify {
                 let mut whole = vec![0u8; header.size];
                 self.log.read_exact_at(&mut whole, pos)?;
@@ -486,6 +492,24 @@ mod tests {
         drop(seg);
         let (_, report) = Segment::open(dir.path(), 0, 1, true).unwrap();
         assert_eq!((report.truncated_bytes, report.padding_bytes), (100, 0));
+    }
+
+    #[test]
+    fn reopen_cuts_a_stale_batch_whose_offsets_were_given_out_again() {
+        for verify in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut seg = Segment::create(dir.path(), 0, 1).unwrap();
+            append(&mut seg, 5, 1);
+            let good = seg.size;
+            // Whole and with a good CRC, but numbered from 2, inside what the log already holds.
+            let mut stale = batch(3, 100, 2);
+            set_base_offset(&mut stale, 2);
+            seg.log.write_all_at(&stale, good).unwrap();
+            drop(seg);
+            let (seg, report) = Segment::open(dir.path(), 0, 1, verify).unwrap();
+            assert_eq!((seg.size, seg.next_offset), (good, 5));
+            assert_eq!(report.truncated_bytes, stale.len() as u64);
+        }
     }
 
     #[test]
