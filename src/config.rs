@@ -1,5 +1,6 @@
 //! The one TOML file that configures every part: a section per crate, each crate owning its struct.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -81,9 +82,36 @@ impl SluiceConfig {
             .indexer
             .check()
             .and_then(|()| config.agent.check())
+            .and_then(|()| {
+                check_kafka(&config.indexer.kafka, sluice_indexer::KAFKA_FIXED)
+                    .map_err(|why| ("indexer.kafka", why))
+            })
+            .and_then(|()| {
+                check_kafka(&config.agent.kafka, sluice_agent::KAFKA_FIXED)
+                    .map_err(|why| ("agent.kafka", why))
+            })
             .map_err(|(key, expected)| format!(", key `{key}`: {expected}"))?;
         Ok(config)
     }
+}
+
+/// A `[*.kafka]` table names properties librdkafka knows, with values it takes, and none of
+/// `fixed`: the part's own settings and guarantees, each with why.
+fn check_kafka(
+    properties: &BTreeMap<String, String>,
+    fixed: &[(&str, &str)],
+) -> Result<(), String> {
+    let mut config = rdkafka::ClientConfig::new();
+    for (key, value) in properties {
+        if let Some((_, why)) = fixed.iter().find(|(name, _)| name == key) {
+            return Err(format!("{key:?} cannot be set here: {why}"));
+        }
+        config.set(key, value);
+    }
+    config
+        .create_native_config()
+        .map(drop)
+        .map_err(|e| format!("librdkafka refused it: {e}"))
 }
 
 fn line_of(text: &str, byte: usize) -> usize {
@@ -146,6 +174,39 @@ mod tests {
         let err = SluiceConfig::parse("[indexer]\nwriter_memory_bytes = 1000\n").unwrap_err();
         assert!(err.contains("indexer.writer_memory_bytes"), "{err}");
         assert!(err.contains("at least"), "{err}");
+    }
+
+    #[test]
+    fn kafka_tables_take_what_librdkafka_takes_and_refuse_fixed_keys() {
+        let good = "[indexer.kafka]\n\"security.protocol\" = \"sasl_plaintext\"\n\
+                    \"sasl.mechanisms\" = \"PLAIN\"\n\
+                    [agent.kafka]\n\"batch.size\" = \"2000000\"\n";
+        let config = SluiceConfig::parse(good).unwrap();
+        assert_eq!(config.indexer.kafka["security.protocol"], "sasl_plaintext");
+        assert_eq!(config.agent.kafka["batch.size"], "2000000");
+
+        // This build's librdkafka has no OpenSSL: TLS is refused at load, with librdkafka's reason.
+        let err =
+            SluiceConfig::parse("[agent.kafka]\n\"security.protocol\" = \"ssl\"\n").unwrap_err();
+        assert!(
+            err.contains("agent.kafka") && err.contains("OpenSSL"),
+            "{err}"
+        );
+
+        let err = SluiceConfig::parse("[indexer.kafka]\n\"group.id\" = \"mine\"\n").unwrap_err();
+        assert!(err.contains("indexer.kafka"), "{err}");
+        assert!(err.contains("indexer.group_id"), "{err}");
+
+        let err =
+            SluiceConfig::parse("[indexer.kafka]\n\"securty.protocol\" = \"ssl\"\n").unwrap_err();
+        assert!(err.contains("securty.protocol"), "{err}");
+
+        let err =
+            SluiceConfig::parse("[agent.kafka]\n\"enable.idempotence\" = \"false\"\n").unwrap_err();
+        assert!(
+            err.contains("agent.kafka") && err.contains("idempotence"),
+            "{err}"
+        );
     }
 
     #[test]

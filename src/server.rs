@@ -156,9 +156,7 @@ async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
                 let metrics = IndexerMetrics::register(&registry)?;
                 if let Some(view) = &mut view {
                     let view_metrics = ViewMetrics::register(&registry)?;
-                    let indexer = &config.indexer;
-                    view.start(&indexer.brokers, indexer.topic_partitions, view_metrics)
-                        .await?;
+                    view.start(&config.indexer, view_metrics).await?;
                 }
                 let indexer = Indexer::start(config.indexer.clone(), &data_dir, metrics).await?;
                 shutdown.clone().wait().await;

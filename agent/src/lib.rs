@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
-pub use config::AgentConfig;
+pub use config::{AgentConfig, KAFKA_FIXED};
 pub use metrics::AgentMetrics;
 pub use output::BATCHING;
 

@@ -1,5 +1,7 @@
 //! The `[indexer]` section of `sluice.toml`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Indexer and search settings.
@@ -41,6 +43,10 @@ pub struct IndexerConfig {
     /// Searches that may run at once; more wait, so searching cannot starve indexing.
     pub max_concurrent_searches: usize,
     pub metrics_view: MetricsViewConfig,
+    /// librdkafka properties for the indexer's clients (SASL for a Kafka cluster),
+    /// applied over their own settings; those the indexer's handover and offsets depend on are
+    /// refused (`KAFKA_FIXED`).
+    pub kafka: BTreeMap<String, String>,
 }
 
 /// `[indexer.metrics_view]`: the agents' metric samples, served at `/metrics/agents`.
@@ -87,6 +93,7 @@ impl Default for IndexerConfig {
             max_search_window: 10_000,
             max_concurrent_searches: 4,
             metrics_view: MetricsViewConfig::default(),
+            kafka: BTreeMap::new(),
         }
     }
 }

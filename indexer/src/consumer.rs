@@ -18,15 +18,15 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientContext;
 
 use crate::config::IndexerConfig;
+use crate::kafka::{self, ensure_topic};
 use crate::layout;
 use crate::mapping::in_range;
 use crate::metrics::IndexerMetrics;
 use crate::partition::{PartitionIndex, WriterSettings};
 use crate::schema::LogSchema;
-use crate::topic::ensure_topic;
 use crate::worker::{OwnedRecord, PartitionWorker};
 
 /// How long an assignment waits for the partition's previous owner to close its index.
@@ -46,7 +46,7 @@ impl Indexer {
         data_dir: &Path,
         metrics: IndexerMetrics,
     ) -> anyhow::Result<Self> {
-        ensure_topic(&config.brokers, &config.topic, config.topic_partitions).await?;
+        ensure_topic(&config, &config.topic, config.topic_partitions).await?;
         let topic_dir = layout::topic_dir(data_dir, &config.topic);
         std::fs::create_dir_all(&topic_dir).map_err(|e| {
             anyhow::anyhow!("index dir {}: cannot create: {e}", topic_dir.display())
@@ -68,20 +68,20 @@ impl Indexer {
             max_document_bytes: config.max_document_bytes,
             state: Mutex::new(State::default()),
         });
-        let mut client = ClientConfig::new();
+        let session_timeout = config.session_timeout_ms.to_string();
+        let mut own = vec![
+            ("group.id", config.group_id.as_str()),
+            ("client.id", "sluice-indexer"),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("session.timeout.ms", session_timeout.as_str()),
+            ("statistics.interval.ms", "5000"),
+        ];
         if !config.instance_id.is_empty() {
-            client.set("group.instance.id", &config.instance_id);
+            own.push(("group.instance.id", config.instance_id.as_str()));
         }
-        let consumer: BaseConsumer<GroupContext> = client
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", &config.group_id)
-            .set("client.id", "sluice-indexer")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            .set("statistics.interval.ms", "5000")
-            .set("log_level", "3")
+        let consumer: BaseConsumer<GroupContext> = kafka::client(&config, &own)
             .create_with_context(GroupContext {
                 shared: shared.clone(),
             })

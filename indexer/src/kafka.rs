@@ -1,5 +1,7 @@
-//! Creating a topic the indexer reads when it does not exist yet, so the indexer also runs
-//! against a Kafka or Redpanda cluster that does not auto-create topics.
+//! What the indexer's Kafka clients share: the brokers and the `[indexer.kafka]` properties
+//! (SASL for a Kafka cluster), and creating a topic the indexer reads when it does not
+//! exist yet, so the indexer also runs against a Kafka or Redpanda cluster that does not
+//! auto-create topics.
 
 use std::time::Duration;
 
@@ -8,11 +10,54 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
-pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("log_level", "3")
-        .create()?;
+use crate::config::IndexerConfig;
+
+/// librdkafka properties `[indexer.kafka]` may not set, and why.
+pub const KAFKA_FIXED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set indexer.brokers instead"),
+    ("metadata.broker.list", "set indexer.brokers instead"),
+    ("group.id", "set indexer.group_id instead"),
+    ("group.instance.id", "set indexer.instance_id instead"),
+    (
+        "session.timeout.ms",
+        "set indexer.session_timeout_ms instead",
+    ),
+    (
+        "enable.auto.commit",
+        "the indexer commits group offsets itself, after each index commit",
+    ),
+    (
+        "enable.auto.offset.store",
+        "the indexer commits group offsets itself, after each index commit",
+    ),
+    (
+        "partition.assignment.strategy",
+        "the indexers hand partitions over with cooperative-sticky",
+    ),
+];
+
+/// A client of the indexer's brokers: `own` (what this client needs), then `[indexer.kafka]`.
+pub fn client(config: &IndexerConfig, own: &[(&str, &str)]) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("log_level", "3");
+    for (key, value) in own {
+        client.set(*key, *value);
+    }
+    for (key, value) in &config.kafka {
+        client.set(key, value);
+    }
+    client
+}
+
+pub async fn ensure_topic(
+    config: &IndexerConfig,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let brokers = &config.brokers;
+    let admin: AdminClient<DefaultClientContext> = client(config, &[]).create()?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
     let results = admin
@@ -26,4 +71,22 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexer_kafka_properties_go_over_a_clients_own() {
+        let mut config = IndexerConfig::default();
+        config
+            .kafka
+            .insert("security.protocol".into(), "sasl_ssl".into());
+        config.kafka.insert("client.id".into(), "indexer-7".into());
+        let client = client(&config, &[("client.id", "sluice-indexer")]);
+        assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(client.get("client.id"), Some("indexer-7"));
+        assert_eq!(client.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+    }
 }

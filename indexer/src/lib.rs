@@ -13,6 +13,7 @@
 mod api;
 mod config;
 mod consumer;
+mod kafka;
 mod layout;
 pub mod mapping;
 mod metrics;
@@ -20,12 +21,12 @@ mod metrics_view;
 mod partition;
 pub mod schema;
 pub mod search;
-mod topic;
 mod worker;
 
 pub use api::router;
 pub use config::{IndexerConfig, MetricsViewConfig};
 pub use consumer::Indexer;
+pub use kafka::KAFKA_FIXED;
 pub use metrics::{IndexerMetrics, SearchMetrics, ViewMetrics};
 pub use metrics_view::MetricsView;
 pub use search::{SearchLimits, SearchService};

@@ -21,11 +21,11 @@ use axum::Router;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientConfig;
 
+use crate::config::IndexerConfig;
 use crate::config::MetricsViewConfig;
+use crate::kafka::{self, ensure_topic};
 use crate::metrics::ViewMetrics;
-use crate::topic::ensure_topic;
 pub use store::Refused;
 use store::SeriesStore;
 
@@ -51,23 +51,23 @@ impl MetricsView {
         }
     }
 
-    /// Creates the topic when missing and starts reading it.
+    /// Creates the topic when missing (with the indexer's partition count) and starts reading
+    /// it from the indexer's brokers.
     pub async fn start(
         &mut self,
-        brokers: &str,
-        partitions: i32,
+        indexer: &IndexerConfig,
         metrics: ViewMetrics,
     ) -> anyhow::Result<()> {
         let topic = self.config.topic.clone();
-        ensure_topic(brokers, &topic, partitions).await?;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            // Only assigned, never subscribed: no group is joined and nothing is committed.
-            .set("group.id", "sluice-metrics-view")
-            .set("client.id", "sluice-metrics-view")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("log_level", "3")
+        ensure_topic(indexer, &topic, indexer.topic_partitions).await?;
+        // Only assigned, never subscribed: no group is joined and nothing is committed.
+        let own = [
+            ("group.id", "sluice-metrics-view"),
+            ("client.id", "sluice-metrics-view"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+        ];
+        let consumer: BaseConsumer = kafka::client(indexer, &own)
             .create()
             .map_err(|e| anyhow::anyhow!("metrics view consumer: {e}"))?;
         let reader = Reader {
