@@ -2,7 +2,7 @@
 //! file per core of agent CPU, and the agent's peak RSS. Same-run baseline: `kcat -P` (librdkafka
 //! from C, no event encoding) producing the same lines with the same compression.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -175,8 +175,16 @@ fn dump_events(kafka: &str, out: &Path, lines: u64) -> anyhow::Result<()> {
     if !dumped.success() {
         bail!("kcat reading the agent's events failed: {dumped}");
     }
-    let text = std::fs::read(out)?;
-    let read = text.iter().filter(|&&b| b == b'\n').count() as u64;
+    // Counted a chunk at a time: the file is several times the input's size.
+    let mut file = std::fs::File::open(out)?;
+    let (mut chunk, mut read) = (vec![0u8; 1 << 20], 0u64);
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        read += chunk[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
     if read != lines {
         bail!("read {read} of the agent's events back, expected {lines}");
     }
