@@ -111,7 +111,7 @@ pub enum AppendError {
     ProducerFenced { current: i16, got: i16 },
     #[error("unknown producer id for a batch that does not start its sequence at 0")]
     UnknownProducer,
-    #[error("the broker is shutting down")]
+    #[error("the partition is closed: the broker is shutting down or its topic was deleted")]
     Closed,
     #[error("append task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
