@@ -1,6 +1,8 @@
 //! `sluice bench agent`: a log file through `sluice agent` into a broker the bench starts; MB/s of
-//! file per core of agent CPU, and the agent's peak RSS. Same-run baseline: `kcat -P` (librdkafka
-//! from C, no event encoding) producing the same lines with the same compression.
+//! file per core of agent CPU, and the agent's peak RSS. Same-run baselines: `kcat -P` (librdkafka
+//! from C, no event encoding) producing the same lines with the same compression, and producing
+//! the agent's own records read back from the topic with the agent's batching, which is what
+//! librdkafka alone costs for the bytes the agent sends.
 
 use std::io::{Read, Write};
 use std::path::Path;
