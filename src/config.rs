@@ -95,8 +95,19 @@ impl SluiceConfig {
     }
 }
 
-/// A `[*.kafka]` table names properties librdkafka knows, with values it takes, and none of
-/// `fixed`: the part's own settings and guarantees, each with why.
+/// Properties whose value is a path librdkafka reads when the client starts. It reports a
+/// missing one only as OpenSSL's "system lib", without the path, so they are checked here.
+const KAFKA_FILES: [&str; 6] = [
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.keystore.location",
+    "ssl.crl.location",
+    "sasl.kerberos.keytab",
+];
+
+/// A `[*.kafka]` table names properties librdkafka knows, with values it takes, files that can
+/// be read, and none of `fixed`: the part's own settings and guarantees, each with why.
 fn check_kafka(
     properties: &BTreeMap<String, String>,
     fixed: &[(&str, &str)],
@@ -105,6 +116,11 @@ fn check_kafka(
     for (key, value) in properties {
         if let Some((_, why)) = fixed.iter().find(|(name, _)| name == key) {
             return Err(format!("{key:?} cannot be set here: {why}"));
+        }
+        // `ssl.ca.location = "probe"` asks librdkafka to look in the system's usual places.
+        let names_a_file = KAFKA_FILES.contains(&key.as_str()) && value != "probe";
+        if names_a_file {
+            std::fs::metadata(value).map_err(|e| format!("{key:?}: cannot read {value:?}: {e}"))?;
         }
         config.set(key, value);
     }
@@ -185,17 +201,31 @@ mod tests {
         assert_eq!(config.indexer.kafka["security.protocol"], "sasl_plaintext");
         assert_eq!(config.agent.kafka["batch.size"], "2000000");
 
-        // This build's librdkafka has no OpenSSL: TLS is refused at load, with librdkafka's reason.
-        let err =
-            SluiceConfig::parse("[agent.kafka]\n\"security.protocol\" = \"ssl\"\n").unwrap_err();
+        let tls = "[agent.kafka]\n\"security.protocol\" = \"sasl_ssl\"\n\
+                   \"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n";
+        let config = SluiceConfig::parse(tls).expect("this build's librdkafka has TLS and SCRAM");
+        assert_eq!(config.agent.kafka["sasl.mechanisms"], "SCRAM-SHA-512");
+        let err = SluiceConfig::parse(
+            "[agent.kafka]\n\"ssl.endpoint.identification.algorithm\" = \"sometimes\"\n",
+        )
+        .unwrap_err();
         assert!(
-            err.contains("agent.kafka") && err.contains("OpenSSL"),
+            err.contains("agent.kafka") && err.contains("sometimes"),
             "{err}"
         );
 
         let err = SluiceConfig::parse("[indexer.kafka]\n\"group.id\" = \"mine\"\n").unwrap_err();
         assert!(err.contains("indexer.kafka"), "{err}");
         assert!(err.contains("indexer.group_id"), "{err}");
+
+        let err =
+            SluiceConfig::parse("[indexer.kafka]\n\"ssl.ca.location\" = \"/nonexistent/ca.pem\"\n")
+                .unwrap_err();
+        assert!(
+            err.contains("indexer.kafka") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert!(err.contains("No such file"), "{err}");
 
         let err =
             SluiceConfig::parse("[indexer.kafka]\n\"securty.protocol\" = \"ssl\"\n").unwrap_err();

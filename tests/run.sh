@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test. On a fresh machine it first installs what the tests use and the machine lacks:
-# kcat, prometheus (the server and promtool), util-linux's logger and logrotate (Debian), the
-# Python Kafka clients and their codecs and graypy, a GELF client (PyPI), and cargo-nextest.
+# Runs every test. On a fresh machine it first installs what the build and the tests use and the
+# machine lacks: OpenSSL's headers and pkg-config (librdkafka's TLS), kcat, prometheus (the server
+# and promtool), util-linux's logger and logrotate (Debian), the Python Kafka clients and their
+# codecs and graypy, a GELF client (PyPI), and cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v kcat >/dev/null || missing+=(kcat)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v logger >/dev/null || missing+=(bsdutils)

@@ -72,6 +72,11 @@ impl Sluice {
     /// `sluice indexer` named `name` against `broker`, sharing the broker's data dir (as indexer
     /// processes on one machine do), with `config` and its own HTTP port.
     pub fn indexer(broker: &Sluice, name: &str, config: &str) -> Self {
+        Self::indexer_via(broker, &broker.kafka, name, config)
+    }
+
+    /// As `indexer`, reaching the broker through `brokers` (a proxy in front of it, say).
+    pub fn indexer_via(broker: &Sluice, brokers: &str, name: &str, config: &str) -> Self {
         let dir = broker.data_dir.parent().unwrap().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("sluice.toml");
@@ -84,13 +89,13 @@ impl Sluice {
             "--data-dir".into(),
             broker.data_dir.display().to_string(),
             "--brokers".into(),
-            broker.kafka.clone(),
+            brokers.to_owned(),
             "--http".into(),
             http.clone(),
         ];
         let mut indexer = Self {
             child: None,
-            kafka: broker.kafka.clone(),
+            kafka: brokers.to_owned(),
             http,
             data_dir: broker.data_dir.clone(),
             args,
@@ -575,12 +580,14 @@ pub fn promtool_passes(text: &str) {
 pub struct AgentProcess {
     pub child: Child,
     pub http: String,
+    log: PathBuf,
 }
 
 impl AgentProcess {
     pub fn start(dir: &std::path::Path, config: &str, stdin: Stdio) -> Self {
         let path = dir.join("agent.toml");
         std::fs::write(&path, config).unwrap();
+        let log = dir.join("agent.log");
         let http = format!("127.0.0.1:{}", free_port());
         let child = Command::new(SLUICE)
             .args(["agent", "--config"])
@@ -590,11 +597,16 @@ impl AgentProcess {
             .args(["--http", &http])
             .stdin(stdin)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         wait_for_port(&http, Duration::from_secs(20)).unwrap();
-        Self { child, http }
+        Self { child, http, log }
+    }
+
+    /// What the agent has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The agent's own /metrics.
