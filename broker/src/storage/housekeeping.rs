@@ -137,6 +137,13 @@ impl Storage {
             .lock()
             .expect("compacted lock")
             .insert(key, (end, std::time::Instant::now()));
+        // Held by the blocking work itself: it outlives this task if shutdown aborts it.
+        let compacting = self.maintenance.clone().lock_owned().await;
+        // Closed by its topic's deletion while this waited: its files' names may already be
+        // another topic's, made again under the same name.
+        if partition.is_closed() {
+            return;
+        }
         let (closed, active) = partition.segment_files();
         if closed.is_empty() {
             return;
@@ -147,8 +154,6 @@ impl Storage {
             .map(|d| d.as_millis() as i64)
             .unwrap_or_default();
         let partition = partition.clone();
-        // Held by the blocking work itself: it outlives this task if shutdown aborts it.
-        let compacting = self.maintenance.clone().lock_owned().await;
         let done = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
             let _compacting = compacting;
             let rewrites = compaction::compact(&closed, &active, delete_retention_ms, now_ms)?;
@@ -182,4 +187,124 @@ impl Storage {
 fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     let stat = rustix::fs::statvfs(dir)?;
     Ok(stat.f_bavail * stat.f_frsize)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    use super::*;
+    use crate::config::BrokerConfig;
+    use crate::metrics::BrokerMetrics;
+
+    /// One batch of one record of `key` (the value padded past half a smallest segment),
+    /// decodable as compaction needs.
+    fn keyed(key: &str, value: &str) -> Bytes {
+        let value = format!("{value} {}", "x".repeat(600));
+        let record = Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1,
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            headers: Default::default(),
+            delete_horizon: false,
+        };
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, [&record], &options).unwrap();
+        buf.freeze()
+    }
+
+    async fn append(storage: &Arc<Storage>, topic: &str, key: &str, value: &str) {
+        let topic = storage.topic(topic).unwrap();
+        let partition = topic.partition(0).unwrap();
+        storage
+            .append(topic, partition, keyed(key, value))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// The bytes of every file in `dir`, by name.
+    fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).unwrap())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_deleted_topics_compaction_cannot_touch_the_topic_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = BrokerMetrics::register(&prometheus::Registry::new()).unwrap();
+        let storage = Storage::open(BrokerConfig::default(), dir.path(), metrics)
+            .await
+            .unwrap();
+        // The smallest segments: every record closes one, so the old values are compactable.
+        let configs = BTreeMap::from([
+            ("cleanup.policy".to_owned(), "compact".to_owned()),
+            ("segment.bytes".to_owned(), "1024".to_owned()),
+        ]);
+        storage
+            .create_topic("table", 1, configs.clone(), false)
+            .await
+            .unwrap();
+        for i in 0..4 {
+            append(&storage, "table", "k", &format!("old {i}")).await;
+        }
+        let old = storage.topic("table").unwrap();
+        let (old_partition, settings) = (old.partition(0).unwrap(), old.settings());
+
+        // A compaction is under way: the deletion waits for it before removing anything.
+        let compacting = storage.maintenance.clone().lock_owned().await;
+        let deleting = tokio::spawn({
+            let storage = storage.clone();
+            async move { storage.delete_topic("table").await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !deleting.is_finished(),
+            "deleted under a running compaction"
+        );
+        assert!(storage.partition_dir("table", 0).exists());
+        drop(compacting);
+        deleting.await.unwrap().unwrap();
+        assert!(!storage.partition_dir("table", 0).exists());
+
+        // Made again under the same name, with the same file names for its segments.
+        storage
+            .create_topic("table", 1, configs, false)
+            .await
+            .unwrap();
+        // As many segments as the old partition had, and more.
+        for i in 0..6 {
+            append(&storage, "table", "k", &format!("new {i}")).await;
+        }
+        let before = files(&storage.partition_dir("table", 0));
+
+        // A compaction of the old partition, scheduled before the deletion, runs now.
+        storage
+            .compact_partition("table", 0, &old_partition, &settings)
+            .await;
+        assert_eq!(files(&storage.partition_dir("table", 0)), before);
+    }
 }

@@ -378,6 +378,9 @@ impl Storage {
         for partition in &partitions {
             partition.close().await;
         }
+        // A compaction under way writes into these directories: it finishes first, and none
+        // starts on a closed partition.
+        let _no_compaction = self.maintenance.lock().await;
         let count = topic.partition_count();
         for i in 0..count {
             let dir = self.partition_dir(name, i as u32);

@@ -224,7 +224,7 @@ impl Partition {
         records: &[u8],
     ) -> Result<(Appended, Arc<File>), AppendError> {
         let mut appender = self.append_lock.lock().await;
-        if self.closed.load(Ordering::Acquire) {
+        if self.is_closed() {
             return Err(AppendError::Closed);
         }
         if let Some(answer) = self.check_sequences(batches)? {
@@ -564,6 +564,11 @@ impl Partition {
     pub async fn close(&self) {
         let _no_append = self.append_lock.lock().await;
         self.closed.store(true, Ordering::Release);
+    }
+
+    /// Whether appends are refused: its topic was deleted or the broker is stopping.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Makes every segment durable for a clean stop, after which appends are refused (on a
