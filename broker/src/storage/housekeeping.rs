@@ -74,7 +74,15 @@ impl Storage {
                     } else {
                         (-1, -1)
                     };
-                    match partition.enforce_retention(retention_ms, retention_bytes) {
+                    // Retention deletes files by name: not those of a topic deleted since the
+                    // list was taken, whose names a topic made again may own.
+                    let maintenance = self.maintenance.lock().await;
+                    if partition.is_closed() {
+                        continue;
+                    }
+                    let retained = partition.enforce_retention(retention_ms, retention_bytes);
+                    drop(maintenance);
+                    match retained {
                         Ok(0) => {}
                         Ok(n) => {
                             tracing::info!(topic = %topic.name, partition = i, segments = n, "retention deleted segments");
@@ -133,10 +141,6 @@ impl Storage {
                 return;
             }
         }
-        self.compacted
-            .lock()
-            .expect("compacted lock")
-            .insert(key, (end, std::time::Instant::now()));
         // Held by the blocking work itself: it outlives this task if shutdown aborts it.
         let compacting = self.maintenance.clone().lock_owned().await;
         // Closed by its topic's deletion while this waited: its files' names may already be
@@ -144,6 +148,10 @@ impl Storage {
         if partition.is_closed() {
             return;
         }
+        self.compacted
+            .lock()
+            .expect("compacted lock")
+            .insert(key, (end, std::time::Instant::now()));
         let (closed, active) = partition.segment_files();
         if closed.is_empty() {
             return;
@@ -286,6 +294,14 @@ mod tests {
             "deleted under a running compaction"
         );
         assert!(storage.partition_dir("table", 0).exists());
+        // Meanwhile other topics can still be made.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            storage.create_topic("other", 1, BTreeMap::new(), false),
+        )
+        .await
+        .expect("creating a topic waits for nobody's compaction")
+        .unwrap();
         drop(compacting);
         deleting.await.unwrap().unwrap();
         assert!(!storage.partition_dir("table", 0).exists());

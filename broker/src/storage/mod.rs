@@ -5,13 +5,15 @@
 //! `flusher` makes acks=all writes durable by group commit; `compress` applies a topic's
 //! `compression.type`; `compaction` keeps the newest record per key of compacted topics;
 //! `producers` tracks idempotent producers' sequences; `housekeeping` runs retention, compaction,
-//! the free-disk guard and the periodic flush; `topics` holds topic configuration. This module owns the set of topics,
-//! the data-dir lock, clean-shutdown detection, retention and the free-disk guard.
+//! the free-disk guard and the periodic flush; `deletion` deletes topics, and at start removes
+//! what a deletion cut short left; `topics` holds topic configuration. This module owns the set
+//! of topics, the data-dir lock, clean-shutdown detection and appends.
 
 mod appender;
 pub mod batch;
 pub mod compaction;
 pub mod compress;
+mod deletion;
 pub mod flusher;
 mod housekeeping;
 pub mod io;
@@ -129,7 +131,9 @@ pub struct Storage {
     admin: tokio::sync::Mutex<()>,
     metrics: BrokerMetrics,
     disk_low: AtomicBool,
-    /// Held by a running compaction, and by `close` so none runs past it.
+    /// Held by whatever deletes or rewrites files of a partition by name (retention, a
+    /// compaction, a topic's deletion), and by `close` so none runs past it. Taken before
+    /// `admin` where both are.
     maintenance: Arc<tokio::sync::Mutex<()>>,
     /// Set for good when an fsync fails.
     failed: Arc<AtomicBool>,
@@ -194,6 +198,7 @@ impl Storage {
         if !clean && !records.is_empty() {
             tracing::warn!("the last stop was not clean: checking the tail of every partition");
         }
+        deletion::remove_orphans(dir, &records);
         let storage = Arc::new(Self {
             dir: dir.to_owned(),
             defaults,
@@ -360,45 +365,6 @@ impl Storage {
         self.save_topics()?;
         tracing::info!(topic = name, partitions, "topic created");
         Ok(topic)
-    }
-
-    pub async fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
-        if is_internal(name) {
-            return Err(TopicError::Internal(name.to_owned()));
-        }
-        let _admin = self.admin.lock().await;
-        let topic = self
-            .topics
-            .write()
-            .expect("topics lock")
-            .remove(name)
-            .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
-        self.save_topics()?;
-        let partitions = topic.partitions.read().expect("topic lock").clone();
-        for partition in &partitions {
-            partition.close().await;
-        }
-        // A compaction under way writes into these directories: it finishes first, and none
-        // starts on a closed partition.
-        let _no_compaction = self.maintenance.lock().await;
-        let count = topic.partition_count();
-        for i in 0..count {
-            let dir = self.partition_dir(name, i as u32);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "removing a deleted topic's data");
-            }
-            let partition = i.to_string();
-            let _ = self
-                .metrics
-                .log_end_offset
-                .remove_label_values(&[name, &partition]);
-            let _ = self
-                .metrics
-                .log_size_bytes
-                .remove_label_values(&[name, &partition]);
-        }
-        tracing::info!(topic = name, "topic deleted");
-        Ok(())
     }
 
     /// Grows a topic to `total` partitions (Kafka never shrinks one).
