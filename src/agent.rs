@@ -11,7 +11,7 @@ use sluice_agent::{Agent, AgentConfig, AgentMetrics};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cli::AgentArgs;
-use crate::config::SluiceConfig;
+use crate::config::{KafkaFiles, SluiceConfig};
 use crate::http;
 use crate::shutdown::Shutdown;
 
@@ -23,7 +23,7 @@ const SETTLE: Duration = Duration::from_millis(300);
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let path = args.common.config.clone();
     let load = || -> anyhow::Result<SluiceConfig> {
-        let mut config = SluiceConfig::load(path.as_deref())?;
+        let mut config = SluiceConfig::load(path.as_deref(), KafkaFiles::Agent)?;
         if let Some(addr) = &args.common.http {
             config.http.listen = addr.clone();
         }

@@ -51,14 +51,25 @@ impl Default for HttpConfig {
 }
 
 impl SluiceConfig {
-    /// Reads `path`, or returns the built-in defaults when there is no file to read.
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+    /// Reads `path`, or returns the built-in defaults when there is no file to read. The files
+    /// that `kafka_files` names (certificates, keys) must be readable: only the table of the
+    /// client this process runs, as an agent's CA file need not exist on the appliance's host.
+    pub fn load(path: Option<&Path>, kafka_files: KafkaFiles) -> anyhow::Result<Self> {
         let Some(path) = path else {
             return Ok(Self::default());
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("config file {}: cannot read: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| anyhow::anyhow!("config file {}{e}", path.display()))
+        let config =
+            Self::parse(&text).map_err(|e| anyhow::anyhow!("config file {}{e}", path.display()))?;
+        let (key, table) = match kafka_files {
+            KafkaFiles::Agent => ("agent.kafka", &config.agent.kafka),
+            KafkaFiles::Indexer => ("indexer.kafka", &config.indexer.kafka),
+            KafkaFiles::None => return Ok(config),
+        };
+        readable_kafka_files(table)
+            .map_err(|why| anyhow::anyhow!("config file {}, key `{key}`: {why}", path.display()))?;
+        Ok(config)
     }
 
     /// Parses TOML text; the error reads `:LINE: key KEY: what was expected`.
@@ -95,8 +106,15 @@ impl SluiceConfig {
     }
 }
 
+/// Whose `[*.kafka]` files a process reads (see `SluiceConfig::load`).
+pub enum KafkaFiles {
+    Agent,
+    Indexer,
+    None,
+}
+
 /// Properties whose value is a path librdkafka reads when the client starts. It reports a
-/// missing one only as OpenSSL's "system lib", without the path, so they are checked here.
+/// missing or unreadable one only as OpenSSL's "system lib", without the path.
 const KAFKA_FILES: [&str; 6] = [
     "ssl.ca.location",
     "ssl.certificate.location",
@@ -106,8 +124,8 @@ const KAFKA_FILES: [&str; 6] = [
     "sasl.kerberos.keytab",
 ];
 
-/// A `[*.kafka]` table names properties librdkafka knows, with values it takes, files that can
-/// be read, and none of `fixed`: the part's own settings and guarantees, each with why.
+/// A `[*.kafka]` table names properties librdkafka knows, with values it takes, and none of
+/// `fixed`: the part's own settings and guarantees, each with why.
 fn check_kafka(
     properties: &BTreeMap<String, String>,
     fixed: &[(&str, &str)],
@@ -117,17 +135,25 @@ fn check_kafka(
         if let Some((_, why)) = fixed.iter().find(|(name, _)| name == key) {
             return Err(format!("{key:?} cannot be set here: {why}"));
         }
-        // `ssl.ca.location = "probe"` asks librdkafka to look in the system's usual places.
-        let names_a_file = KAFKA_FILES.contains(&key.as_str()) && value != "probe";
-        if names_a_file {
-            std::fs::metadata(value).map_err(|e| format!("{key:?}: cannot read {value:?}: {e}"))?;
-        }
         config.set(key, value);
     }
     config
         .create_native_config()
         .map(drop)
         .map_err(|e| format!("librdkafka refused it: {e}"))
+}
+
+/// Every file a `[*.kafka]` table names can be opened for reading (a CA location may be a
+/// directory, which opens too).
+fn readable_kafka_files(properties: &BTreeMap<String, String>) -> Result<(), String> {
+    for (key, value) in properties {
+        // `ssl.ca.location = "probe"` asks librdkafka to look in the system's usual places.
+        if KAFKA_FILES.contains(&key.as_str()) && value != "probe" {
+            std::fs::File::open(value)
+                .map_err(|e| format!("{key:?}: cannot read {value:?}: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn line_of(text: &str, byte: usize) -> usize {
@@ -219,15 +245,6 @@ mod tests {
         assert!(err.contains("indexer.group_id"), "{err}");
 
         let err =
-            SluiceConfig::parse("[indexer.kafka]\n\"ssl.ca.location\" = \"/nonexistent/ca.pem\"\n")
-                .unwrap_err();
-        assert!(
-            err.contains("indexer.kafka") && err.contains("/nonexistent/ca.pem"),
-            "{err}"
-        );
-        assert!(err.contains("No such file"), "{err}");
-
-        let err =
             SluiceConfig::parse("[indexer.kafka]\n\"securty.protocol\" = \"ssl\"\n").unwrap_err();
         assert!(err.contains("securty.protocol"), "{err}");
 
@@ -237,6 +254,29 @@ mod tests {
             err.contains("agent.kafka") && err.contains("idempotence"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn kafka_files_must_be_readable_by_the_client_that_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "[agent.kafka]\n\"ssl.ca.location\" = \"/nonexistent/ca.pem\"\n",
+        )
+        .unwrap();
+        // The appliance does not read the agent's CA file.
+        SluiceConfig::load(Some(&path), KafkaFiles::Indexer).unwrap();
+        let err = SluiceConfig::load(Some(&path), KafkaFiles::Agent)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("agent.kafka"), "{err}");
+        assert!(
+            err.contains("ssl.ca.location") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert!(err.contains("No such file"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::cli::{CommonArgs, IndexerArgs, ServerArgs};
-use crate::config::SluiceConfig;
+use crate::config::{KafkaFiles, SluiceConfig};
 use crate::http;
 use crate::shutdown::Shutdown;
 
@@ -26,7 +26,7 @@ struct Parts {
 
 /// `sluice up`: the appliance in one process.
 pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
-    let config = server_config(args)?;
+    let config = server_config(args, KafkaFiles::Indexer)?;
     run(
         config,
         Parts {
@@ -39,7 +39,7 @@ pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
 
 /// `sluice broker`: the broker and its HTTP endpoint.
 pub async fn broker(args: ServerArgs) -> anyhow::Result<()> {
-    let config = server_config(args)?;
+    let config = server_config(args, KafkaFiles::None)?;
     run(
         config,
         Parts {
@@ -52,7 +52,7 @@ pub async fn broker(args: ServerArgs) -> anyhow::Result<()> {
 
 /// `sluice indexer`: one member of the indexer group, with the search API.
 pub async fn indexer(args: IndexerArgs) -> anyhow::Result<()> {
-    let mut config = load_config(args.common, args.data_dir)?;
+    let mut config = load_config(args.common, args.data_dir, KafkaFiles::Indexer)?;
     if let Some(brokers) = args.brokers {
         config.indexer.brokers = brokers;
     }
@@ -67,8 +67,12 @@ pub async fn indexer(args: IndexerArgs) -> anyhow::Result<()> {
 }
 
 /// The configuration file with the command line's overrides applied.
-fn load_config(common: CommonArgs, data_dir: Option<PathBuf>) -> anyhow::Result<SluiceConfig> {
-    let mut config = SluiceConfig::load(common.config.as_deref())?;
+fn load_config(
+    common: CommonArgs,
+    data_dir: Option<PathBuf>,
+    kafka_files: KafkaFiles,
+) -> anyhow::Result<SluiceConfig> {
+    let mut config = SluiceConfig::load(common.config.as_deref(), kafka_files)?;
     if let Some(dir) = data_dir {
         config.data_dir.path = dir;
     }
@@ -78,8 +82,8 @@ fn load_config(common: CommonArgs, data_dir: Option<PathBuf>) -> anyhow::Result<
     Ok(config)
 }
 
-fn server_config(args: ServerArgs) -> anyhow::Result<SluiceConfig> {
-    let mut config = load_config(args.common, args.data_dir)?;
+fn server_config(args: ServerArgs, kafka_files: KafkaFiles) -> anyhow::Result<SluiceConfig> {
+    let mut config = load_config(args.common, args.data_dir, kafka_files)?;
     if let Some(addr) = args.listen {
         config.broker.listen = addr;
     }
