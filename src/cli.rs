@@ -251,7 +251,7 @@ pub struct BenchAgentArgs {
     #[arg(long, default_value_t = 500)]
     pub megabytes: u64,
     /// Whether the broker the bench starts appends with O_DIRECT (its `direct_io`).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub direct_io: bool,
     /// A librdkafka property for the agent's producer (its `[agent.kafka]`), e.g.
     /// `batch.size=4000000`; the kcat baseline gets the same ones. Repeatable.
@@ -283,7 +283,7 @@ pub struct BenchIndexArgs {
     #[arg(long, default_value_t = 50)]
     pub queries: usize,
     /// Whether the broker the bench starts appends with O_DIRECT (its `direct_io`).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub direct_io: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
@@ -327,7 +327,7 @@ pub struct BenchProduceArgs {
     #[arg(long, value_parser = ["auto", "io_uring", "plain"], default_value = "auto")]
     pub io_backend: String,
     /// Whether the broker the bench starts appends with O_DIRECT (its `direct_io`).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub direct_io: bool,
     /// Print the result as one JSON object.
     #[arg(long)]

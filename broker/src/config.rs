@@ -61,7 +61,8 @@ pub struct BrokerConfig {
     pub node_id: i32,
     /// Storage I/O backend.
     pub io_backend: IoBackendKind,
-    /// Append segment logs with O_DIRECT where the file system allows it.
+    /// Append segment logs with O_DIRECT where the file system allows it (off by default: on the
+    /// disks measured last it lost both throughput and tail latency to the page cache).
     pub direct_io: bool,
     /// Create a topic when a client first produces to it or asks for its metadata.
     pub auto_create_topics: bool,
@@ -109,7 +110,7 @@ impl Default for BrokerConfig {
             advertised_listener: String::new(),
             node_id: 1,
             io_backend: IoBackendKind::Auto,
-            direct_io: true,
+            direct_io: false,
             auto_create_topics: true,
             default_partitions: 3,
             max_message_bytes: 1_048_588,
