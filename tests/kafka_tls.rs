@@ -127,16 +127,22 @@ fn messages_over_tls(listener: &TlsListener, ca: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn agent_and_indexer_work_through_a_tls_listener() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = certificates(tmp.path());
+/// A broker whose only advertised listener is a TLS one in front of it.
+fn broker_behind_tls(tmp: &Path) -> (Certificates, Sluice, TlsListener) {
+    let certs = certificates(tmp);
     let tls_port = free_port();
     let broker = Sluice::broker(
-        tmp.path(),
+        tmp,
         &format!("[broker]\nadvertised_listener = \"127.0.0.1:{tls_port}\"\n"),
     );
     let listener = TlsListener::start(tls_port, &broker.kafka, &certs);
+    (certs, broker, listener)
+}
+
+#[test]
+fn agent_and_indexer_work_through_a_tls_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (certs, broker, listener) = broker_behind_tls(tmp.path());
 
     let lines: Vec<String> = (0..500)
         .map(|i| format!("tlsmarker line {i} over an encrypted link"))
@@ -183,13 +189,7 @@ fn agent_and_indexer_work_through_a_tls_listener() {
 #[test]
 fn a_listener_certificate_the_ca_did_not_sign_is_refused_and_said() {
     let tmp = tempfile::tempdir().unwrap();
-    let certs = certificates(tmp.path());
-    let tls_port = free_port();
-    let broker = Sluice::broker(
-        tmp.path(),
-        &format!("[broker]\nadvertised_listener = \"127.0.0.1:{tls_port}\"\n"),
-    );
-    let listener = TlsListener::start(tls_port, &broker.kafka, &certs);
+    let (certs, broker, listener) = broker_behind_tls(tmp.path());
 
     let file = tmp.path().join("app.log");
     std::fs::write(&file, "must not leave unverified\n").unwrap();
