@@ -14,9 +14,7 @@ use kafka_protocol::messages::{
     ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use sluice_broker::storage::batch::testing::one_record;
 
 /// Sends raw bytes; returns what came back before the broker closed the connection (or 2 s).
 fn exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
@@ -72,31 +70,6 @@ fn produce_request(records: Bytes) -> Vec<u8> {
     buf.to_vec()
 }
 
-fn one_record_batch() -> BytesMut {
-    let record = Record {
-        transactional: false,
-        control: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: 1_700_000_000_000,
-        key: None,
-        value: Some(Bytes::from_static(b"tampered")),
-        headers: Default::default(),
-        delete_horizon: false,
-    };
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, [&record], &options).unwrap();
-    buf
-}
-
 #[test]
 fn bad_frames_close_only_their_connection_and_are_counted() {
     let tmp = tempfile::tempdir().unwrap();
@@ -133,10 +106,10 @@ fn bad_frames_close_only_their_connection_and_are_counted() {
     assert_eq!(i16::from_be_bytes(reply[8..10].try_into().unwrap()), 35);
 
     // A batch whose CRC does not match gets CORRUPT_MESSAGE and is not stored.
-    let mut batch = one_record_batch();
+    let mut batch = one_record(None, b"tampered");
     let last = batch.len() - 1;
     batch[last] ^= 0x55;
-    let reply = exchange(&sluice.kafka, &produce_request(batch.freeze()));
+    let reply = exchange(&sluice.kafka, &produce_request(Bytes::from(batch)));
     let mut body = Bytes::from(reply[4..].to_vec());
     let header = ResponseHeader::decode(&mut body, 0).unwrap();
     assert_eq!(header.correlation_id, 9);

@@ -202,6 +202,36 @@ pub mod testing {
         buf
     }
 
+    /// A batch of one record with `key` and `value`, encoded by kafka-protocol as a client
+    /// would (decodable, unlike `batch`'s filler).
+    pub fn one_record(key: Option<&[u8]>, value: &[u8]) -> Vec<u8> {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let record = Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            key: key.map(bytes::Bytes::copy_from_slice),
+            value: Some(bytes::Bytes::copy_from_slice(value)),
+            headers: Default::default(),
+            delete_horizon: false,
+        };
+        let mut buf = bytes::BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, [&record], &options).expect("one record encodes");
+        buf.to_vec()
+    }
+
     /// Fixes the length and CRC after a test changed the batch.
     pub fn seal(buf: &mut [u8]) {
         let length = (buf.len() - LOG_OVERHEAD) as i32;

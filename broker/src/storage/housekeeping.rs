@@ -201,41 +201,17 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use bytes::Bytes;
 
+    use super::super::batch::testing::one_record;
     use super::*;
     use crate::config::BrokerConfig;
     use crate::metrics::BrokerMetrics;
 
-    /// One batch of one record of `key` (the value padded past half a smallest segment),
-    /// decodable as compaction needs.
+    /// One batch of one record of `key`, its value padded past half a smallest segment.
     fn keyed(key: &str, value: &str) -> Bytes {
         let value = format!("{value} {}", "x".repeat(600));
-        let record = Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: 1,
-            key: Some(Bytes::copy_from_slice(key.as_bytes())),
-            value: Some(Bytes::copy_from_slice(value.as_bytes())),
-            headers: Default::default(),
-            delete_horizon: false,
-        };
-        let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        };
-        RecordBatchEncoder::encode(&mut buf, [&record], &options).unwrap();
-        buf.freeze()
+        Bytes::from(one_record(Some(key.as_bytes()), value.as_bytes()))
     }
 
     async fn append(storage: &Arc<Storage>, topic: &str, key: &str, value: &str) {
