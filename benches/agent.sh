@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end agent benchmark (`sluice bench agent`): a 500 MiB file of the Loghub samples' lines
-# (cycled) through `sluice agent`'s file input into a `sluice broker`, three runs. Same-run
+# (cycled) through `sluice-agent`'s file input into a `sluice broker`, three runs. Same-run
 # baselines: kcat -P producing the same file, one message a line, lz4, acks=all, idempotent; and
 # kcat -P producing the agent's own records (keys and JSON events, read back from the topic) with
 # the agent's batching, which is what librdkafka alone costs for the bytes the agent sends.

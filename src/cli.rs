@@ -1,4 +1,5 @@
-//! The command line: one `sluice` binary, a subcommand per job.
+//! The command line: one `sluice` binary, a subcommand per job; `sluice-agent` takes the flags
+//! of `sluice agent`.
 
 use std::path::PathBuf;
 
@@ -41,6 +42,18 @@ pub enum Command {
         #[command(subcommand)]
         target: BenchTarget,
     },
+}
+
+/// `sluice-agent`: the agent alone, with the flags of `sluice agent`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice-agent",
+    version,
+    about = "Ships logs and metrics from this host into a Kafka broker (the Sluice agent alone)"
+)]
+pub struct AgentCli {
+    #[command(flatten)]
+    pub args: AgentArgs,
 }
 
 /// Flags shared by every long-running process.

@@ -208,39 +208,43 @@ fn malformed_syslog_is_counted_and_shipped() {
     assert_eq!(counted("truncated", "syslog_tcp"), 1.0);
 }
 
+/// Both ways to run the agent, `sluice-agent` and `sluice agent`, ship what they read.
 #[test]
 fn stdin_lines_are_shipped_and_the_agent_ends_with_its_input() {
-    let tmp = tempfile::tempdir().unwrap();
-    let sluice = Sluice::broker(tmp.path(), "");
-    let mut agent = AgentProcess::start(
-        tmp.path(),
-        &format!("[agent]\nbrokers = \"{}\"\nstdin = true\n", sluice.kafka),
-        Stdio::piped(),
-    );
-    let mut input = agent.child.stdin.take().unwrap();
-    for i in 0..1000 {
-        writeln!(input, "stdin line {i}").unwrap();
-    }
-    drop(input);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = agent.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not stop after its input ended"
+    for command in [AgentCommand::Standalone, AgentCommand::Subcommand] {
+        let tmp = tempfile::tempdir().unwrap();
+        let sluice = Sluice::broker(tmp.path(), "");
+        let mut agent = AgentProcess::start_as(
+            command,
+            tmp.path(),
+            &format!("[agent]\nbrokers = \"{}\"\nstdin = true\n", sluice.kafka),
+            Stdio::piped(),
         );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success());
-    let events = logs_events(&sluice, 1000);
-    assert_eq!(events.len(), 1000);
-    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 1000, "every line has its own id");
-    assert!(events.iter().all(|e| e["source"] == "stdin"));
+        let mut input = agent.child.stdin.take().unwrap();
+        for i in 0..1000 {
+            writeln!(input, "stdin line {i}").unwrap();
+        }
+        drop(input);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{command:?}: the agent did not stop after its input ended"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "{command:?}: {status}");
+        let events = logs_events(&sluice, 1000);
+        assert_eq!(events.len(), 1000, "{command:?}");
+        let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 1000, "{command:?}: every line has its own id");
+        assert!(events.iter().all(|e| e["source"] == "stdin"));
+    }
 }
 
 /// A syslog flood over TCP from util-linux `logger` (5000 messages a second for 40 s) while the

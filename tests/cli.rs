@@ -204,9 +204,42 @@ fn port_in_use_names_the_port() {
 
 #[test]
 fn agent_without_inputs_says_which_to_turn_on() {
-    let http = format!("127.0.0.1:{}", free_port());
-    let line = one_line_error(&sluice(&["agent", "--http", &http]));
-    assert!(line.contains("no input is on"), "{line}");
+    for command in [AgentCommand::Standalone, AgentCommand::Subcommand] {
+        let http = format!("127.0.0.1:{}", free_port());
+        let out = run(
+            command.command().args(["--http", &http]),
+            Duration::from_secs(30),
+        );
+        let line = one_line_error(&out);
+        assert!(line.contains("no input is on"), "{command:?}: {line}");
+    }
+}
+
+/// `sluice-agent` takes the flags of `sluice agent`, and refuses others in one line.
+#[test]
+fn the_agent_binary_has_the_agent_commands_flags() {
+    let help = |command: AgentCommand| {
+        let out = run(command.command().arg("--help"), Duration::from_secs(30));
+        assert!(out.status.success(), "{command:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter(|l| l.trim_start().starts_with('-'))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("--")))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let flags = help(AgentCommand::Standalone);
+    assert_eq!(flags, help(AgentCommand::Subcommand));
+    for flag in ["config", "http", "brokers", "state-dir", "version"] {
+        assert!(flags.iter().any(|f| f == flag), "--{flag} in {flags:?}");
+    }
+    let out = run(
+        AgentCommand::Standalone.command().arg("--listen"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_line_error(&out);
+    assert!(line.contains("--listen"), "{line}");
 }
 
 #[test]

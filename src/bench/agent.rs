@@ -1,4 +1,4 @@
-//! `sluice bench agent`: a log file through `sluice agent` into a broker the bench starts; MB/s of
+//! `sluice bench agent`: a log file through `sluice-agent` into a broker the bench starts; MB/s of
 //! file per core of agent CPU, and the agent's peak RSS. Same-run baselines: `kcat -P` (librdkafka
 //! from C, no event encoding) producing the same lines with the same compression, and producing
 //! the agent's own records read back from the topic with the agent's batching, which is what
@@ -193,6 +193,19 @@ fn dump_events(kafka: &str, out: &Path, lines: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `sluice-agent`, the binary agents are deployed as, from beside this one.
+fn agent_binary() -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("sluice-agent");
+    if !path.is_file() {
+        bail!(
+            "the agent benchmark runs sluice-agent, which is not beside this binary at {} \
+             (cargo build --release builds both)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 async fn run_agent(
     kafka: &str,
     dir: &Path,
@@ -210,8 +223,7 @@ async fn run_agent(
         text.push_str(&format!("{key:?} = {value:?}\n"));
     }
     std::fs::write(&config, text)?;
-    let child = Command::new(std::env::current_exe()?)
-        .arg("agent")
+    let child = Command::new(agent_binary()?)
         .arg("--config")
         .arg(&config)
         .arg("--state-dir")

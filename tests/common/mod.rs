@@ -10,6 +10,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+/// The agent alone, as deployments install it.
+pub const SLUICE_AGENT: &str = env!("CARGO_BIN_EXE_sluice-agent");
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -576,7 +578,27 @@ pub fn promtool_passes(text: &str) {
     );
 }
 
-/// A `sluice agent` the test owns; killed on drop.
+/// The two ways to run the agent: `sluice-agent`, or `sluice agent`.
+#[derive(Clone, Copy, Debug)]
+pub enum AgentCommand {
+    Standalone,
+    Subcommand,
+}
+
+impl AgentCommand {
+    pub fn command(self) -> Command {
+        match self {
+            Self::Standalone => Command::new(SLUICE_AGENT),
+            Self::Subcommand => {
+                let mut command = Command::new(SLUICE);
+                command.arg("agent");
+                command
+            }
+        }
+    }
+}
+
+/// An agent the test owns; killed on drop.
 pub struct AgentProcess {
     pub child: Child,
     pub http: String,
@@ -584,13 +606,24 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// `sluice-agent` with `config`, its state in `dir`.
     pub fn start(dir: &std::path::Path, config: &str, stdin: Stdio) -> Self {
+        Self::start_as(AgentCommand::Standalone, dir, config, stdin)
+    }
+
+    pub fn start_as(
+        command: AgentCommand,
+        dir: &std::path::Path,
+        config: &str,
+        stdin: Stdio,
+    ) -> Self {
         let path = dir.join("agent.toml");
         std::fs::write(&path, config).unwrap();
         let log = dir.join("agent.log");
         let http = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(SLUICE)
-            .args(["agent", "--config"])
+        let child = command
+            .command()
+            .arg("--config")
             .arg(&path)
             .arg("--state-dir")
             .arg(dir.join("agent-state"))
