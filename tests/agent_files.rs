@@ -390,4 +390,59 @@ fn read_from_end_skips_what_was_there_at_the_first_start() {
     let mut seen: Vec<u64> = numbered(&logs_events(&sluice, 2)).into_keys().collect();
     seen.sort();
     assert_eq!(seen, [2, 3]);
+    // A restart is not a first start: what was written while the agent was down, in a known
+    // file and in a file that appeared meanwhile, is read.
+    drop(agent);
+    file.write_all(
+        b"line 4 while the agent was down
+",
+    )
+    .unwrap();
+    std::fs::write(
+        logs.join("later.log"),
+        "line 5 in a file made while it was down
+",
+    )
+    .unwrap();
+    let _agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let mut seen = Vec::new();
+    wait_until("lines 4 and 5", Duration::from_secs(30), || {
+        seen = numbered(&logs_events(&sluice, 0)).into_keys().collect();
+        seen.sort();
+        seen.ends_with(&[4, 5])
+    });
+    assert_eq!(seen, [2, 3, 4, 5]);
+}
+
+/// A topic that does not exist (auto-creation off) refuses records: the lines wait in the file,
+/// its checkpoint stays, and once the topic is made every line arrives. Nothing is let go.
+#[test]
+fn lines_wait_for_a_topic_that_is_not_there_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "[broker]\nauto_create_topics = false\n");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let text: String = (0..100).map(|n| format!("line {n} of 100\n")).collect();
+    std::fs::write(logs.join("app.log"), text).unwrap();
+    // librdkafka gives up on records of a missing topic after 100 ms rather than 30 s, and
+    // looks for the topic again every second rather than every 5 minutes.
+    let extra = "[agent.kafka]\n\"topic.metadata.propagation.max.ms\" = \"100\"\n\
+                 \"topic.metadata.refresh.interval.ms\" = \"1000\"\n";
+    let config = agent_config(&sluice, &logs.join("*.log"), extra);
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until(
+        "the agent says the topic refuses",
+        Duration::from_secs(30),
+        || agent.log_text().contains("refuses records"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(agent.metric("sluice_agent_events_sent_total"), 0.0);
+    let made = sluice.client(&["topics", "create", "logs", "--partitions", "3"]);
+    assert!(made.status.success(), "{made:?}");
+    wait_until(
+        "all 100 lines acknowledged",
+        Duration::from_secs(60),
+        || agent.metric("sluice_agent_events_sent_total") >= 100.0,
+    );
+    assert_all_lines(&numbered(&logs_events(&sluice, 100)), 100);
 }

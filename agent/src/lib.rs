@@ -41,6 +41,8 @@ pub struct Agent {
     files: Option<inputs::files::FilesInput>,
     /// Sends the spool's segments; stopped last.
     drain: Option<JoinHandle<()>>,
+    /// Offers again the records the cluster refused (`KafkaOutput::resend_refused`).
+    resend: JoinHandle<()>,
 }
 
 impl Agent {
@@ -70,6 +72,7 @@ impl Agent {
             config.hostname.clone()
         };
         let output = Arc::new(KafkaOutput::new(&config, metrics.clone())?);
+        let resend = spawn_input("resend", output.clone().resend_refused());
         let cannot_replay = config.stdin
             || !(config.syslog.udp.is_empty()
                 && config.syslog.tcp.is_empty()
@@ -98,6 +101,7 @@ impl Agent {
             topic: config.topic.clone(),
             host,
             run: event::now_ms(),
+            connections: Default::default(),
         });
         let mut tasks = Vec::new();
         let (syslog, gelf) = (&config.syslog, &config.gelf);
@@ -137,6 +141,7 @@ impl Agent {
             tasks,
             files,
             drain,
+            resend,
         })
     }
 
@@ -175,6 +180,7 @@ impl Agent {
         }
         let shipper = self.shipper;
         let flushed = tokio::task::spawn_blocking(move || shipper.output.flush(timeout)).await?;
+        self.resend.abort();
         if let Some(checkpoints) = checkpoints {
             checkpoints
                 .save()

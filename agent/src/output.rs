@@ -3,10 +3,17 @@
 //!
 //! Events wait in librdkafka's queue (bounded by `queue.buffering.max.kbytes`) while the broker
 //! is slow or away, and are retried without a deadline; a full queue makes the inputs wait.
+//! librdkafka does give up on a record whose topic the cluster says is unknown (auto-creation
+//! off, not made yet) or not ours to write: such records are offered again (`resend_refused`)
+//! until the cluster takes them. Only a record that can never be sent (too large, malformed) is
+//! let go, and counted.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use rdkafka::message::Message;
+use tokio::sync::mpsc;
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{
@@ -31,18 +38,41 @@ use crate::metrics::AgentMetrics;
 pub const BATCHING: [(&str, &str); 2] =
     [("queue.buffering.max.kbytes", "4096"), ("linger.ms", "20")];
 
+/// How long records the cluster refused wait before they are offered again.
+const RESEND_PAUSE: Duration = Duration::from_secs(1);
+
 pub struct KafkaOutput {
     producer: ThreadedProducer<Deliveries, KeyHash>,
+    /// Records the cluster refused, until `resend_refused` takes them.
+    refused: Mutex<Option<mpsc::UnboundedReceiver<Refused>>>,
     metrics: AgentMetrics,
     /// Settles records nothing waits for.
     untracked: Arc<Settle>,
-    /// The last record offered found the queue full.
-    full: AtomicBool,
+    /// The last record offered was not taken: the queue was full, or the topic refused.
+    stalled: AtomicBool,
 }
 
 type Record<'a> = BaseRecord<'a, [u8], [u8], Arc<Settle>>;
 
-struct Deliveries(AgentMetrics, KeyHash);
+struct Deliveries {
+    metrics: AgentMetrics,
+    partitioner: KeyHash,
+    /// Where refused records go to be sent again. Unbounded, but it only ever holds records
+    /// that were in librdkafka's bounded queue: while a topic is refused, new records wait at
+    /// the door (`KafkaOutput::queue`).
+    refused: mpsc::UnboundedSender<Refused>,
+    /// Records are being refused: said once, until one is delivered.
+    refusing: AtomicBool,
+}
+
+/// A record librdkafka gave up on that may yet be taken.
+struct Refused {
+    topic: String,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    timestamp: i64,
+    settle: Arc<Settle>,
+}
 
 /// A record's partition is a hash of its key: one source stays on one partition. CRC-32C (one
 /// instruction per 8 bytes) rather than librdkafka's default CRC-32 of zlib, which took 6% of
@@ -84,19 +114,42 @@ impl ProducerContext<KeyHash> for Deliveries {
     type DeliveryOpaque = Arc<Settle>;
 
     fn get_custom_partitioner(&self) -> Option<&KeyHash> {
-        Some(&self.1)
+        Some(&self.partitioner)
     }
 
     fn delivery(&self, result: &DeliveryResult<'_>, settle: Arc<Settle>) {
         match result {
             Ok(_) => {
-                self.0.events_sent.inc();
+                self.metrics.events_sent.inc();
                 settle.one_done();
+                if self.refusing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("agent: records are delivered again");
+                }
             }
-            Err((e, _)) => {
-                tracing::warn!(error = %e, "agent: an event was not delivered");
-                self.0.send_errors.inc();
-                settle.one_failed();
+            Err((e, message)) => {
+                self.metrics.send_errors.inc();
+                if e.rdkafka_error_code().is_some_and(never_sendable) {
+                    tracing::warn!(error = %e, "agent: an event was refused for good");
+                    settle.one_failed();
+                    return;
+                }
+                if !self.refusing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(topic = message.topic(), error = %e, "agent: the cluster refuses records for the topic; they are sent again until it takes them");
+                }
+                let again = Refused {
+                    topic: message.topic().to_owned(),
+                    key: message.key().unwrap_or_default().to_vec(),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    timestamp: message
+                        .timestamp()
+                        .to_millis()
+                        .unwrap_or_else(crate::event::now_ms),
+                    settle,
+                };
+                if let Err(mpsc::error::SendError(lost)) = self.refused.send(again) {
+                    // The agent is stopping: a file's lines are read again at the next start.
+                    lost.settle.one_failed();
+                }
             }
         }
     }
@@ -123,22 +176,37 @@ fn settings(config: &AgentConfig) -> ClientConfig {
     settings
 }
 
+/// Refusals that no wait can cure: the record itself is wrong.
+fn never_sendable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidArgument
+            | RDKafkaErrorCode::BadMessage
+            | RDKafkaErrorCode::InvalidMessageSize
+    )
+}
+
 impl KafkaOutput {
     pub fn new(config: &AgentConfig, metrics: AgentMetrics) -> anyhow::Result<Self> {
+        let (refused, refused_rx) = mpsc::unbounded_channel();
         let producer = settings(config)
-            .create_with_context(Deliveries(
-                metrics.clone(),
-                KeyHash {
+            .create_with_context(Deliveries {
+                metrics: metrics.clone(),
+                partitioner: KeyHash {
                     logs_topic: config.topic.clone(),
                     logs_partitions: AtomicI32::new(0),
                 },
-            ))
+                refused,
+                refusing: AtomicBool::new(false),
+            })
             .map_err(|e| anyhow::anyhow!("agent: Kafka producer for {}: {e}", config.brokers))?;
         Ok(Self {
             producer,
+            refused: Mutex::new(Some(refused_rx)),
             metrics,
             untracked: Settle::untracked(),
-            full: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
         })
     }
 
@@ -154,6 +222,28 @@ impl KafkaOutput {
     ) -> anyhow::Result<()> {
         self.send_record(self.record(topic, key, payload, timestamp, settle))
             .await
+    }
+
+    /// Offers the records the cluster refused again, a pause after each refusal, until the
+    /// producer is dropped. Runs once, as a task of the agent.
+    pub async fn resend_refused(self: Arc<Self>) -> anyhow::Result<()> {
+        let taken = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(mut refused) = taken else {
+            return Ok(());
+        };
+        let mut batch = Vec::new();
+        while refused.recv_many(&mut batch, 1024).await > 0 {
+            tokio::time::sleep(RESEND_PAUSE).await;
+            for r in batch.drain(..) {
+                self.send(&r.topic, &r.key, &r.payload, r.timestamp, Some(&r.settle))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// As `send`, to `partition` (what `logs_partition` gave for `key`).
@@ -185,7 +275,7 @@ impl KafkaOutput {
         let partitions = self
             .producer
             .context()
-            .1
+            .partitioner
             .logs_partitions
             .load(Ordering::Relaxed);
         (partitions > 0).then(|| KeyHash::of(key, partitions))
@@ -203,9 +293,10 @@ impl KafkaOutput {
         Ok(self.queue(record)?.is_none())
     }
 
-    /// Whether the last record offered found librdkafka's queue full.
-    pub fn queue_full(&self) -> bool {
-        self.full.load(Ordering::Relaxed)
+    /// Whether the last record offered was not taken (librdkafka's queue full, or the topic
+    /// refused): the broker is slow or away, or the topic is not there yet.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     fn record<'a>(
@@ -223,18 +314,18 @@ impl KafkaOutput {
             .timestamp(timestamp)
     }
 
-    /// Queues the record; gives it back when the queue is full.
+    /// Queues the record; gives it back when it must wait (the queue full, the topic refused).
     fn queue<'a>(&self, record: Record<'a>) -> anyhow::Result<Option<Record<'a>>> {
         let (topic, bytes) = (record.topic, record.payload.map_or(0, <[u8]>::len));
         match self.producer.send(record) {
             Ok(()) => {
-                if self.queue_full() {
-                    self.full.store(false, Ordering::Relaxed);
+                if self.stalled.swap(false, Ordering::Relaxed) {
+                    tracing::info!(%topic, "agent: records are taken again");
                 }
                 Ok(None)
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                self.full.store(true, Ordering::Relaxed);
+                self.stalled.store(true, Ordering::Relaxed);
                 Ok(Some(back))
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), mut back))
@@ -245,15 +336,23 @@ impl KafkaOutput {
                 back.partition = None;
                 self.queue(back)
             }
-            Err((KafkaError::MessageProduction(code), refused))
-                if code != RDKafkaErrorCode::Fatal =>
-            {
-                // This record can never be sent (too large, say): counted and let go, so it
-                // cannot hold up its input, nor a file's checkpoint, for ever.
+            Err((KafkaError::MessageProduction(code), refused)) if never_sendable(code) => {
+                // This record can never be sent: counted and let go, so it cannot hold up its
+                // input, nor a file's checkpoint, for ever.
                 tracing::warn!(%topic, error = %code, bytes, "agent: a record was refused");
                 self.metrics.send_errors.inc();
                 refused.delivery_opaque.one_done();
                 Ok(None)
+            }
+            Err((KafkaError::MessageProduction(code), back)) if code != RDKafkaErrorCode::Fatal => {
+                // The topic is unknown (not made yet, auto-creation off) or not ours to write:
+                // librdkafka remembers the topic's error and refuses at once. The record waits,
+                // and its input with it, until the cluster takes it; nothing is let go.
+                if !self.stalled.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%topic, error = %code, "agent: the cluster refuses records for the topic; inputs wait until it takes them");
+                    self.metrics.send_errors.inc();
+                }
+                Ok(Some(back))
             }
             Err((e, _)) => anyhow::bail!("agent: queueing a record for {topic}: {e}"),
         }

@@ -1,6 +1,7 @@
 //! What every input hands its events to: counting (lines, bytes, defects), the spool for inputs
 //! that cannot replay, and the Kafka output.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::acks::Settle;
@@ -21,13 +22,26 @@ pub struct Shipper {
     pub host: String,
     /// The agent's start time in ms: ids of inputs that cannot replay are unique per run.
     pub run: i64,
+    /// TCP connections accepted this run, by every input: each has its own ids.
+    pub connections: AtomicU64,
 }
 
 impl Shipper {
     /// The id of the `seq`th event of an input that cannot replay: unique per host, input and
-    /// run (a TCP input mixes the peer's port into `seq`, see `connection_seq`).
+    /// run.
     pub fn event_id(&self, input: &str, seq: u64) -> String {
         format!("{}/{input}/{}/{seq}", self.host, self.run)
+    }
+
+    /// A number for a TCP connection just accepted, unique this run.
+    pub fn next_connection(&self) -> u64 {
+        self.connections.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The id of the `seq`th message of TCP connection `connection` (see `next_connection`):
+    /// connections never share an id, whatever their peers' addresses and ports.
+    pub fn connection_event_id(&self, input: &str, connection: u64, seq: u64) -> String {
+        format!("{}/{input}/{}/{connection}.{seq}", self.host, self.run)
     }
 
     pub fn read(&self, input: &str, bytes: usize) {
@@ -129,8 +143,31 @@ impl Shipper {
     }
 }
 
-/// The `seq`th message of a TCP connection from `peer` as a sequence number of its input:
-/// connections from different ports never share one.
-pub fn connection_seq(peer: std::net::SocketAddr, seq: u64) -> u64 {
-    (u64::from(peer.port()) << 40) | seq
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AgentConfig;
+
+    /// A peer that reconnects from the same port (or another host from the same port) starts
+    /// its messages at 1 again: their ids must still differ, or the indexer drops them as repeats.
+    #[test]
+    fn tcp_connections_never_share_an_id() {
+        let metrics = AgentMetrics::register(&prometheus::Registry::new()).unwrap();
+        let output = KafkaOutput::new(&AgentConfig::default(), metrics.clone()).unwrap();
+        let shipper = Shipper {
+            output: Arc::new(output),
+            spool: None,
+            metrics,
+            topic: "logs".into(),
+            host: "h".into(),
+            run: 1,
+            connections: Default::default(),
+        };
+        let ids: std::collections::HashSet<String> = (0..3)
+            .map(|_| shipper.next_connection())
+            .flat_map(|c| [1, 2].map(|seq| shipper.connection_event_id("syslog_tcp", c, seq)))
+            .chain([1, 2].map(|seq| shipper.event_id("syslog_tcp", seq)))
+            .collect();
+        assert_eq!(ids.len(), 8);
+    }
 }

@@ -27,7 +27,7 @@ const DIVERT_AT: u64 = 20_000;
 
 /// Whether the broker is slow or away: new events go to disk.
 pub fn pressed(output: &KafkaOutput) -> bool {
-    output.queue_full() || output.backlog() >= DIVERT_AT
+    output.stalled() || output.backlog() >= DIVERT_AT
 }
 /// A segment is sealed (and can be drained) at this size.
 const SEGMENT_BYTES: u64 = 4 << 20;

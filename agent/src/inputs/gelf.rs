@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::read_until;
 use crate::event::{now_rfc3339, rfc3339_ms, Event};
-use crate::shipper::{connection_seq, Shipper};
+use crate::shipper::Shipper;
 
 const CHUNK_MAGIC: [u8; 2] = [0x1e, 0x0f];
 const CHUNK_HEADER: usize = 12;
@@ -53,7 +53,8 @@ pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> an
             datagram.to_vec()
         };
         seq += 1;
-        ship(&shipper, "gelf_udp", &whole, peer.ip(), seq, max).await?;
+        let id = shipper.event_id("gelf_udp", seq);
+        ship(&shipper, "gelf_udp", &whole, peer.ip(), id, max).await?;
     }
 }
 
@@ -76,6 +77,7 @@ async fn connection(
     max: usize,
 ) -> anyhow::Result<()> {
     let mut reader = BufReader::new(stream);
+    let connection = shipper.next_connection();
     let mut seq = 0u64;
     // Bounded: a frame longer than `max` is cut there and the rest skipped.
     while let Some((frame, cut)) = read_until(&mut reader, 0, max).await? {
@@ -93,7 +95,7 @@ async fn connection(
             "gelf_tcp",
             text,
             peer.ip(),
-            connection_seq(peer, seq),
+            shipper.connection_event_id("gelf_tcp", connection, seq),
             max,
         )
         .await?;
@@ -194,7 +196,7 @@ async fn ship(
     input: &str,
     raw: &[u8],
     peer: IpAddr,
-    seq: u64,
+    id: String,
     max: usize,
 ) -> anyhow::Result<()> {
     shipper.read(input, raw.len());
@@ -209,7 +211,7 @@ async fn ship(
         shipper.malformed(input, "invalid_json");
         return Ok(());
     };
-    let Some(event) = event(message, peer, shipper.event_id(input, seq)) else {
+    let Some(event) = event(message, peer, id) else {
         shipper.malformed(input, "missing_short_message");
         return Ok(());
     };

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use syslog_loose::{Message, Protocol, Variant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::read_line;
 use crate::event::{now_rfc3339, rfc3339_ms, Event};
-use crate::shipper::{connection_seq, Shipper};
+use crate::shipper::Shipper;
 
 pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 65_536];
@@ -24,7 +24,8 @@ pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> an
             shipper.malformed("syslog_udp", "truncated");
             datagram = &datagram[..max];
         }
-        ship(&shipper, "syslog_udp", datagram, peer.ip(), seq).await?;
+        let id = shipper.event_id("syslog_udp", seq);
+        ship(&shipper, "syslog_udp", datagram, peer.ip(), id).await?;
     }
 }
 
@@ -47,6 +48,7 @@ async fn connection(
     max: usize,
 ) -> anyhow::Result<()> {
     let mut reader = BufReader::new(stream);
+    let connection = shipper.next_connection();
     let mut seq = 0u64;
     loop {
         let first = match reader.fill_buf().await?.first() {
@@ -75,19 +77,26 @@ async fn connection(
             continue;
         }
         seq += 1;
-        let id_seq = connection_seq(peer, seq);
-        ship(shipper, "syslog_tcp", &message, peer.ip(), id_seq).await?;
+        let id = shipper.connection_event_id("syslog_tcp", connection, seq);
+        ship(shipper, "syslog_tcp", &message, peer.ip(), id).await?;
     }
 }
 
+/// The most digits an octet count may have (a terabyte; `max` cuts the message long before).
+const LENGTH_DIGITS: u64 = 12;
+
 /// `LEN SP MSG` (RFC 6587 octet counting); `None` when the length is not a number.
 async fn octet_counted(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut (impl AsyncBufRead + Unpin),
     max: usize,
 ) -> anyhow::Result<Option<(Vec<u8>, bool)>> {
     let mut digits = Vec::new();
-    reader.read_until(b' ', &mut digits).await?;
-    if digits.len() > 12 {
+    // At most a 12-digit length and its space: a peer that never sends the space is not buffered.
+    (&mut *reader)
+        .take(LENGTH_DIGITS + 1)
+        .read_until(b' ', &mut digits)
+        .await?;
+    if digits.last() != Some(&b' ') {
         return Ok(None);
     }
     let Some(len) = std::str::from_utf8(digits.trim_ascii())
@@ -112,7 +121,7 @@ async fn ship(
     input: &'static str,
     raw: &[u8],
     peer: IpAddr,
-    seq: u64,
+    id: String,
 ) -> anyhow::Result<()> {
     shipper.read(input, raw.len());
     let text = shipper.text(input, raw);
@@ -120,17 +129,11 @@ async fn ship(
     if parsed.facility.is_none() {
         shipper.malformed(input, "no_header");
     }
-    let event = to_event(&parsed, shipper, input, peer, seq);
+    let event = to_event(&parsed, peer, id);
     shipper.ship(input, &event).await
 }
 
-fn to_event(
-    message: &Message<&str>,
-    shipper: &Shipper,
-    input: &str,
-    peer: IpAddr,
-    seq: u64,
-) -> Event {
+fn to_event(message: &Message<&str>, peer: IpAddr, id: String) -> Event {
     let host = message
         .hostname
         .map(str::to_owned)
@@ -168,7 +171,7 @@ fn to_event(
         fields.insert("structured_data".into(), Value::Object(data));
     }
     Event {
-        id: shipper.event_id(input, seq),
+        id,
         timestamp: message
             .timestamp
             .map(|t| rfc3339_ms(t.timestamp_millis()))
@@ -180,5 +183,29 @@ fn to_event(
         level: message.severity.map(|s| s.as_str().to_owned()),
         message: message.msg.to_owned(),
         fields,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_octet_count_without_its_space_is_refused_without_reading_on() {
+        let stream = [b"1".repeat(64 << 10), b" x".to_vec()].concat();
+        let mut reader = BufReader::new(&stream[..]);
+        assert_eq!(octet_counted(&mut reader, 1024).await.unwrap(), None);
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest.len(), stream.len() - 13, "reads no more than 13 bytes");
+    }
+
+    #[tokio::test]
+    async fn octet_counted_frames_are_read_and_cut_at_max() {
+        let mut reader = BufReader::new(&b"5 hello11 hello world"[..]);
+        let first = octet_counted(&mut reader, 1024).await.unwrap();
+        assert_eq!(first, Some((b"hello".to_vec(), false)));
+        let second = octet_counted(&mut reader, 5).await.unwrap();
+        assert_eq!(second, Some((b"hello".to_vec(), true)));
     }
 }

@@ -70,6 +70,7 @@ impl FilesInput {
     /// Loads the checkpoints (failing fast on an unusable state dir) and starts following.
     pub fn start(config: &AgentConfig, shipper: Arc<Shipper>) -> anyhow::Result<Self> {
         let registry = Registry::load(Path::new(&config.state_dir))?;
+        let first_scan = registry.is_first_start();
         let multiline = match config.files.multiline_start.as_str() {
             "" => None,
             pattern => Some(regex::bytes::Regex::new(pattern)?),
@@ -100,7 +101,7 @@ impl FilesInput {
             waiting: HashMap::new(),
             passes: 0,
             watched: HashSet::new(),
-            first_scan: true,
+            first_scan,
             unready: false,
         };
         let reader_thread = std::thread::Builder::new()

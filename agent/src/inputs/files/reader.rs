@@ -58,6 +58,8 @@ pub struct Reader {
     /// Passes over the followed files so far.
     pub passes: u64,
     pub watched: HashSet<PathBuf>,
+    /// The next scan is the first on a state dir without checkpoints: `read_from = "end"`
+    /// applies to the files it finds, and to no file after.
     pub first_scan: bool,
     /// A matched file could not be followed yet (no whole first line, or waiting): any change
     /// notice is a reason to look again.
@@ -147,8 +149,8 @@ impl Reader {
     /// Matches the globs: new files are followed, files whose path moved are noted.
     fn scan(&mut self) {
         let mut seen = HashSet::new();
-        let fresh_from_end = self.first_scan && self.config.read_from == "end";
-        self.first_scan = false;
+        let first_scan = std::mem::take(&mut self.first_scan);
+        let fresh_from_end = first_scan && self.config.read_from == "end";
         let mut placed = false;
         self.unready = false;
         for (pattern, format) in self.patterns.clone() {
@@ -192,9 +194,11 @@ impl Reader {
             .map(str::to_owned)
             .collect();
         self.docker.retain(&alive);
-        if placed {
+        if placed || first_scan {
             // A new file's identity is on disk before any of its lines is shipped, so a
-            // restart gives its lines the same ids.
+            // restart gives its lines the same ids. After the first scan the checkpoint file
+            // exists even when no file matched: files that appear later, agent running or not,
+            // are read from their beginning.
             self.save();
         }
         self.shipper

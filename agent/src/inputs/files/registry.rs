@@ -62,6 +62,8 @@ struct Tracked {
 pub struct Registry {
     path: PathBuf,
     tracked: HashMap<String, Tracked>,
+    /// No checkpoint file was there at load: the agent's first start on this state dir.
+    first_start: bool,
 }
 
 /// How a found file is to be read.
@@ -81,6 +83,7 @@ impl Registry {
             )
         })?;
         let path = state_dir.join("file-checkpoints.json");
+        let mut first_start = false;
         let files = match std::fs::read(&path) {
             Ok(bytes) => {
                 let file: CheckpointFile = serde_json::from_slice(&bytes).map_err(|e| {
@@ -92,7 +95,10 @@ impl Registry {
                 })?;
                 file.files
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                first_start = true;
+                HashMap::new()
+            }
             Err(e) => anyhow::bail!("agent checkpoints {}: {e}", path.display()),
         };
         let now = Instant::now();
@@ -109,7 +115,16 @@ impl Registry {
                 (id, tracked)
             })
             .collect();
-        Ok(Self { path, tracked })
+        Ok(Self {
+            path,
+            tracked,
+            first_start,
+        })
+    }
+
+    /// Whether no checkpoint file was there at load: files found now predate the agent.
+    pub fn is_first_start(&self) -> bool {
+        self.first_start
     }
 
     /// Where to read a file found at `path` (fingerprint `fp`, inode `(dev, ino)`, `len` bytes):
