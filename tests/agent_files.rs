@@ -446,3 +446,45 @@ fn lines_wait_for_a_topic_that_is_not_there_yet() {
     );
     assert_all_lines(&numbered(&logs_events(&sluice, 100)), 100);
 }
+
+/// CPU seconds (user and system) a process has used, from /proc (clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name in parentheses: state is field 3, utime and stime fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// An empty file (a container that never printed) costs nothing while it stays empty: the
+/// agent's own opens and reads of it are not taken for growth (they once made it scan without
+/// pause, a whole core). Once it has a line, the line is shipped.
+#[test]
+fn an_empty_file_is_waited_for_without_spinning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("quiet.log");
+    std::fs::write(&path, "").unwrap();
+    let config = agent_config(&sluice, &logs.join("*.log"), "");
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_seconds(agent.child.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(agent.child.id()) - before;
+    assert!(
+        used < 0.5,
+        "the agent used {used} s of CPU in 3 s with nothing to read"
+    );
+    std::fs::write(&path, "line 0 of 1\n").unwrap();
+    wait_until("the line acknowledged", Duration::from_secs(30), || {
+        agent.metric("sluice_agent_events_sent_total") >= 1.0
+    });
+    assert_all_lines(&numbered(&logs_events(&sluice, 1)), 1);
+}

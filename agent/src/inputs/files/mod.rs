@@ -8,12 +8,14 @@
 //! flag says events were dropped), reads every open file in turn with its `tailer::Tailer`, joins
 //! multi-line events (`multiline`), and every second writes the acknowledged offsets through the
 //! `registry`. It hands batches of lines over a bounded channel to the shipper thread, which
-//! turns each line into an event whose id is the file's identity and the line's offset. Reading
-//! never waits for the broker, so a file truncated under the agent (copytruncate) has almost
-//! always been read to its end already; the channel bounds what waits in memory.
+//! turns each line into an event whose id is the file's identity and the line's offset. The
+//! channel bounds what waits in memory: reading runs ahead of the broker by a few batches, so a
+//! file truncated under the agent (copytruncate) has almost always been read to its end already,
+//! unless the broker is slow or away.
 
 mod format;
 mod multiline;
+mod notices;
 mod reader;
 mod registry;
 mod ship;
@@ -24,14 +26,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
-
-use notify::EventKind;
 
 use crate::config::AgentConfig;
 use crate::containers::DockerContainers;
 use crate::shipper::Shipper;
 use format::Format;
+use notices::Notices;
 use reader::Reader;
 use registry::Registry;
 use ship::ship_batches;
@@ -75,9 +75,10 @@ impl FilesInput {
             "" => None,
             pattern => Some(regex::bytes::Regex::new(pattern)?),
         };
-        let (notices, received) = mpsc::channel();
-        let watcher = notify::recommended_watcher(move |event| {
-            let _ = notices.send(event);
+        let notices = Arc::new(Notices::default());
+        let watcher = notify::recommended_watcher({
+            let notices = notices.clone();
+            move |event| notices.note(&event)
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let (batches, waiting) = mpsc::sync_channel(BATCHES_WAITING);
@@ -109,7 +110,7 @@ impl FilesInput {
             .spawn({
                 let stop = stop.clone();
                 move || {
-                    reader.run(&received, &stop);
+                    reader.run(&notices, &stop);
                     reader.registry
                 }
             })?;
@@ -160,37 +161,6 @@ fn watch_root(pattern: &str) -> (PathBuf, bool) {
         dir.push(component);
     }
     (dir, false)
-}
-
-/// Waits up to `timeout` for a change notice; whether the globs must be matched again (on any
-/// notice when `any`).
-fn wait_for_notice(
-    notices: &mpsc::Receiver<notify::Result<notify::Event>>,
-    timeout: Duration,
-    any: bool,
-) -> bool {
-    match notices.recv_timeout(timeout) {
-        Ok(notice) => any || needs_rescan(&notice),
-        Err(_) => false,
-    }
-}
-
-/// A file appeared, went or moved, or events were lost (the Rescan flag): match the globs again.
-fn needs_rescan(notice: &notify::Result<notify::Event>) -> bool {
-    match notice {
-        Ok(event) => {
-            event.need_rescan()
-                || matches!(
-                    event.kind,
-                    EventKind::Create(_)
-                        | EventKind::Remove(_)
-                        | EventKind::Modify(notify::event::ModifyKind::Name(_))
-                        | EventKind::Any
-                        | EventKind::Other
-                )
-        }
-        Err(_) => true,
-    }
 }
 
 #[cfg(test)]

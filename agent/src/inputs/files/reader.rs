@@ -12,10 +12,11 @@ use notify::{RecursiveMode, Watcher};
 
 use super::format::{Decoder, Format, Origin};
 use super::multiline::Joiner;
+use super::notices::Notices;
 use super::registry::Registry;
 use super::ship::{Batch, Events};
 use super::tailer::{self, Read, Tailer};
-use super::{needs_rescan, wait_for_notice, watch_root};
+use super::watch_root;
 use crate::acks::Settle;
 use crate::config::FilesConfig;
 use crate::containers::DockerContainers;
@@ -61,25 +62,29 @@ pub struct Reader {
     /// The next scan is the first on a state dir without checkpoints: `read_from = "end"`
     /// applies to the files it finds, and to no file after.
     pub first_scan: bool,
-    /// A matched file could not be followed yet (no whole first line, or waiting): any change
-    /// notice is a reason to look again.
+    /// A matched file could not be followed yet (no whole first line, or waiting): a notice
+    /// that a file grew is a reason to look again.
     pub unready: bool,
 }
 
 impl Reader {
-    pub fn run(
-        &mut self,
-        notices: &mpsc::Receiver<notify::Result<notify::Event>>,
-        stop: &AtomicBool,
-    ) {
+    pub fn run(&mut self, notices: &Notices, stop: &AtomicBool) {
         let rescan_every = Duration::from_millis(self.config.rescan_interval_ms.max(100));
         let rotate_wait = Duration::from_millis(self.config.rotate_wait_ms);
         let mut last_scan: Option<Instant> = None;
         let mut last_save = Instant::now();
         let mut rescan = true;
+        // A file may have grown while one could not be followed yet: scan, at most once an
+        // IDLE_WAIT, for its first line.
+        let mut poked = false;
         while !stop.load(Ordering::Relaxed) {
-            if rescan || last_scan.is_none_or(|t| t.elapsed() >= rescan_every) {
+            let since_scan = last_scan.map(|t| t.elapsed());
+            if rescan
+                || (poked && since_scan.is_none_or(|t| t >= IDLE_WAIT))
+                || since_scan.is_none_or(|t| t >= rescan_every)
+            {
                 rescan = false;
+                poked = false;
                 last_scan = Some(Instant::now());
                 self.scan();
             }
@@ -132,12 +137,9 @@ impl Reader {
                 last_save = Instant::now();
                 self.save();
             }
-            if !busy {
-                rescan |= wait_for_notice(notices, IDLE_WAIT, self.unready);
-            }
-            while let Ok(notice) = notices.try_recv() {
-                rescan |= self.unready || needs_rescan(&notice);
-            }
+            let noticed = notices.take(if busy { Duration::ZERO } else { IDLE_WAIT });
+            rescan |= noticed.rescan;
+            poked |= noticed.grown && self.unready;
         }
         let keys: Vec<(u64, u64)> = self.followed.keys().copied().collect();
         for key in keys {
