@@ -487,7 +487,8 @@ impl Storage {
         self.flusher.sync_all(files).await
     }
 
-    /// Syncs every partition and marks the stop clean, so the next start skips the tail scans.
+    /// Syncs every partition and marks the stop clean, so the next start skips the tail scans;
+    /// not after an fsync failed, when what the kernel dropped must be found by those scans.
     pub fn close(&self) -> std::io::Result<()> {
         // A compaction still running finishes first; none starts after.
         let _no_compaction = self.maintenance.blocking_lock();
@@ -495,6 +496,10 @@ impl Storage {
             for partition in topic.partitions.read().expect("topic lock").iter() {
                 partition.sync()?;
             }
+        }
+        if self.failed.load(Ordering::Acquire) {
+            tracing::warn!("storage failed: the stop is not marked clean, so the next start checks every segment's tail");
+            return Ok(());
         }
         write_atomically(&self.dir.join(CLEAN_MARKER), b"")
     }
@@ -549,4 +554,27 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Topics the broker itself owns (`__consumer_offsets`): clients may read but not change them.
 pub fn is_internal(name: &str) -> bool {
     name.starts_with("__")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stop_after_a_failed_fsync_is_not_marked_clean() {
+        for failed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let metrics = BrokerMetrics::register(&prometheus::Registry::new()).unwrap();
+            let storage = Storage::open(BrokerConfig::default(), dir.path(), metrics)
+                .await
+                .unwrap();
+            storage.failed.store(failed, Ordering::Release);
+            let closing = storage.clone();
+            tokio::task::spawn_blocking(move || closing.close())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(dir.path().join(CLEAN_MARKER).exists(), !failed);
+        }
+    }
 }

@@ -18,6 +18,8 @@ use crate::config::IoBackendKind;
 pub struct Io {
     backend: Backend,
     direct_writes: bool,
+    /// Held through each `sync_all`; true once one failed (see there).
+    syncs: Arc<tokio::sync::Mutex<bool>>,
 }
 
 #[derive(Clone)]
@@ -45,6 +47,7 @@ impl Io {
         Ok(Self {
             backend,
             direct_writes,
+            syncs: Arc::default(),
         })
     }
 
@@ -77,11 +80,24 @@ impl Io {
     }
 
     /// fdatasyncs every file; returns when all are durable.
+    ///
+    /// One caller at a time (group commit, the periodic flush, a segment roll), and after one
+    /// failure every later call fails too. Linux reports a writeback error once per open file:
+    /// a sync running beside the one that got it could return success for pages the kernel
+    /// dropped, and a write acknowledged on that success would be lost.
     pub async fn sync_all(&self, files: &[Arc<File>]) -> io::Result<()> {
-        match &self.backend {
+        let mut failed = self.syncs.lock().await;
+        if *failed {
+            return Err(io::Error::other(
+                "an earlier fdatasync failed: nothing written since can be trusted to be on disk",
+            ));
+        }
+        let synced = match &self.backend {
             Backend::Uring(ring) => ring.sync_all(files).await,
             Backend::Plain => plain::sync_all(files).await,
-        }
+        };
+        *failed = synced.is_err();
+        synced
     }
 }
 
@@ -117,6 +133,32 @@ mod tests {
             b"world",
             "short read at EOF"
         );
+    }
+
+    /// fdatasync of a pipe fails (EINVAL), standing in for a disk's writeback error.
+    async fn a_failed_sync_fails_every_later_one(io: Io) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = scratch_file(&dir);
+        io.sync_all(std::slice::from_ref(&file)).await.unwrap();
+        let (pipe, _writer) = std::io::pipe().unwrap();
+        let pipe = Arc::new(File::from(std::os::fd::OwnedFd::from(pipe)));
+        assert!(io.sync_all(&[pipe]).await.is_err());
+        let later = io.sync_all(&[file]).await.unwrap_err();
+        assert!(
+            later.to_string().contains("earlier fdatasync failed"),
+            "{later}"
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_failed_sync_sticks() {
+        a_failed_sync_fails_every_later_one(Io::start(IoBackendKind::Plain, false).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn uring_failed_sync_sticks() {
+        a_failed_sync_fails_every_later_one(Io::start(IoBackendKind::IoUring, false).unwrap())
+            .await;
     }
 
     #[tokio::test]

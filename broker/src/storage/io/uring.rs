@@ -210,7 +210,19 @@ impl Uring {
 
     pub async fn read_at(&self, file: &Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let buf = vec![0u8; len];
-        self.submit(file, OpKind::Read { offset, buf }).await
+        let mut read = self.submit(file, OpKind::Read { offset, buf }).await?;
+        // A short read before the end of the file (a signal, memory pressure) is resumed, so
+        // it is not taken for a torn batch.
+        while !read.is_empty() && read.len() < len {
+            let at = offset + read.len() as u64;
+            let buf = vec![0u8; len - read.len()];
+            let more = self.submit(file, OpKind::Read { offset: at, buf }).await?;
+            if more.is_empty() {
+                break;
+            }
+            read.extend_from_slice(&more);
+        }
+        Ok(read)
     }
 
     /// fdatasyncs every file at once: all the operations are in the ring together.
