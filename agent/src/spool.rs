@@ -146,14 +146,26 @@ impl Spool {
         }
         let (_, writer, len) = state.open.as_mut().expect("opened");
         let key = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
-        let mut body = Vec::with_capacity(2 + key.len() + payload.len());
-        body.extend_from_slice(&(key.len() as u16).to_le_bytes());
-        body.extend_from_slice(key);
-        body.extend_from_slice(payload);
-        writer.write_all(&(body.len() as u32).to_le_bytes())?;
-        writer.write_all(&crc32c::crc32c(&body).to_le_bytes())?;
-        writer.write_all(&body)?;
-        let size = 8 + body.len() as u64;
+        let body_len = 2 + key.len() + payload.len();
+        let mut record = Vec::with_capacity(8 + body_len);
+        record.extend_from_slice(&(body_len as u32).to_le_bytes());
+        record.extend_from_slice(&[0; 4]);
+        record.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        record.extend_from_slice(key);
+        record.extend_from_slice(payload);
+        let crc = crc32c::crc32c(&record[8..]);
+        record[4..8].copy_from_slice(&crc.to_le_bytes());
+        if let Err(e) = writer.write_all(&record) {
+            // Part of the record may be in the segment: the segment ends there (the drain stops
+            // at a torn record) and the next record starts a new one, rather than following
+            // the torn bytes where the drain would never find it.
+            if let Some((number, writer, len)) = state.open.take() {
+                drop(writer.into_parts());
+                state.sealed.push_back((number, len));
+            }
+            return Err(e);
+        }
+        let size = record.len() as u64;
         *len += size;
         state.bytes += size;
         self.metrics.spool_bytes.set(state.bytes as i64);
@@ -323,5 +335,28 @@ mod tests {
             Spooled::Dropped
         ));
         assert_eq!(metrics.spool_dropped.get(), 1);
+    }
+
+    /// A write that fails (here: a segment that is /dev/full) ends its segment; the records
+    /// after it go to the next one and are all read back.
+    #[tokio::test]
+    async fn a_failed_write_ends_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = AgentMetrics::register(&prometheus::Registry::new()).unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, false, metrics).unwrap();
+        std::os::unix::fs::symlink("/dev/full", spool.path(0)).unwrap();
+        let big = vec![b'x'; 64 << 10];
+        assert!(spool.offer(true, "k", &big).await.is_err());
+        for payload in [&b"one"[..], b"two"] {
+            assert!(matches!(
+                spool.offer(true, "k", payload).await.unwrap(),
+                Spooled::Kept
+            ));
+        }
+        spool.close();
+        let sealed: Vec<u64> = spool.state().sealed.iter().map(|(n, _)| *n).collect();
+        assert_eq!(sealed, [0, 1]);
+        let expected: Vec<Record> = vec![(b"k", b"one"), (b"k", b"two")];
+        assert_eq!(records(&std::fs::read(spool.path(1)).unwrap()).0, expected);
     }
 }
