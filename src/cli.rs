@@ -226,7 +226,8 @@ pub struct ConsumeArgs {
     /// Where to start: `beginning`, `end`, or an offset number.
     #[arg(long, default_value = "beginning", conflicts_with = "timestamp")]
     pub from: String,
-    /// Start at the first record at or after this time (RFC 3339 or epoch milliseconds).
+    /// Start at the first record at or after this time: RFC 3339, epoch seconds or
+    /// milliseconds, or a duration ago (15m, 2h, 7d).
     #[arg(long, value_name = "TIME")]
     pub timestamp: Option<String>,
     /// Only this partition (default: all).

@@ -97,6 +97,23 @@ fn retention_by_size_deletes_oldest_segments() {
             "{line}"
         );
     }
+    // `sluice consume --from 0`, an offset retention removed, reads what remains and ends.
+    let from_zero = run_ok(
+        Command::new(SLUICE).args([
+            "consume",
+            "sized",
+            "--from",
+            "0",
+            "--brokers",
+            &sluice.kafka,
+        ]),
+        T,
+    );
+    assert_eq!(from_zero.lines().count() as i64, 1000 - low);
+    assert!(
+        from_zero.starts_with(&format!("record {low:05} ")),
+        "{from_zero}"
+    );
     assert!(
         sluice
             .metric("sluice_broker_segments_deleted_total{topic=\"sized\"}")

@@ -21,6 +21,7 @@ use anyhow::{bail, Context as _};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde_json::json;
+use sluice_agent::event::now_ms;
 use sluice_indexer::mapping::{map_record, Record};
 use sluice_indexer::schema::LogSchema;
 
@@ -468,12 +469,6 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// An lz4, acks=all producer that counts failed deliveries.

@@ -10,6 +10,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use sluice_agent::event::now_ms;
+use sluice_indexer::search::time::parse_time;
+
 use super::{config, TIMEOUT};
 use crate::cli::ConsumeArgs;
 
@@ -18,6 +21,9 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let consumer: BaseConsumer = config(&args.brokers.brokers)
         .set("group.id", "sluice-cli")
         .set("enable.auto.commit", "false")
+        // An offset that retention has removed (before or while reading) reads on from the
+        // oldest record rather than jumping to the end.
+        .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .create()
         .context("creating the consumer")?;
@@ -50,14 +56,10 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let mut remaining: HashMap<i32, i64> = HashMap::new();
     if !args.follow {
         for elem in assignment.elements() {
-            let (_, high) = consumer.fetch_watermarks(&args.topic, elem.partition(), TIMEOUT)?;
+            let (low, high) = consumer.fetch_watermarks(&args.topic, elem.partition(), TIMEOUT)?;
             let from = match elem.offset() {
-                Offset::Offset(o) => o,
-                Offset::Beginning => {
-                    consumer
-                        .fetch_watermarks(&args.topic, elem.partition(), TIMEOUT)?
-                        .0
-                }
+                Offset::Offset(o) => o.max(low),
+                Offset::Beginning => low,
                 _ => high,
             };
             if from < high {
@@ -100,10 +102,8 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
 
 fn start_offset(args: &ConsumeArgs) -> anyhow::Result<Offset> {
     if let Some(time) = &args.timestamp {
-        let ms = match time.parse::<i64>() {
-            Ok(ms) => ms,
-            Err(_) => humantime_ms(time)?,
-        };
+        // The search API's reading of a time, so both take the same ones.
+        let ms = parse_time(time, now_ms()).map_err(|e| anyhow::anyhow!("--timestamp: {e}"))?;
         return Ok(Offset::Offset(ms));
     }
     Ok(match args.from.as_str() {
@@ -123,44 +123,6 @@ fn assignment_at(topic: &str, partitions: &[i32], ms: i64) -> anyhow::Result<Top
         list.add_partition_offset(topic, p, Offset::Offset(ms))?;
     }
     Ok(list)
-}
-
-/// Parses an RFC 3339 time (`2024-05-01T12:00:00Z`) into epoch milliseconds.
-fn humantime_ms(text: &str) -> anyhow::Result<i64> {
-    let bad = || {
-        anyhow::anyhow!(
-            "--timestamp {text:?}: expected RFC 3339 (2024-05-01T12:00:00Z) or epoch ms"
-        )
-    };
-    let (date, rest) = text.split_once('T').ok_or_else(bad)?;
-    let rest = rest.strip_suffix('Z').ok_or_else(bad)?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<Result<_, _>>()?;
-    let (hms, frac) = rest.split_once('.').unwrap_or((rest, "0"));
-    let t: Vec<i64> = hms
-        .split(':')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<Result<_, _>>()?;
-    if d.len() != 3 || t.len() != 3 {
-        return Err(bad());
-    }
-    let millis: i64 = format!("{frac:0<3}")[..3].parse().map_err(|_| bad())?;
-    Ok(
-        (days_from_civil(d[0], d[1], d[2]) * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1000
-            + millis,
-    )
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 fn print_record(out: &mut impl Write, message: &impl Message, json: bool) -> anyhow::Result<()> {
@@ -197,14 +159,29 @@ fn print_record(out: &mut impl Write, message: &impl Message, json: bool) -> any
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
 
+    fn start_at(time: &str) -> anyhow::Result<Offset> {
+        let cli = Cli::try_parse_from(["sluice", "consume", "t", "--timestamp", time]).unwrap();
+        let Command::Consume(args) = cli.command else {
+            unreachable!("parsed as consume")
+        };
+        start_offset(&args)
+    }
+
+    /// The times the search API takes: offsets, epoch seconds and milliseconds by their size.
     #[test]
-    fn rfc3339_to_millis() {
-        assert_eq!(humantime_ms("1970-01-01T00:00:00Z").unwrap(), 0);
+    fn timestamps_read_as_the_search_api_reads_them() {
+        let at = Offset::Offset(1_714_564_800_250);
+        assert_eq!(start_at("2024-05-01T12:00:00.250Z").unwrap(), at);
+        assert_eq!(start_at("2024-05-01T14:00:00.250+02:00").unwrap(), at);
+        assert_eq!(start_at("1714564800250").unwrap(), at);
         assert_eq!(
-            humantime_ms("2024-05-01T12:00:00.250Z").unwrap(),
-            1_714_564_800_250
+            start_at("1714564800").unwrap(),
+            Offset::Offset(1_714_564_800_000)
         );
-        assert!(humantime_ms("yesterday").is_err());
+        let e = start_at("yesterday").unwrap_err().to_string();
+        assert!(e.contains("--timestamp") && e.contains("RFC 3339"), "{e}");
     }
 }
