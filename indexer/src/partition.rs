@@ -407,6 +407,42 @@ mod tests {
             index.add(&record(2, 10, event), 10).unwrap(),
             Added::Duplicate
         );
+        // A re-sent line may carry another read time: still the same event.
+        let later = br#"{"id":"src:1","message":"m","timestamp":"2026-01-01T00:00:00Z"}"#;
+        assert_eq!(
+            index.add(&record(3, 10, later), 10).unwrap(),
+            Added::Duplicate
+        );
+    }
+
+    /// Another producer's events that reuse an id (an order's) but say something else are all
+    /// kept, and each is found by `id:`.
+    #[test]
+    fn a_reused_id_with_other_content_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut index = open(tmp.path());
+        let created = br#"{"id":42,"message":"order 42 created"}"#;
+        let shipped = br#"{"id":42,"message":"order 42 shipped"}"#;
+        for (offset, event) in [created, shipped].into_iter().enumerate() {
+            assert_eq!(
+                index.add(&record(offset as i64, 10, event), 10).unwrap(),
+                Added::Indexed(None)
+            );
+        }
+        index.commit().unwrap();
+        let term = Term::from_field_text(index.schema.id, "42");
+        let searcher = &index.buckets.last().unwrap().searcher;
+        let hits: u64 = searcher
+            .segment_readers()
+            .iter()
+            .map(|s| {
+                s.inverted_index(index.schema.id)
+                    .unwrap()
+                    .doc_freq(&term)
+                    .unwrap() as u64
+            })
+            .sum();
+        assert_eq!(hits, 2);
     }
 
     #[test]
