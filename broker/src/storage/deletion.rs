@@ -30,13 +30,18 @@ impl Storage {
         // directories and finishes before they go, while other topics can still be made.
         let _no_maintenance = self.maintenance.lock().await;
         let _admin = self.admin.lock().await;
+        if self.topic(name).is_none() {
+            return Err(TopicError::Unknown(name.to_owned()));
+        }
+        self.save_topics(|records| {
+            records.remove(name);
+        })?;
         let topic = self
             .topics
             .write()
             .expect("topics lock")
             .remove(name)
             .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
-        self.save_topics()?;
         let partitions = topic.partitions.read().expect("topic lock").clone();
         for partition in &partitions {
             partition.close().await;

@@ -357,12 +357,20 @@ impl Storage {
                 partitions: RwLock::new(Vec::new()),
             }));
         }
-        let topic = self.open_topic(name, record, settings, false)?;
+        let topic = self.open_topic(name, record.clone(), settings, false)?;
+        if let Err(e) = self.save_topics(|records| {
+            records.insert(name.to_owned(), record);
+        }) {
+            // Never seen by a client; the next start would remove the directories anyway.
+            for i in 0..partitions {
+                let _ = std::fs::remove_dir_all(self.partition_dir(name, i));
+            }
+            return Err(e.into());
+        }
         self.topics
             .write()
             .expect("topics lock")
             .insert(name.to_owned(), topic.clone());
-        self.save_topics()?;
         tracing::info!(topic = name, partitions, "topic created");
         Ok(topic)
     }
@@ -391,30 +399,45 @@ impl Storage {
             return Ok(());
         }
         let settings = topic.settings();
-        {
-            let mut partitions = topic.partitions.write().expect("topic lock");
-            for i in current..total {
-                let dir = self.partition_dir(name, i as u32);
-                partitions.push(Arc::new(Partition::open(
-                    &dir,
-                    self.io.clone(),
-                    settings.log_settings(),
-                    false,
-                )?));
-            }
+        let mut added = Vec::new();
+        for i in current..total {
+            let dir = self.partition_dir(name, i as u32);
+            added.push(Arc::new(Partition::open(
+                &dir,
+                self.io.clone(),
+                settings.log_settings(),
+                false,
+            )?));
         }
+        if let Err(e) = self.save_topics(|records| {
+            if let Some(record) = records.get_mut(name) {
+                record.partitions = total as u32;
+            }
+        }) {
+            for i in current..total {
+                let _ = std::fs::remove_dir_all(self.partition_dir(name, i as u32));
+            }
+            return Err(e.into());
+        }
+        topic.partitions.write().expect("topic lock").extend(added);
         topic.record.write().expect("topic lock").partitions = total as u32;
-        self.save_topics()?;
         Ok(())
     }
 
-    /// Writes `topics.json` atomically: a temporary file, fsync, rename, fsync of the directory.
-    fn save_topics(&self) -> std::io::Result<()> {
-        let records: BTreeMap<String, TopicRecord> = self
+    /// Writes `topics.json` atomically (a temporary file, fsync, rename, fsync of the
+    /// directory): the topics there are, with `change` made. A change reaches the topics in
+    /// memory only once it is on disk: a partition no clients has seen can be dropped, but one
+    /// that took writes must not be removed as an orphan at the next start.
+    fn save_topics(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, TopicRecord>),
+    ) -> std::io::Result<()> {
+        let mut records: BTreeMap<String, TopicRecord> = self
             .topics()
             .into_iter()
             .map(|t| (t.name.clone(), t.record.read().expect("topic lock").clone()))
             .collect();
+        change(&mut records);
         write_atomically(
             &self.dir.join(TOPICS_FILE),
             &serde_json::to_vec_pretty(&records)?,
@@ -559,6 +582,35 @@ pub fn is_internal(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A topics.json that cannot be written (its temporary file's name taken by a directory)
+    /// refuses the change, and nothing of it is left in memory for a producer to write to.
+    #[tokio::test]
+    async fn a_topic_change_that_cannot_be_saved_is_not_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = BrokerMetrics::register(&prometheus::Registry::new()).unwrap();
+        let storage = Storage::open(BrokerConfig::default(), dir.path(), metrics)
+            .await
+            .unwrap();
+        storage
+            .create_topic("kept", 1, BTreeMap::new(), false)
+            .await
+            .unwrap();
+        std::fs::create_dir(dir.path().join("topics.tmp")).unwrap();
+        assert!(storage
+            .create_topic("new", 2, BTreeMap::new(), false)
+            .await
+            .is_err());
+        assert!(storage.topic("new").is_none());
+        assert!(!storage.partition_dir("new", 0).exists());
+        assert!(storage.add_partitions("kept", 3, false).await.is_err());
+        assert_eq!(storage.topic("kept").unwrap().partition_count(), 1);
+        assert!(storage.delete_topic("kept").await.is_err());
+        assert!(storage.topic("kept").is_some());
+        std::fs::remove_dir(dir.path().join("topics.tmp")).unwrap();
+        storage.add_partitions("kept", 3, false).await.unwrap();
+        assert_eq!(storage.topic("kept").unwrap().partition_count(), 3);
+    }
 
     #[tokio::test]
     async fn a_stop_after_a_failed_fsync_is_not_marked_clean() {
