@@ -33,7 +33,9 @@ struct Entry {
     ino: u64,
     /// Acknowledged: a restart reads from here.
     offset: u64,
-    path: PathBuf,
+    /// Where the file was last seen, for people reading the checkpoints: lossy, as JSON
+    /// cannot hold a path that is not UTF-8 (and saving must not fail on one).
+    path: String,
     /// Truncated under the agent: a copy may continue it.
     released: bool,
     /// Its file was rotated away or deleted and read to its end: an inode found again is
@@ -147,7 +149,7 @@ impl Registry {
             .find(|(_, t)| same(&t.entry) && !t.entry.released && !t.entry.closed)
         {
             if len >= t.entry.offset {
-                t.entry.path = path.to_path_buf();
+                t.entry.path = path.to_string_lossy().into_owned();
                 t.idle_since = None;
                 return Some(Placement {
                     identity: id.clone(),
@@ -167,7 +169,7 @@ impl Registry {
             t.entry.released = false;
             t.entry.dev = dev;
             t.entry.ino = ino;
-            t.entry.path = path.to_path_buf();
+            t.entry.path = path.to_string_lossy().into_owned();
             t.idle_since = None;
             // Where the truncated file was read to: what came before is queued already. A copy
             // shorter than that has nothing new.
@@ -201,7 +203,7 @@ impl Registry {
                     dev,
                     ino,
                     offset: fresh,
-                    path: path.to_path_buf(),
+                    path: path.to_string_lossy().into_owned(),
                     released: false,
                     closed: false,
                 },
@@ -288,6 +290,18 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checkpoints are saved whatever a path's bytes (glob's `**` goes into any directory).
+    #[test]
+    fn a_path_that_is_not_utf8_is_saved() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        let path = Path::new(std::ffi::OsStr::from_bytes(b"logs/\xff.log"));
+        registry.place(path, 7, (1, 10), 100, 0, true).unwrap();
+        registry.save().unwrap();
+        assert_eq!(Registry::load(dir.path()).unwrap().len(), 1);
+    }
 
     #[test]
     fn rename_copytruncate_and_restart() {
