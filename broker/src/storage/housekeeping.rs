@@ -204,9 +204,8 @@ mod tests {
     use bytes::Bytes;
 
     use super::super::batch::testing::one_record;
+    use super::super::scratch;
     use super::*;
-    use crate::config::BrokerConfig;
-    use crate::metrics::BrokerMetrics;
 
     /// One batch of one record of `key`, its value padded past half a smallest segment.
     fn keyed(key: &str, value: &str) -> Bytes {
@@ -239,10 +238,7 @@ mod tests {
     #[tokio::test]
     async fn a_deleted_topics_compaction_cannot_touch_the_topic_made_again() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = BrokerMetrics::register(&prometheus::Registry::new()).unwrap();
-        let storage = Storage::open(BrokerConfig::default(), dir.path(), metrics)
-            .await
-            .unwrap();
+        let storage = scratch(dir.path()).await;
         // The smallest segments: every record closes one, so the old values are compactable.
         let configs = BTreeMap::from([
             ("cleanup.policy".to_owned(), "compact".to_owned()),

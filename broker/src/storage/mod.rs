@@ -579,6 +579,15 @@ pub fn is_internal(name: &str) -> bool {
     name.starts_with("__")
 }
 
+/// A storage with the default settings in `dir`, for tests.
+#[cfg(test)]
+pub(crate) async fn scratch(dir: &Path) -> Arc<Storage> {
+    let metrics = BrokerMetrics::register(&prometheus::Registry::new()).unwrap();
+    Storage::open(BrokerConfig::default(), dir, metrics)
+        .await
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,10 +597,7 @@ mod tests {
     #[tokio::test]
     async fn a_topic_change_that_cannot_be_saved_is_not_made() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = BrokerMetrics::register(&prometheus::Registry::new()).unwrap();
-        let storage = Storage::open(BrokerConfig::default(), dir.path(), metrics)
-            .await
-            .unwrap();
+        let storage = scratch(dir.path()).await;
         storage
             .create_topic("kept", 1, BTreeMap::new(), false)
             .await
@@ -616,10 +622,7 @@ mod tests {
     async fn a_stop_after_a_failed_fsync_is_not_marked_clean() {
         for failed in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let metrics = BrokerMetrics::register(&prometheus::Registry::new()).unwrap();
-            let storage = Storage::open(BrokerConfig::default(), dir.path(), metrics)
-                .await
-                .unwrap();
+            let storage = scratch(dir.path()).await;
             storage.failed.store(failed, Ordering::Release);
             let closing = storage.clone();
             tokio::task::spawn_blocking(move || closing.close())
