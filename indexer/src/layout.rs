@@ -60,16 +60,20 @@ fn numbered_dirs(dir: &Path) -> Vec<(i64, PathBuf)> {
 pub struct CommitPayload {
     /// The offset of the first record this index has not taken yet.
     pub next_offset: i64,
+    /// How many times the log restarted below the partition's index (`PartitionIndex::add`):
+    /// a later generation's offsets supersede an earlier one's, smaller though they are.
+    #[serde(default)]
+    pub generation: u64,
 }
 
-/// The next offset recorded in the index's last commit, if it has one.
-pub fn committed_next_offset(index: &Index) -> tantivy::Result<Option<i64>> {
+/// The generation and next offset recorded in the index's last commit, if it has one.
+pub fn committed_position(index: &Index) -> tantivy::Result<Option<(u64, i64)>> {
     let metas = index.load_metas()?;
     Ok(metas
         .payload
         .as_deref()
         .and_then(|p| serde_json::from_str::<CommitPayload>(p).ok())
-        .map(|p| p.next_offset))
+        .map(|p| (p.generation, p.next_offset)))
 }
 
 /// Bytes under `dir`, for the index-size gauge.

@@ -13,7 +13,7 @@ use crate::metrics_view::Refused;
 pub struct IndexerMetrics {
     pub documents_indexed: IntCounter,
     pub duplicates_skipped: IntCounter,
-    pub replays_skipped: IntCounter,
+    pub log_restarts: IntCounter,
     pub malformed: IntCounterVec,
     pub commit_seconds: Histogram,
     pub freshness_seconds: Histogram,
@@ -35,10 +35,10 @@ impl IndexerMetrics {
                 "sluice_indexer_duplicates_skipped_total",
                 "Records skipped because their id was already indexed",
             )?,
-            replays_skipped: IntCounter::new(
-                "sluice_indexer_replays_skipped_total",
-                "Records skipped because the index already holds their offset (a replay after a \
-                 rebalance; many of them mean the topic's offsets were reset under the index)",
+            log_restarts: IntCounter::new(
+                "sluice_indexer_log_restarts_total",
+                "Times a partition's log began again below what its index held (the topic \
+                 deleted and made again, or the broker's data new): indexed from its start",
             )?,
             malformed: IntCounterVec::new(
                 Opts::new(
@@ -93,7 +93,7 @@ impl IndexerMetrics {
         };
         registry.register(Box::new(metrics.documents_indexed.clone()))?;
         registry.register(Box::new(metrics.duplicates_skipped.clone()))?;
-        registry.register(Box::new(metrics.replays_skipped.clone()))?;
+        registry.register(Box::new(metrics.log_restarts.clone()))?;
         registry.register(Box::new(metrics.malformed.clone()))?;
         registry.register(Box::new(metrics.commit_seconds.clone()))?;
         registry.register(Box::new(metrics.freshness_seconds.clone()))?;

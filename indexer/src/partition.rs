@@ -30,8 +30,6 @@ pub enum Added {
     Indexed(Option<Malformed>),
     /// Its `id` is already in the index.
     Duplicate,
-    /// Its offset is below what the index already holds (a replay after a rebalance).
-    AlreadyIndexed,
 }
 
 /// What one commit made searchable.
@@ -86,6 +84,8 @@ pub struct PartitionIndex {
     writer: Option<IndexWriter>,
     committed_next: Option<i64>,
     next_offset: Option<i64>,
+    /// See `CommitPayload::generation`.
+    generation: u64,
     pending_ids: HashSet<String>,
     pending_times_ms: Vec<i64>,
     /// Kafka timestamps of documents committed but not yet reported by `commit`.
@@ -107,12 +107,16 @@ impl PartitionIndex {
             .map_err(|e| anyhow::anyhow!("index dir {}: cannot create: {e}", dir.display()))?;
         let owner = lock_owner(&dir, settings.lock_wait)?;
         let mut buckets = Vec::new();
-        let mut committed_next = None;
+        let mut committed = None;
         for (start_ms, bucket_dir) in layout::buckets(&dir) {
             let bucket = Bucket::open(&schema, start_ms, bucket_dir)?;
-            committed_next = committed_next.max(layout::committed_next_offset(&bucket.index)?);
+            committed = committed.max(layout::committed_position(&bucket.index)?);
             buckets.push(bucket);
         }
+        let (generation, committed_next) = match committed {
+            Some((generation, next)) => (generation, Some(next)),
+            None => (0, None),
+        };
         Ok(Self {
             partition,
             dir,
@@ -122,6 +126,7 @@ impl PartitionIndex {
             writer: None,
             committed_next,
             next_offset: committed_next,
+            generation,
             pending_ids: HashSet::new(),
             pending_times_ms: Vec::new(),
             committed_times_ms: Vec::new(),
@@ -133,6 +138,11 @@ impl PartitionIndex {
         self.partition
     }
 
+    /// How many times the log restarted below this index (see `CommitPayload::generation`).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The first offset the index does not hold; `None` for an empty index.
     pub fn committed_next_offset(&self) -> Option<i64> {
         self.committed_next
@@ -140,8 +150,21 @@ impl PartitionIndex {
 
     /// Indexes one record (not yet searchable: that takes a commit).
     pub fn add(&mut self, record: &Record<'_>, now_ms: i64) -> anyhow::Result<Added> {
-        if self.next_offset.is_some_and(|next| record.offset < next) {
-            return Ok(Added::AlreadyIndexed);
+        if let Some(next) = self.next_offset.filter(|&next| record.offset < next) {
+            // The consumer starts where the index ends (and again after every reopen), and a
+            // partition's offsets only grow: an older one means the offset asked for was past
+            // the log's end, so the log restarted under the index (the topic deleted and made
+            // again, the broker's data new) and its earliest record came instead (librdkafka's
+            // offset reset). What follows is new; a new generation of offsets begins.
+            tracing::error!(
+                partition = self.partition,
+                index_next = next,
+                log_offset = record.offset,
+                "indexer: the log restarted below what the index holds (topic made again?); \
+                 indexing it from its start"
+            );
+            self.next_offset = None;
+            self.generation += 1;
         }
         self.ensure_writer(
             self.bucket_of(record.timestamp_ms.min(now_ms)),
@@ -255,7 +278,10 @@ impl PartitionIndex {
             .writer
             .as_mut()
             .expect("records were taken, so a writer is open");
-        let payload = serde_json::to_string(&CommitPayload { next_offset })?;
+        let payload = serde_json::to_string(&CommitPayload {
+            next_offset,
+            generation: self.generation,
+        })?;
         let mut prepared = writer.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
@@ -359,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn commit_carries_the_next_offset_and_skips_what_it_holds() {
+    fn commit_carries_the_next_offset() {
         let tmp = tempfile::tempdir().unwrap();
         let mut index = open(tmp.path());
         assert_eq!(index.committed_next_offset(), None);
@@ -372,8 +398,34 @@ mod tests {
 
         let mut index = open(tmp.path());
         assert_eq!(index.committed_next_offset(), Some(5));
-        let added = index.add(&record(3, 10, b"line"), 10).unwrap();
-        assert_eq!(added, Added::AlreadyIndexed);
+        let added = index.add(&record(5, 10, b"line"), 10).unwrap();
+        assert_eq!(added, Added::Indexed(None));
+        assert_eq!(index.generation(), 0);
+    }
+
+    /// The consumer starts where the index ends; a first record below that means the log began
+    /// again (the topic made again): it and what follows are indexed, and the new, smaller
+    /// offsets are where the next start resumes.
+    #[test]
+    fn a_log_that_restarted_below_the_index_is_indexed_from_its_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut index = open(tmp.path());
+        for offset in 0..5 {
+            index.add(&record(offset, 10, b"old"), 10).unwrap();
+        }
+        index.commit().unwrap();
+        index.close().unwrap();
+        let mut index = open(tmp.path());
+        for offset in 0..2 {
+            let added = index.add(&record(offset, 10, b"new"), 10).unwrap();
+            assert_eq!(added, Added::Indexed(None), "offset {offset}");
+        }
+        assert_eq!(index.generation(), 1);
+        assert_eq!(index.commit().unwrap().docs, 2);
+        index.close().unwrap();
+        let index = open(tmp.path());
+        assert_eq!(index.committed_next_offset(), Some(2));
+        assert_eq!(index.generation(), 1);
     }
 
     #[test]

@@ -199,7 +199,12 @@ impl Worker {
             timestamp_ms: record.timestamp_ms,
             payload: &record.payload,
         };
-        match self.index.add(&record, now_ms())? {
+        let generation = self.index.generation();
+        let added = self.index.add(&record, now_ms())?;
+        if self.index.generation() != generation {
+            self.metrics.log_restarts.inc();
+        }
+        match added {
             Added::Indexed(None) => {}
             Added::Indexed(Some(malformed)) => {
                 self.metrics
@@ -208,7 +213,6 @@ impl Worker {
                     .inc();
             }
             Added::Duplicate => self.metrics.duplicates_skipped.inc(),
-            Added::AlreadyIndexed => self.metrics.replays_skipped.inc(),
         }
         Ok(())
     }
