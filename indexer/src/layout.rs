@@ -31,6 +31,28 @@ pub fn partitions(topic_dir: &Path) -> Vec<(i32, PathBuf)> {
         .collect()
 }
 
+/// Deletes a bucket's directory: renamed first (atomically) out of the listing, so a crash
+/// halfway through the deletion leaves nothing that looks like an index with files missing.
+pub fn delete_bucket(dir: &Path) -> std::io::Result<()> {
+    let doomed = dir.with_extension(DELETING);
+    std::fs::rename(dir, &doomed)?;
+    std::fs::remove_dir_all(&doomed)
+}
+
+/// Removes what a deletion cut short left in a partition's directory.
+pub fn remove_half_deleted(partition_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(partition_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.path().extension().is_some_and(|e| e == DELETING) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+const DELETING: &str = "deleting";
+
 /// A partition's bucket directories that hold a committed index, oldest first.
 pub fn buckets(partition_dir: &Path) -> Vec<(i64, PathBuf)> {
     numbered_dirs(partition_dir)

@@ -106,12 +106,26 @@ impl PartitionIndex {
         std::fs::create_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("index dir {}: cannot create: {e}", dir.display()))?;
         let owner = lock_owner(&dir, settings.lock_wait)?;
+        layout::remove_half_deleted(&dir);
         let mut buckets = Vec::new();
         let mut committed = None;
         for (start_ms, bucket_dir) in layout::buckets(&dir) {
-            let bucket = Bucket::open(&schema, start_ms, bucket_dir)?;
-            committed = committed.max(layout::committed_position(&bucket.index)?);
-            buckets.push(bucket);
+            // One bucket that cannot be read must not stop the partition from being indexed.
+            let opened = Bucket::open(&schema, start_ms, bucket_dir.clone()).and_then(|bucket| {
+                let position = layout::committed_position(&bucket.index)?;
+                Ok((bucket, position))
+            });
+            match opened {
+                Ok((bucket, position)) => {
+                    committed = committed.max(position);
+                    buckets.push(bucket);
+                }
+                Err(e) => tracing::error!(
+                    bucket = %bucket_dir.display(),
+                    error = %e,
+                    "indexer: an index bucket cannot be opened; it is left out"
+                ),
+            }
         }
         let (generation, committed_next) = match committed {
             Some((generation, next)) => (generation, Some(next)),
@@ -318,7 +332,7 @@ impl PartitionIndex {
         for bucket in self.buckets.drain(..keep_from) {
             let dir = bucket.dir.clone();
             drop(bucket);
-            std::fs::remove_dir_all(&dir).map_err(|e| {
+            layout::delete_bucket(&dir).map_err(|e| {
                 anyhow::anyhow!("index bucket {}: cannot delete: {e}", dir.display())
             })?;
         }
@@ -401,6 +415,39 @@ mod tests {
         let added = index.add(&record(5, 10, b"line"), 10).unwrap();
         assert_eq!(added, Added::Indexed(None));
         assert_eq!(index.generation(), 0);
+    }
+
+    /// A bucket that lost files (a deletion cut short by a crash, before deletions were atomic;
+    /// a damaged disk) is left out: the partition opens and the other buckets are searched.
+    /// A deletion cut short now leaves a `.deleting` directory, removed at the next open.
+    #[test]
+    fn a_damaged_bucket_is_left_out_of_indexing_and_search() {
+        let tmp = tempfile::tempdir().unwrap();
+        let topic_dir = layout::topic_dir(tmp.path(), "logs");
+        let mut index = PartitionIndex::open(&topic_dir, 0, LogSchema::new(), settings()).unwrap();
+        index.add(&record(0, 10, b"old"), 10).unwrap();
+        index.commit().unwrap();
+        index.add(&record(1, 1500, b"new"), 1500).unwrap();
+        index.commit().unwrap();
+        index.close().unwrap();
+        let partition_dir = layout::partition_dir(&topic_dir, 0);
+        let old = layout::bucket_dir(&partition_dir, 0);
+        for entry in std::fs::read_dir(&old).unwrap().flatten() {
+            if entry.file_name() != "meta.json" {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+        std::fs::create_dir(partition_dir.join("0.deleting")).unwrap();
+        let index = PartitionIndex::open(&topic_dir, 0, LogSchema::new(), settings()).unwrap();
+        assert_eq!(index.committed_next_offset(), Some(2));
+        assert!(!partition_dir.join("0.deleting").exists());
+        index.close().unwrap();
+        let limits = crate::search::SearchLimits {
+            max_limit: 100,
+            max_window: 100,
+        };
+        let search = crate::search::SearchService::new(tmp.path(), "logs", limits);
+        assert_eq!(search.views().unwrap().len(), 1);
     }
 
     /// The consumer starts where the index ends; a first record below that means the log began

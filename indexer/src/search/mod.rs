@@ -10,7 +10,7 @@ mod query;
 mod requests;
 pub mod time;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -68,6 +68,8 @@ pub struct SearchService {
     parser: QueryParser,
     limits: SearchLimits,
     open: Mutex<HashMap<PathBuf, Arc<OpenIndex>>>,
+    /// Buckets that could not be opened, said once each: searches go on without them.
+    unreadable: Mutex<HashSet<PathBuf>>,
 }
 
 impl SearchService {
@@ -87,6 +89,7 @@ impl SearchService {
             parser,
             limits,
             open: Mutex::new(HashMap::new()),
+            unreadable: Mutex::default(),
         }
     }
 
@@ -122,7 +125,15 @@ impl SearchService {
                         tracing::debug!(error = %e, "bucket vanished");
                         continue;
                     }
-                    Err(e) => return Err(e.into()),
+                    // One damaged bucket must not fail every search.
+                    Err(e) => {
+                        let mut unreadable =
+                            self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+                        if unreadable.insert(dir.clone()) {
+                            tracing::error!(bucket = %dir.display(), error = %e, "search: an index bucket cannot be opened; searches leave it out");
+                        }
+                        continue;
+                    }
                 },
             };
             refresh(&index, &dir);
