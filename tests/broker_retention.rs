@@ -222,3 +222,49 @@ fn free_disk_floor_refuses_produce_and_recovers() {
         .contains("refusing produce until space returns"));
     assert!(sluice.log_text().contains("accepting produce"));
 }
+
+/// Free bytes on the file system holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let out = run_ok(
+        Command::new("df").args(["-B1", "--output=avail"]).arg(path),
+        T,
+    );
+    out.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// The floor holds between the periodic checks (here an hour apart): appends count against
+/// half the room above it, so a producer is refused before the disk fills past the floor.
+#[test]
+fn a_fast_producer_is_refused_at_the_floor_between_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), 64);
+    let floor = 40u64 << 20;
+    let config =
+        format!("[broker]\nmin_free_bytes = {floor}\nretention_check_interval_ms = 3600000\n");
+    let sluice = Sluice::broker(&disk.0, &config);
+    let chunk: String = (0..1000)
+        .map(|i| format!("{i:04} {}\n", "x".repeat(1019)))
+        .collect();
+    let mut refused = false;
+    for _ in 0..60 {
+        let out = produce(
+            &sluice,
+            "flood",
+            &chunk,
+            &["-X", "message.send.max.retries=0"],
+        );
+        if !out.status.success() || String::from_utf8_lossy(&out.stderr).contains("Disk error") {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "60 MB produced onto a 64 MB disk with a 40 MB floor"
+    );
+    let free = free_bytes(&disk.0);
+    assert!(
+        free + (2 << 20) >= floor,
+        "{free} bytes free when produce was refused, floor {floor}"
+    );
+}

@@ -12,11 +12,22 @@ use super::partition::Partition;
 use super::topics::TopicSettings;
 use super::{compaction, Storage};
 
+/// Bytes appended between two looks at the free space, at least: the budget is half the room
+/// above the floor, and no less than this.
+const MIN_DISK_BUDGET: u64 = 1 << 20;
+
 impl Storage {
+    /// Looks at the free space: below the floor produce is refused. Appends may then take half
+    /// the room left above the floor before the next look (`spend_disk_budget`), so a fast
+    /// producer cannot fill the disk between the periodic checks.
     pub(super) fn check_disk(&self) {
         match free_bytes(&self.dir) {
             Ok(free) => {
-                let low = free < self.defaults.min_free_bytes;
+                let floor = self.defaults.min_free_bytes;
+                let budget = (free.saturating_sub(floor) / 2).max(MIN_DISK_BUDGET);
+                self.disk_budget
+                    .store(i64::try_from(budget).unwrap_or(i64::MAX), Ordering::Release);
+                let low = free < floor;
                 let was = self.disk_low.swap(low, Ordering::AcqRel);
                 if low && !was {
                     tracing::error!(
@@ -32,6 +43,14 @@ impl Storage {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot read free disk space"),
+        }
+    }
+
+    /// Counts `bytes` appended against the budget; looks at the free space when it is spent.
+    pub(super) fn spend_disk_budget(&self, bytes: usize) {
+        let bytes = bytes as i64;
+        if self.disk_budget.fetch_sub(bytes, Ordering::AcqRel) <= bytes {
+            self.check_disk();
         }
     }
 
@@ -63,7 +82,6 @@ impl Storage {
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
-            self.check_disk();
             for topic in self.topics() {
                 let settings = topic.settings();
                 let partitions = topic.partitions.read().expect("topic lock").clone();
@@ -101,6 +119,8 @@ impl Storage {
                     }
                 }
             }
+            // After retention: the space it freed counts.
+            self.check_disk();
         }
     }
 

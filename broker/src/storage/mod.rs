@@ -25,7 +25,7 @@ pub mod topics;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -131,6 +131,8 @@ pub struct Storage {
     admin: tokio::sync::Mutex<()>,
     metrics: BrokerMetrics,
     disk_low: AtomicBool,
+    /// Bytes that may be appended before the free space is looked at again (`check_disk`).
+    disk_budget: AtomicI64,
     /// Held by whatever deletes or rewrites files of a partition by name (retention, a
     /// compaction, a topic's deletion), and by `close` so none runs past it. Taken before
     /// `admin` where both are.
@@ -208,6 +210,7 @@ impl Storage {
             admin: tokio::sync::Mutex::new(()),
             metrics,
             disk_low: AtomicBool::new(false),
+            disk_budget: AtomicI64::new(0),
             maintenance: Arc::new(tokio::sync::Mutex::new(())),
             failed,
             appended: tokio::sync::Notify::new(),
@@ -493,6 +496,7 @@ impl Storage {
         if appended.duplicate {
             return Ok((appended, file));
         }
+        self.spend_disk_budget(records.len());
         self.metrics
             .bytes_in
             .with_label_values(&[&topic.name])
