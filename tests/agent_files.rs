@@ -488,3 +488,63 @@ fn an_empty_file_is_waited_for_without_spinning() {
     });
     assert_all_lines(&numbered(&logs_events(&sluice, 1)), 1);
 }
+
+/// SIGTERM while the broker is away and a file's backlog is more than librdkafka's queue holds:
+/// the agent stops within its flush time rather than waiting for the broker for ever, and once
+/// the broker is back a new agent ships every line, the unsent ones read again.
+#[test]
+fn sigterm_while_the_broker_is_away_stops_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("app.log");
+    let lines = |range: std::ops::Range<u64>| -> String {
+        range
+            .map(|n| {
+                format!(
+                    "line {n} GET /api/v1/orders status=200 bytes=512 {}\n",
+                    "x".repeat(40)
+                )
+            })
+            .collect()
+    };
+    std::fs::write(&path, lines(0..1000)).unwrap();
+    let config = agent_config(&sluice, &logs.join("*.log"), "");
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until_shipped(&agent, Duration::from_secs(60));
+    sluice.kill9();
+    let total = 100_000;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(lines(1000..total).as_bytes()).unwrap();
+    // librdkafka's queue takes some 16 000 of these events; the rest wait in the file.
+    wait_until(
+        "the agent stalled on the backlog",
+        Duration::from_secs(30),
+        || {
+            agent.metric("sluice_agent_lines_read_total{input=\"file\"}") > 10_000.0
+                && agent.metric("sluice_agent_file_bytes_behind") > 0.0
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let stopping = Instant::now();
+    signal_pid(agent.child.id(), "TERM");
+    loop {
+        if agent.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(45),
+            "the agent did not stop within 45 s of SIGTERM with the broker away:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sluice.restart();
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until_shipped(&agent, Duration::from_secs(120));
+    assert_all_lines(&numbered(&logs_events(&sluice, total as usize)), total);
+}

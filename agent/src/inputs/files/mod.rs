@@ -86,8 +86,8 @@ impl FilesInput {
         let shipper_thread = std::thread::Builder::new()
             .name("sluice-agent-files-ship".into())
             .spawn({
-                let shipper = shipper.clone();
-                move || ship_batches(&waiting, &shipper, &runtime)
+                let (shipper, stop) = (shipper.clone(), stop.clone());
+                move || ship_batches(&waiting, &shipper, &runtime, &stop)
             })?;
         let mut reader = Reader {
             config: config.files.clone(),

@@ -3,7 +3,9 @@
 //! on the output under the batch's key with the batch's settle as its acknowledgement.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use super::format::{Decoded, Origin};
 use crate::acks::Settle;
@@ -101,33 +103,55 @@ impl Events {
 }
 
 /// Every line an event, queued on the output (waiting while its queue is full), until the
-/// reader is gone and the channel empty.
+/// reader is gone and the channel empty; or, once `stop` is set, until the output stops taking
+/// records (the broker away): the rest of the batch is left unsent, its lines stay pending and
+/// are read again at the next start, and the stop does not wait for the broker.
 pub fn ship_batches(
     batches: &mpsc::Receiver<Batch>,
     shipper: &Shipper,
     runtime: &tokio::runtime::Handle,
+    stop: &AtomicBool,
 ) {
     let mut payload = Vec::new();
     for batch in batches {
         let shared = Shared::of(&batch, &shipper.host);
         let shipped = runtime.block_on(async {
-            // The partitioner places the batch's first line; the others follow it.
-            let mut partition = None;
-            for span in &batch.events.spans {
-                if !shared.write(&mut payload, &batch.events.text, span) {
-                    shipper.malformed(batch.input, "invalid_utf8");
+            let ship = async {
+                // The partitioner places the batch's first line; the others follow it.
+                let mut partition = None;
+                for span in &batch.events.spans {
+                    if !shared.write(&mut payload, &batch.events.text, span) {
+                        shipper.malformed(batch.input, "invalid_utf8");
+                    }
+                    let (key, settle) = (&shared.key, &batch.settle);
+                    shipper
+                        .ship_file_line(partition, key, &payload, settle, shared.read_at)
+                        .await?;
+                    partition = partition.or_else(|| shipper.output.logs_partition(key));
                 }
-                let (key, settle) = (&shared.key, &batch.settle);
-                shipper
-                    .ship_file_line(partition, key, &payload, settle, shared.read_at)
-                    .await?;
-                partition = partition.or_else(|| shipper.output.logs_partition(key));
+                anyhow::Ok(true)
+            };
+            let stuck_at_stop = async {
+                while !(stop.load(Ordering::Relaxed) && shipper.output.stalled()) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(false)
+            };
+            tokio::select! {
+                shipped = ship => shipped,
+                abandoned = stuck_at_stop => abandoned,
             }
-            anyhow::Ok(())
         });
-        if let Err(e) = shipped {
-            tracing::error!(error = %e, "agent: file shipper stopped");
-            return;
+        match shipped {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!("agent: stopping while the broker takes nothing; unsent lines are read again at the next start");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "agent: file shipper stopped");
+                return;
+            }
         }
     }
 }
