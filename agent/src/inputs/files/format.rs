@@ -56,8 +56,14 @@ impl Decoded<'_> {
 pub struct Decoder {
     format: Format,
     max_bytes: usize,
-    partial: Option<Decoded<'static>>,
+    /// Parts waiting for the rest of their line, one per stream: the runtime writes stdout and
+    /// stderr independently, so their parts interleave in the file.
+    partials: Vec<Decoded<'static>>,
 }
+
+/// Streams with a part waiting at once, at most: a file naming more (Docker's `stream` is any
+/// string) has its oldest waiting part shipped as it is, marked truncated.
+const MAX_STREAMS: usize = 4;
 
 #[derive(Deserialize)]
 struct DockerLine {
@@ -73,7 +79,7 @@ impl Decoder {
         Self {
             format,
             max_bytes,
-            partial: None,
+            partials: Vec::new(),
         }
     }
 
@@ -85,7 +91,8 @@ impl Decoder {
             Format::Docker => docker(line),
             Format::Cri => cri(line),
         };
-        let joined = match self.partial.take() {
+        let waiting = self.partials.iter().position(|p| p.stream == part.stream);
+        let joined = match waiting.map(|i| self.partials.remove(i)) {
             Some(mut first) => {
                 let room = self.max_bytes.saturating_sub(first.line.bytes.len());
                 if part.line.bytes.len() > room || part.line.truncated {
@@ -103,16 +110,30 @@ impl Decoder {
             None => part,
         };
         if complete {
-            (Some(joined), defect)
-        } else {
-            self.partial = Some(joined.into_owned());
-            (None, defect)
+            return (Some(joined), defect);
         }
+        self.partials.push(joined.into_owned());
+        if self.partials.len() > MAX_STREAMS {
+            let mut oldest = self.partials.remove(0);
+            oldest.line.truncated = true;
+            return (Some(oldest), defect);
+        }
+        (None, defect)
     }
 
-    /// Where a part waiting for the rest of its line starts: the checkpoint must not pass it.
+    /// Where the first part waiting for the rest of its line starts: the checkpoint must not
+    /// pass it.
     pub fn holding(&self) -> Option<u64> {
-        self.partial.as_ref().map(|p| p.line.start)
+        self.partials.iter().map(|p| p.line.start).min()
+    }
+
+    /// The parts still waiting, marked truncated: their file is closed, the rest never comes.
+    pub fn take_partials(&mut self) -> Vec<Decoded<'static>> {
+        let mut partials = std::mem::take(&mut self.partials);
+        for part in &mut partials {
+            part.line.truncated = true;
+        }
+        partials
     }
 }
 
@@ -301,6 +322,37 @@ mod tests {
         let (bad, defect) = decoder.push(line(500, "not json"));
         assert_eq!(bad.unwrap().line.bytes, &b"not json"[..]);
         assert_eq!(defect, Some("invalid_json"));
+    }
+
+    /// The runtime writes stdout and stderr independently: a stderr line between the parts of
+    /// a stdout line is its own event, and the stdout parts still join. A part whose file
+    /// closes before its rest is handed over, marked truncated.
+    #[test]
+    fn parts_join_per_stream() {
+        let mut decoder = Decoder::new(Format::Cri, 1000);
+        let lines = [
+            decoder_line("stdout", "P aaa"),
+            decoder_line("stderr", "F oops"),
+            decoder_line("stdout", "F bbb"),
+            decoder_line("stdout", "P ccc"),
+        ];
+        assert_eq!(decoder.push(line(0, &lines[0])), (None, None));
+        let (err, _) = decoder.push(line(40, &lines[1]));
+        let err = err.unwrap();
+        assert_eq!(err.line.bytes, &b"oops"[..]);
+        assert_eq!(err.stream.as_deref(), Some("stderr"));
+        assert_eq!(decoder.holding(), Some(0));
+        let (joined, _) = decoder.push(line(80, &lines[2]));
+        assert_eq!(joined.unwrap().line.bytes, &b"aaabbb"[..]);
+        assert_eq!(decoder.push(line(120, &lines[3])), (None, None));
+        let left = decoder.take_partials();
+        assert_eq!(left.len(), 1);
+        assert!(left[0].line.truncated);
+        assert_eq!(decoder.holding(), None);
+    }
+
+    fn decoder_line(stream: &str, tag_and_text: &str) -> String {
+        format!("2026-11-23T10:00:00.1Z {stream} {tag_and_text}")
     }
 
     #[test]

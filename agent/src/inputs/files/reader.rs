@@ -360,6 +360,13 @@ impl Reader {
 
     fn close(&mut self, key: (u64, u64)) {
         let _ = self.flush(key);
+        if let Some(followed) = self.followed.get_mut(&key) {
+            let mut cut = Events::default();
+            for part in followed.decoder.take_partials() {
+                cut.push(&part);
+            }
+            let _ = self.send(key, cut);
+        }
         if let Some(followed) = self.followed.remove(&key) {
             let tailer = followed.tailer;
             tracing::debug!(path = %tailer.path.display(), "agent: file closed");
