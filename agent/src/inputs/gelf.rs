@@ -2,9 +2,9 @@
 //! message, gzip- or zlib-compressed or plain, split into chunks (`0x1e 0x0f`, an 8-byte message
 //! id, sequence number and count) when large; over TCP plain JSON frames ended by a null byte.
 //!
-//! Chunks are reassembled in a bounded table: at most `MAX_PENDING` messages at once, each
-//! dropped (and counted) when its chunks have not all come within five seconds, as the GELF
-//! specification says. Decompression stops at `max_message_bytes`, so a small datagram cannot
+//! Chunks are reassembled in a bounded table: at most `MAX_PENDING` messages and
+//! `MAX_PENDING_BYTES` of chunks at once, each dropped (and counted) when its chunks have not all
+//! come within five seconds, as the GELF specification says. Decompression stops at `max_message_bytes`, so a small datagram cannot
 //! expand into a large allocation.
 
 use std::collections::HashMap;
@@ -28,6 +28,9 @@ const MAX_CHUNKS: u8 = 128;
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages being reassembled at once; a chunk of one more is dropped and counted.
 const MAX_PENDING: usize = 1024;
+/// Bytes of chunks held at once, all messages together: a flood of first chunks cannot hold
+/// `MAX_PENDING` times `max_message_bytes`.
+const MAX_PENDING_BYTES: usize = 32 << 20;
 
 pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 65_536];
@@ -107,6 +110,8 @@ async fn connection(
 #[derive(Default)]
 struct Reassembly {
     pending: HashMap<[u8; 8], Pending>,
+    /// The bytes of every pending message's chunks.
+    bytes: usize,
 }
 
 struct Pending {
@@ -140,20 +145,29 @@ impl Reassembly {
             bytes: 0,
         });
         if pending.parts.len() != count as usize {
+            self.bytes -= pending.bytes;
             self.pending.remove(&id);
             return Err("bad_chunk");
         }
         let part = &datagram[CHUNK_HEADER..];
-        pending.bytes += part.len();
-        if pending.bytes > max {
+        let replaced = pending.parts[seq as usize].as_ref().map_or(0, Vec::len);
+        let grown = pending.bytes - replaced + part.len();
+        if grown > max {
+            self.bytes -= pending.bytes;
             self.pending.remove(&id);
             return Err("too_large");
         }
+        if self.bytes - pending.bytes + grown > MAX_PENDING_BYTES {
+            return Err("too_many_chunked_messages");
+        }
+        self.bytes = self.bytes - pending.bytes + grown;
+        pending.bytes = grown;
         pending.parts[seq as usize] = Some(part.to_vec());
         if pending.parts.iter().any(Option::is_none) {
             return Ok(None);
         }
         let pending = self.pending.remove(&id).expect("present");
+        self.bytes -= pending.bytes;
         Ok(Some(
             pending.parts.into_iter().flatten().flatten().collect(),
         ))
@@ -162,8 +176,15 @@ impl Reassembly {
     /// Drops messages whose chunks did not all come in time; how many.
     fn expire(&mut self, now: Instant) -> usize {
         let before = self.pending.len();
-        self.pending
-            .retain(|_, p| now.duration_since(p.first) < CHUNK_TIMEOUT);
+        let mut freed = 0;
+        self.pending.retain(|_, p| {
+            let keep = now.duration_since(p.first) < CHUNK_TIMEOUT;
+            if !keep {
+                freed += p.bytes;
+            }
+            keep
+        });
+        self.bytes -= freed;
         before - self.pending.len()
     }
 }
@@ -307,6 +328,29 @@ mod tests {
             chunks.add(&chunk(4, 0, 2, &[0; 200]), now, 100),
             Err("too_large")
         );
+    }
+
+    /// First chunks of many large messages whose other chunks never come fill the table's byte
+    /// budget, not the memory: past it chunks are refused, and expiry frees it all.
+    #[test]
+    fn chunks_held_at_once_are_bounded_in_bytes() {
+        let mut chunks = Reassembly::default();
+        let now = Instant::now();
+        let part = vec![b'x'; 60_000];
+        let mut refused = 0;
+        for id in 0..1000u32 {
+            let mut datagram = chunk(0, 0, 100, &part);
+            datagram[2..6].copy_from_slice(&id.to_be_bytes());
+            match chunks.add(&datagram, now, 1 << 20) {
+                Ok(None) => {}
+                Err("too_many_chunked_messages") => refused += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(chunks.bytes <= MAX_PENDING_BYTES);
+        assert!(refused > 400, "{refused} refused");
+        chunks.expire(now + Duration::from_secs(6));
+        assert_eq!(chunks.bytes, 0);
     }
 
     #[test]
