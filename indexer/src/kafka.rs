@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
@@ -67,10 +68,33 @@ pub async fn ensure_topic(
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            // Kafka checks the right to create before whether the topic exists: on a cluster
+            // with ACLs, an indexer that may read the topic but not create topics is refused
+            // even when the topic is there.
+            Err((name, code)) if topic_exists(config, &name).await => {
+                tracing::debug!(topic = %name, error = %code, "indexer: topic not created, but it exists");
+            }
             Err((name, code)) => anyhow::bail!("indexer: cannot create topic {name}: {code}"),
         }
     }
     Ok(())
+}
+
+/// Whether the cluster's metadata shows `topic` with partitions.
+async fn topic_exists(config: &IndexerConfig, topic: &str) -> bool {
+    let (config, topic) = (config.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client(&config, &[]).create().ok()?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .ok()?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic)?;
+        Some(found.error().is_none() && !found.partitions().is_empty())
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 #[cfg(test)]
