@@ -13,11 +13,11 @@ use kafka_protocol::messages::{
     ApiKey, ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
     OffsetForLeaderEpochResponse,
 };
-use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 use tokio::task::JoinHandle;
 
 use super::{encode_response, Close, Context, Request};
+use crate::storage::compress::decode_records;
 use crate::storage::partition::Partition;
 
 const LATEST: i64 = -1;
@@ -83,7 +83,7 @@ async fn lookup(partition: &Partition, timestamp: i64) -> std::io::Result<(i64, 
                 return Ok((-1, -1));
             };
             // The batch holds a record at or after `t`; which one needs the records themselves.
-            let decoded = RecordBatchDecoder::decode(&mut batch.clone())
+            let decoded = decode_records(&mut batch.clone())
                 .map_err(|e| std::io::Error::other(format!("decoding a stored batch: {e:#}")))?;
             Ok(decoded
                 .records

@@ -11,11 +11,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-};
+use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
 
 use super::batch::BatchHeader;
+use super::compress::decode_records;
 
 /// A segment as compaction sees it: its base offset, file, and the bytes of it to read.
 pub struct SegmentFile {
@@ -48,7 +47,7 @@ fn batches(
     while pos < end {
         let header = BatchHeader::parse(&bytes[pos..end])?;
         let mut batch = bytes.slice(pos..pos + header.size.min(end - pos));
-        let set = RecordBatchDecoder::decode(&mut batch)?;
+        let set = decode_records(&mut batch)?;
         out.push((header, set.records, set.compression));
         pos += header.size;
     }

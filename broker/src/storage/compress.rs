@@ -1,8 +1,16 @@
 //! Broker-side compression for topics whose `compression.type` asks for it. An uncompressed
 //! batch's records section is compressed whole (the inner format is the same compressed or not),
 //! so the records are never decoded: only the codec bits, the length and the CRC change.
+//!
+//! And the other way, for the broker's own reads of records (a timestamp lookup, compaction):
+//! `decode_records` decompresses with a bound, as a stored batch is whatever a producer sent,
+//! and a few kilobytes of zstd can announce gigabytes.
 
-use std::io::Write;
+use std::io::{Read, Write};
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::compression::{Decompressor, Snappy};
+use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordSet};
 
 use super::batch::{BatchHeader, HEADER_LEN};
 use crate::config::CompressionType;
@@ -41,6 +49,41 @@ pub fn compress_batch(
     Some(out)
 }
 
+/// The most a stored batch's records may decompress to when the broker reads them: far above
+/// what any real batch holds (a 1 MiB batch of log lines is some 10 MB raw).
+pub const MAX_DECODED_BYTES: u64 = 64 << 20;
+
+/// Decodes one stored batch's records, refusing one whose records decompress to more than
+/// `MAX_DECODED_BYTES`.
+pub fn decode_records(batch: &mut Bytes) -> anyhow::Result<RecordSet> {
+    RecordBatchDecoder::decode_with_custom_compression(batch, Some(decompress_bounded))
+}
+
+fn decompress_bounded(records: &mut Bytes, compression: Compression) -> anyhow::Result<Bytes> {
+    let compressed = std::mem::take(records);
+    let reader: Box<dyn Read> = match compression {
+        Compression::None => return Ok(compressed),
+        // Snappy cannot expand more than some 32 times: the bound is checked after.
+        Compression::Snappy => {
+            let out = Snappy::decompress(&mut compressed.clone(), |b| Ok(std::mem::take(b)))?;
+            return within_bound(out);
+        }
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(compressed.reader())),
+        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(compressed.reader())),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(compressed.reader())?),
+    };
+    let mut out = Vec::new();
+    reader.take(MAX_DECODED_BYTES + 1).read_to_end(&mut out)?;
+    within_bound(Bytes::from(out))
+}
+
+fn within_bound(out: Bytes) -> anyhow::Result<Bytes> {
+    if out.len() as u64 > MAX_DECODED_BYTES {
+        anyhow::bail!("a stored batch's records decompress to more than {MAX_DECODED_BYTES} bytes");
+    }
+    Ok(out)
+}
+
 /// LZ4 frame format (what Kafka clients read since KIP-57), without a content checksum.
 fn lz4_frame(data: &[u8]) -> Option<Vec<u8>> {
     let info = lz4_flex::frame::FrameInfo::new()
@@ -63,6 +106,10 @@ mod tests {
     };
 
     fn real_batch() -> Vec<u8> {
+        encoded(Compression::None)
+    }
+
+    fn encoded(compression: Compression) -> Vec<u8> {
         let records: Vec<Record> = (0..50)
             .map(|i| Record {
                 transactional: false,
@@ -86,10 +133,62 @@ mod tests {
         let mut buf = bytes::BytesMut::new();
         let options = RecordEncodeOptions {
             version: 2,
-            compression: Compression::None,
+            compression,
         };
         RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
         buf.to_vec()
+    }
+
+    /// What clients send with each codec reads back whole through the bounded decoder.
+    #[test]
+    fn every_codec_decodes_within_the_bound() {
+        let plain = decode_records(&mut Bytes::from(real_batch())).unwrap();
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let decoded = decode_records(&mut Bytes::from(encoded(codec))).unwrap();
+            assert_eq!(decoded.compression, codec);
+            assert_eq!(decoded.records, plain.records, "{codec:?}");
+        }
+    }
+
+    /// A batch whose records decompress past the bound (here 100 MB of zeros in a few
+    /// kilobytes of zstd or gzip) is refused, not decompressed whole.
+    #[test]
+    fn a_decompression_bomb_is_refused() {
+        let record = Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 0,
+            key: None,
+            value: Some(Bytes::from(vec![0u8; 100 << 20])),
+            headers: Default::default(),
+            delete_horizon: false,
+        };
+        for compression in [Compression::Zstd, Compression::Gzip] {
+            let mut buf = bytes::BytesMut::new();
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression,
+            };
+            RecordBatchEncoder::encode(&mut buf, std::slice::from_ref(&record), &options).unwrap();
+            assert!(buf.len() < 1 << 20, "{compression:?}: {} bytes", buf.len());
+            let refused = decode_records(&mut buf.freeze()).unwrap_err();
+            assert!(
+                refused.to_string().contains("decompress to more than"),
+                "{refused:#}"
+            );
+        }
     }
 
     #[test]
