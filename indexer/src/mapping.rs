@@ -176,13 +176,11 @@ fn map_event(
         DateTime::from_timestamp_millis(timestamp_ms),
     );
     // An object under a message key stays a field, searchable by its paths.
-    if let Some(key) = MESSAGE_KEYS
+    let message_key = MESSAGE_KEYS
         .iter()
-        .find(|key| event.get(**key).is_some_and(|v| !v.is_object()))
-    {
-        if let Some(message) = event.remove(*key) {
-            doc.add_text(schema.message, into_text(message));
-        }
+        .find(|key| event.get(**key).is_some_and(|v| !v.is_object()));
+    if let Some(message) = message_key.and_then(|key| event.remove(*key)) {
+        doc.add_text(schema.message, into_text(message));
     }
     for (key, field) in [
         ("level", schema.level),
@@ -228,10 +226,39 @@ fn map_event(
     for (key, value) in event {
         rest.entry(key).or_insert(value);
     }
+    if message_key.is_none() {
+        // An event with no message key (structlog's `event`, a metric's name) is still found by
+        // a search without a field: its other text stands in for the message. Not stored; the
+        // hit shows the event as it was.
+        let mut words = String::new();
+        for value in rest.values() {
+            text_of(value, &mut words);
+        }
+        if !words.is_empty() {
+            doc.add_text(schema.message, words);
+        }
+    }
     if !rest.is_empty() {
         doc.add_field_value(schema.fields, &OwnedValue::from(rest));
     }
     (id, bad_timestamp)
+}
+
+/// Appends the strings and numbers in `value`, each followed by a space.
+fn text_of(value: &Value, out: &mut String) {
+    match value {
+        Value::String(text) => {
+            out.push_str(text);
+            out.push(' ');
+        }
+        Value::Number(n) => {
+            out.push_str(&n.to_string());
+            out.push(' ');
+        }
+        Value::Array(items) => items.iter().for_each(|v| text_of(v, out)),
+        Value::Object(map) => map.values().for_each(|v| text_of(v, out)),
+        Value::Bool(_) | Value::Null => {}
+    }
 }
 
 /// An event's own time: RFC 3339 text, or a number of seconds, milliseconds, microseconds or
@@ -355,6 +382,23 @@ mod tests {
         let m = map("é".repeat(200).as_bytes());
         assert_eq!(m.malformed, Some(Malformed::Oversize));
         assert_eq!(text_of(&m, schema.message).unwrap().len(), 256);
+    }
+
+    /// An event with no message key is found by a search without a field: its other text
+    /// stands in for the message (indexed, not stored).
+    #[test]
+    fn an_event_without_a_message_key_is_searchable_by_its_text() {
+        let schema = LogSchema::new();
+        let m = map(br#"{"event":"payment failed","user":{"name":"bo"},"amount":42,"ok":false}"#);
+        let text = text_of(&m, schema.message).unwrap();
+        let mut words: Vec<&str> = text.split_whitespace().collect();
+        words.sort_unstable();
+        assert_eq!(words, ["42", "bo", "failed", "payment"]);
+        let with_message = map(br#"{"message":"disk low","user":"bo"}"#);
+        assert_eq!(
+            text_of(&with_message, schema.message).as_deref(),
+            Some("disk low")
+        );
     }
 
     #[test]
