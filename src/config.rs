@@ -216,6 +216,31 @@ mod tests {
         let err = SluiceConfig::parse("[indexer]\nwriter_memory_bytes = 1000\n").unwrap_err();
         assert!(err.contains("indexer.writer_memory_bytes"), "{err}");
         assert!(err.contains("at least"), "{err}");
+        for (table, key) in [
+            (
+                "[indexer]\nmax_search_limit = 0\n",
+                "indexer.max_search_limit",
+            ),
+            (
+                "[indexer]\nmax_search_window = 10\n",
+                "indexer.max_search_limit",
+            ),
+            (
+                "[indexer]\nmax_document_bytes = 0\n",
+                "indexer.max_document_bytes",
+            ),
+            (
+                "[indexer]\nsession_timeout_ms = 0\n",
+                "indexer.session_timeout_ms",
+            ),
+            ("[indexer]\ngroup_id = \"\"\n", "indexer.group_id"),
+        ] {
+            let err = SluiceConfig::parse(table).unwrap_err();
+            assert!(
+                err.contains(key) && err.contains("expected"),
+                "{table}: {err}"
+            );
+        }
     }
 
     #[test]

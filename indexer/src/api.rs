@@ -214,7 +214,8 @@ async fn search(
         let spec = spec(p.q, p.start.as_deref(), p.end.as_deref())?;
         Ok((
             spec,
-            p.limit.unwrap_or(DEFAULT_LIMIT),
+            p.limit
+                .unwrap_or(DEFAULT_LIMIT.min(api.service.limits().max_limit)),
             p.offset.unwrap_or(0),
         ))
     })?;

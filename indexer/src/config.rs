@@ -135,6 +135,36 @@ impl IndexerConfig {
                 format!("expected at least 1, got {}", self.topic_partitions),
             ));
         }
+        for (key, value) in [
+            ("indexer.topic", &self.topic),
+            ("indexer.group_id", &self.group_id),
+        ] {
+            if value.is_empty() {
+                return Err((key, "expected a name, got an empty string".into()));
+            }
+        }
+        // librdkafka's own range for session.timeout.ms, named here rather than by librdkafka.
+        if !(1..=3_600_000).contains(&self.session_timeout_ms) {
+            return Err((
+                "indexer.session_timeout_ms",
+                format!("expected 1 to 3600000, got {}", self.session_timeout_ms),
+            ));
+        }
+        if self.max_document_bytes < 256 {
+            return Err((
+                "indexer.max_document_bytes",
+                format!("expected at least 256, got {}", self.max_document_bytes),
+            ));
+        }
+        if self.max_search_limit == 0 || self.max_search_window < self.max_search_limit {
+            return Err((
+                "indexer.max_search_limit",
+                format!(
+                    "expected at least 1 and no more than max_search_window ({}), got {}",
+                    self.max_search_window, self.max_search_limit
+                ),
+            ));
+        }
         Ok(())
     }
 }
