@@ -142,6 +142,14 @@ impl Registry {
         fresh: u64,
         wait_for_copies: bool,
     ) -> Option<Placement> {
+        // The inode holds another first line now: truncated and written again while the agent
+        // was away (copytruncate), or reused. Its entry's lines, if anywhere, are in a copy.
+        for t in self.tracked.values_mut() {
+            let e = &mut t.entry;
+            if (e.dev, e.ino) == (dev, ino) && e.fingerprint != fp && !e.released && !e.closed {
+                e.released = true;
+            }
+        }
         let same = |e: &Entry| e.fingerprint == fp && e.dev == dev && e.ino == ino;
         if let Some((id, t)) = self
             .tracked
@@ -355,6 +363,31 @@ mod tests {
             .place(Path::new("copy"), 7, (1, 11), 100, 0, true)
             .unwrap();
         assert_eq!((resumed.identity, resumed.start), (a.identity, 60));
+    }
+
+    /// copytruncate while the agent was away: the live inode holds new lines (another first
+    /// line), and the copy continues the old identity where the checkpoint was, rather than
+    /// being read again from its start under new ids.
+    #[test]
+    fn a_copytruncate_while_away_continues_in_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        let a = registry
+            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true)
+            .unwrap();
+        a.progress.queued(0, 60);
+        a.progress.acknowledged(0);
+        registry.save().unwrap();
+        let mut reloaded = Registry::load(dir.path()).unwrap();
+        let live = reloaded
+            .place(Path::new("app.log"), 8, (1, 10), 5, 0, true)
+            .unwrap();
+        assert_ne!(live.identity, a.identity);
+        assert_eq!(live.start, 0);
+        let copy = reloaded
+            .place(Path::new("app.log.1"), 7, (1, 11), 100, 0, true)
+            .unwrap();
+        assert_eq!((copy.identity, copy.start), (a.identity, 60));
     }
 
     /// Lines written between logrotate's copy and its truncation may have been read from the
