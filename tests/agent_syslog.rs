@@ -335,30 +335,51 @@ fn config_changes_are_picked_up_without_a_restart() {
     let agent = AgentProcess::start(tmp.path(), &config(&first), Stdio::null());
     wait_for_port(&format!("127.0.0.1:{first}"), Duration::from_secs(10)).unwrap();
     logger(&first, &["-T", "-t", "reload", "before the change"]);
+    // A connection open across the change: it ends with the inputs it belonged to, rather
+    // than living on with the old configuration.
+    let mut open = std::net::TcpStream::connect(format!("127.0.0.1:{first}")).unwrap();
+    open.write_all(b"<13>Dec  2 08:00:00 web-1 reload: on an open connection\n")
+        .unwrap();
+    wait_until(
+        "the open connection's message read",
+        Duration::from_secs(20),
+        || agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 2.0,
+    );
     let second = free_port().to_string();
     let path = tmp.path().join("agent.toml");
     std::fs::write(&path, config(&second)).unwrap();
     wait_for_port(&format!("127.0.0.1:{second}"), Duration::from_secs(20)).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut open, &mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the old connection is still served: {other:?}"),
+    }
     logger(&second, &["-T", "-t", "reload", "after the change"]);
     std::fs::write(&path, "[agent]\nno_such_key = 1\n").unwrap();
     std::thread::sleep(Duration::from_secs(1));
     logger(&second, &["-T", "-t", "reload", "despite a broken file"]);
-    let events = logs_events(&sluice, 3);
-    let messages: Vec<&str> = events
+    let events = logs_events(&sluice, 4);
+    // Another host's messages go to their own partition: compared as a set.
+    let mut messages: Vec<&str> = events
         .iter()
         .map(|e| e["message"].as_str().unwrap())
         .collect();
+    messages.sort_unstable();
     assert_eq!(
         messages,
         [
-            "before the change",
             "after the change",
-            "despite a broken file"
+            "before the change",
+            "despite a broken file",
+            "on an open connection"
         ]
     );
     assert_eq!(
         agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#),
-        3.0,
+        4.0,
         "counters carry on across a reload"
     );
 }

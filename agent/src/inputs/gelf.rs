@@ -66,10 +66,15 @@ pub async fn run_tcp(
     shipper: Arc<Shipper>,
     max: usize,
 ) -> anyhow::Result<()> {
-    super::accept(listener, "gelf_tcp", move |stream, peer| {
-        let shipper = shipper.clone();
-        async move { connection(stream, peer, &shipper, max).await }
-    })
+    super::accept(
+        listener,
+        "gelf_tcp",
+        &shipper.clone(),
+        move |stream, peer| {
+            let shipper = shipper.clone();
+            async move { connection(stream, peer, &shipper, max).await }
+        },
+    )
     .await
 }
 

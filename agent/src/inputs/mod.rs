@@ -14,24 +14,43 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Accepts TCP connections for ever, each served by `serve` in a task of its own.
+use crate::shipper::Shipper;
+
+/// TCP connections an input serves at once; more are closed as they come, and counted.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Accepts TCP connections for ever, each served by `serve` in a task of its own. The tasks
+/// belong to this loop: when it is stopped (the agent stopping, or restarting its inputs on a
+/// new configuration) its connections end with it, rather than living on with the old
+/// configuration and the old spool beside the new one.
 pub async fn accept<S, F>(
     listener: TcpListener,
     input: &'static str,
+    shipper: &Shipper,
     serve: S,
 ) -> anyhow::Result<()>
 where
     S: Fn(TcpStream, SocketAddr) -> F,
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = listener.accept().await?;
-        let connection = serve(stream, peer);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(input, %peer, error = %e, "agent: TCP connection ended");
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = accepted?;
+                if connections.len() >= MAX_CONNECTIONS {
+                    shipper.malformed(input, "too_many_connections");
+                    continue;
+                }
+                let connection = serve(stream, peer);
+                connections.spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(input, %peer, error = %e, "agent: TCP connection ended");
+                    }
+                });
             }
-        });
+            Some(_) = connections.join_next() => {}
+        }
     }
 }
 

@@ -34,10 +34,15 @@ pub async fn run_tcp(
     shipper: Arc<Shipper>,
     max: usize,
 ) -> anyhow::Result<()> {
-    super::accept(listener, "syslog_tcp", move |stream, peer| {
-        let shipper = shipper.clone();
-        async move { connection(stream, peer, &shipper, max).await }
-    })
+    super::accept(
+        listener,
+        "syslog_tcp",
+        &shipper.clone(),
+        move |stream, peer| {
+            let shipper = shipper.clone();
+            async move { connection(stream, peer, &shipper, max).await }
+        },
+    )
     .await
 }
 
