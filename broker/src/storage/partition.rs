@@ -8,17 +8,17 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use super::appender::Appender;
 use super::batch::{set_base_offset, BatchHeader, HEADER_LEN};
-use super::compaction::{Rewrite, SegmentFile};
 use super::io::Io;
 use super::producers::{ProducerStates, Sequence};
 use super::segment::{cut_batches, Cut, ScanReport, Segment};
 use super::AppendError;
+
+mod maintenance;
 
 /// Settings a partition needs from its topic.
 #[derive(Debug, Clone, Copy)]
@@ -452,112 +452,6 @@ impl Partition {
         Ok(None)
     }
 
-    /// Deletes closed segments that retention no longer wants: those whose newest record is older
-    /// than `retention_ms`, and the oldest while the partition is larger than `retention_bytes`.
-    /// The active segment always stays. Returns how many were deleted.
-    pub fn enforce_retention(&self, retention_ms: i64, retention_bytes: i64) -> io::Result<usize> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_millis() as i64;
-        let mut doomed = Vec::new();
-        {
-            let mut log = self.log();
-            let mut total: u64 = log.segments.values().map(|s| s.size).sum();
-            let closed: Vec<i64> = log.segments.keys().rev().skip(1).rev().copied().collect();
-            for base in closed {
-                let segment = &log.segments[&base];
-                let expired = retention_ms >= 0 && segment.max_timestamp < now_ms - retention_ms;
-                // As Kafka: delete only while what remains stays at least retention.bytes.
-                let oversized =
-                    retention_bytes >= 0 && total - segment.size >= retention_bytes as u64;
-                if !(expired || oversized) {
-                    break;
-                }
-                total -= segment.size;
-                doomed.push(log.segments.remove(&base).expect("key from the map"));
-            }
-        }
-        let deleted = doomed.len();
-        for segment in doomed {
-            segment.delete()?;
-        }
-        Ok(deleted)
-    }
-
-    /// The closed segments and the active one, as files to read, for compaction.
-    pub fn segment_files(&self) -> (Vec<SegmentFile>, SegmentFile) {
-        let log = self.log();
-        let mut files: Vec<SegmentFile> = log
-            .segments
-            .values()
-            .map(|s| SegmentFile {
-                base_offset: s.base_offset,
-                path: s.log_path().to_owned(),
-                size: s.size,
-            })
-            .collect();
-        let active = files.pop().expect("a partition has a segment");
-        (files, active)
-    }
-
-    /// Swaps compacted segments in: the cleaned file is renamed over the segment's log and its
-    /// index rebuilt; a segment with nothing left is deleted. A segment that is no longer there,
-    /// or has become the active one, is left alone.
-    pub fn apply_rewrites(&self, rewrites: Vec<Rewrite>) -> io::Result<u64> {
-        let settings = *self.settings.lock().expect("settings lock");
-        let mut removed = 0;
-        for rewrite in rewrites {
-            let mut log = self.log();
-            let active = log.segments.keys().next_back().copied();
-            let Some(old) = log.segments.get(&rewrite.base_offset) else {
-                discard(&rewrite);
-                continue;
-            };
-            if Some(rewrite.base_offset) == active {
-                discard(&rewrite);
-                continue;
-            }
-            let old_path = old.log_path().to_owned();
-            match &rewrite.cleaned {
-                Some(cleaned) => {
-                    // The old index goes first (durably): a crash after the rename must not
-                    // find an index that describes the old log.
-                    let _ = std::fs::remove_file(old_path.with_extension("index"));
-                    super::sync_dir(&self.dir)?;
-                    std::fs::rename(cleaned, &old_path)?;
-                    super::sync_dir(&self.dir)?;
-                    match Segment::open(
-                        &self.dir,
-                        rewrite.base_offset,
-                        settings.index_interval_bytes,
-                        true,
-                    ) {
-                        Ok((segment, _)) => {
-                            log.segments.insert(rewrite.base_offset, segment);
-                        }
-                        // Readers keep the old segment's open file; the next start opens the
-                        // compacted one.
-                        Err(e) => {
-                            tracing::error!(dir = %self.dir.display(), error = %e, "reopening a compacted segment");
-                            continue;
-                        }
-                    }
-                }
-                None => {
-                    let old = log
-                        .segments
-                        .remove(&rewrite.base_offset)
-                        .expect("checked above");
-                    old.delete()?;
-                    super::sync_dir(&self.dir)?;
-                }
-            }
-            removed += rewrite.removed;
-        }
-        Ok(removed)
-    }
-
     /// Refuses every later append once the one in progress is done: the partition's topic is
     /// being deleted, and an append (a roll, say) must not make files in a directory that a
     /// topic made again under the same name may own.
@@ -577,12 +471,6 @@ impl Partition {
         let _no_append = self.append_lock.blocking_lock();
         self.closed.store(true, Ordering::Release);
         self.log().segments.values().try_for_each(Segment::sync)
-    }
-}
-
-fn discard(rewrite: &Rewrite) {
-    if let Some(path) = &rewrite.cleaned {
-        let _ = std::fs::remove_file(path);
     }
 }
 
