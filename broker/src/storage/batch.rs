@@ -205,8 +205,17 @@ pub mod testing {
     /// A batch of one record with `key` and `value`, encoded by kafka-protocol as a client
     /// would (decodable, unlike `batch`'s filler).
     pub fn one_record(key: Option<&[u8]>, value: &[u8]) -> Vec<u8> {
+        one_record_compressed(key, value, kafka_protocol::records::Compression::None)
+    }
+
+    /// As `one_record`, its records compressed with `compression`.
+    pub fn one_record_compressed(
+        key: Option<&[u8]>,
+        value: &[u8],
+        compression: kafka_protocol::records::Compression,
+    ) -> Vec<u8> {
         use kafka_protocol::records::{
-            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+            Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
         };
         let record = Record {
             transactional: false,
@@ -226,7 +235,7 @@ pub mod testing {
         let mut buf = bytes::BytesMut::new();
         let options = RecordEncodeOptions {
             version: 2,
-            compression: Compression::None,
+            compression,
         };
         RecordBatchEncoder::encode(&mut buf, [&record], &options).expect("one record encodes");
         buf.to_vec()

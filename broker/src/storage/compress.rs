@@ -98,7 +98,7 @@ fn lz4_frame(data: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::batch::testing::batch;
+    use super::super::batch::testing::{batch, one_record_compressed};
     use super::*;
     use kafka_protocol::records::{
         Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
@@ -160,30 +160,15 @@ mod tests {
     /// kilobytes of zstd or gzip) is refused, not decompressed whole.
     #[test]
     fn a_decompression_bomb_is_refused() {
-        let record = Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: 0,
-            key: None,
-            value: Some(Bytes::from(vec![0u8; 100 << 20])),
-            headers: Default::default(),
-            delete_horizon: false,
-        };
+        let zeros = vec![0u8; 100 << 20];
         for compression in [Compression::Zstd, Compression::Gzip] {
-            let mut buf = bytes::BytesMut::new();
-            let options = RecordEncodeOptions {
-                version: 2,
-                compression,
-            };
-            RecordBatchEncoder::encode(&mut buf, std::slice::from_ref(&record), &options).unwrap();
-            assert!(buf.len() < 1 << 20, "{compression:?}: {} bytes", buf.len());
-            let refused = decode_records(&mut buf.freeze()).unwrap_err();
+            let bomb = one_record_compressed(None, &zeros, compression);
+            assert!(
+                bomb.len() < 1 << 20,
+                "{compression:?}: {} bytes",
+                bomb.len()
+            );
+            let refused = decode_records(&mut Bytes::from(bomb)).unwrap_err();
             assert!(
                 refused.to_string().contains("decompress to more than"),
                 "{refused:#}"
