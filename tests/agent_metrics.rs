@@ -45,10 +45,17 @@ fn cgroup_fixture_gives_the_expected_container_samples() {
     );
     let cgroup = cgroup_fixture(tmp.path());
     let agent = metrics_agent(&sluice, tmp.path(), &cgroup);
-    let text = sluice.wait_for_agent_series(
+    sluice.wait_for_agent_series(
         &pod_series("sluice_container_memory_usage_bytes"),
         Duration::from_secs(30),
     );
+    // A round's samples are records of their own, and the scrape's come after the cgroup's: the
+    // view is read once it has those too (every series is refreshed each 500 ms round).
+    let build_info = format!(
+        "sluice_build_info{{host=\"node-1\",instance=\"{}\"",
+        sluice.http
+    );
+    let text = sluice.wait_for_agent_series(&build_info, Duration::from_secs(30));
     let expected = [
         ("sluice_container_cpu_usage_seconds_total", 123.456789),
         ("sluice_container_cpu_user_seconds_total", 100.0),
@@ -92,13 +99,10 @@ fn cgroup_fixture_gives_the_expected_container_samples() {
     assert_eq!(containers, 0, "{text}");
     assert!(text.contains("# TYPE sluice_container_cpu_usage_seconds_total counter\n"));
     assert!(text.contains("# TYPE sluice_container_memory_usage_bytes gauge\n"));
-    // Host samples and the scraped target's own series, labelled with host and instance.
+    // Host samples beside the scraped target's own (waited for above, labelled with host and
+    // instance).
     assert!(view_value(&text, "sluice_host_memory_total_bytes{host=\"node-1\"}").unwrap() > 0.0);
     assert!(text.contains("sluice_host_cpu_seconds_total{host=\"node-1\",mode=\"idle\"}"));
-    assert!(text.contains(&format!(
-        "sluice_build_info{{host=\"node-1\",instance=\"{}\"",
-        sluice.http
-    )));
     promtool_passes(&text);
 
     // On the topic: the contract's JSON, keyed by host.
