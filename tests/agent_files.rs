@@ -548,3 +548,57 @@ fn sigterm_while_the_broker_is_away_stops_and_loses_nothing() {
     wait_until_shipped(&agent, Duration::from_secs(120));
     assert_all_lines(&numbered(&logs_events(&sluice, total as usize)), total);
 }
+
+/// A line the topic refuses for good (its batch is over the topic's `max.message.bytes`) is
+/// counted and let go: the file's checkpoint moves past it, as it does past a line librdkafka
+/// refuses itself, instead of staying before it for ever and sending the rest of the file again
+/// at every start.
+#[test]
+fn a_line_the_broker_refuses_for_good_does_not_hold_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let made = sluice.client(&[
+        "topics",
+        "create",
+        "logs",
+        "-p",
+        "1",
+        "-c",
+        "max.message.bytes=4096",
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("app.log");
+    std::fs::write(&path, "line 0 of 2\n").unwrap();
+    let config = agent_config(&sluice, &logs.join("*.log"), "");
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let sent = |agent: &AgentProcess| agent.metric("sluice_agent_events_sent_total");
+    wait_until("line 0 acknowledged", Duration::from_secs(30), || {
+        sent(&agent) >= 1.0
+    });
+    // 20 000 bytes that lz4 cannot shrink below the topic's 4096.
+    let mut seed = Lcg(7);
+    let noise: String = (0..20_000)
+        .map(|_| char::from(b'!' + seed.next_ms(0, 90) as u8))
+        .collect();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writeln!(file, "{noise}").unwrap();
+    wait_until(
+        "the broker refused the long line",
+        Duration::from_secs(30),
+        || agent.metric("sluice_agent_send_errors_total") >= 1.0,
+    );
+    writeln!(file, "line 1 of 2").unwrap();
+    wait_until("line 1 acknowledged", Duration::from_secs(30), || {
+        sent(&agent) >= 2.0 && agent.metric("sluice_agent_file_bytes_behind") == 0.0
+    });
+    signal_pid(agent.child.id(), "TERM");
+    agent.child.wait().unwrap();
+    let length = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(saved_checkpoint(tmp.path(), &path), length);
+    assert_all_lines(&numbered(&logs_events(&sluice, 2)), 2);
+}

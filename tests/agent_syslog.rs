@@ -418,3 +418,83 @@ fn a_full_spool_drops_and_counts_with_the_drop_policy() {
     );
     assert!(agent.metric("sluice_agent_spool_dropped_total") > 0.0);
 }
+
+/// A save of the configuration that changes nothing, and one that does not load, once an input
+/// has ended (stdin at its end, the metrics still collected): the agent carries on with what
+/// runs. (Waiting for the inputs again after such a change once polled the ended one's task a
+/// second time, and the agent died of it.)
+#[test]
+fn saves_that_change_nothing_after_stdin_ended_keep_the_agent_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let config = format!(
+        "[agent]\nbrokers = \"{}\"\nstdin = true\n[agent.metrics]\nhost = true\ninterval_ms = 200\n",
+        sluice.kafka
+    );
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let sent = |agent: &AgentProcess| agent.metric("sluice_agent_events_sent_total");
+    wait_until("samples sent", Duration::from_secs(20), || {
+        sent(&agent) > 0.0
+    });
+    let path = tmp.path().join("agent.toml");
+    for text in [
+        config.as_str(),
+        "[agent]\nno_such_key = 1\n",
+        config.as_str(),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            agent.child.try_wait().unwrap().is_none(),
+            "the agent ended after a save of its configuration:\n{}",
+            agent.log_text()
+        );
+    }
+    let before = sent(&agent);
+    wait_until("more samples sent", Duration::from_secs(20), || {
+        sent(&agent) > before
+    });
+}
+
+/// A configuration that loads but cannot start (a GELF port another process holds) leaves the
+/// previous inputs serving: what the failed start had opened (the syslog socket) is closed
+/// again, so the previous configuration can take it back.
+#[test]
+fn a_configuration_that_cannot_start_leaves_the_previous_one_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let udp = free_port().to_string();
+    let config = format!(
+        "[agent]\nbrokers = \"{}\"\n[agent.syslog]\nudp = \"127.0.0.1:{udp}\"\n",
+        sluice.kafka
+    );
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    logger(&udp, &["-d", "-t", "reload", "before the change"]);
+    wait_until("the first message sent", Duration::from_secs(20), || {
+        agent.metric("sluice_agent_events_sent_total") >= 1.0
+    });
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let wanted = format!(
+        "{config}[agent.gelf]\ntcp = \"{}\"\n",
+        taken.local_addr().unwrap()
+    );
+    std::fs::write(tmp.path().join("agent.toml"), wanted).unwrap();
+    wait_until(
+        "the agent going on with its previous configuration",
+        Duration::from_secs(30),
+        || agent.log_text().contains("previous configuration"),
+    );
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent ended:\n{}",
+        agent.log_text()
+    );
+    logger(&udp, &["-d", "-t", "reload", "after the change"]);
+    let events = logs_events(&sluice, 2);
+    let mut messages: Vec<&str> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    messages.sort_unstable();
+    assert_eq!(messages, ["after the change", "before the change"]);
+}

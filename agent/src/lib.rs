@@ -71,8 +71,9 @@ impl Agent {
         } else {
             config.hostname.clone()
         };
+        // Everything that can fail comes before the first task is spawned: a start that fails
+        // (a port taken) leaves nothing running, so the previous configuration can start again.
         let output = Arc::new(KafkaOutput::new(&config, metrics.clone())?);
-        let resend = spawn_input("resend", output.clone().resend_refused());
         let cannot_replay = config.stdin
             || !(config.syslog.udp.is_empty()
                 && config.syslog.tcp.is_empty()
@@ -87,15 +88,13 @@ impl Agent {
             )?)),
             false => None,
         };
-        let drain = spool.as_ref().map(|spool| {
-            tokio::spawn(spool::drain(
-                spool.clone(),
-                output.clone(),
-                config.topic.clone(),
-            ))
-        });
+        let (syslog, gelf) = (&config.syslog, &config.gelf);
+        let syslog_udp = bind_udp("syslog", &syslog.udp).await?;
+        let syslog_tcp = bind_tcp("syslog", &syslog.tcp).await?;
+        let gelf_udp = bind_udp("GELF", &gelf.udp).await?;
+        let gelf_tcp = bind_tcp("GELF", &gelf.tcp).await?;
         let shipper = Arc::new(Shipper {
-            output,
+            output: output.clone(),
             spool,
             metrics,
             topic: config.topic.clone(),
@@ -103,22 +102,33 @@ impl Agent {
             run: event::now_ms(),
             connections: Default::default(),
         });
+        let files = match follows_files {
+            true => Some(inputs::files::FilesInput::start(&config, shipper.clone())?),
+            false => None,
+        };
+        let resend = spawn_input("resend", output.clone().resend_refused());
+        let drain = shipper.spool.as_ref().map(|spool| {
+            tokio::spawn(spool::drain(
+                spool.clone(),
+                output.clone(),
+                config.topic.clone(),
+            ))
+        });
         let mut tasks = Vec::new();
-        let (syslog, gelf) = (&config.syslog, &config.gelf);
-        if let Some(socket) = bind_udp("syslog", &syslog.udp).await? {
+        if let Some(socket) = syslog_udp {
             let input = inputs::syslog::run_udp(socket, shipper.clone(), syslog.max_message_bytes);
             tasks.push(spawn_input("syslog_udp", input));
         }
-        if let Some(listener) = bind_tcp("syslog", &syslog.tcp).await? {
+        if let Some(listener) = syslog_tcp {
             let input =
                 inputs::syslog::run_tcp(listener, shipper.clone(), syslog.max_message_bytes);
             tasks.push(spawn_input("syslog_tcp", input));
         }
-        if let Some(socket) = bind_udp("GELF", &gelf.udp).await? {
+        if let Some(socket) = gelf_udp {
             let input = inputs::gelf::run_udp(socket, shipper.clone(), gelf.max_message_bytes);
             tasks.push(spawn_input("gelf_udp", input));
         }
-        if let Some(listener) = bind_tcp("GELF", &gelf.tcp).await? {
+        if let Some(listener) = gelf_tcp {
             let input = inputs::gelf::run_tcp(listener, shipper.clone(), gelf.max_message_bytes);
             tasks.push(spawn_input("gelf_tcp", input));
         }
@@ -131,10 +141,6 @@ impl Agent {
                 collectors::run(config.clone(), shipper.clone()),
             ));
         }
-        let files = match follows_files {
-            true => Some(inputs::files::FilesInput::start(&config, shipper.clone())?),
-            false => None,
-        };
         tracing::info!(host = %shipper.host, inputs = tasks.len(), "agent started");
         Ok(Self {
             shipper,
@@ -147,9 +153,13 @@ impl Agent {
 
     /// Resolves when every input has ended (stdin at its end; listeners only on error; files
     /// never).
+    /// Cancel safe: a `select!` may drop it and call it again.
     pub async fn inputs_done(&mut self) {
         for task in &mut self.tasks {
-            let _ = task.await;
+            // A handle must not be polled again once it has given its result.
+            if !task.is_finished() {
+                let _ = task.await;
+            }
         }
         if self.files.is_some() {
             std::future::pending::<()>().await;

@@ -129,8 +129,11 @@ impl ProducerContext<KeyHash> for Deliveries {
             Err((e, message)) => {
                 self.metrics.send_errors.inc();
                 if e.rdkafka_error_code().is_some_and(never_sendable) {
+                    // As when librdkafka refuses it at the door (`queue`): counted and let go,
+                    // or a file's checkpoint would stay before it for ever, and every start
+                    // would send the rest of the file again.
                     tracing::warn!(error = %e, "agent: an event was refused for good");
-                    settle.one_failed();
+                    settle.one_done();
                     return;
                 }
                 if !self.refusing.swap(true, Ordering::Relaxed) {
