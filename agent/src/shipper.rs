@@ -144,25 +144,32 @@ impl Shipper {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::AgentConfig;
-
-    /// A peer that reconnects from the same port (or another host from the same port) starts
-    /// its messages at 1 again: their ids must still differ, or the indexer drops them as repeats.
-    #[test]
-    fn tcp_connections_never_share_an_id() {
+impl Shipper {
+    /// A shipper on host `h` whose producer has no broker to reach.
+    pub(crate) fn testing() -> Self {
         let metrics = AgentMetrics::register(&prometheus::Registry::new()).unwrap();
-        let output = KafkaOutput::new(&AgentConfig::default(), metrics.clone()).unwrap();
-        let shipper = Shipper {
-            output: Arc::new(output),
+        let output = KafkaOutput::new(&crate::config::AgentConfig::default(), metrics.clone());
+        Shipper {
+            output: Arc::new(output.unwrap()),
             spool: None,
             metrics,
             topic: "logs".into(),
             host: "h".into(),
             run: 1,
             connections: Default::default(),
-        };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that reconnects from the same port (or another host from the same port) starts
+    /// its messages at 1 again: their ids must still differ, or the indexer drops them as repeats.
+    #[test]
+    fn tcp_connections_never_share_an_id() {
+        let shipper = Shipper::testing();
         let ids: std::collections::HashSet<String> = (0..3)
             .map(|_| shipper.next_connection())
             .flat_map(|c| [1, 2].map(|seq| shipper.connection_event_id("syslog_tcp", c, seq)))

@@ -83,6 +83,11 @@ fn find_containers(root: &Path) -> Result<Vec<(String, PathBuf)>, String> {
 /// The 64-hex-digit container id a cgroup directory's name holds, if any.
 fn container_id(name: &str) -> Option<&str> {
     let stem = name.strip_suffix(".scope").unwrap_or(name);
+    // CRI-O and Podman give each container's monitor (conmon) a scope named after the container:
+    // taken for the container, it would be a second series with the same labels.
+    if stem.contains("-conmon-") {
+        return None;
+    }
     let id = stem.rsplit(['-', ':']).next()?;
     (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
@@ -221,6 +226,8 @@ mod tests {
             "docker.service",
             "init.scope",
             "kubepods-pod1.slice",
+            &format!("crio-conmon-{id}.scope"),
+            &format!("libpod-conmon-{id}.scope"),
         ] {
             assert_eq!(container_id(name), None, "{name}");
         }

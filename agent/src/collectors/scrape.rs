@@ -18,6 +18,9 @@ pub struct Scraper {
 /// Largest scrape body read; a bigger one is an error, as Prometheus's body_size_limit makes it.
 const MAX_BODY_BYTES: u64 = 16 << 20;
 
+/// Targets scraped at once: each holds its body (up to `MAX_BODY_BYTES`) until it is parsed.
+const PARALLEL_SCRAPES: usize = 4;
+
 impl Scraper {
     pub fn new(config: &MetricsConfig) -> Self {
         // A scrape must end before the next round starts.
@@ -33,31 +36,48 @@ impl Scraper {
         }
     }
 
-    /// Scrapes every target; the result of each, by target.
+    /// Scrapes every target, `PARALLEL_SCRAPES` at a time, so a target that does not answer
+    /// costs the round one timeout rather than one per target; the result of each, by target.
     pub fn collect(
         &mut self,
         samples: &mut Samples,
         shipper: &Shipper,
     ) -> Vec<(String, Result<(), String>)> {
         let mut results = Vec::new();
-        for target in &self.targets {
-            let result = self.fetch(target).map(|body| {
-                let instance = instance_of(target);
-                let parsed = parse(&body, self.max_samples, samples);
-                for sample in &mut samples.out[parsed.first..] {
-                    sample
-                        .labels
-                        .entry("instance".into())
-                        .or_insert_with(|| instance.to_owned());
-                }
-                for _ in 0..parsed.bad_lines {
-                    shipper.malformed("prometheus", "bad_line");
-                }
-                for _ in 0..parsed.dropped {
-                    shipper.malformed("prometheus", "too_many_samples");
-                }
+        for targets in self.targets.chunks(PARALLEL_SCRAPES) {
+            let bodies: Vec<Result<String, String>> = std::thread::scope(|scope| {
+                let fetches: Vec<_> = targets
+                    .iter()
+                    .map(|target| scope.spawn(|| self.fetch(target)))
+                    .collect();
+                fetches
+                    .into_iter()
+                    .map(|fetch| {
+                        fetch
+                            .join()
+                            .unwrap_or_else(|_| Err("the scrape's thread panicked".into()))
+                    })
+                    .collect()
             });
-            results.push((target.clone(), result));
+            for (target, body) in targets.iter().zip(bodies) {
+                let result = body.map(|body| {
+                    let instance = instance_of(target);
+                    let parsed = parse(&body, self.max_samples, samples);
+                    for sample in &mut samples.out[parsed.first..] {
+                        sample
+                            .labels
+                            .entry("instance".into())
+                            .or_insert_with(|| instance.to_owned());
+                    }
+                    for _ in 0..parsed.bad_lines {
+                        shipper.malformed("prometheus", "bad_line");
+                    }
+                    for _ in 0..parsed.dropped {
+                        shipper.malformed("prometheus", "too_many_samples");
+                    }
+                });
+                results.push((target.clone(), result));
+            }
         }
         results
     }
@@ -212,8 +232,22 @@ fn quoted(text: &str) -> Option<(String, &str)> {
     None
 }
 
+/// HELP text unescaped (`\\` and `\n`) in one pass, so `\\n` stays a backslash and an `n`.
 fn unescape(help: &str) -> String {
-    help.replace("\\n", "\n").replace("\\\\", "\\")
+    let mut text = String::with_capacity(help.len());
+    let mut chars = help.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            text.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => text.push('\n'),
+            Some(other) => text.push(other),
+            None => text.push('\\'),
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -269,6 +303,43 @@ broken{label="open} 1
         assert_eq!(
             instance_of("http://127.0.0.1:9100/metrics"),
             "127.0.0.1:9100"
+        );
+    }
+
+    #[test]
+    fn help_escapes_are_undone_in_one_pass() {
+        assert_eq!(unescape(r"a\\n"), r"a\n");
+        assert_eq!(unescape(r"two\nlines"), "two\nlines");
+        assert_eq!(unescape(r"ends in \"), r"ends in \");
+    }
+
+    /// Targets that take the connection and never answer cost a round one timeout together,
+    /// not one each (three in a row would take 3 s here).
+    #[test]
+    fn silent_targets_are_waited_for_together() {
+        let silent: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let config = MetricsConfig {
+            interval_ms: 1000,
+            targets: silent
+                .iter()
+                .map(|l| format!("http://{}/metrics", l.local_addr().unwrap()))
+                .collect(),
+            ..Default::default()
+        };
+        let shipper = Shipper::testing();
+        let mut samples = Samples::new(0);
+        let started = std::time::Instant::now();
+        let results = Scraper::new(&config).collect(&mut samples, &shipper);
+        assert!(
+            results.iter().all(|(_, result)| result.is_err()),
+            "{results:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "three silent targets took {:?}",
+            started.elapsed()
         );
     }
 }
