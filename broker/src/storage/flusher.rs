@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,15 +27,9 @@ pub struct Flusher {
 
 impl Flusher {
     /// Starts the task; `linger` lets a cycle wait for company, `max_pending` bounds the queue.
-    pub fn start(
-        io: Io,
-        linger: Duration,
-        max_pending: usize,
-        metrics: BrokerMetrics,
-        failed: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn start(io: Io, linger: Duration, max_pending: usize, metrics: BrokerMetrics) -> Self {
         let (queue, rx) = mpsc::channel(max_pending.max(1));
-        tokio::spawn(run(io, rx, linger, max_pending.max(1), metrics, failed));
+        tokio::spawn(run(io, rx, linger, max_pending.max(1), metrics));
         Self { queue }
     }
 
@@ -68,7 +61,6 @@ async fn run(
     linger: Duration,
     max_pending: usize,
     metrics: BrokerMetrics,
-    failed: Arc<AtomicBool>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut cycle = vec![first];
@@ -102,8 +94,8 @@ async fn run(
         metrics.fsync_batch_writes.observe(cycle.len() as f64);
         if let Err(e) = &result {
             // After a failed fsync the kernel may have dropped the dirty pages, and a later
-            // fsync can succeed without them: nothing written may be trusted any more.
-            failed.store(true, Ordering::Release);
+            // fsync can succeed without them: nothing written may be trusted any more (`Io`
+            // now fails every sync, and the storage every produce).
             tracing::error!(error = %e, "fdatasync failed: storage is failed, refusing every produce until restart");
         }
         for request in cycle {

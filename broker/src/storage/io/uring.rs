@@ -3,13 +3,18 @@
 //! thread only waits for completions and hands each result back through a oneshot channel. No
 //! hop through another thread on the way in keeps acknowledgement latency close to a direct
 //! syscall while many operations (every partition's fsync of a group commit) fly at once.
+//!
+//! Should the ring fail (a submit refused for good, the reaper ended), every operation in flight
+//! and every later one fails rather than waiting for ever: the storage then fails like after an
+//! fsync error, and says so.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use io_uring::{opcode, types, IoUring};
@@ -51,20 +56,22 @@ struct Shared {
     next_id: AtomicU64,
     /// At most RING_ENTRIES operations in flight: the queues can never overflow.
     slots: Arc<tokio::sync::Semaphore>,
+    /// The ring failed: no operation is started any more (see `fail`).
+    broken: AtomicBool,
 }
 
 impl Shared {
-    fn entry(&self, id: u64, op: &Op) -> io_uring::squeue::Entry {
+    fn entry(&self, id: u64, op: &mut Op) -> io_uring::squeue::Entry {
         let fd = types::Fd(op.file.as_raw_fd());
-        match &op.kind {
+        match &mut op.kind {
             OpKind::Write { offset, data, done } => {
                 let rest = &data[*done..];
                 opcode::Write::new(fd, rest.as_ptr(), rest.len() as u32)
-                    .offset(offset + *done as u64)
+                    .offset(*offset + *done as u64)
                     .build()
             }
             OpKind::Read { offset, buf } => {
-                opcode::Read::new(fd, buf.as_ptr() as *mut u8, buf.len() as u32)
+                opcode::Read::new(fd, buf.as_mut_ptr(), buf.len() as u32)
                     .offset(*offset)
                     .build()
             }
@@ -77,48 +84,111 @@ impl Shared {
 
     /// Registers `op` and hands it to the kernel. Once its entry is queued the op stays
     /// registered until reaped, whatever happens: the kernel may be using its buffer.
-    fn start(&self, op: Op) {
+    fn start(&self, mut op: Op) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) % STOP;
-        let entry = self.entry(id, &op);
-        self.in_flight
-            .lock()
-            .expect("in-flight lock")
-            .insert(id, op);
+        let entry = self.entry(id, &mut op);
+        {
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Checked under the lock `fail` empties the map with: an op is either failed there
+            // or refused here, never left waiting.
+            if self.broken.load(Ordering::Acquire) {
+                let _ = op.reply.send(Err(broken()));
+                return;
+            }
+            in_flight.insert(id, op);
+        }
         self.submit(&entry);
     }
 
-    /// Queues an entry and submits it. The queue has room (operations are capped at its size);
-    /// should the submit fail, the entry stays queued and the reaper submits it next round.
+    /// Queues an entry and submits everything queued. The queue has room (operations are
+    /// capped at its size) unless submits are failing.
     fn submit(&self, entry: &io_uring::squeue::Entry) {
-        let _one_writer = self.submit_lock.lock().expect("submit lock");
+        let _one_writer = self
+            .submit_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         loop {
             // SAFETY: `submit_lock` is held, so this is the only SubmissionQueue in existence.
             // Every buffer an entry points at outlives its operation: write data is a `Bytes` and
             // read buffers are `Vec`s owned by the `Op` in `in_flight` until it is reaped (a Vec's
-            // heap buffer does not move when the Op moves), and the `Op` holds its file open.
+            // heap buffer does not move when the Op moves), and the `Op` holds its file open; a
+            // failed ring never frees them (`fail`).
             let pushed = unsafe { self.ring.submission_shared().push(entry) }.is_ok();
-            if pushed {
+            if pushed || !self.submit_queued() {
                 break;
             }
-            if let Err(e) = self.ring.submit() {
-                tracing::warn!(error = %e, "io_uring submit failed; retrying");
-                std::thread::yield_now();
-            }
         }
-        if let Err(e) = self.ring.submit() {
-            tracing::warn!(error = %e, "io_uring submit failed; the reaper will resubmit");
+        self.submit_queued();
+    }
+
+    /// Hands every queued entry to the kernel; false once the ring has failed. The kernel's
+    /// passing refusals (EAGAIN: no memory for the request now; EBUSY: completions to reap
+    /// first; EINTR) are waited out; any other error fails the ring, as nothing queued could
+    /// ever complete. Called with `submit_lock` held.
+    fn submit_queued(&self) -> bool {
+        let mut pause = Duration::from_micros(50);
+        loop {
+            if self.broken.load(Ordering::Acquire) {
+                return false;
+            }
+            match self.ring.submit() {
+                Err(e)
+                    if !matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)
+                    ) =>
+                {
+                    self.fail(&format!("submit: {e}"));
+                    return false;
+                }
+                _ => {}
+            }
+            // SAFETY: `submit_lock` is held; the queue is only looked at.
+            if unsafe { self.ring.submission_shared().is_empty() } {
+                return true;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
 
-    /// Submits whatever a failed submit left queued.
-    fn flush_queued(&self) {
-        let _one_writer = self.submit_lock.lock().expect("submit lock");
-        // SAFETY: `submit_lock` is held; the queue is only looked at.
-        let queued = unsafe { !self.ring.submission_shared().is_empty() };
-        if queued {
-            if let Err(e) = self.ring.submit() {
-                tracing::warn!(error = %e, "io_uring resubmit failed");
-            }
+    /// The ring cannot be trusted any more: every operation in flight fails now and every later
+    /// one at once. Their buffers and files are leaked, never freed, as the kernel may still
+    /// read or write them.
+    fn fail(&self, why: &str) {
+        if self.broken.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::error!(why, "io_uring failed: every storage operation fails until the broker restarts (io_backend = \"plain\" avoids io_uring)");
+        self.slots.close();
+        let failed: Vec<Op> = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, op)| op)
+            .collect();
+        for op in failed {
+            let _ = op.reply.send(Err(broken()));
+            std::mem::forget((op.file, op.kind));
+        }
+    }
+}
+
+fn broken() -> io::Error {
+    io::Error::other("io_uring failed (see the broker's log)")
+}
+
+/// Fails the ring when the reaper thread ends other than by being stopped (an error, a panic).
+struct FailUnlessStopped<'a>(&'a Shared, bool);
+
+impl Drop for FailUnlessStopped<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fail("the completion reaper ended");
         }
     }
 }
@@ -151,13 +221,18 @@ impl Uring {
             in_flight: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             slots: Arc::new(tokio::sync::Semaphore::new(RING_ENTRIES as usize)),
+            broken: AtomicBool::new(false),
         });
         let reaper = shared.clone();
         std::thread::Builder::new()
             .name("sluice-uring".into())
             .spawn(move || {
-                if let Err(e) = reap(&reaper) {
-                    tracing::error!(error = %e, "io_uring reaper failed");
+                let mut guard = FailUnlessStopped(&reaper, false);
+                match reap(&reaper) {
+                    Ok(()) => guard.1 = true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "io_uring: waiting for completions failed")
+                    }
                 }
             })?;
         Ok(Self {
@@ -255,7 +330,12 @@ fn probe(ring: &mut IoUring) -> io::Result<()> {
 fn reap(shared: &Shared) -> io::Result<()> {
     let mut stopping = false;
     loop {
-        if stopping && shared.in_flight.lock().expect("in-flight lock").is_empty() {
+        let idle = shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
+        if stopping && idle {
             return Ok(());
         }
         // SAFETY: only waits (to_submit = 0, GETEVENTS, no argument), so it cannot race the
@@ -287,15 +367,19 @@ fn reap(shared: &Shared) -> io::Result<()> {
                 stopping = true;
                 continue;
             }
-            let Some(op) = shared.in_flight.lock().expect("in-flight lock").remove(&id) else {
-                continue;
+            let removed = shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            let Some(op) = removed else {
+                continue; // Failed already, with the ring.
             };
             if let Some(rest) = complete(op, result) {
                 // A short write: the rest goes round again (it keeps its slot).
                 shared.start(rest);
             }
         }
-        shared.flush_queued();
     }
 }
 
@@ -328,4 +412,32 @@ fn complete(mut op: Op, result: i32) -> Option<Op> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Once the ring fails, an operation the kernel still holds (a read of an empty pipe) and
+    /// every later one get an error rather than waiting for ever.
+    #[tokio::test]
+    async fn a_failed_ring_fails_what_waits_and_what_comes() {
+        let ring = Uring::start().unwrap();
+        let (reader, writer) = std::io::pipe().unwrap();
+        let pipe = Arc::new(File::from(std::os::fd::OwnedFd::from(reader)));
+        let waiting = tokio::spawn({
+            let ring = ring.clone();
+            async move { ring.read_at(&pipe, 0, 16).await }
+        });
+        while ring.shared.in_flight.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        ring.shared.fail("a test");
+        assert!(waiting.await.unwrap().is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(File::create(dir.path().join("f")).unwrap());
+        let later = ring.write_at(&file, 0, Bytes::from_static(b"x")).await;
+        assert!(later.is_err());
+        drop(writer);
+    }
 }
