@@ -199,7 +199,10 @@ impl Segment {
         let in_bounds = entries
             .last()
             .is_none_or(|e| (e.position as u64) < file_len);
-        if !ordered || !in_bounds {
+        // The first batch always has an entry: an empty index of a log with batches was lost
+        // (a crash between a compaction's swap and its reopen) and is rebuilt.
+        let lost = entries.is_empty() && file_len > 0;
+        if !ordered || !in_bounds || lost {
             return Ok(None);
         }
         self.index = entries;
@@ -237,6 +240,9 @@ impl Segment {
                 }
                 self.note_batch(&header, pos)?;
             } else {
+                // The walk starts at the last indexed batch: the next entry is due as if the
+                // appends since had just been made.
+                self.bytes_since_index += header.size as u64;
                 self.adopt(&header);
             }
             pos += header.size as u64;
@@ -290,6 +296,7 @@ impl Segment {
         while pos + HEADER_LEN as u64 <= self.size {
             self.log.read_exact_at(&mut head, pos)?;
             let Ok(header) = BatchHeader::parse(&head) else {
+                tracing::warn!(log = %self.log_path.display(), position = pos, "unreadable batch header inside a segment: the producer state of the batches after it is not rebuilt");
                 break;
             };
             pos += header.size as u64;
@@ -464,6 +471,26 @@ mod tests {
         assert_eq!(
             std::fs::metadata(log_path(dir.path(), 0)).unwrap().len(),
             good
+        );
+    }
+
+    /// An index emptied by a crash (a compaction's swap deletes it before the reopen writes it)
+    /// is rebuilt at the next start, clean or not, rather than trusted as an index of nothing.
+    #[test]
+    fn reopen_rebuilds_an_empty_index_of_a_log_with_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 1).unwrap();
+        append(&mut seg, 5, 1);
+        let second = seg.size;
+        append(&mut seg, 5, 2);
+        drop(seg);
+        std::fs::write(index_path(dir.path(), 0), b"").unwrap();
+        let (seg, _) = Segment::open(dir.path(), 0, 1, false).unwrap();
+        assert_eq!(seg.index.len(), 2);
+        assert_eq!(seg.position_for_offset(7), second);
+        assert_eq!(
+            std::fs::metadata(index_path(dir.path(), 0)).unwrap().len(),
+            2 * INDEX_ENTRY as u64
         );
     }
 
