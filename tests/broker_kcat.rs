@@ -319,3 +319,83 @@ fn record_batch_over_max_message_bytes_is_refused() {
     let consumed = sluice.kcat_consume("small", &[]);
     assert_eq!(consumed, "fits\n");
 }
+
+/// Beyond its first batch a fetch answer holds at most the consumer's `fetch.max.bytes`:
+/// librdkafka drops an answer over its `receive.message.max.bytes` and asks again, for ever.
+/// Three partitions hold a 600 KB batch each; a consumer allowing 1 MB an answer reads all three.
+#[test]
+fn a_fetch_answer_stays_within_its_max_bytes_after_the_first_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let made = sluice.client(&["topics", "create", "wide", "-p", "3"]);
+    assert!(made.status.success(), "{made:?}");
+    let mut seed = Lcg(11);
+    for partition in ["0", "1", "2"] {
+        let mut line: Vec<u8> = (0..600_000)
+            .map(|_| b'!' + seed.next_ms(0, 90) as u8)
+            .collect();
+        line.push(b'\n');
+        let out = sluice.kcat_produce("wide", &["-p", partition], &line);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run_ok(
+        kcat()
+            .args(["-C", "-b", &sluice.kafka, "-t", "wide", "-e", "-q"])
+            .args(["-X", "fetch.max.bytes=1000000"])
+            .args(["-X", "receive.message.max.bytes=1100000"])
+            .args(["-f", "%p %S\n"]),
+        Duration::from_secs(30),
+    );
+    let mut seen: Vec<&str> = out.lines().collect();
+    seen.sort_unstable();
+    assert_eq!(seen, ["0 600000", "1 600000", "2 600000"]);
+}
+
+/// acks=0 has no answer to carry a refusal: the broker closes the connection, as Kafka does,
+/// so the producer learns of it (and refreshes its metadata). The next records go through.
+#[test]
+fn an_acks_0_record_refused_closes_the_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let made = sluice.client(&[
+        "topics",
+        "create",
+        "small",
+        "-p",
+        "1",
+        "-c",
+        "max.message.bytes=2000",
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let mut input = format!("{}\n", "y".repeat(5000)).into_bytes();
+    input.extend_from_slice(b"fits\n");
+    let out = sluice.kcat_produce(
+        "small",
+        &[
+            "-X",
+            "acks=0",
+            "-X",
+            "message.max.bytes=100000",
+            "-X",
+            "linger.ms=0",
+        ],
+        &input,
+    );
+    assert!(out.status.success(), "{out:?}");
+    wait_until("the refusal counted", T, || {
+        sluice
+            .metric(r#"sluice_broker_protocol_errors_total{kind="acks0_refused"}"#)
+            .unwrap_or(0.0)
+            >= 1.0
+    });
+    assert!(sluice.log_text().contains("acks=0 produce refused"));
+    let out = sluice.kcat_produce("small", &["-X", "acks=0"], b"after\n");
+    assert!(out.status.success(), "{out:?}");
+    wait_until("the next record stored", T, || {
+        sluice.kcat_consume("small", &[]).contains("after\n")
+    });
+}

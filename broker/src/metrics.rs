@@ -160,7 +160,7 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.connections.clone()))?;
         // Error counters exist at zero from the start, so dashboards and alerts see a series
         // (and a rate of 0) before the first error.
-        for kind in ["malformed", "unknown_api", "encode", "io"] {
+        for kind in ["malformed", "unknown_api", "encode", "io", "acks0_refused"] {
             metrics.protocol_errors.with_label_values(&[kind]);
         }
         for error in [

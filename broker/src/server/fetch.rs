@@ -39,7 +39,8 @@ async fn fetch(ctx: &Context, request: &FetchRequest) -> FetchResponse {
         tokio::pin!(appended);
         appended.as_mut().enable();
         let (responses, bytes, errors) = read_all(ctx, request).await;
-        if bytes >= min_bytes.max(1) || errors || Instant::now() >= deadline {
+        // min_bytes 0 asks for an answer at once, data or not.
+        if bytes >= min_bytes || errors || Instant::now() >= deadline {
             count_out(ctx, &responses);
             return FetchResponse::default().with_responses(responses);
         }
@@ -73,13 +74,11 @@ async fn read_all(
                     .push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
                 continue;
             };
-            // The first data in a response may exceed the limits, so a consumer always progresses.
-            let limit = if total == 0 {
-                (wanted.partition_max_bytes.max(1) as usize).min(cap)
-            } else {
-                (wanted.partition_max_bytes.max(0) as usize).min(budget)
-            };
-            if limit == 0 {
+            // Only the first batch of the response may exceed the limits (so a consumer always
+            // progresses); after it, a partition whose next batch does not fit gets nothing.
+            let first = total == 0;
+            let limit = (wanted.partition_max_bytes.max(0) as usize).min(budget);
+            if limit == 0 && !first {
                 let end = partition.log_end_offset();
                 partitions.push(
                     data.with_high_watermark(end)
@@ -89,8 +88,11 @@ async fn read_all(
                 );
                 continue;
             }
-            data = match partition.read(wanted.fetch_offset, limit).await {
-                Ok(read) => {
+            data = match partition.read(wanted.fetch_offset, limit.max(1)).await {
+                Ok(mut read) => {
+                    if !first && read.records.len() > limit {
+                        read.records = Bytes::new();
+                    }
                     total += read.records.len();
                     budget = budget.saturating_sub(read.records.len());
                     data.with_high_watermark(read.high_watermark)

@@ -125,6 +125,20 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
         );
     }
     if acks == 0 {
+        // No answer can carry the error: Kafka closes the connection instead, so the producer
+        // refreshes its metadata (a partition gone, a topic made again) rather than writing on
+        // into nothing.
+        let refused = responses
+            .iter()
+            .flat_map(|t| &t.partition_responses)
+            .find(|p| p.error_code != 0);
+        if let Some(p) = refused {
+            let why = p.error_message.as_deref().unwrap_or("refused").to_owned();
+            return Err(Close::new(
+                "acks0_refused",
+                format!("acks=0 produce refused (error {}): {why}", p.error_code),
+            ));
+        }
         return Ok(Reply::Now(None));
     }
     let body = ProduceResponse::default().with_responses(responses);
