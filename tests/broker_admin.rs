@@ -64,3 +64,55 @@ fn unknown_topics_are_refused_when_auto_creation_is_off() {
     assert!(!listed.contains("\"nope\""), "{listed}");
     assert!(!sluice.data_dir.join("broker/nope-0").exists());
 }
+
+/// Topics made the way tools make them, through confluent-kafka's admin client: Kafka Streams'
+/// configs that mean nothing on one broker, a name starting with `__` that is not the broker's
+/// own (then written, read and deleted like any topic), a manual replica assignment. Each is taken
+/// as Kafka takes it; what Sluice cannot honour (LogAppendTime, a replica on another broker) is
+/// refused and says why.
+#[test]
+fn topics_made_the_way_tools_make_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let script = r#"
+import sys
+from confluent_kafka.admin import AdminClient, NewTopic
+admin = AdminClient({"bootstrap.servers": sys.argv[1]})
+node = next(iter(admin.list_topics(timeout=10).brokers))
+def make(topic):
+    try:
+        admin.create_topics([topic])[topic.topic].result(10)
+        return "made"
+    except Exception as e:
+        return f"refused: {e}"
+streams = {"message.timestamp.type": "CreateTime", "min.insync.replicas": "2", "cleanup.policy": "delete"}
+print("streams:", make(NewTopic("__app-repartition", 2, 1, config=streams)))
+print("assigned:", make(NewTopic("assigned", 3, replica_assignment=[[node], [node], [node]])))
+print("elsewhere:", make(NewTopic("elsewhere", 1, replica_assignment=[[node + 1]])))
+print("append time:", make(NewTopic("append-time", 1, 1, config={"message.timestamp.type": "LogAppendTime"})))
+topics = admin.list_topics(timeout=10).topics
+print("assigned partitions:", len(topics["assigned"].partitions))
+"#;
+    let out = run_ok(python().args(["-c", script, &sluice.kafka]), T);
+    assert!(out.contains("streams: made"), "{out}");
+    assert!(out.contains("assigned: made"), "{out}");
+    assert!(out.contains("assigned partitions: 3"), "{out}");
+    assert!(
+        out.contains("elsewhere: refused") && out.contains("INVALID_REPLICA_ASSIGNMENT"),
+        "{out}"
+    );
+    assert!(
+        out.contains("append time: refused") && out.contains("LogAppendTime is not supported"),
+        "{out}"
+    );
+    let produced = sluice.kcat_produce("__app-repartition", &["-p", "1"], b"repartitioned\n");
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let consumed = sluice.kcat_consume("__app-repartition", &["-p", "1"]);
+    assert_eq!(consumed, "repartitioned\n");
+    let deleted = sluice.client(&["topics", "delete", "__app-repartition"]);
+    assert!(deleted.status.success(), "{deleted:?}");
+}

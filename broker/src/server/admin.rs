@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
@@ -13,7 +14,7 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::{
-    ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
     DescribeConfigsResponse,
 };
@@ -34,6 +35,63 @@ fn message(e: &TopicError) -> Option<StrBytes> {
     Some(StrBytes::from_string(e.to_string()))
 }
 
+/// The partition count a CreateTopics entry asks for: its count, or one partition per entry of
+/// a manual assignment (every one on this broker, the only one); else the error and why.
+fn partitions_wanted(ctx: &Context, wanted: &CreatableTopic) -> Result<i32, (i16, String)> {
+    if wanted.assignments.is_empty() {
+        if !matches!(wanted.replication_factor, -1 | 1) {
+            return Err((
+                ResponseError::InvalidReplicationFactor.code(),
+                format!(
+                    "replication factor {} is not possible: Sluice keeps one copy (use 1 or -1)",
+                    wanted.replication_factor
+                ),
+            ));
+        }
+        return Ok(wanted.num_partitions);
+    }
+    let refuse = |why: String| Err((ResponseError::InvalidReplicaAssignment.code(), why));
+    // Kafka wants -1 beside an assignment; librdkafka sends the assignment's own figures.
+    let count = wanted.assignments.len() as i32;
+    if !matches!(wanted.num_partitions, -1) && wanted.num_partitions != count {
+        return refuse(format!(
+            "{} partitions asked for, but the assignment has {count}",
+            wanted.num_partitions
+        ));
+    }
+    if !matches!(wanted.replication_factor, -1 | 1) {
+        return refuse(format!(
+            "replication factor {} is not possible: Sluice keeps one copy",
+            wanted.replication_factor
+        ));
+    }
+    let mut indexes: Vec<i32> = wanted
+        .assignments
+        .iter()
+        .map(|a| a.partition_index)
+        .collect();
+    indexes.sort_unstable();
+    if indexes != (0..indexes.len() as i32).collect::<Vec<_>>() {
+        return refuse(format!(
+            "the assignment must name partitions 0 to {} once each",
+            indexes.len() - 1
+        ));
+    }
+    match wanted
+        .assignments
+        .iter()
+        .find(|a| a.broker_ids.as_slice() != [BrokerId(ctx.node_id)])
+    {
+        Some(a) => refuse(format!(
+            "partition {}: replicas {:?} are not possible: the only broker is {} and it keeps one copy",
+            a.partition_index,
+            a.broker_ids.iter().map(|b| b.0).collect::<Vec<_>>(),
+            ctx.node_id
+        )),
+        None => Ok(indexes.len() as i32),
+    }
+}
+
 pub async fn create_topics(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close> {
     let request: CreateTopicsRequest = req.decode()?;
     let mut results = Vec::with_capacity(request.topics.len());
@@ -44,19 +102,18 @@ pub async fn create_topics(ctx: &Arc<Context>, req: &mut Request) -> Result<Byte
             .iter()
             .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
             .collect();
-        let replication_ok = matches!(wanted.replication_factor, -1 | 1);
-        let created = if !replication_ok {
-            Err(None)
-        } else {
-            ctx.storage
+        let created = match partitions_wanted(ctx, &wanted) {
+            Err(refusal) => Err(refusal),
+            Ok(partitions) => ctx
+                .storage
                 .create_topic(
                     wanted.name.as_str(),
-                    wanted.num_partitions,
+                    partitions,
                     configs,
                     request.validate_only,
                 )
                 .await
-                .map_err(Some)
+                .map_err(|e| (topic_error_code(&e), e.to_string())),
         };
         result = match created {
             Ok(topic) => {
@@ -78,15 +135,9 @@ pub async fn create_topics(ctx: &Arc<Context>, req: &mut Request) -> Result<Byte
                             .collect(),
                     ))
             }
-            Err(None) => result
-                .with_error_code(ResponseError::InvalidReplicationFactor.code())
-                .with_error_message(Some(StrBytes::from_string(format!(
-                    "replication factor {} is not possible: Sluice keeps one copy (use 1 or -1)",
-                    wanted.replication_factor
-                )))),
-            Err(Some(e)) => result
-                .with_error_code(topic_error_code(&e))
-                .with_error_message(message(&e)),
+            Err((code, why)) => result
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_string(why))),
         };
         results.push(result);
     }

@@ -572,9 +572,14 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Topics the broker itself owns (`__consumer_offsets`): clients may read but not change them.
+/// Topics the broker itself owns (`__consumer_offsets`; Kafka's `__transaction_state` too, so
+/// that no client makes one): clients may read but not change them. Other names that start with
+/// `__` are ordinary topics, as in Kafka (Debezium's heartbeats, for one).
 pub fn is_internal(name: &str) -> bool {
-    name.starts_with("__")
+    matches!(
+        name,
+        crate::coordinator::OFFSETS_TOPIC | "__transaction_state"
+    )
 }
 
 /// A storage with the default settings in `dir`, for tests.

@@ -20,6 +20,23 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "delete.retention.ms",
 ];
 
+/// Kafka topic configs that mean nothing on one broker keeping batches as their producers sent
+/// them: accepted (admin tools and Kafka Streams set them on the topics they make) and kept,
+/// without effect. A value must still be of the right kind.
+pub const ACCEPTED_WITHOUT_EFFECT: &[&str] = &[
+    "min.insync.replicas",
+    "unclean.leader.election.enable",
+    "leader.replication.throttled.replicas",
+    "follower.replication.throttled.replicas",
+    "message.timestamp.type",
+    "message.downconversion.enable",
+    "message.format.version",
+    "preallocate",
+    "segment.index.bytes",
+    "segment.jitter.ms",
+    "file.delete.delay.ms",
+];
+
 /// A topic as stored in `topics.json`: its partition count and the configs set on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicRecord {
@@ -99,11 +116,33 @@ impl TopicSettings {
                 "delete.retention.ms" => {
                     s.delete_retention_ms = value.parse().map_err(|_| bad("milliseconds"))?
                 }
+                "min.insync.replicas" => {
+                    value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|&n| n >= 1)
+                        .ok_or_else(|| bad("a number of replicas, at least 1"))?;
+                }
+                "unclean.leader.election.enable"
+                | "message.downconversion.enable"
+                | "preallocate" => {
+                    value.parse::<bool>().map_err(|_| bad("true or false"))?;
+                }
+                "message.timestamp.type" if value != "CreateTime" => {
+                    return Err(bad(
+                        "CreateTime (records keep their producers' timestamps; LogAppendTime is not supported)",
+                    ));
+                }
+                "segment.index.bytes" | "segment.jitter.ms" | "file.delete.delay.ms" => {
+                    value.parse::<u64>().map_err(|_| bad("a number"))?;
+                }
+                _ if ACCEPTED_WITHOUT_EFFECT.contains(&key.as_str()) => {}
                 _ => {
                     return Err(format!(
-                        "config {key} is not supported (supported: {})",
-                        TOPIC_CONFIG_NAMES.join(", ")
-                    ))
+                    "config {key} is not supported (supported: {}; accepted without effect: {})",
+                    TOPIC_CONFIG_NAMES.join(", "),
+                    ACCEPTED_WITHOUT_EFFECT.join(", ")
+                ))
                 }
             }
         }
@@ -180,6 +219,17 @@ mod tests {
             err.contains("retention.ms") && err.contains("soon"),
             "{err}"
         );
+        let mut streams = BTreeMap::new();
+        streams.insert("message.timestamp.type".into(), "CreateTime".into());
+        streams.insert("min.insync.replicas".into(), "2".into());
+        assert_eq!(
+            TopicSettings::resolve(&defaults, &streams),
+            TopicSettings::resolve(&defaults, &BTreeMap::new())
+        );
+        streams.insert("message.timestamp.type".into(), "LogAppendTime".into());
+        assert!(TopicSettings::resolve(&defaults, &streams)
+            .unwrap_err()
+            .contains("LogAppendTime is not supported"));
         let mut unknown = BTreeMap::new();
         unknown.insert("flux.capacitor".into(), "1".into());
         assert!(TopicSettings::resolve(&defaults, &unknown)
