@@ -220,7 +220,8 @@ pub fn leave_group(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close
                 let error = ctx
                     .coordinator
                     .existing_group(request.group_id.as_str(), |g| {
-                        g.leave(m.member_id.as_str(), now)
+                        let instance = m.group_instance_id.as_ref().map(|i| i.as_str());
+                        g.leave_member(m.member_id.as_str(), instance, now)
                     })
                     .unwrap_or(ResponseError::UnknownMemberId.code());
                 MemberResponse::default()

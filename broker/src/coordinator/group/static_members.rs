@@ -99,4 +99,20 @@ impl Group {
             }
         }
     }
+
+    /// LeaveGroup v3 and later: a member named by its id, by its `group.instance.id` alone (an
+    /// admin removing a static member knows no id), or by both, which must then agree.
+    pub fn leave_member(&mut self, member_id: &str, instance: Option<&str>, now: Instant) -> i16 {
+        let Some(instance) = instance else {
+            return self.leave(member_id, now);
+        };
+        match self.instances.get(instance) {
+            Some(holder) if member_id.is_empty() || holder == member_id => {
+                let holder = holder.clone();
+                self.leave(&holder, now)
+            }
+            Some(_) => code(ResponseError::FencedInstanceId),
+            None => code(ResponseError::UnknownMemberId),
+        }
+    }
 }

@@ -188,3 +188,33 @@ fn unknown_member_and_wrong_generation_are_refused() {
         ResponseError::IllegalGeneration.code()
     );
 }
+
+/// An admin removes a static member by its instance id alone (LeaveGroup v3+ with no member
+/// id); a member id that is not the instance's holder is fenced, an unknown instance refused.
+#[test]
+fn a_static_member_leaves_by_its_instance_id() {
+    let t0 = Instant::now();
+    let mut g = Group::new("g", Duration::ZERO);
+    let (tx, mut rx) = oneshot::channel();
+    let mut req = request("");
+    req.instance_id = Some("host-1".into());
+    g.join(req, t0, tx);
+    g.tick(t0);
+    let member = rx.try_recv().unwrap().member_id;
+    assert_eq!(
+        g.leave_member("someone-else", Some("host-1"), t0),
+        ResponseError::FencedInstanceId.code()
+    );
+    assert_eq!(
+        g.leave_member("", Some("host-2"), t0),
+        ResponseError::UnknownMemberId.code()
+    );
+    assert!(g.members.contains_key(&member));
+    assert_eq!(g.leave_member("", Some("host-1"), t0), 0);
+    assert!(g.members.is_empty());
+    assert_eq!(
+        g.fenced(&member, Some("host-1")),
+        None,
+        "the instance is free"
+    );
+}
