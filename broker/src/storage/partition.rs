@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::appender::Appender;
 use super::batch::{set_base_offset, BatchHeader, HEADER_LEN};
 use super::io::Io;
-use super::producers::{ProducerStates, Sequence};
+use super::producers::{self, ProducerStates, Sequence};
 use super::segment::{cut_batches, Cut, ScanReport, Segment};
 use super::AppendError;
 
@@ -130,10 +130,13 @@ impl Partition {
             segments.insert(0, Segment::create(dir, 0, settings.index_interval_bytes)?);
         }
         let next_offset = segments.values().next_back().map_or(0, |s| s.next_offset);
-        let mut producers = ProducerStates::default();
-        for segment in segments.values() {
+        // From the newest snapshot, the batches after it: none after a clean stop.
+        let (from, mut producers) = ProducerStates::load(dir, next_offset).unwrap_or_default();
+        for segment in segments.values().filter(|s| s.next_offset > from) {
             for header in segment.headers()? {
-                producers.record(&header);
+                if header.last_offset() >= from {
+                    producers.record(&header);
+                }
             }
         }
         Ok(Self {
@@ -206,10 +209,21 @@ impl Partition {
             .sync_all(&old)
             .await
             .map_err(AppendError::RollSyncFailed)?;
+        let snapshot = self
+            .producers
+            .lock()
+            .expect("producers lock")
+            .snapshot(base);
         let (dir, interval) = (self.dir.clone(), settings.index_interval_bytes);
-        let fresh = tokio::task::spawn_blocking(move || Segment::create(&dir, base, interval))
-            .await
-            .map_err(std::io::Error::other)??;
+        let fresh = tokio::task::spawn_blocking(move || {
+            // Only a shortcut for the next start: without it the start reads further back.
+            if let Err(e) = producers::snapshot::write(&dir, base, &snapshot) {
+                tracing::warn!(dir = %dir.display(), error = %e, "writing a producer snapshot");
+            }
+            Segment::create(&dir, base, interval)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         self.log().segments.insert(base, fresh);
         Ok(())
     }
@@ -465,12 +479,16 @@ impl Partition {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Makes every segment durable for a clean stop, after which appends are refused (on a
-    /// blocking thread: it waits for the append in progress).
+    /// Makes every segment durable for a clean stop, after which appends are refused, and
+    /// snapshots the producer state at the log end, so the next start reads no batch header (on
+    /// a blocking thread: it waits for the append in progress).
     pub fn sync(&self) -> io::Result<()> {
         let _no_append = self.append_lock.blocking_lock();
         self.closed.store(true, Ordering::Release);
-        self.log().segments.values().try_for_each(Segment::sync)
+        self.log().segments.values().try_for_each(Segment::sync)?;
+        let end = self.log_end_offset();
+        let snapshot = self.producers.lock().expect("producers lock").snapshot(end);
+        producers::snapshot::write(&self.dir, end, &snapshot)
     }
 }
 
@@ -524,5 +542,72 @@ mod tests {
         assert_eq!(reopened.log_end_offset(), 15);
         let read = reopened.read(12, 1 << 20).await.unwrap();
         assert_eq!(read.records.len(), records.len(), "the last batch, whole");
+    }
+
+    async fn append(partition: &Partition, records: Vec<u8>) {
+        let batches = split_batches(&records).unwrap();
+        partition.append(&batches, &records).await.unwrap();
+    }
+
+    /// A batch of `count` records from idempotent producer `id`, starting at `sequence`.
+    fn idempotent(id: i64, sequence: i32, count: i32) -> Vec<u8> {
+        let mut records = batch(count, 100, 1);
+        records[43..51].copy_from_slice(&id.to_be_bytes());
+        records[51..53].copy_from_slice(&0i16.to_be_bytes());
+        records[53..57].copy_from_slice(&sequence.to_be_bytes());
+        super::super::batch::testing::seal(&mut records);
+        records
+    }
+
+    /// After a clean stop the producer state comes from the snapshot taken at the log end, not
+    /// from the log: a producer whose batches retention removed carries on with its sequence
+    /// across the restart (read from the log, it would be an unknown producer), and the batches
+    /// since the snapshot taken at a roll are replayed after a crash.
+    #[tokio::test]
+    async fn producer_state_survives_restarts_through_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = LogSettings {
+            segment_bytes: 4096,
+            segment_ms: u64::MAX,
+            index_interval_bytes: 4096,
+        };
+        let io = Io::start(IoBackendKind::Plain, false).unwrap();
+        let partition = Arc::new(Partition::open(dir.path(), io.clone(), settings, false).unwrap());
+        append(&partition, idempotent(7, 0, 10)).await;
+        for sequence in 0..40 {
+            append(&partition, idempotent(8, sequence * 10, 10)).await;
+        }
+        let stopping = partition.clone();
+        tokio::task::spawn_blocking(move || stopping.sync())
+            .await
+            .unwrap()
+            .unwrap();
+        drop(partition);
+        // Retention's work: producer 7's only segment is gone.
+        std::fs::remove_file(dir.path().join(format!("{:020}.log", 0))).unwrap();
+        std::fs::remove_file(dir.path().join(format!("{:020}.index", 0))).unwrap();
+        let partition = Arc::new(Partition::open(dir.path(), io.clone(), settings, false).unwrap());
+        let next = split_batches(&idempotent(7, 10, 1)).unwrap()[0].0;
+        assert_eq!(
+            partition.producers.lock().unwrap().check(&next),
+            Sequence::Append
+        );
+        // A crash (no stop): the batches after the last roll's snapshot are replayed.
+        append(&partition, idempotent(8, 400, 10)).await;
+        drop(partition);
+        let partition = Partition::open(dir.path(), io, settings, true).unwrap();
+        let retry = split_batches(&idempotent(8, 400, 10)).unwrap()[0].0;
+        assert!(matches!(
+            partition.producers.lock().unwrap().check(&retry),
+            Sequence::Duplicate(_)
+        ));
+        let snapshots = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().ends_with(".producers")
+            })
+            .count();
+        assert_eq!(snapshots, 2, "the newest two are kept");
     }
 }

@@ -1,7 +1,10 @@
 //! Idempotent producers: which producer ids exist (handed out in durable blocks), and per
 //! partition, the sequence numbers each producer last wrote, so a retried batch is recognised
-//! and answered with its first offset instead of being appended twice. The per-partition state is
-//! rebuilt from the batch headers in the log at start, so it survives any restart.
+//! and answered with its first offset instead of being appended twice. The per-partition state
+//! survives any restart: a start loads its newest `snapshot` and replays the batch headers in
+//! the log after it.
+
+pub mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
