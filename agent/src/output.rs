@@ -131,8 +131,9 @@ impl ProducerContext<KeyHash> for Deliveries {
                 if e.rdkafka_error_code().is_some_and(never_sendable) {
                     // As when librdkafka refuses it at the door (`queue`): counted and let go,
                     // or a file's checkpoint would stay before it for ever, and every start
-                    // would send the rest of the file again.
-                    tracing::warn!(error = %e, "agent: an event was refused for good");
+                    // would send the rest of the file again. librdkafka does not split a batch
+                    // the cluster refuses as too large: every record in it comes here.
+                    tracing::warn!(topic = message.topic(), error = %e, "agent: an event was refused for good (if the topic's max.message.bytes is below librdkafka's batch.size, 1000000 by default, whole batches are: lower [agent.kafka] batch.size)");
                     settle.one_done();
                     return;
                 }

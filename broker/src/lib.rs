@@ -116,6 +116,13 @@ impl Broker {
     }
 }
 
+/// Wall-clock time in milliseconds since the Unix epoch, as Kafka stamps things.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The cluster id clients see: made once per data directory and kept.
 fn cluster_id(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join("cluster-id");

@@ -232,7 +232,8 @@ fn quoted(text: &str) -> Option<(String, &str)> {
     None
 }
 
-/// HELP text unescaped (`\\` and `\n`) in one pass, so `\\n` stays a backslash and an `n`.
+/// HELP text unescaped (`\\` and `\n`) in one pass, so `\\n` stays a backslash and an `n`;
+/// any other backslash is kept.
 fn unescape(help: &str) -> String {
     let mut text = String::with_capacity(help.len());
     let mut chars = help.chars();
@@ -243,7 +244,9 @@ fn unescape(help: &str) -> String {
         }
         match chars.next() {
             Some('n') => text.push('\n'),
-            Some(other) => text.push(other),
+            Some('\\') => text.push('\\'),
+            // Not an escape of the format's: kept as written.
+            Some(other) => text.extend(['\\', other]),
             None => text.push('\\'),
         }
     }
@@ -311,6 +314,7 @@ broken{label="open} 1
         assert_eq!(unescape(r"a\\n"), r"a\n");
         assert_eq!(unescape(r"two\nlines"), "two\nlines");
         assert_eq!(unescape(r"ends in \"), r"ends in \");
+        assert_eq!(unescape(r"C:\temp"), r"C:\temp");
     }
 
     /// Targets that take the connection and never answer cost a round one timeout together,

@@ -56,13 +56,6 @@ pub struct Coordinator {
     initial_delay: Duration,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 impl Coordinator {
     /// Creates `__consumer_offsets` if needed and replays it.
     pub async fn open(
@@ -132,7 +125,7 @@ impl Coordinator {
                 return Err(ResponseError::UnknownMemberId.code());
             }
         }
-        let timestamp = now_ms();
+        let timestamp = crate::now_ms();
         let entries: Vec<(OffsetKey, Option<Committed>)> = requests
             .into_iter()
             .map(|r| {
@@ -174,7 +167,7 @@ impl Coordinator {
         let partition = topic
             .partition(0)
             .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
-        let timestamp = now_ms();
+        let timestamp = crate::now_ms();
         let records: Vec<Record> = entries
             .iter()
             .enumerate()
@@ -347,7 +340,7 @@ async fn replay(topic: &Topic) -> anyhow::Result<Offsets> {
     };
     let mut next = partition.log_start_offset();
     while next < partition.log_end_offset() {
-        let read = match partition.read(next, 1 << 20).await {
+        let read = match partition.read(next, 1 << 20, true).await {
             Ok(read) => read,
             // Start with the commits read so far: their groups re-read a little (at least once).
             Err(e) => {

@@ -88,11 +88,8 @@ async fn read_all(
                 );
                 continue;
             }
-            data = match partition.read(wanted.fetch_offset, limit.max(1)).await {
-                Ok(mut read) => {
-                    if !first && read.records.len() > limit {
-                        read.records = Bytes::new();
-                    }
+            data = match partition.read(wanted.fetch_offset, limit, first).await {
+                Ok(read) => {
                     total += read.records.len();
                     budget = budget.saturating_sub(read.records.len());
                     data.with_high_watermark(read.high_watermark)

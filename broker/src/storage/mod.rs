@@ -572,14 +572,10 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Topics the broker itself owns (`__consumer_offsets`; Kafka's `__transaction_state` too, so
-/// that no client makes one): clients may read but not change them. Other names that start with
-/// `__` are ordinary topics, as in Kafka (Debezium's heartbeats, for one).
+/// The topic the broker itself owns (`__consumer_offsets`): clients may read but not change it.
+/// Other names that start with `__` are ordinary topics, as in Kafka (Debezium's heartbeats).
 pub fn is_internal(name: &str) -> bool {
-    matches!(
-        name,
-        crate::coordinator::OFFSETS_TOPIC | "__transaction_state"
-    )
+    name == crate::coordinator::OFFSETS_TOPIC
 }
 
 /// A storage with the default settings in `dir`, for tests.

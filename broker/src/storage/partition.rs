@@ -131,7 +131,8 @@ impl Partition {
         }
         let next_offset = segments.values().next_back().map_or(0, |s| s.next_offset);
         // From the newest snapshot, the batches after it: none after a clean stop.
-        let (from, mut producers) = ProducerStates::load(dir, next_offset).unwrap_or_default();
+        producers::snapshot::remove_past(dir, next_offset)?;
+        let (from, mut producers) = ProducerStates::load(dir).unwrap_or_default();
         for segment in segments.values().filter(|s| s.next_offset > from) {
             for header in segment.headers()? {
                 if header.last_offset() >= from {
@@ -369,9 +370,15 @@ impl Partition {
             .map(|s| s.log.clone())
     }
 
-    /// Reads whole batches starting with the one that holds `offset`, up to about `max_bytes`
-    /// (always at least that one batch, whatever its size).
-    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, ReadError> {
+    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`; the
+    /// first batch is read whatever its size when the read `may_exceed` the limit, and not at all
+    /// (no records) when it may not and does not fit.
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        may_exceed: bool,
+    ) -> Result<ReadResult, ReadError> {
         let (file, mut position, end, high_watermark, log_start_offset) = {
             let log = self.log();
             let start = log.segments.values().next().map_or(0, |s| s.base_offset);
@@ -426,9 +433,16 @@ impl Partition {
                     })
                 }
                 Cut::Skip(n) if n > 0 => position += n as u64,
-                Cut::NeedMore(more) if !at_end => want = buf.len() + more,
+                Cut::NeedMore { at, more } if !may_exceed && buf.len() + more - at > max_bytes => {
+                    return Ok(ReadResult {
+                        records: Bytes::new(),
+                        high_watermark,
+                        log_start_offset,
+                    })
+                }
+                Cut::NeedMore { more, .. } if !at_end => want = buf.len() + more,
                 // Less than a header left before the end, or a batch claiming to run past it.
-                Cut::Skip(_) | Cut::NeedMore(_) => return Err(self.corrupt(position)),
+                Cut::Skip(_) | Cut::NeedMore { .. } => return Err(self.corrupt(position)),
                 Cut::Corrupt(at) => return Err(self.corrupt(position + at as u64)),
             }
         }
@@ -486,9 +500,17 @@ impl Partition {
         let _no_append = self.append_lock.blocking_lock();
         self.closed.store(true, Ordering::Release);
         self.log().segments.values().try_for_each(Segment::sync)?;
+        if self.io.failed() {
+            // The next start checks the log's tail, which may come out shorter than it is now.
+            return Ok(());
+        }
         let end = self.log_end_offset();
         let snapshot = self.producers.lock().expect("producers lock").snapshot(end);
-        producers::snapshot::write(&self.dir, end, &snapshot)
+        if let Err(e) = producers::snapshot::write(&self.dir, end, &snapshot) {
+            // Only a shortcut for the next start, which then reads further back.
+            tracing::warn!(dir = %self.dir.display(), error = %e, "writing a producer snapshot");
+        }
+        Ok(())
     }
 }
 
@@ -540,7 +562,7 @@ mod tests {
         );
         let reopened = Partition::open(dir.path(), io, settings, true).unwrap();
         assert_eq!(reopened.log_end_offset(), 15);
-        let read = reopened.read(12, 1 << 20).await.unwrap();
+        let read = reopened.read(12, 1 << 20, true).await.unwrap();
         assert_eq!(read.records.len(), records.len(), "the last batch, whole");
     }
 

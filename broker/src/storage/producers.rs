@@ -16,6 +16,11 @@ use super::batch::BatchHeader;
 /// flight per partition, so a retry is always among them).
 const RECENT: usize = 5;
 const ID_BLOCK: i64 = 1000;
+/// A producer that appended nothing to a partition for this long is forgotten there when the
+/// state is next snapshotted (Kafka's `producer.id.expiration.ms` default): every process start
+/// of an idempotent producer (each agent reload) brings a new id, and the state must not grow
+/// for ever. Measured by the broker's clock at append, not the producer's timestamps.
+pub const PRODUCER_EXPIRY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// What a batch from an idempotent producer may do.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,6 +47,9 @@ struct ProducerState {
     epoch: i16,
     /// (first sequence, last sequence, base offset) of the latest batches, newest last.
     recent: VecDeque<(i32, i32, i64)>,
+    /// When the broker last appended (or, at a start, replayed) one of its batches, ms since
+    /// the epoch.
+    last_append_ms: i64,
 }
 
 /// One partition's producer sequence state.
@@ -120,7 +128,9 @@ impl ProducerStates {
             .or_insert_with(|| ProducerState {
                 epoch: h.producer_epoch,
                 recent: VecDeque::new(),
+                last_append_ms: 0,
             });
+        state.last_append_ms = crate::now_ms();
         if h.producer_epoch != state.epoch {
             state.epoch = h.producer_epoch;
             state.recent.clear();
@@ -135,6 +145,12 @@ impl ProducerStates {
 
     pub fn max_producer_id(&self) -> i64 {
         self.producers.keys().copied().max().unwrap_or(-1)
+    }
+
+    /// Forgets the producers that appended nothing since `PRODUCER_EXPIRY_MS` before `now_ms`.
+    pub fn expire(&mut self, now_ms: i64) {
+        self.producers
+            .retain(|_, state| now_ms - state.last_append_ms < PRODUCER_EXPIRY_MS);
     }
 }
 
@@ -227,6 +243,17 @@ mod tests {
             s.check(&header(7, 2, 5, 1, -1)),
             Sequence::OutOfOrder { .. }
         ));
+    }
+
+    #[test]
+    fn idle_producers_expire() {
+        let mut s = ProducerStates::default();
+        s.record(&header(7, 0, 0, 10, 0));
+        s.expire(crate::now_ms() + PRODUCER_EXPIRY_MS - 60_000);
+        assert_eq!(s.max_producer_id(), 7, "kept while within the expiry");
+        s.expire(crate::now_ms() + PRODUCER_EXPIRY_MS);
+        assert_eq!(s.max_producer_id(), -1);
+        assert_eq!(s.check(&header(7, 0, 10, 1, -1)), Sequence::UnknownProducer);
     }
 
     #[test]

@@ -374,8 +374,9 @@ pub enum Cut {
     Batches(std::ops::Range<usize>),
     /// Every batch read ends before the offset: the next batch starts this many bytes on.
     Skip(usize),
-    /// The first wanted batch is longer than what was read: this many bytes more are needed.
-    NeedMore(usize),
+    /// The first wanted batch, starting at `at`, is longer than what was read: `more` bytes
+    /// more are needed.
+    NeedMore { at: usize, more: usize },
     /// A torn or corrupt batch starts here.
     Corrupt(usize),
 }
@@ -401,7 +402,10 @@ pub fn cut_batches(buf: &[u8], from_offset: i64, max_bytes: usize) -> Cut {
         let start = *first.get_or_insert(pos);
         if end > buf.len() {
             return if start == pos {
-                Cut::NeedMore(end - buf.len())
+                Cut::NeedMore {
+                    at: pos,
+                    more: end - buf.len(),
+                }
             } else {
                 Cut::Batches(start..pos)
             };
@@ -563,7 +567,7 @@ mod tests {
         assert!(matches!(cut_batches(&buf, 3, 10), Cut::Batches(r) if r == (one..2 * one)));
         assert!(matches!(cut_batches(&buf, 0, one + 1), Cut::Batches(r) if r == (0..one)));
         assert!(
-            matches!(cut_batches(&buf[..one + 70], 3, 1000), Cut::NeedMore(n) if n == one - 70)
+            matches!(cut_batches(&buf[..one + 70], 3, 1000), Cut::NeedMore { at, more } if at == one && more == one - 70)
         );
         // Everything read precedes the offset, even a batch cut by the buffer's end: resume at
         // the next batch boundary, never in the middle of one.

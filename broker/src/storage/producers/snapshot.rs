@@ -1,10 +1,10 @@
 //! Snapshots of a partition's producer state, so that a start need not read every batch header
 //! of every segment to rebuild it (Kafka keeps `.snapshot` files for the same reason). One is
 //! written when a segment rolls (the state of every batch before the new segment) and one at a
-//! clean stop (of the whole log). A start loads the newest snapshot at or below the recovered
-//! log end and replays only the batches from its offset on: none after a clean stop, the active
-//! segment's after a crash. A snapshot that is unreadable, or past the log end (the tail it
-//! covered was lost), is passed over for an older one, and with none the log itself is read.
+//! clean stop (of the whole log). A start removes the snapshots past the recovered log end (the
+//! tail they covered was lost), loads the newest one left and replays only the batches from its
+//! offset on: none after a clean stop, the active segment's after a crash. An unreadable snapshot
+//! is passed over for an older one, and with none the log itself is read.
 //!
 //! A snapshot also keeps producers whose batches retention or compaction has since removed, so
 //! they can carry on with their sequences across a restart, as they can while the broker runs.
@@ -34,6 +34,7 @@ struct Producer {
     epoch: i16,
     /// (first sequence, last sequence, base offset), newest last.
     recent: Vec<(i32, i32, i64)>,
+    last_append_ms: i64,
 }
 
 fn path(dir: &Path, offset: i64) -> PathBuf {
@@ -52,8 +53,9 @@ fn offsets(dir: &Path) -> io::Result<Vec<i64>> {
 
 impl ProducerStates {
     /// The state as of `offset` (every batch below it), encoded for `write`: taken under the
-    /// partition's append lock, written outside it.
-    pub fn snapshot(&self, offset: i64) -> Vec<u8> {
+    /// partition's append lock, written outside it. Expired producers are forgotten first.
+    pub fn snapshot(&mut self, offset: i64) -> Vec<u8> {
+        self.expire(crate::now_ms());
         let producers = self
             .producers
             .iter()
@@ -61,15 +63,17 @@ impl ProducerStates {
                 id,
                 epoch: state.epoch,
                 recent: state.recent.iter().copied().collect(),
+                last_append_ms: state.last_append_ms,
             })
             .collect();
         serde_json::to_vec(&Snapshot { offset, producers }).expect("a snapshot serializes")
     }
 
-    /// The newest snapshot in `dir` at or below `end` that reads back: its offset and state.
-    pub fn load(dir: &Path, end: i64) -> Option<(i64, Self)> {
+    /// The newest snapshot in `dir` that reads back (none may be past the log end, see
+    /// `remove_past`): its offset and state.
+    pub fn load(dir: &Path) -> Option<(i64, Self)> {
         let offsets = offsets(dir).ok()?;
-        for offset in offsets.into_iter().rev().filter(|&o| o <= end) {
+        for offset in offsets.into_iter().rev() {
             let read = std::fs::read(path(dir, offset))
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<Snapshot>(&bytes).ok())
@@ -88,6 +92,7 @@ impl ProducerStates {
                         ProducerState {
                             epoch: p.epoch,
                             recent,
+                            last_append_ms: p.last_append_ms,
                         },
                     )
                 })
@@ -96,6 +101,16 @@ impl ProducerStates {
         }
         None
     }
+}
+
+/// Removes the snapshots past `end`, the recovered log end: the tail they covered was lost, and
+/// once the log grew past them again they would describe batches it does not hold.
+pub fn remove_past(dir: &Path, end: i64) -> io::Result<()> {
+    for offset in offsets(dir)?.into_iter().filter(|&o| o > end) {
+        tracing::warn!(dir = %dir.display(), offset, end, "producer snapshot past the log end: removed");
+        std::fs::remove_file(path(dir, offset))?;
+    }
+    Ok(())
 }
 
 /// Writes a snapshot taken with `ProducerStates::snapshot` durably, then removes all but the
@@ -107,4 +122,30 @@ pub fn write(dir: &Path, offset: i64, snapshot: &[u8]) -> io::Result<()> {
         std::fs::remove_file(path(dir, *old))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot past the recovered log end is removed rather than trusted once the log grows
+    /// past it again; an unreadable one is passed over for the one before it.
+    #[test]
+    fn snapshots_past_the_end_go_and_unreadable_ones_are_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = ProducerStates::default();
+        for offset in [10, 20, 30] {
+            write(dir.path(), offset, &state.snapshot(offset)).unwrap();
+        }
+        assert_eq!(
+            offsets(dir.path()).unwrap(),
+            [20, 30],
+            "the newest two are kept"
+        );
+        remove_past(dir.path(), 25).unwrap();
+        assert_eq!(offsets(dir.path()).unwrap(), [20]);
+        write(dir.path(), 25, &state.snapshot(25)).unwrap();
+        std::fs::write(path(dir.path(), 25), b"{\"offset\": 2").unwrap();
+        assert_eq!(ProducerStates::load(dir.path()).map(|(o, _)| o), Some(20));
+    }
 }
