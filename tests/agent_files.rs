@@ -437,8 +437,7 @@ fn lines_wait_for_a_topic_that_is_not_there_yet() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(agent.metric("sluice_agent_events_sent_total"), 0.0);
-    let made = sluice.client(&["topics", "create", "logs", "--partitions", "3"]);
-    assert!(made.status.success(), "{made:?}");
+    sluice.create_topic("logs", 3, &[]);
     wait_until(
         "all 100 lines acknowledged",
         Duration::from_secs(60),
@@ -557,16 +556,7 @@ fn sigterm_while_the_broker_is_away_stops_and_loses_nothing() {
 fn a_line_the_broker_refuses_for_good_does_not_hold_the_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "");
-    let made = sluice.client(&[
-        "topics",
-        "create",
-        "logs",
-        "-p",
-        "1",
-        "-c",
-        "max.message.bytes=4096",
-    ]);
-    assert!(made.status.success(), "{made:?}");
+    sluice.create_topic("logs", 1, &["max.message.bytes=4096"]);
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let path = logs.join("app.log");

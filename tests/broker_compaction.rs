@@ -45,23 +45,14 @@ fn read_all(sluice: &Sluice) -> Vec<(i64, String, Option<String>)> {
 fn compaction_keeps_the_newest_value_of_every_key() {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "[broker]\nretention_check_interval_ms = 200\n");
-    let out = sluice.client(&[
-        "topics",
-        "create",
+    sluice.create_topic(
         "kv",
-        "-p",
-        "1",
-        "-c",
-        "cleanup.policy=compact",
-        "-c",
-        "segment.bytes=1024",
-        "-c",
-        "delete.retention.ms=2000",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        1,
+        &[
+            "cleanup.policy=compact",
+            "segment.bytes=1024",
+            "delete.retention.ms=2000",
+        ],
     );
     let mut updates = String::new();
     for round in 0..30 {

@@ -20,8 +20,7 @@ fn kcat_balanced_consumers_split_the_partitions() {
         tmp.path(),
         "[broker]\ngroup_initial_rebalance_delay_ms = 3000\n",
     );
-    let out = sluice.client(&["topics", "create", "shared", "-p", "4"]);
-    assert!(out.status.success());
+    sluice.create_topic("shared", 4, &[]);
     let input: String = (0..400).map(|i| format!("{i}:record {i}\n")).collect();
     let out = sluice.kcat_produce("shared", &["-K", ":"], input.as_bytes());
     assert!(out.status.success());
@@ -233,10 +232,7 @@ fn a_second_consumer_with_the_same_instance_id_fences_the_first() {
         tmp.path(),
         "[broker]\ngroup_initial_rebalance_delay_ms = 0\n",
     );
-    assert!(sluice
-        .client(&["topics", "create", "statics", "-p", "3"])
-        .status
-        .success());
+    sluice.create_topic("statics", 3, &[]);
     let script = r#"
 import sys, time
 from confluent_kafka import Consumer, KafkaException

@@ -16,12 +16,7 @@ const COUNT: &str = "60000";
 fn idempotent_producer_survives_kill9_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let mut sluice = Sluice::broker(tmp.path(), "");
-    let out = sluice.client(&["topics", "create", "exactly-once", "-p", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sluice.create_topic("exactly-once", 1, &[]);
     let log = std::fs::File::create(tmp.path().join("producer.log")).unwrap();
     let kafka = sluice.kafka.clone();
     let script = |mode: &str| {

@@ -122,20 +122,7 @@ fn topic_compression_compresses_what_arrives_uncompressed() {
     let sluice = Sluice::broker(tmp.path(), "");
     for codec in ["zstd", "lz4"] {
         let topic = format!("packed-{codec}");
-        let out = sluice.client(&[
-            "topics",
-            "create",
-            &topic,
-            "-p",
-            "1",
-            "-c",
-            &format!("compression.type={codec}"),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        sluice.create_topic(&topic, 1, &[&format!("compression.type={codec}")]);
         let log = std::fs::read_to_string("../shared/data/loghub/Apache_2k.log")
             .or_else(|_| {
                 std::fs::read_to_string(concat!(
@@ -293,16 +280,7 @@ fn sluice_cli_topics_produce_consume() {
 fn record_batch_over_max_message_bytes_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "");
-    let out = sluice.client(&[
-        "topics",
-        "create",
-        "small",
-        "-p",
-        "1",
-        "-c",
-        "max.message.bytes=2000",
-    ]);
-    assert!(out.status.success());
+    sluice.create_topic("small", 1, &["max.message.bytes=2000"]);
     let big = format!("{}\n", "y".repeat(5000));
     let out = sluice.kcat_produce("small", &["-X", "message.max.bytes=100000"], big.as_bytes());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -327,8 +305,7 @@ fn record_batch_over_max_message_bytes_is_refused() {
 fn a_fetch_answer_stays_within_its_max_bytes_after_the_first_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "");
-    let made = sluice.client(&["topics", "create", "wide", "-p", "3"]);
-    assert!(made.status.success(), "{made:?}");
+    sluice.create_topic("wide", 3, &[]);
     let mut seed = Lcg(11);
     for partition in ["0", "1", "2"] {
         let mut line: Vec<u8> = (0..600_000)
@@ -361,16 +338,7 @@ fn a_fetch_answer_stays_within_its_max_bytes_after_the_first_batch() {
 fn an_acks_0_record_refused_closes_the_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "");
-    let made = sluice.client(&[
-        "topics",
-        "create",
-        "small",
-        "-p",
-        "1",
-        "-c",
-        "max.message.bytes=2000",
-    ]);
-    assert!(made.status.success(), "{made:?}");
+    sluice.create_topic("small", 1, &["max.message.bytes=2000"]);
     let mut input = format!("{}\n", "y".repeat(5000)).into_bytes();
     input.extend_from_slice(b"fits\n");
     let out = sluice.kcat_produce(

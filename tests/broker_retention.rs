@@ -50,22 +50,7 @@ fn produce(sluice: &Sluice, topic: &str, lines: &str, extra: &[&str]) -> std::pr
 fn retention_by_size_deletes_oldest_segments() {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "[broker]\nretention_check_interval_ms = 100\n");
-    let out = sluice.client(&[
-        "topics",
-        "create",
-        "sized",
-        "-p",
-        "1",
-        "-c",
-        "segment.bytes=4096",
-        "-c",
-        "retention.bytes=16384",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sluice.create_topic("sized", 1, &["segment.bytes=4096", "retention.bytes=16384"]);
     let lines: String = (0..1000)
         .map(|i| format!("record {i:05} {}\n", "z".repeat(80)))
         .collect();
@@ -126,18 +111,7 @@ fn retention_by_size_deletes_oldest_segments() {
 fn retention_by_age_deletes_expired_segments() {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "[broker]\nretention_check_interval_ms = 100\n");
-    let out = sluice.client(&[
-        "topics",
-        "create",
-        "aged",
-        "-p",
-        "1",
-        "-c",
-        "segment.ms=300",
-        "-c",
-        "retention.ms=3000",
-    ]);
-    assert!(out.status.success());
+    sluice.create_topic("aged", 1, &["segment.ms=300", "retention.ms=3000"]);
     assert!(produce(&sluice, "aged", "old 1\nold 2\nold 3\n", &[])
         .status
         .success());

@@ -242,6 +242,21 @@ impl Sluice {
         )
     }
 
+    /// `sluice topics create NAME -p PARTITIONS -c CONFIG...`, which must succeed.
+    pub fn create_topic(&self, name: &str, partitions: u32, configs: &[&str]) {
+        let partitions = partitions.to_string();
+        let mut args = vec!["topics", "create", name, "-p", &partitions];
+        for config in configs {
+            args.extend(["-c", config]);
+        }
+        let out = self.client(&args);
+        assert!(
+            out.status.success(),
+            "topics create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `sluice ARGS --brokers <this broker>` as a client.
     pub fn client(&self, args: &[&str]) -> Output {
         Command::new(SLUICE)

@@ -1,0 +1,47 @@
+use super::*;
+
+/// A topics.json that cannot be written (its temporary file's name taken by a directory)
+/// refuses the change, and nothing of it is left in memory for a producer to write to.
+#[tokio::test]
+async fn a_topic_change_that_cannot_be_saved_is_not_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = scratch(dir.path()).await;
+    storage
+        .create_topic("kept", 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    std::fs::create_dir(dir.path().join("topics.tmp")).unwrap();
+    assert!(storage
+        .create_topic("new", 2, BTreeMap::new(), false)
+        .await
+        .is_err());
+    assert!(storage.topic("new").is_none());
+    assert!(!storage.partition_dir("new", 0).exists());
+    assert!(storage.add_partitions("kept", 3, false).await.is_err());
+    assert_eq!(storage.topic("kept").unwrap().partition_count(), 1);
+    assert!(storage.delete_topic("kept").await.is_err());
+    assert!(storage.topic("kept").is_some());
+    std::fs::remove_dir(dir.path().join("topics.tmp")).unwrap();
+    storage.add_partitions("kept", 3, false).await.unwrap();
+    assert_eq!(storage.topic("kept").unwrap().partition_count(), 3);
+}
+
+#[tokio::test]
+async fn a_stop_after_a_failed_fsync_is_not_marked_clean() {
+    for failed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = scratch(dir.path()).await;
+        if failed {
+            // fdatasync of a pipe fails (EINVAL), standing in for a disk's writeback error.
+            let (pipe, _writer) = std::io::pipe().unwrap();
+            let pipe = Arc::new(File::from(std::os::fd::OwnedFd::from(pipe)));
+            assert!(storage.io.sync_all(&[pipe]).await.is_err());
+        }
+        let closing = storage.clone();
+        tokio::task::spawn_blocking(move || closing.close())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(dir.path().join(CLEAN_MARKER).exists(), !failed);
+    }
+}
