@@ -102,7 +102,9 @@ async fn restart(
 }
 
 /// Watches the file's directory (editors and config managers replace the file, which a watch on
-/// the file itself would lose) and sends on `changed` when the file may have changed.
+/// the file itself would lose) and sends on `changed` when the file may have changed. A
+/// Kubernetes ConfigMap volume never touches the file itself: it links `agent.toml` to
+/// `..data/agent.toml` and swaps the `..data` link, so a change to a `..` entry counts too.
 fn watch(path: &Path, changed: mpsc::Sender<()>) -> anyhow::Result<notify::RecommendedWatcher> {
     let path = std::path::absolute(path)?;
     let dir = path
@@ -111,7 +113,11 @@ fn watch(path: &Path, changed: mpsc::Sender<()>) -> anyhow::Result<notify::Recom
     let name = path.file_name().map(|n| n.to_os_string());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let ours = match &event {
-            Ok(event) => event.paths.iter().any(|p| p.file_name() == name.as_deref()),
+            Ok(event) => event.paths.iter().any(|p| {
+                p.file_name() == name.as_deref()
+                    || p.file_name()
+                        .is_some_and(|n| n.as_encoded_bytes().starts_with(b".."))
+            }),
             Err(_) => true,
         };
         if ours {

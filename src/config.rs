@@ -90,8 +90,9 @@ impl SluiceConfig {
             format!("{line}{key}: {}", inner.message().trim())
         })?;
         config
-            .indexer
+            .broker
             .check()
+            .and_then(|()| config.indexer.check())
             .and_then(|()| config.agent.check())
             .and_then(|()| {
                 check_kafka(&config.indexer.kafka, sluice_indexer::KAFKA_FIXED)
@@ -203,6 +204,22 @@ mod tests {
         assert!(err.contains("expected one of"), "{err}");
     }
 
+    /// The DaemonSet sample's ConfigMap holds an agent configuration that loads.
+    #[test]
+    fn the_kubernetes_sample_agent_config_loads() {
+        let yaml = include_str!("../config/kubernetes/agent-daemonset.yaml");
+        let toml: String = yaml
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("agent.toml: |"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        let config = SluiceConfig::parse(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        assert!(config.agent.cri.logs);
+        assert_eq!(config.agent.metrics.filesystems, ["/host/root"]);
+    }
+
     #[test]
     fn wrong_type_names_line_key_and_expectation() {
         let err = SluiceConfig::parse("[broker]\n\ndefault_partitions = \"three\"\n").unwrap_err();
@@ -234,6 +251,23 @@ mod tests {
                 "indexer.session_timeout_ms",
             ),
             ("[indexer]\ngroup_id = \"\"\n", "indexer.group_id"),
+            (
+                "[broker]\nadvertised_listener = \"kafka.example\"\n",
+                "broker.advertised_listener",
+            ),
+            ("[broker]\nlisten = \"9092\"\n", "broker.listen"),
+            (
+                "[broker]\ndefault_partitions = 0\n",
+                "broker.default_partitions",
+            ),
+            (
+                "[broker]\nmax_request_bytes = 1000\n",
+                "broker.max_request_bytes",
+            ),
+            (
+                "[broker]\nflush_interval_ms = 0\n",
+                "broker.flush_interval_ms",
+            ),
         ] {
             let err = SluiceConfig::parse(table).unwrap_err();
             assert!(

@@ -55,11 +55,24 @@ fn usage_error(e: clap::Error) -> ExitCode {
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         _ => {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("error: bad usage");
-            eprintln!("{first} (try --help)");
+            eprintln!("{} (try --help)", one_line(&e.render().to_string()));
             ExitCode::from(2)
         }
+    }
+}
+
+/// clap's message on one line: the details it puts on the lines after the first (the missing
+/// argument, the possible values) are kept, the usage and the pointer to --help are not.
+fn one_line(rendered: &str) -> String {
+    let kept: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:"))
+        .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
+        .collect();
+    match kept.is_empty() {
+        true => "error: bad usage".to_owned(),
+        false => kept.join(" "),
     }
 }
 

@@ -1,4 +1,6 @@
-//! SIGTERM and SIGINT turn into one shutdown signal that every part watches.
+//! SIGTERM and SIGINT turn into one shutdown signal that every part watches; a second one ends
+//! the process at once (a stop stuck waiting, for a broker that is away, say, can be cut short
+//! from the terminal; what is not yet durable is then recovered as after a crash).
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -19,6 +21,12 @@ impl Shutdown {
                 _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             }
             let _ = tx.send(true);
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal: exiting without finishing the stop");
+            std::process::exit(130);
         });
         Ok(Self(rx))
     }

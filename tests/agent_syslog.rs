@@ -498,3 +498,38 @@ fn a_configuration_that_cannot_start_leaves_the_previous_one_serving() {
     messages.sort_unstable();
     assert_eq!(messages, ["after the change", "before the change"]);
 }
+
+/// A Kubernetes ConfigMap volume changes the configuration without touching `agent.toml`: the
+/// file is a link through `..data`, and the kubelet swaps `..data` to a new directory. The agent
+/// takes the change up all the same.
+#[test]
+fn a_configmap_update_is_picked_up() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let config = |port: &str| {
+        format!(
+            "[agent]\nbrokers = \"{}\"\n[agent.syslog]\ntcp = \"127.0.0.1:{port}\"\n",
+            sluice.kafka
+        )
+    };
+    let first = free_port().to_string();
+    let _agent = AgentProcess::start(tmp.path(), &config(&first), Stdio::null());
+    wait_for_port(&format!("127.0.0.1:{first}"), Duration::from_secs(10)).unwrap();
+    // The kubelet's layout, as a ConfigMap volume holds it.
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("..2026_12_02_01")).unwrap();
+    std::fs::write(dir.join("..2026_12_02_01/agent.toml"), config(&first)).unwrap();
+    symlink("..2026_12_02_01", dir.join("..data")).unwrap();
+    symlink("..data/agent.toml", dir.join("agent.toml.link")).unwrap();
+    std::fs::rename(dir.join("agent.toml.link"), dir.join("agent.toml")).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // The update: a new directory, `..data` swapped to it, the old one removed.
+    let second = free_port().to_string();
+    std::fs::create_dir(dir.join("..2026_12_02_02")).unwrap();
+    std::fs::write(dir.join("..2026_12_02_02/agent.toml"), config(&second)).unwrap();
+    symlink("..2026_12_02_02", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join("..2026_12_02_01")).unwrap();
+    wait_for_port(&format!("127.0.0.1:{second}"), Duration::from_secs(20)).unwrap();
+}

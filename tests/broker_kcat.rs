@@ -271,9 +271,14 @@ fn sluice_cli_topics_produce_consume() {
     assert!(future.is_empty());
     let past = ok(&["consume", "orders", "--timestamp", "2000-01-01T00:00:00Z"]);
     assert_eq!(past.lines().count(), 100);
+    assert!(ok(&["consume", "orders", "--max", "0"]).is_empty());
     assert!(ok(&["topics", "delete", "orders"]).contains("deleted"));
     assert!(!ok(&["topics", "list"]).contains("orders"));
     assert!(!sluice.data_dir.join("broker/orders-0").exists());
+    let gone = sluice.client(&["topics", "describe", "orders"]);
+    assert!(!gone.status.success());
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(stderr.contains("topic orders not found"), "{stderr}");
 }
 
 #[test]

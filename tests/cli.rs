@@ -124,6 +124,23 @@ fn unknown_flag_is_one_line_and_exit_2() {
     assert!(line.contains("--bogus"), "{line}");
 }
 
+/// A usage error keeps what clap says after its first line: the missing argument's name, the
+/// values an option takes.
+#[test]
+fn usage_errors_name_what_is_missing_or_allowed() {
+    let out = sluice(&["produce"]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_line_error(&out);
+    assert!(line.contains("<TOPIC>"), "{line}");
+    let out = sluice(&["produce", "t", "--acks", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("possible values") && line.contains("all"),
+        "{line}"
+    );
+}
+
 #[test]
 fn unusable_data_dir_is_named() {
     let tmp = tempfile::tempdir().unwrap();

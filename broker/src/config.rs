@@ -103,6 +103,83 @@ pub struct BrokerConfig {
     pub group_initial_rebalance_delay_ms: u64,
 }
 
+impl BrokerConfig {
+    /// Values that parse but could not work, refused when the configuration loads: the key
+    /// and what was expected.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if host_port(&self.listen).is_none() {
+            return Err((
+                "broker.listen",
+                format!("expected HOST:PORT, got {:?}", self.listen),
+            ));
+        }
+        if let Err(why) = self.advertised() {
+            return Err(("broker.advertised_listener", why));
+        }
+        if !(1..=10_000).contains(&self.default_partitions) {
+            return Err((
+                "broker.default_partitions",
+                format!("expected 1 to 10000, got {}", self.default_partitions),
+            ));
+        }
+        if self.max_request_bytes < self.max_message_bytes {
+            return Err((
+                "broker.max_request_bytes",
+                format!(
+                    "expected at least max_message_bytes ({}): a batch comes inside a request",
+                    self.max_message_bytes
+                ),
+            ));
+        }
+        if self.segment_bytes < 1024 {
+            return Err(("broker.segment_bytes", "expected at least 1024".into()));
+        }
+        for (key, value) in [
+            ("broker.max_message_bytes", self.max_message_bytes as u64),
+            ("broker.fetch_max_bytes", self.fetch_max_bytes as u64),
+            (
+                "broker.index_interval_bytes",
+                self.index_interval_bytes as u64,
+            ),
+            (
+                "broker.max_in_flight_per_connection",
+                self.max_in_flight_per_connection as u64,
+            ),
+            ("broker.flush_max_pending", self.flush_max_pending as u64),
+            ("broker.flush_interval_ms", self.flush_interval_ms),
+            (
+                "broker.retention_check_interval_ms",
+                self.retention_check_interval_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err((key, "expected a positive number".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The address clients are told to connect to, when it is not the listener's own.
+    pub fn advertised(&self) -> Result<Option<(String, i32)>, String> {
+        if self.advertised_listener.is_empty() {
+            return Ok(None);
+        }
+        match host_port(&self.advertised_listener) {
+            Some((host, port)) => Ok(Some((host.to_owned(), port as i32))),
+            None => Err(format!(
+                "expected HOST:PORT, got {:?}",
+                self.advertised_listener
+            )),
+        }
+    }
+}
+
+/// `host:port` split, with a host and a port that parses.
+fn host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    Some((host, port.parse().ok()?)).filter(|(host, _)| !host.is_empty())
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {

@@ -72,17 +72,10 @@ impl Broker {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
-        let (host, port) = match self.config.advertised_listener.rsplit_once(':') {
-            Some((host, port)) => (
-                host.to_owned(),
-                port.parse().map_err(|_| {
-                    anyhow::anyhow!(
-                        "[broker] advertised_listener {:?}: expected HOST:PORT",
-                        self.config.advertised_listener
-                    )
-                })?,
-            ),
-            None => (local.ip().to_string(), local.port() as i32),
+        let (host, port) = match self.config.advertised() {
+            Ok(Some(advertised)) => advertised,
+            Ok(None) => (local.ip().to_string(), local.port() as i32),
+            Err(why) => anyhow::bail!("[broker] advertised_listener: {why}"),
         };
         let ctx = Arc::new(Context {
             storage: self.storage.clone(),

@@ -70,6 +70,9 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    if args.max == Some(0) {
+        return Ok(());
+    }
     consumer.assign(&assignment)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

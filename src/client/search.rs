@@ -31,6 +31,12 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
         .body_mut()
         .read_to_string()
         .with_context(|| format!("search API at {}: reading the answer", args.server))?;
+    if status == 404 {
+        anyhow::bail!(
+            "no search API at {} (HTTP 404): --server must be the HTTP address of `sluice up` or `sluice indexer`",
+            args.server
+        );
+    }
     let body: Value = serde_json::from_str(&text)
         .with_context(|| format!("search API at {}: not JSON: {text}", args.server))?;
     if !status.is_success() {

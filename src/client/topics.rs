@@ -58,7 +58,9 @@ async fn create(
     partitions: Option<i32>,
     configs: &[String],
 ) -> anyhow::Result<()> {
-    let mut topic = NewTopic::new(name, partitions.unwrap_or(-1), TopicReplication::Fixed(1));
+    // -1: the cluster's default replication (one copy on a Sluice broker; a Kafka cluster's
+    // default.replication.factor), as for the partition count.
+    let mut topic = NewTopic::new(name, partitions.unwrap_or(-1), TopicReplication::Fixed(-1));
     for entry in configs {
         let Some((key, value)) = entry.split_once('=') else {
             bail!("--config {entry:?}: expected KEY=VALUE");
@@ -95,7 +97,11 @@ async fn describe(brokers: &str, name: &str) -> anyhow::Result<()> {
         bail!("topic {name} not found");
     };
     if let Some(error) = topic.error() {
-        bail!("topic {name}: {error:?}");
+        let code = rdkafka::types::RDKafkaErrorCode::from(error);
+        if code == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
+            bail!("topic {name} not found");
+        }
+        bail!("topic {name}: {code}");
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "topic {name}: {} partitions", topic.partitions().len())?;
