@@ -51,10 +51,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let http_task = tokio::spawn(http::serve(http_listener, registry, Router::new(), async {
         let _ = http_stopped.await;
     }));
+    let mut failed = None;
     loop {
         tokio::select! {
             _ = shutdown.clone().wait() => break,
-            _ = agent.inputs_done() => break,
+            done = agent.inputs_done() => {
+                failed = done.err();
+                break;
+            }
             Some(()) = changes.recv() => {
                 tokio::time::sleep(SETTLE).await;
                 while changes.try_recv().is_ok() {}
@@ -74,7 +78,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let stopped = agent.stop(AGENT_FLUSH).await;
     let _ = stop_http.send(());
     http_task.await??;
-    stopped
+    match failed {
+        Some(e) => Err(e),
+        None => stopped,
+    }
 }
 
 /// Stops the inputs and starts them with `wanted`; with `running` again when `wanted` cannot

@@ -151,9 +151,18 @@ async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
     ));
 
     let (stop_broker, broker_stopped) = oneshot::channel::<()>();
-    let serve_broker = serve_broker(broker.as_ref(), kafka_listener, async {
-        let _ = broker_stopped.await;
-    });
+    let serve_broker = async {
+        let served = serve_broker(broker.as_ref(), kafka_listener, async {
+            let _ = broker_stopped.await;
+        })
+        .await;
+        if served.is_err() {
+            // Nothing serves Kafka any more: every other part stops too, and the process
+            // exits with this error rather than running on half alive.
+            shutdown.trigger();
+        }
+        served
+    };
     let run_indexer = async {
         let result = async {
             if parts.indexer {
@@ -162,12 +171,22 @@ async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
                     let view_metrics = ViewMetrics::register(&registry)?;
                     view.start(&config.indexer, view_metrics).await?;
                 }
-                let indexer = Indexer::start(config.indexer.clone(), &data_dir, metrics).await?;
-                shutdown.clone().wait().await;
+                let mut indexer =
+                    Indexer::start(config.indexer.clone(), &data_dir, metrics).await?;
+                let ended = tokio::select! {
+                    _ = shutdown.clone().wait() => false,
+                    _ = indexer.ended() => true,
+                };
+                if ended {
+                    shutdown.trigger();
+                }
                 if let Some(view) = view {
                     view.stop().await;
                 }
-                indexer.stop().await;
+                indexer.stop().await?;
+                if ended {
+                    anyhow::bail!("the indexer stopped on its own");
+                }
             } else {
                 shutdown.clone().wait().await;
             }

@@ -5,22 +5,29 @@
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-/// A cloneable shutdown flag: `wait()` resolves once SIGTERM or SIGINT arrived.
+/// A cloneable shutdown flag: `wait()` resolves once SIGTERM or SIGINT arrived, or a part that
+/// failed called `trigger()` (so the process stops whole, with that part's error, rather than
+/// running on without it).
 #[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+    tx: std::sync::Arc<watch::Sender<bool>>,
+}
 
 impl Shutdown {
     /// Installs the signal handlers. Must run inside the runtime.
     pub fn install() -> anyhow::Result<Self> {
         let (tx, rx) = watch::channel(false);
+        let tx = std::sync::Arc::new(tx);
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let signalled = tx.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
                 _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             }
-            let _ = tx.send(true);
+            signalled.send_replace(true);
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
@@ -28,10 +35,15 @@ impl Shutdown {
             tracing::warn!("second signal: exiting without finishing the stop");
             std::process::exit(130);
         });
-        Ok(Self(rx))
+        Ok(Self { rx, tx })
+    }
+
+    /// Stops every part, as a signal would.
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
     }
 
     pub async fn wait(mut self) {
-        let _ = self.0.wait_for(|&stop| stop).await;
+        let _ = self.rx.wait_for(|&stop| stop).await;
     }
 }

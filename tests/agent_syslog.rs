@@ -533,3 +533,26 @@ fn a_configmap_update_is_picked_up() {
     std::fs::remove_dir_all(dir.join("..2026_12_02_01")).unwrap();
     wait_for_port(&format!("127.0.0.1:{second}"), Duration::from_secs(20)).unwrap();
 }
+
+/// An input that fails (stdin that cannot be read: a directory) stops the agent with its error
+/// and a failure status, so that systemd or Kubernetes restarts it, rather than the agent running
+/// on without the input or exiting 0.
+#[test]
+fn a_failed_input_ends_the_agent_with_its_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let config = format!(
+        "[agent]\nbrokers = \"{}\"\nstdin = true\n[agent.metrics]\nhost = true\n",
+        sluice.kafka
+    );
+    let directory = Stdio::from(std::fs::File::open(tmp.path()).unwrap());
+    let mut agent = AgentProcess::start(tmp.path(), &config, directory);
+    let mut status = None;
+    wait_until("the agent to exit", Duration::from_secs(30), || {
+        status = agent.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success(), "{:?}", status);
+    let log = agent.log_text();
+    assert!(log.contains("agent input stdin"), "{log}");
+}

@@ -37,12 +37,13 @@ use crate::spool::Spool;
 /// A running agent.
 pub struct Agent {
     shipper: Arc<Shipper>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The inputs' tasks; a slot is emptied once its task's result is taken.
+    tasks: Vec<Option<JoinHandle<anyhow::Result<()>>>>,
     files: Option<inputs::files::FilesInput>,
     /// Sends the spool's segments; stopped last.
     drain: Option<JoinHandle<()>>,
     /// Offers again the records the cluster refused (`KafkaOutput::resend_refused`).
-    resend: JoinHandle<()>,
+    resend: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Agent {
@@ -144,32 +145,36 @@ impl Agent {
         tracing::info!(host = %shipper.host, inputs = tasks.len(), "agent started");
         Ok(Self {
             shipper,
-            tasks,
+            tasks: tasks.into_iter().map(Some).collect(),
             files,
             drain,
             resend,
         })
     }
 
-    /// Resolves when every input has ended (stdin at its end; listeners only on error; files
-    /// never).
+    /// Resolves when every input has ended (stdin at its end; files never), or with the error
+    /// of the first input that failed: the agent then stops whole, and its supervisor (systemd,
+    /// Kubernetes) sees the failure and restarts it, rather than it running on without the input.
     /// Cancel safe: a `select!` may drop it and call it again.
-    pub async fn inputs_done(&mut self) {
-        for task in &mut self.tasks {
+    pub async fn inputs_done(&mut self) -> anyhow::Result<()> {
+        for slot in &mut self.tasks {
             // A handle must not be polled again once it has given its result.
-            if !task.is_finished() {
-                let _ = task.await;
+            if let Some(task) = slot {
+                let ended = task.await;
+                *slot = None;
+                ended.map_err(|e| anyhow::anyhow!("agent: an input panicked: {e}"))??;
             }
         }
         if self.files.is_some() {
             std::future::pending::<()>().await;
         }
+        Ok(())
     }
 
     /// Stops the inputs and waits up to `timeout` for the broker to acknowledge what is queued;
     /// then the file checkpoints take in the last acknowledgements.
     pub async fn stop(self, timeout: Duration) -> anyhow::Result<()> {
-        for task in &self.tasks {
+        for task in self.tasks.iter().flatten() {
             task.abort();
         }
         let checkpoints = match self.files {
@@ -224,13 +229,15 @@ async fn bind_tcp(what: &str, addr: &str) -> anyhow::Result<Option<TcpListener>>
     Ok(Some(listener))
 }
 
+/// Runs an input (or the resend of refused records) as a task; its error is logged and kept.
 fn spawn_input(
     name: &'static str,
     input: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-) -> JoinHandle<()> {
+) -> JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
-        if let Err(e) = input.await {
+        input.await.map_err(|e| {
             tracing::error!(input = name, error = %e, "agent: input stopped");
-        }
+            e.context(format!("agent input {name}"))
+        })
     })
 }

@@ -37,6 +37,8 @@ const RETENTION_EVERY: Duration = Duration::from_secs(5);
 pub struct Indexer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Closed when the thread ends, whether by `stop` or not (a panic).
+    running: tokio::sync::watch::Receiver<()>,
 }
 
 impl Indexer {
@@ -90,29 +92,39 @@ impl Indexer {
             .subscribe(&[&config.topic])
             .map_err(|e| anyhow::anyhow!("indexer: cannot subscribe to {}: {e}", config.topic))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let (alive, running) = tokio::sync::watch::channel(());
         let thread = std::thread::Builder::new()
             .name("sluice-indexer".into())
             .spawn({
                 let stop = stop.clone();
-                move || run(consumer, shared, stop)
+                move || {
+                    let _alive = alive;
+                    run(consumer, shared, stop)
+                }
             })?;
         tracing::info!(topic = %config.topic, group = %config.group_id, "indexer started");
         Ok(Self {
             stop,
             thread: Some(thread),
+            running,
         })
     }
 
-    /// Commits every open index, hands the partitions back and waits for the thread to end.
-    pub async fn stop(mut self) {
+    /// Resolves if the indexer's thread ends before `stop` is called (it panicked).
+    pub async fn ended(&mut self) {
+        let _ = self.running.changed().await;
+    }
+
+    /// Commits every open index, hands the partitions back and waits for the thread to end; an
+    /// error if the thread panicked.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            if !matches!(
-                tokio::task::spawn_blocking(move || thread.join()).await,
-                Ok(Ok(()))
-            ) {
-                tracing::error!("indexer thread panicked");
-            }
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => anyhow::bail!("the indexer's thread panicked (see the log above)"),
         }
     }
 }
