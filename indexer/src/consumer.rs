@@ -268,13 +268,23 @@ impl ConsumerContext for GroupContext {
                     consumer.assign(tpl)
                 };
                 match assigned {
-                    // Partitions whose index is not open yet fetch nothing until it is.
-                    Ok(()) if waiting.count() > 0 => {
-                        if let Err(e) = consumer.pause(&waiting) {
-                            tracing::warn!(error = %e, "indexer: pausing partitions");
+                    Ok(()) => {
+                        // A partition paused while this member last had it (its index was
+                        // held) stays paused through a revoke in librdkafka: the ones that
+                        // opened are resumed, or they would never be fetched again.
+                        let opened = self.opened(tpl, &waiting);
+                        if opened.count() > 0 {
+                            if let Err(e) = consumer.resume(&opened) {
+                                tracing::warn!(error = %e, "indexer: resuming partitions");
+                            }
+                        }
+                        // Partitions whose index is not open yet fetch nothing until it is.
+                        if waiting.count() > 0 {
+                            if let Err(e) = consumer.pause(&waiting) {
+                                tracing::warn!(error = %e, "indexer: pausing partitions");
+                            }
                         }
                     }
-                    Ok(()) => {}
                     Err(e) => {
                         tracing::error!(error = %e, "indexer: assigning partitions failed; closing their indexes");
                         self.revoke(tpl);
@@ -351,6 +361,22 @@ impl GroupContext {
         tracing::info!(partitions = %starts.join(" "), "indexer: partitions assigned");
         shared.owned_changed(&state);
         waiting
+    }
+
+    /// The partitions of `assigned` (of the indexed topic) that are not `waiting`.
+    fn opened(
+        &self,
+        assigned: &TopicPartitionList,
+        waiting: &TopicPartitionList,
+    ) -> TopicPartitionList {
+        let mut opened = TopicPartitionList::new();
+        for element in assigned.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            if topic == self.shared.topic && waiting.find_partition(topic, partition).is_none() {
+                opened.add_partition(topic, partition);
+            }
+        }
+        opened
     }
 
     /// Commits and closes the revoked partitions' indexes; returns their offsets for the group.

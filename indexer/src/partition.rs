@@ -86,6 +86,9 @@ pub struct PartitionIndex {
     next_offset: Option<i64>,
     /// See `CommitPayload::generation`.
     generation: u64,
+    /// The generation of the last commit: records of a new one are pending even when their
+    /// next offset happens to equal the committed one.
+    committed_generation: u64,
     pending_ids: HashSet<String>,
     pending_times_ms: Vec<i64>,
     /// Kafka timestamps of documents committed but not yet reported by `commit`.
@@ -120,11 +123,19 @@ impl PartitionIndex {
                     committed = committed.max(position);
                     buckets.push(bucket);
                 }
-                Err(e) => tracing::error!(
-                    bucket = %bucket_dir.display(),
-                    error = %e,
-                    "indexer: an index bucket cannot be opened; it is left out"
-                ),
+                Err(e) => {
+                    // Moved aside: records of its time, read again from the committed offset,
+                    // go to a new bucket of that start rather than failing on this one for ever.
+                    let aside = bucket_dir.with_extension("damaged");
+                    let moved = std::fs::rename(&bucket_dir, &aside);
+                    tracing::error!(
+                        bucket = %bucket_dir.display(),
+                        error = %e,
+                        moved_to = %aside.display(),
+                        moved = moved.is_ok(),
+                        "indexer: an index bucket cannot be opened; it is left out and moved aside (delete it once looked at)"
+                    );
+                }
             }
         }
         let (generation, committed_next) = match committed {
@@ -141,6 +152,7 @@ impl PartitionIndex {
             committed_next,
             next_offset: committed_next,
             generation,
+            committed_generation: generation,
             pending_ids: HashSet::new(),
             pending_times_ms: Vec::new(),
             committed_times_ms: Vec::new(),
@@ -270,7 +282,7 @@ impl PartitionIndex {
 
     /// True when records were taken since the last commit.
     pub fn has_pending(&self) -> bool {
-        self.next_offset != self.committed_next
+        self.next_offset != self.committed_next || self.generation != self.committed_generation
     }
 
     /// Commits the pending documents with the next offset, atomically, and makes them visible;
@@ -303,6 +315,7 @@ impl PartitionIndex {
         bucket.reader.reload()?;
         bucket.searcher = bucket.reader.searcher();
         self.committed_next = Some(next_offset);
+        self.committed_generation = self.generation;
         self.pending_ids.clear();
         self.committed_times_ms.append(&mut self.pending_times_ms);
         Ok(())
@@ -448,6 +461,55 @@ mod tests {
         };
         let search = crate::search::SearchService::new(tmp.path(), "logs", limits);
         assert_eq!(search.views().unwrap().len(), 1);
+    }
+
+    /// The newest bucket damaged: the records of its time, read again from the older bucket's
+    /// offset, go to a new bucket of the same start (the damaged one moved aside), rather than
+    /// failing on it at every try.
+    #[test]
+    fn a_damaged_newest_bucket_is_moved_aside_and_its_time_indexed_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let topic_dir = layout::topic_dir(tmp.path(), "logs");
+        let mut index = PartitionIndex::open(&topic_dir, 0, LogSchema::new(), settings()).unwrap();
+        index.add(&record(0, 10, b"old"), 10).unwrap();
+        index.commit().unwrap();
+        index.add(&record(1, 1500, b"new"), 1500).unwrap();
+        index.commit().unwrap();
+        index.close().unwrap();
+        let partition_dir = layout::partition_dir(&topic_dir, 0);
+        let newest = layout::bucket_dir(&partition_dir, 1000);
+        for entry in std::fs::read_dir(&newest).unwrap().flatten() {
+            if entry.file_name() != "meta.json" {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+        let mut index = PartitionIndex::open(&topic_dir, 0, LogSchema::new(), settings()).unwrap();
+        assert_eq!(index.committed_next_offset(), Some(1));
+        assert!(partition_dir.join("1000.damaged").exists());
+        index.add(&record(1, 1500, b"new"), 1500).unwrap();
+        assert_eq!(index.commit().unwrap().docs, 1);
+        assert_eq!(index.committed_next_offset(), Some(2));
+    }
+
+    /// After the log restarted, its records are pending even when their next offset is the one
+    /// the old log's last commit held (five then, five now): they are committed, not dropped.
+    #[test]
+    fn a_restarted_log_reaching_the_old_next_offset_is_still_committed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut index = open(tmp.path());
+        for offset in 0..5 {
+            index.add(&record(offset, 10, b"old"), 10).unwrap();
+        }
+        index.commit().unwrap();
+        index.close().unwrap();
+        let mut index = open(tmp.path());
+        for offset in 0..5 {
+            index.add(&record(offset, 10, b"new"), 10).unwrap();
+        }
+        assert!(index.has_pending());
+        assert_eq!(index.commit().unwrap().docs, 5);
+        index.close().unwrap();
+        assert_eq!(open(tmp.path()).generation(), 1);
     }
 
     /// The consumer starts where the index ends; a first record below that means the log began

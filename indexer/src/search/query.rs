@@ -11,7 +11,7 @@ use tantivy::query_grammar::{self, Delimiter, Occur, UserInputAst, UserInputLeaf
 
 /// Longest query text accepted: the grammar recurses per nesting level.
 const MAX_QUERY_BYTES: usize = 4096;
-/// Deepest parenthesis nesting accepted.
+/// Deepest nesting accepted: parentheses, and `NOT`s (each one a level of the grammar too).
 const MAX_QUERY_DEPTH: usize = 32;
 /// Fields whose words are split by Tantivy's default tokenizer (JSON paths under `fields` too).
 const WORD_FIELDS: [&str; 1] = ["message"];
@@ -29,6 +29,11 @@ pub fn parse(parser: &QueryParser, q: &str) -> Result<Box<dyn Query>, String> {
             "parentheses nest deeper than {MAX_QUERY_DEPTH} levels"
         ));
     }
+    if negations(q) > MAX_QUERY_DEPTH {
+        return Err(format!(
+            "more than {MAX_QUERY_DEPTH} NOTs: each one nests the query a level deeper"
+        ));
+    }
     let (ast, syntax_errors) = query_grammar::parse_query_lenient(q);
     let mut messages: Vec<String> = syntax_errors
         .iter()
@@ -44,23 +49,36 @@ pub fn parse(parser: &QueryParser, q: &str) -> Result<Box<dyn Query>, String> {
     }
 }
 
-/// The deepest parenthesis nesting outside quotes.
+/// The deepest parenthesis nesting, quoted or not: the grammar has more kinds of quote than a
+/// scan can follow (a single-quoted `'"'` once hid two thousand levels from one that skipped
+/// double-quoted text), so a phrase holding more than `MAX_QUERY_DEPTH` open parentheses is
+/// refused with the rest.
 fn nesting(q: &str) -> usize {
-    let (mut depth, mut deepest, mut quoted, mut escaped) = (0usize, 0, false, false);
+    let (mut depth, mut deepest) = (0usize, 0);
     for c in q.chars() {
         match c {
-            _ if escaped => escaped = false,
-            '\\' => escaped = true,
-            '"' => quoted = !quoted,
-            '(' if !quoted => {
+            '(' => {
                 depth += 1;
                 deepest = deepest.max(depth);
             }
-            ')' if !quoted => depth = depth.saturating_sub(1),
+            ')' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
     deepest
+}
+
+/// How many `NOT` operators (the word alone, before a space or a parenthesis) `q` holds.
+fn negations(q: &str) -> usize {
+    let bytes = q.as_bytes();
+    q.match_indices("NOT")
+        .filter(|&(at, _)| {
+            let before = at.checked_sub(1).map(|i| bytes[i]);
+            let after = bytes.get(at + 3).copied();
+            before.is_none_or(|b| b.is_ascii_whitespace() || b == b'(')
+                && after.is_none_or(|b| b.is_ascii_whitespace() || b == b'(')
+        })
+        .count()
 }
 
 fn lucene_compat(ast: UserInputAst, errors: &mut Vec<String>) -> UserInputAst {
@@ -189,9 +207,24 @@ mod tests {
     }
 
     #[test]
-    fn nesting_counts_parentheses_outside_quotes() {
+    fn nesting_counts_parentheses_and_nots_wherever_they_are() {
         assert_eq!(nesting("(a OR (b AND c))"), 2);
-        assert_eq!(nesting("\"((((\" AND x"), 0);
+        assert_eq!(nesting("\"((((\" AND x"), 4);
         assert_eq!(nesting(&"(".repeat(50)), 50);
+        assert_eq!(negations("NOT a AND (NOT(b)) AND NOTICE AND KNOT"), 2);
+    }
+
+    /// Queries that nest past the limit in ways a scan of double quotes missed are refused
+    /// before the grammar recurses into them.
+    #[test]
+    fn deep_queries_are_refused_before_parsing() {
+        let parser = QueryParser::for_index(
+            &tantivy::Index::create_in_ram(crate::schema::LogSchema::new().schema.clone()),
+            vec![],
+        );
+        let nots = format!("{}a", "NOT ".repeat(1000));
+        assert!(parse(&parser, &nots).unwrap_err().contains("NOT"));
+        let hidden = format!("'\"' {}a{}", "(".repeat(2000), ")".repeat(2000));
+        assert!(parse(&parser, &hidden).unwrap_err().contains("nest"));
     }
 }
