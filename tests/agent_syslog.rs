@@ -556,3 +556,53 @@ fn a_failed_input_ends_the_agent_with_its_error() {
     let log = agent.log_text();
     assert!(log.contains("agent input stdin"), "{log}");
 }
+
+/// SIGTERM while the broker is away: the syslog messages librdkafka still held are kept in the
+/// spool rather than lost with the process, and the next start sends them.
+#[test]
+fn syslog_messages_held_at_a_stop_with_the_broker_away_are_sent_after_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(tmp.path(), "");
+    let port = free_port().to_string();
+    let config = format!(
+        "[agent]\nbrokers = \"{}\"\n[agent.syslog]\ntcp = \"127.0.0.1:{port}\"\n",
+        sluice.kafka
+    );
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_for_port(&format!("127.0.0.1:{port}"), Duration::from_secs(10)).unwrap();
+    logger(&port, &["-T", "-t", "held", "before the broker went"]);
+    wait_until(
+        "the first message acknowledged",
+        Duration::from_secs(20),
+        || agent.metric("sluice_agent_events_sent_total") >= 1.0,
+    );
+    sluice.kill9();
+    for n in 0..10 {
+        logger(&port, &["-T", "-t", "held", &format!("held {n}")]);
+    }
+    wait_until("the held messages read", Duration::from_secs(20), || {
+        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 11.0
+    });
+    signal_pid(agent.child.id(), "TERM");
+    wait_until("the agent to stop", Duration::from_secs(60), || {
+        agent.child.try_wait().unwrap().is_some()
+    });
+    assert!(
+        agent.log_text().contains("kept in the spool"),
+        "{}",
+        agent.log_text()
+    );
+    sluice.restart();
+    let _agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let events = logs_events(&sluice, 11);
+    let mut messages: Vec<&str> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    messages.sort_unstable();
+    messages.dedup();
+    let mut expected: Vec<String> = (0..10).map(|n| format!("held {n}")).collect();
+    expected.push("before the broker went".into());
+    expected.sort_unstable();
+    assert_eq!(messages, expected);
+}

@@ -131,6 +131,12 @@ impl Settle {
         })
     }
 
+    /// Whether nothing waits for these records (`untracked`): once sent, nobody sends them
+    /// again.
+    pub fn is_untracked(&self) -> bool {
+        self.progress.is_none()
+    }
+
     /// One record failed for good (counted by the caller): done with, unless it can be read
     /// again.
     pub fn one_failed(&self) {

@@ -194,7 +194,14 @@ impl Agent {
             drain.abort();
         }
         let shipper = self.shipper;
-        let flushed = tokio::task::spawn_blocking(move || shipper.output.flush(timeout)).await?;
+        let flushed = tokio::task::spawn_blocking(move || {
+            let flushed = shipper.output.flush(timeout);
+            if flushed.is_err() {
+                keep_unsent(&shipper);
+            }
+            flushed
+        })
+        .await?;
         self.resend.abort();
         if let Some(checkpoints) = checkpoints {
             checkpoints
@@ -204,6 +211,29 @@ impl Agent {
         flushed?;
         tracing::info!("agent stopped");
         Ok(())
+    }
+}
+
+/// At a stop the broker did not let finish: the events of inputs that cannot replay that
+/// librdkafka still held go to the spool, for the next start to send, instead of being lost
+/// with the process. (They come after what the spool already held.)
+fn keep_unsent(shipper: &Shipper) {
+    let Some(spool) = &shipper.spool else {
+        return;
+    };
+    let unsent = shipper.output.take_unsent(&shipper.topic);
+    let count = unsent.len();
+    for (key, payload) in unsent {
+        if let Err(e) = spool.keep(&String::from_utf8_lossy(&key), &payload) {
+            tracing::warn!(error = %e, "agent: spooling an unsent event at stop");
+        }
+    }
+    spool.close();
+    if count > 0 {
+        tracing::warn!(
+            events = count,
+            "agent: events the broker had not acknowledged were kept in the spool for the next start"
+        );
     }
 }
 

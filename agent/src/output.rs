@@ -63,6 +63,8 @@ struct Deliveries {
     refused: mpsc::UnboundedSender<Refused>,
     /// Records are being refused: said once, until one is delivered.
     refusing: AtomicBool,
+    /// While the agent stops (`take_unsent`): what librdkafka gives back, instead of `refused`.
+    unsent: Mutex<Option<Vec<Refused>>>,
 }
 
 /// A record librdkafka gave up on that may yet be taken.
@@ -150,6 +152,18 @@ impl ProducerContext<KeyHash> for Deliveries {
                         .unwrap_or_else(crate::event::now_ms),
                     settle,
                 };
+                let again = match self
+                    .unsent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_mut()
+                {
+                    Some(unsent) => {
+                        unsent.push(again);
+                        return;
+                    }
+                    None => again,
+                };
                 if let Err(mpsc::error::SendError(lost)) = self.refused.send(again) {
                     // The agent is stopping: a file's lines are read again at the next start.
                     lost.settle.one_failed();
@@ -203,6 +217,7 @@ impl KafkaOutput {
                 },
                 refused,
                 refusing: AtomicBool::new(false),
+                unsent: Mutex::new(None),
             })
             .map_err(|e| anyhow::anyhow!("agent: Kafka producer for {}: {e}", config.brokers))?;
         Ok(Self {
@@ -372,6 +387,36 @@ impl KafkaOutput {
         self.producer
             .flush(timeout)
             .map_err(|e| anyhow::anyhow!("agent: events still unacknowledged at stop: {e}"))
+    }
+
+    /// At a stop the broker did not let finish: takes back from librdkafka the records nothing
+    /// else will send again, those of `topic` from inputs that cannot replay (the file input
+    /// reads its lines again, a spool segment stays until acknowledged), as (key, payload).
+    /// Blocking: it waits for librdkafka to hand back what it held.
+    pub fn take_unsent(&self, topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let deliveries = self.producer.context();
+        *deliveries.unsent.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let unsent = deliveries
+            .unsent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        let mut kept = Vec::new();
+        for record in unsent {
+            if record.topic == topic && record.settle.is_untracked() {
+                kept.push((record.key, record.payload));
+            } else {
+                record.settle.one_failed();
+            }
+        }
+        kept
     }
 }
 

@@ -193,6 +193,18 @@ impl Spool {
         Ok(state.sealed.front().copied())
     }
 
+    /// Keeps a record at a stop, where nothing may wait for room: appended if it fits, else
+    /// dropped and counted. The caller closes the spool after.
+    pub fn keep(&self, key: &str, payload: &[u8]) -> std::io::Result<()> {
+        let size = (HEADER + key.len() + payload.len()) as u64;
+        let mut state = self.state();
+        if state.bytes + size > self.max_bytes {
+            self.metrics.spool_dropped.inc();
+            return Ok(());
+        }
+        self.append(&mut state, key, payload)
+    }
+
     /// Writes out what is buffered, so a stop loses nothing the spool took.
     pub fn close(&self) {
         if let Err(e) = Self::seal(&mut self.state()) {
