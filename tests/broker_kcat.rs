@@ -372,3 +372,27 @@ fn an_acks_0_record_refused_closes_the_connection() {
         sluice.kcat_consume("small", &[]).contains("after\n")
     });
 }
+
+/// `sluice produce` sends lines as bytes (one that is not UTF-8 too), and a line it cannot send
+/// (over librdkafka's 1 MB message limit) stops it with that line's number and a failure,
+/// after the lines before it were delivered.
+#[test]
+fn sluice_produce_sends_bytes_and_names_the_line_it_stops_at() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    sluice.create_topic("raw", 1, &[]);
+    let input = tmp.path().join("input");
+    let mut text = b"first\ncaf\xe9 latin-1\r\n".to_vec();
+    text.extend(std::iter::repeat_n(b'x', 2_000_000));
+    text.extend(b"\nnever sent\n");
+    std::fs::write(&input, &text).unwrap();
+    let out = sluice.client(&["produce", "raw", "--file", input.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("input line 3"), "{stderr}");
+    let consumed = run(
+        kcat().args(["-C", "-b", &sluice.kafka, "-t", "raw", "-e", "-q"]),
+        T,
+    );
+    assert_eq!(consumed.stdout, b"first\ncaf\xe9 latin-1\n");
+}

@@ -34,6 +34,10 @@ use crate::output::KafkaOutput;
 use crate::shipper::Shipper;
 use crate::spool::Spool;
 
+/// A stop stops waiting for the spool to drain when no segment was acknowledged for this long
+/// (the broker is away): what is left is sent after the next start.
+const SPOOL_STALLED: Duration = Duration::from_secs(5);
+
 /// A running agent.
 pub struct Agent {
     shipper: Arc<Shipper>,
@@ -182,13 +186,20 @@ impl Agent {
             None => None,
         };
         if let Some(drain) = self.drain {
-            // What waits in the spool goes first, as far as the time allows; the rest stays on
-            // disk for the next start.
+            // What waits in the spool goes first, as far as the time allows and while the
+            // broker takes it (a segment at a time); the rest stays on disk for the next start.
             if let Some(spool) = &self.shipper.spool {
                 spool.close();
                 let deadline = tokio::time::Instant::now() + timeout;
-                while !spool.is_empty() && tokio::time::Instant::now() < deadline {
+                let (mut left, mut moved) = (spool.bytes(), tokio::time::Instant::now());
+                while left > 0 && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    let now = spool.bytes();
+                    if now < left {
+                        (left, moved) = (now, tokio::time::Instant::now());
+                    } else if moved.elapsed() > SPOOL_STALLED {
+                        break;
+                    }
                 }
             }
             drain.abort();

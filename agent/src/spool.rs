@@ -212,8 +212,9 @@ impl Spool {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.state().bytes == 0
+    /// Bytes waiting in the spool.
+    pub fn bytes(&self) -> u64 {
+        self.state().bytes
     }
 
     fn remove_oldest(&self, number: u64, bytes: u64) {

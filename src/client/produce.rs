@@ -58,29 +58,13 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
         )),
         None => Box::new(std::io::stdin().lock()),
     };
-    let mut sent = 0u64;
-    for line in input.lines() {
-        let line = line.context("reading input")?;
-        let (key, value) = match &args.key_separator {
-            Some(sep) => match line.split_once(sep.as_str()) {
-                Some((k, v)) => (Some(k.to_owned()), v.to_owned()),
-                None => (None, line),
-            },
-            None => (None, line),
-        };
-        let mut record = BaseRecord::to(&args.topic).payload(&value);
-        if let Some(key) = &key {
-            record = record.key(key);
-        }
-        if let Some(partition) = args.partition {
-            record = record.partition(partition);
-        }
-        send_waiting(&producer, record).context("queueing a record")?;
-        sent += 1;
-    }
+    let sent = send_lines(&producer, &args, input);
+    // What was queued before a bad line is still delivered (or reported), not purged with the
+    // producer: then the line's error.
     producer
         .flush(Duration::from_secs(30))
         .context("waiting for the broker to acknowledge")?;
+    let sent = sent?;
     let failed = deliveries.failed.load(Ordering::Relaxed);
     let ok = deliveries.ok.load(Ordering::Relaxed);
     eprintln!("{ok} of {sent} records acknowledged");
@@ -88,4 +72,53 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
         anyhow::bail!("{failed} of {sent} records were not delivered");
     }
     Ok(())
+}
+
+/// Sends each line of `input` (bytes as they are: a line need not be UTF-8) as a record; the
+/// count sent, or the error with the number of the line it stopped at.
+fn send_lines(
+    producer: &ThreadedProducer<Context>,
+    args: &ProduceArgs,
+    mut input: Box<dyn BufRead>,
+) -> anyhow::Result<u64> {
+    let mut sent = 0u64;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = input
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading input line {}", sent + 1))?;
+        if read == 0 {
+            return Ok(sent);
+        }
+        if line.ends_with(b"\n") {
+            line.pop();
+            if line.ends_with(b"\r") {
+                line.pop();
+            }
+        }
+        let (key, value) = match &args.key_separator {
+            Some(sep) => match find(&line, sep.as_bytes()) {
+                Some(at) => (Some(&line[..at]), &line[at + sep.len()..]),
+                None => (None, &line[..]),
+            },
+            None => (None, &line[..]),
+        };
+        let mut record = BaseRecord::to(&args.topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(partition) = args.partition {
+            record = record.partition(partition);
+        }
+        send_waiting(producer, record).with_context(|| format!("input line {}", sent + 1))?;
+        sent += 1;
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
