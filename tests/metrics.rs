@@ -59,6 +59,7 @@ fn metrics_pass_promtool_and_hold_the_promised_series() {
         "sluice_indexer_freshness_seconds_bucket",
         "sluice_indexer_consumer_lag{partition=\"0\"} 0",
         "sluice_indexer_partitions_owned 3",
+        "sluice_indexer_partitions_waiting 0",
         "sluice_indexer_index_bytes",
         "sluice_search_duration_seconds_bucket{endpoint=\"search\"",
         "sluice_search_requests_total{endpoint=\"search\",outcome=\"ok\"}",

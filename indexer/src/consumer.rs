@@ -174,6 +174,9 @@ impl Shared {
         self.metrics
             .partitions_owned
             .set((state.open.len() + state.to_open.len()) as i64);
+        self.metrics
+            .partitions_waiting
+            .set(state.to_open.len() as i64);
     }
 
     /// The committed offsets of every open partition, for the group.

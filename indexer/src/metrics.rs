@@ -19,6 +19,7 @@ pub struct IndexerMetrics {
     pub freshness_seconds: Histogram,
     pub consumer_lag: IntGaugeVec,
     pub partitions_owned: IntGauge,
+    pub partitions_waiting: IntGauge,
     pub index_bytes: IntGauge,
     pub buckets_deleted: IntCounter,
     pub errors: IntCounterVec,
@@ -74,6 +75,11 @@ impl IndexerMetrics {
                 "sluice_indexer_partitions_owned",
                 "Partitions this process indexes",
             )?,
+            partitions_waiting: IntGauge::new(
+                "sluice_indexer_partitions_waiting",
+                "Partitions assigned to this process whose index is not open (held by another \
+                 process, or failed): nothing of them is indexed until it opens",
+            )?,
             index_bytes: IntGauge::new(
                 "sluice_indexer_index_bytes",
                 "Bytes of the indexes this process owns",
@@ -99,6 +105,7 @@ impl IndexerMetrics {
         registry.register(Box::new(metrics.freshness_seconds.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
         registry.register(Box::new(metrics.partitions_owned.clone()))?;
+        registry.register(Box::new(metrics.partitions_waiting.clone()))?;
         registry.register(Box::new(metrics.index_bytes.clone()))?;
         registry.register(Box::new(metrics.buckets_deleted.clone()))?;
         registry.register(Box::new(metrics.errors.clone()))?;

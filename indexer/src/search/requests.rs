@@ -284,16 +284,21 @@ impl SearchService {
         );
         let mut merged: Option<IntermediateAggregationResults> = None;
         for view in views {
-            let fruit = view.searcher.search(query, &collector)?;
+            let fruit = view
+                .searcher
+                .search(query, &collector)
+                .map_err(aggregation_error)?;
             match merged.as_mut() {
-                Some(merged) => merged.merge_fruits(fruit)?,
+                Some(merged) => merged.merge_fruits(fruit).map_err(aggregation_error)?,
                 None => merged = Some(fruit),
             }
         }
         let Some(merged) = merged else {
             return Ok(Value::Null);
         };
-        let result = merged.into_final_result(aggregations, limits())?;
+        let result = merged
+            .into_final_result(aggregations, limits())
+            .map_err(aggregation_error)?;
         serde_json::to_value(result)
             .map_err(|e| SearchError::BadRequest(format!("aggregation: {e}")))
     }
@@ -388,9 +393,44 @@ fn nice_interval(raw_ms: i64) -> i64 {
         .unwrap_or_else(|| (raw_ms + 86_399_999) / 86_400_000 * 86_400_000)
 }
 
+/// An aggregation over its limits (buckets, memory) or malformed is the request's fault: a 400
+/// that says so, not a 500.
+fn aggregation_error(e: tantivy::TantivyError) -> SearchError {
+    use tantivy::aggregation::AggregationError as Agg;
+    match e {
+        tantivy::TantivyError::AggregationError(
+            e @ (Agg::MemoryExceeded { .. }
+            | Agg::BucketLimitExceeded { .. }
+            | Agg::InvalidRequest(_)
+            | Agg::DateHistogramParseError(_)),
+        ) => SearchError::BadRequest(format!(
+            "aggregation: {e}; narrow the time range or the interval"
+        )),
+        e => SearchError::Internal(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::nice_interval;
+    use super::{aggregation_error, nice_interval, SearchError};
+
+    #[test]
+    fn aggregations_over_their_limits_are_bad_requests() {
+        use tantivy::aggregation::AggregationError;
+        let over = AggregationError::BucketLimitExceeded {
+            limit: 10,
+            current: 11,
+        };
+        assert!(matches!(
+            aggregation_error(over.into()),
+            SearchError::BadRequest(why) if why.contains("bucket limit")
+        ));
+        let internal = AggregationError::InternalError("broken".into());
+        assert!(matches!(
+            aggregation_error(internal.into()),
+            SearchError::Internal(_)
+        ));
+    }
 
     #[test]
     fn intervals_round_up_to_readable_steps() {
