@@ -107,3 +107,13 @@ pub fn run_with_input(cmd: &mut Command, input: &[u8], timeout: Duration) -> Out
     let _ = writer.join();
     out
 }
+
+/// util-linux `logger` to 127.0.0.1:`port` with `args`.
+pub fn logger(port: &str, args: &[&str]) {
+    run_ok(
+        Command::new("logger")
+            .args(["-n", "127.0.0.1", "-P", port])
+            .args(args),
+        Duration::from_secs(10),
+    );
+}

@@ -1,0 +1,213 @@
+//! The agent's configuration and lifecycle against the real binary: changes to its file (and to
+//! a Kubernetes ConfigMap) are taken up without a restart; a change that does not load, does not
+//! start or changes nothing leaves the running inputs serving; an input that fails stops the
+//! agent with its error.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+/// An agent of `sluice` with one input, syslog over TCP on `port`.
+fn syslog_tcp_config(sluice: &Sluice, port: &str) -> String {
+    format!(
+        "[agent]\nbrokers = \"{}\"\n[agent.syslog]\ntcp = \"127.0.0.1:{port}\"\n",
+        sluice.kafka
+    )
+}
+
+/// The agent follows its configuration file: a new listen address is taken up without a restart
+/// of the process; a broken file leaves the running inputs as they are.
+#[test]
+fn config_changes_are_picked_up_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let config = |port: &str| syslog_tcp_config(&sluice, port);
+    let first = free_port().to_string();
+    let agent = AgentProcess::start(tmp.path(), &config(&first), Stdio::null());
+    wait_for_port(&format!("127.0.0.1:{first}"), Duration::from_secs(10)).unwrap();
+    logger(&first, &["-T", "-t", "reload", "before the change"]);
+    // A connection open across the change: it ends with the inputs it belonged to, rather
+    // than living on with the old configuration.
+    let mut open = std::net::TcpStream::connect(format!("127.0.0.1:{first}")).unwrap();
+    open.write_all(b"<13>Dec  2 08:00:00 web-1 reload: on an open connection\n")
+        .unwrap();
+    wait_until(
+        "the open connection's message read",
+        Duration::from_secs(20),
+        || agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 2.0,
+    );
+    let second = free_port().to_string();
+    let path = tmp.path().join("agent.toml");
+    std::fs::write(&path, config(&second)).unwrap();
+    wait_for_port(&format!("127.0.0.1:{second}"), Duration::from_secs(20)).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut open, &mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the old connection is still served: {other:?}"),
+    }
+    logger(&second, &["-T", "-t", "reload", "after the change"]);
+    std::fs::write(&path, "[agent]\nno_such_key = 1\n").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    logger(&second, &["-T", "-t", "reload", "despite a broken file"]);
+    let events = logs_events(&sluice, 4);
+    // Another host's messages go to their own partition: compared as a set.
+    let mut messages: Vec<&str> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    messages.sort_unstable();
+    assert_eq!(
+        messages,
+        [
+            "after the change",
+            "before the change",
+            "despite a broken file",
+            "on an open connection"
+        ]
+    );
+    assert_eq!(
+        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#),
+        4.0,
+        "counters carry on across a reload"
+    );
+}
+
+/// A save of the configuration that changes nothing, and one that does not load, once an input
+/// has ended (stdin at its end, the metrics still collected): the agent carries on with what
+/// runs. (Waiting for the inputs again after such a change once polled the ended one's task a
+/// second time, and the agent died of it.)
+#[test]
+fn saves_that_change_nothing_after_stdin_ended_keep_the_agent_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let config = format!(
+        "[agent]\nbrokers = \"{}\"\nstdin = true\n[agent.metrics]\nhost = true\ninterval_ms = 200\n",
+        sluice.kafka
+    );
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let sent = |agent: &AgentProcess| agent.metric("sluice_agent_events_sent_total");
+    wait_until("samples sent", Duration::from_secs(20), || {
+        sent(&agent) > 0.0
+    });
+    let path = tmp.path().join("agent.toml");
+    for text in [
+        config.as_str(),
+        "[agent]\nno_such_key = 1\n",
+        config.as_str(),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            agent.child.try_wait().unwrap().is_none(),
+            "the agent ended after a save of its configuration:\n{}",
+            agent.log_text()
+        );
+    }
+    let before = sent(&agent);
+    wait_until("more samples sent", Duration::from_secs(20), || {
+        sent(&agent) > before
+    });
+}
+
+/// A configuration that loads but cannot start (a GELF port another process holds) leaves the
+/// previous inputs serving: what the failed start had opened (the syslog socket) is closed
+/// again, so the previous configuration can take it back.
+#[test]
+fn a_configuration_that_cannot_start_leaves_the_previous_one_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let udp = free_port().to_string();
+    let config = format!(
+        "[agent]\nbrokers = \"{}\"\n[agent.syslog]\nudp = \"127.0.0.1:{udp}\"\n",
+        sluice.kafka
+    );
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    logger(&udp, &["-d", "-t", "reload", "before the change"]);
+    wait_until("the first message sent", Duration::from_secs(20), || {
+        agent.metric("sluice_agent_events_sent_total") >= 1.0
+    });
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let wanted = format!(
+        "{config}[agent.gelf]\ntcp = \"{}\"\n",
+        taken.local_addr().unwrap()
+    );
+    std::fs::write(tmp.path().join("agent.toml"), wanted).unwrap();
+    wait_until(
+        "the agent going on with its previous configuration",
+        Duration::from_secs(30),
+        || agent.log_text().contains("previous configuration"),
+    );
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent ended:\n{}",
+        agent.log_text()
+    );
+    logger(&udp, &["-d", "-t", "reload", "after the change"]);
+    let events = logs_events(&sluice, 2);
+    let mut messages: Vec<&str> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    messages.sort_unstable();
+    assert_eq!(messages, ["after the change", "before the change"]);
+}
+
+/// A Kubernetes ConfigMap volume changes the configuration without touching `agent.toml`: the
+/// file is a link through `..data`, and the kubelet swaps `..data` to a new directory. The agent
+/// takes the change up all the same.
+#[test]
+fn a_configmap_update_is_picked_up() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let config = |port: &str| syslog_tcp_config(&sluice, port);
+    let first = free_port().to_string();
+    let _agent = AgentProcess::start(tmp.path(), &config(&first), Stdio::null());
+    wait_for_port(&format!("127.0.0.1:{first}"), Duration::from_secs(10)).unwrap();
+    // The kubelet's layout, as a ConfigMap volume holds it.
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("..2026_12_02_01")).unwrap();
+    std::fs::write(dir.join("..2026_12_02_01/agent.toml"), config(&first)).unwrap();
+    symlink("..2026_12_02_01", dir.join("..data")).unwrap();
+    symlink("..data/agent.toml", dir.join("agent.toml.link")).unwrap();
+    std::fs::rename(dir.join("agent.toml.link"), dir.join("agent.toml")).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // The update: a new directory, `..data` swapped to it, the old one removed.
+    let second = free_port().to_string();
+    std::fs::create_dir(dir.join("..2026_12_02_02")).unwrap();
+    std::fs::write(dir.join("..2026_12_02_02/agent.toml"), config(&second)).unwrap();
+    symlink("..2026_12_02_02", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join("..2026_12_02_01")).unwrap();
+    wait_for_port(&format!("127.0.0.1:{second}"), Duration::from_secs(20)).unwrap();
+}
+
+/// An input that fails (stdin that cannot be read: a directory) stops the agent with its error
+/// and a failure status, so that systemd or Kubernetes restarts it, rather than the agent running
+/// on without the input or exiting 0.
+#[test]
+fn a_failed_input_ends_the_agent_with_its_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let config = format!(
+        "[agent]\nbrokers = \"{}\"\nstdin = true\n[agent.metrics]\nhost = true\n",
+        sluice.kafka
+    );
+    let directory = Stdio::from(std::fs::File::open(tmp.path()).unwrap());
+    let mut agent = AgentProcess::start(tmp.path(), &config, directory);
+    let mut status = None;
+    wait_until("the agent to exit", Duration::from_secs(30), || {
+        status = agent.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success(), "{:?}", status);
+    let log = agent.log_text();
+    assert!(log.contains("agent input stdin"), "{log}");
+}
