@@ -200,14 +200,21 @@ fn a_failed_input_ends_the_agent_with_its_error() {
         "[agent]\nbrokers = \"{}\"\nstdin = true\n[agent.metrics]\nhost = true\n",
         sluice.kafka
     );
-    let directory = Stdio::from(std::fs::File::open(tmp.path()).unwrap());
-    let mut agent = AgentProcess::start(tmp.path(), &config, directory);
-    let mut status = None;
-    wait_until("the agent to exit", Duration::from_secs(30), || {
-        status = agent.child.try_wait().unwrap();
-        status.is_some()
-    });
-    assert!(!status.unwrap().success(), "{:?}", status);
-    let log = agent.log_text();
+    let path = tmp.path().join("agent.toml");
+    std::fs::write(&path, config).unwrap();
+    // Run to its end: it may fail before its HTTP port is even up.
+    let out = run(
+        AgentCommand::Standalone
+            .command()
+            .arg("--config")
+            .arg(&path)
+            .arg("--state-dir")
+            .arg(tmp.path().join("agent-state"))
+            .args(["--http", "127.0.0.1:0"])
+            .stdin(std::fs::File::open(tmp.path()).unwrap()),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success(), "{:?}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("agent input stdin"), "{log}");
 }
