@@ -196,9 +196,12 @@ fn a_configmap_update_is_picked_up() {
 fn a_failed_input_ends_the_agent_with_its_error() {
     let tmp = tempfile::tempdir().unwrap();
     let sluice = Sluice::broker(tmp.path(), "");
+    // A syslog listener too, whose task comes first and never ends: the failure of the one
+    // after it is seen all the same.
     let config = format!(
-        "[agent]\nbrokers = \"{}\"\nstdin = true\n[agent.metrics]\nhost = true\n",
-        sluice.kafka
+        "[agent]\nbrokers = \"{}\"\nstdin = true\n[agent.syslog]\nudp = \"127.0.0.1:{}\"\n",
+        sluice.kafka,
+        free_port()
     );
     let path = tmp.path().join("agent.toml");
     std::fs::write(&path, config).unwrap();

@@ -20,6 +20,7 @@ mod output;
 mod shipper;
 mod spool;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,14 +162,27 @@ impl Agent {
     /// Kubernetes) sees the failure and restarts it, rather than it running on without the input.
     /// Cancel safe: a `select!` may drop it and call it again.
     pub async fn inputs_done(&mut self) -> anyhow::Result<()> {
-        for slot in &mut self.tasks {
-            // A handle must not be polled again once it has given its result.
-            if let Some(task) = slot {
-                let ended = task.await;
-                *slot = None;
-                ended.map_err(|e| anyhow::anyhow!("agent: an input panicked: {e}"))??;
+        // All at once: the first failure ends the wait, whichever input it is.
+        std::future::poll_fn(|cx| {
+            for slot in &mut self.tasks {
+                let Some(task) = slot else { continue };
+                if let std::task::Poll::Ready(ended) = std::pin::Pin::new(task).poll(cx) {
+                    // A handle must not be polled again once it has given its result.
+                    *slot = None;
+                    let ended = ended
+                        .map_err(|e| anyhow::anyhow!("agent: an input panicked: {e}"))
+                        .and_then(|result| result);
+                    if ended.is_err() {
+                        return std::task::Poll::Ready(ended);
+                    }
+                }
             }
-        }
+            match self.tasks.iter().all(Option::is_none) {
+                true => std::task::Poll::Ready(Ok(())),
+                false => std::task::Poll::Pending,
+            }
+        })
+        .await?;
         if self.files.is_some() {
             std::future::pending::<()>().await;
         }

@@ -47,6 +47,21 @@ struct Bucket {
     index: Index,
 }
 
+/// Whether an index error means the bucket's files are damaged (missing, corrupt, unreadable
+/// as an index), not that opening them failed for now.
+fn is_damage(e: &tantivy::TantivyError) -> bool {
+    use tantivy::directory::error::OpenReadError;
+    use tantivy::TantivyError as E;
+    matches!(
+        e,
+        E::DataCorruption(_)
+            | E::IncompatibleIndex(_)
+            | E::DeserializeError(_)
+            | E::OpenReadError(OpenReadError::FileDoesNotExist(_))
+            | E::OpenReadError(OpenReadError::IncompatibleIndex(_))
+    )
+}
+
 impl Bucket {
     fn open(schema: &LogSchema, start_ms: i64, dir: PathBuf) -> tantivy::Result<Self> {
         let index = schema.open_or_create(&dir)?;
@@ -122,6 +137,11 @@ impl PartitionIndex {
                 Ok((bucket, position)) => {
                     committed = committed.max(position);
                     buckets.push(bucket);
+                }
+                // A passing failure (files, memory) fails the open, to be tried again, rather
+                // than move a sound bucket out of search.
+                Err(e) if !is_damage(&e) => {
+                    anyhow::bail!("index bucket {}: {e}", bucket_dir.display())
                 }
                 Err(e) => {
                     // Moved aside: records of its time, read again from the committed offset,

@@ -29,9 +29,9 @@ pub fn parse(parser: &QueryParser, q: &str) -> Result<Box<dyn Query>, String> {
             "parentheses nest deeper than {MAX_QUERY_DEPTH} levels"
         ));
     }
-    if negations(q) > MAX_QUERY_DEPTH {
+    if negation_run(q) > MAX_QUERY_DEPTH {
         return Err(format!(
-            "more than {MAX_QUERY_DEPTH} NOTs: each one nests the query a level deeper"
+            "more than {MAX_QUERY_DEPTH} NOTs in a row: each one nests the query a level deeper"
         ));
     }
     let (ast, syntax_errors) = query_grammar::parse_query_lenient(q);
@@ -68,17 +68,22 @@ fn nesting(q: &str) -> usize {
     deepest
 }
 
-/// How many `NOT` operators (the word alone, before a space or a parenthesis) `q` holds.
-fn negations(q: &str) -> usize {
-    let bytes = q.as_bytes();
-    q.match_indices("NOT")
-        .filter(|&(at, _)| {
-            let before = at.checked_sub(1).map(|i| bytes[i]);
-            let after = bytes.get(at + 3).copied();
-            before.is_none_or(|b| b.is_ascii_whitespace() || b == b'(')
-                && after.is_none_or(|b| b.is_ascii_whitespace() || b == b'(')
-        })
-        .count()
+/// The longest run of `NOT`s in a row (`NOT NOT NOT a`), the one way the grammar nests without
+/// parentheses; `NOT a AND NOT b` is flat however many clauses it has.
+fn negation_run(q: &str) -> usize {
+    let (mut run, mut longest) = (0usize, 0);
+    for token in q.split_whitespace() {
+        if token == "NOT" {
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            if token.starts_with("NOT(") {
+                longest = longest.max(run + 1);
+            }
+            run = 0;
+        }
+    }
+    longest
 }
 
 fn lucene_compat(ast: UserInputAst, errors: &mut Vec<String>) -> UserInputAst {
@@ -211,7 +216,12 @@ mod tests {
         assert_eq!(nesting("(a OR (b AND c))"), 2);
         assert_eq!(nesting("\"((((\" AND x"), 4);
         assert_eq!(nesting(&"(".repeat(50)), 50);
-        assert_eq!(negations("NOT a AND (NOT(b)) AND NOTICE AND KNOT"), 2);
+        assert_eq!(
+            negation_run("NOT NOT a AND (NOT(b)) AND NOTICE AND KNOT"),
+            2
+        );
+        let flat: Vec<String> = (0..40).map(|n| format!("NOT host:h{n}")).collect();
+        assert_eq!(negation_run(&flat.join(" AND ")), 1);
     }
 
     /// Queries that nest past the limit in ways a scan of double quotes missed are refused
