@@ -320,3 +320,14 @@ pub fn logs_events(sluice: &Sluice, n: usize) -> Vec<serde_json::Value> {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// The messages of the events on `logs`, sorted (partitions interleave: compared as a set), once
+/// there are at least `n` events.
+pub fn logs_messages(sluice: &Sluice, n: usize) -> Vec<String> {
+    let mut messages: Vec<String> = logs_events(sluice, n)
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect();
+    messages.sort_unstable();
+    messages
+}
