@@ -388,3 +388,50 @@ fn syslog_messages_held_at_a_stop_with_the_broker_away_are_sent_after_the_next_s
     expected.sort_unstable();
     assert_eq!(messages, expected);
 }
+
+/// SIGTERM while the cluster refuses the topic (auto-creation off, not made yet): the syslog
+/// messages librdkafka gave back, waiting to be offered again, are kept in the spool with the
+/// rest, and once the topic is made the next start sends every one.
+#[test]
+fn syslog_messages_refused_at_a_stop_are_sent_after_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "[broker]\nauto_create_topics = false\n");
+    let port = free_port().to_string();
+    // librdkafka gives up on records of a missing topic after 100 ms rather than 30 s.
+    let config = format!(
+        "[agent]\nbrokers = \"{}\"\n[agent.syslog]\ntcp = \"127.0.0.1:{port}\"\n\
+         [agent.kafka]\n\"topic.metadata.propagation.max.ms\" = \"100\"\n",
+        sluice.kafka
+    );
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_for_port(&format!("127.0.0.1:{port}"), Duration::from_secs(10)).unwrap();
+    logger(&port, &["-T", "-t", "refused", "refused first"]);
+    wait_until(
+        "the agent says the topic refuses",
+        Duration::from_secs(30),
+        || agent.log_text().contains("refuses records"),
+    );
+    for n in 0..5 {
+        logger(&port, &["-T", "-t", "refused", &format!("refused {n}")]);
+    }
+    wait_until("the messages read", Duration::from_secs(20), || {
+        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 6.0
+    });
+    signal_pid(agent.child.id(), "TERM");
+    wait_until("the agent to stop", Duration::from_secs(60), || {
+        agent.child.try_wait().unwrap().is_some()
+    });
+    assert!(
+        agent.log_text().contains("kept in the spool"),
+        "{}",
+        agent.log_text()
+    );
+    sluice.create_topic("logs", 3, &[]);
+    let _agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let mut messages = logs_messages(&sluice, 6);
+    messages.dedup();
+    let mut expected: Vec<String> = (0..5).map(|n| format!("refused {n}")).collect();
+    expected.push("refused first".into());
+    expected.sort_unstable();
+    assert_eq!(messages, expected);
+}

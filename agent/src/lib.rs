@@ -195,6 +195,8 @@ impl Agent {
         for task in self.tasks.iter().flatten() {
             task.abort();
         }
+        // Refused records stay where `keep_unsent` finds them.
+        self.resend.abort();
         let checkpoints = match self.files {
             Some(files) => files.stop().await,
             None => None,
@@ -221,13 +223,10 @@ impl Agent {
         let shipper = self.shipper;
         let flushed = tokio::task::spawn_blocking(move || {
             let flushed = shipper.output.flush(timeout);
-            if flushed.is_err() {
-                keep_unsent(&shipper);
-            }
+            keep_unsent(&shipper);
             flushed
         })
         .await?;
-        self.resend.abort();
         if let Some(checkpoints) = checkpoints {
             checkpoints
                 .save()
@@ -239,9 +238,10 @@ impl Agent {
     }
 }
 
-/// At a stop the broker did not let finish: the events of inputs that cannot replay that
-/// librdkafka still held go to the spool, for the next start to send, instead of being lost
-/// with the process. (They come after what the spool already held.)
+/// At a stop: the events of inputs that cannot replay that were not acknowledged (librdkafka
+/// still held them, the broker being away, or the cluster refused them, the topic missing) go to
+/// the spool, for the next start to send, instead of being lost with the process. (They come
+/// after what the spool already held.)
 fn keep_unsent(shipper: &Shipper) {
     let Some(spool) = &shipper.spool else {
         return;

@@ -5,15 +5,16 @@
 //! is slow or away, and are retried without a deadline; a full queue makes the inputs wait.
 //! librdkafka does give up on a record whose topic the cluster says is unknown (auto-creation
 //! off, not made yet) or not ours to write: such records are offered again (`resend_refused`)
-//! until the cluster takes them. Only a record that can never be sent (too large, malformed) is
-//! let go, and counted.
+//! until the cluster takes them, or handed to the spool at a stop (`take_unsent`). Only a record
+//! that can never be sent (too large, malformed) is let go, and counted.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::message::Message;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{
@@ -43,8 +44,6 @@ const RESEND_PAUSE: Duration = Duration::from_secs(1);
 
 pub struct KafkaOutput {
     producer: ThreadedProducer<Deliveries, KeyHash>,
-    /// Records the cluster refused, until `resend_refused` takes them.
-    refused: Mutex<Option<mpsc::UnboundedReceiver<Refused>>>,
     metrics: AgentMetrics,
     /// Settles records nothing waits for.
     untracked: Arc<Settle>,
@@ -57,14 +56,31 @@ type Record<'a> = BaseRecord<'a, [u8], [u8], Arc<Settle>>;
 struct Deliveries {
     metrics: AgentMetrics,
     partitioner: KeyHash,
-    /// Where refused records go to be sent again. Unbounded, but it only ever holds records
-    /// that were in librdkafka's bounded queue: while a topic is refused, new records wait at
-    /// the door (`KafkaOutput::queue`).
-    refused: mpsc::UnboundedSender<Refused>,
+    refused: Refusals,
     /// Records are being refused: said once, until one is delivered.
     refusing: AtomicBool,
-    /// While the agent stops (`take_unsent`): what librdkafka gives back, instead of `refused`.
-    unsent: Mutex<Option<Vec<Refused>>>,
+}
+
+/// Records librdkafka gave back, waiting to be offered again (`resend_refused`) or, at a stop,
+/// to be kept (`take_unsent`). Here rather than in the resend task, so that stopping the task
+/// at any point loses none of them. Unbounded, but it only ever holds records that were in
+/// librdkafka's bounded queue: while a topic is refused, new records wait at the door
+/// (`KafkaOutput::queue`).
+#[derive(Default)]
+struct Refusals {
+    waiting: Mutex<VecDeque<Refused>>,
+    arrived: Notify,
+}
+
+impl Refusals {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<Refused>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, refused: Refused) {
+        self.waiting().push_back(refused);
+        self.arrived.notify_one();
+    }
 }
 
 /// A record librdkafka gave up on that may yet be taken.
@@ -129,7 +145,13 @@ impl ProducerContext<KeyHash> for Deliveries {
                 }
             }
             Err((e, message)) => {
-                self.metrics.send_errors.inc();
+                let purged = matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                );
+                if !purged {
+                    self.metrics.send_errors.inc();
+                }
                 if e.rdkafka_error_code().is_some_and(never_sendable) {
                     // As when librdkafka refuses it at the door (`queue`): counted and let go,
                     // or a file's checkpoint would stay before it for ever, and every start
@@ -139,7 +161,7 @@ impl ProducerContext<KeyHash> for Deliveries {
                     settle.one_done();
                     return;
                 }
-                if !self.refusing.swap(true, Ordering::Relaxed) {
+                if !purged && !self.refusing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(topic = message.topic(), error = %e, "agent: the cluster refuses records for the topic; they are sent again until it takes them");
                 }
                 let again = Refused {
@@ -152,22 +174,7 @@ impl ProducerContext<KeyHash> for Deliveries {
                         .unwrap_or_else(crate::event::now_ms),
                     settle,
                 };
-                let again = match self
-                    .unsent
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_mut()
-                {
-                    Some(unsent) => {
-                        unsent.push(again);
-                        return;
-                    }
-                    None => again,
-                };
-                if let Err(mpsc::error::SendError(lost)) = self.refused.send(again) {
-                    // The agent is stopping: a file's lines are read again at the next start.
-                    lost.settle.one_failed();
-                }
+                self.refused.push(again);
             }
         }
     }
@@ -207,7 +214,6 @@ fn never_sendable(code: RDKafkaErrorCode) -> bool {
 
 impl KafkaOutput {
     pub fn new(config: &AgentConfig, metrics: AgentMetrics) -> anyhow::Result<Self> {
-        let (refused, refused_rx) = mpsc::unbounded_channel();
         let producer = settings(config)
             .create_with_context(Deliveries {
                 metrics: metrics.clone(),
@@ -215,14 +221,12 @@ impl KafkaOutput {
                     logs_topic: config.topic.clone(),
                     logs_partitions: AtomicI32::new(0),
                 },
-                refused,
+                refused: Refusals::default(),
                 refusing: AtomicBool::new(false),
-                unsent: Mutex::new(None),
             })
             .map_err(|e| anyhow::anyhow!("agent: Kafka producer for {}: {e}", config.brokers))?;
         Ok(Self {
             producer,
-            refused: Mutex::new(Some(refused_rx)),
             metrics,
             untracked: Settle::untracked(),
             stalled: AtomicBool::new(false),
@@ -243,26 +247,31 @@ impl KafkaOutput {
             .await
     }
 
-    /// Offers the records the cluster refused again, a pause after each refusal, until the
-    /// producer is dropped. Runs once, as a task of the agent.
+    /// Offers the records the cluster refused again, a pause after each refusal, until stopped
+    /// (aborted) at the agent's stop. Runs once, as a task of the agent.
     pub async fn resend_refused(self: Arc<Self>) -> anyhow::Result<()> {
-        let taken = self
-            .refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let Some(mut refused) = taken else {
-            return Ok(());
-        };
-        let mut batch = Vec::new();
-        while refused.recv_many(&mut batch, 1024).await > 0 {
+        let refused = &self.producer.context().refused;
+        loop {
+            refused.arrived.notified().await;
             tokio::time::sleep(RESEND_PAUSE).await;
-            for r in batch.drain(..) {
-                self.send(&r.topic, &r.key, &r.payload, r.timestamp, Some(&r.settle))
-                    .await?;
+            loop {
+                let Some(again) = refused.waiting().pop_front() else {
+                    break;
+                };
+                let record = self.record(
+                    &again.topic,
+                    &again.key,
+                    &again.payload,
+                    again.timestamp,
+                    Some(&again.settle),
+                );
+                if self.queue(record)?.is_some() {
+                    // Not taken yet: it stays first in line, where a stop finds it.
+                    refused.waiting().push_front(again);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
         }
-        Ok(())
     }
 
     /// As `send`, to `partition` (what `logs_partition` gave for `key`).
@@ -389,25 +398,21 @@ impl KafkaOutput {
             .map_err(|e| anyhow::anyhow!("agent: events still unacknowledged at stop: {e}"))
     }
 
-    /// At a stop the broker did not let finish: takes back from librdkafka the records nothing
-    /// else will send again, those of `topic` from inputs that cannot replay (the file input
-    /// reads its lines again, a spool segment stays until acknowledged), as (key, payload).
-    /// Blocking: it waits for librdkafka to hand back what it held.
+    /// At a stop, once `resend_refused` is stopped: takes back the records nothing else will
+    /// send again, those of `topic` from inputs that cannot replay (the file input reads its
+    /// lines again, a spool segment stays until acknowledged), as (key, payload): what
+    /// librdkafka still holds (purged) and what the cluster refused. Blocking: it waits for
+    /// librdkafka to hand back what it held.
     pub fn take_unsent(&self, topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let deliveries = self.producer.context();
-        *deliveries.unsent.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
-        self.producer
-            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while self.producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        if self.producer.in_flight_count() > 0 {
+            self.producer
+                .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while self.producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
-        let unsent = deliveries
-            .unsent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_default();
+        let unsent = std::mem::take(&mut *self.producer.context().refused.waiting());
         let mut kept = Vec::new();
         for record in unsent {
             if record.topic == topic && record.settle.is_untracked() {
