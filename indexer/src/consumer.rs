@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +32,9 @@ use crate::worker::{OwnedRecord, PartitionWorker};
 /// How long an assignment waits for the partition's previous owner to close its index.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 const RETENTION_EVERY: Duration = Duration::from_secs(5);
+/// How often partitions that still wait for their index are said in the log (the gauge
+/// `sluice_indexer_partitions_waiting` tells at every scrape).
+const WAITING_SAID_EVERY: Duration = Duration::from_secs(60);
 
 /// A running indexer; `stop` commits and leaves the group.
 pub struct Indexer {
@@ -68,6 +71,7 @@ impl Indexer {
             metrics,
             commit_every: Duration::from_millis(config.commit_interval_ms.max(1)),
             max_document_bytes: config.max_document_bytes,
+            all_queued: Arc::default(),
             state: Mutex::new(State::default()),
         });
         let session_timeout = config.session_timeout_ms.to_string();
@@ -138,6 +142,8 @@ struct Shared {
     metrics: IndexerMetrics,
     commit_every: Duration,
     max_document_bytes: usize,
+    /// Bytes of records queued for all the workers (`PartitionWorker::start`).
+    all_queued: Arc<AtomicUsize>,
     state: Mutex<State>,
 }
 
@@ -147,6 +153,8 @@ struct State {
     /// Assigned partitions whose index could not be opened yet (or whose worker failed):
     /// retried, then the consumer seeks to what the index holds.
     to_open: BTreeSet<i32>,
+    /// When the partitions still waiting were last said in the log (`WAITING_SAID_EVERY`).
+    waiting_said: Option<Instant>,
 }
 
 impl Shared {
@@ -160,7 +168,12 @@ impl Shared {
         let start = index
             .committed_next_offset()
             .map_or(Offset::Beginning, Offset::Offset);
-        let worker = PartitionWorker::start(index, self.commit_every, self.metrics.clone())?;
+        let worker = PartitionWorker::start(
+            index,
+            self.commit_every,
+            self.metrics.clone(),
+            self.all_queued.clone(),
+        )?;
         Ok((worker, start))
     }
 
@@ -477,9 +490,20 @@ fn reopen_failed(consumer: &BaseConsumer<GroupContext>, shared: &Shared) {
         }
     }
     let waiting: Vec<i32> = state.to_open.iter().copied().collect();
+    let say = state
+        .waiting_said
+        .is_none_or(|said| said.elapsed() >= WAITING_SAID_EVERY);
+    let mut said = false;
     for partition in waiting {
-        let Ok((worker, start)) = shared.open(partition, Duration::ZERO) else {
-            continue;
+        let (worker, start) = match shared.open(partition, Duration::ZERO) {
+            Ok(opened) => opened,
+            Err(e) => {
+                if say {
+                    tracing::warn!(partition, error = %e, "indexer: the partition still waits for its index; its records are not indexed until it opens");
+                    said = true;
+                }
+                continue;
+            }
         };
         let mut this = TopicPartitionList::new();
         this.add_partition(&shared.topic, partition);
@@ -497,6 +521,9 @@ fn reopen_failed(consumer: &BaseConsumer<GroupContext>, shared: &Shared) {
                 tracing::debug!(partition, error = %e, "indexer: seek after reopen");
             }
         }
+    }
+    if said {
+        state.waiting_said = Some(Instant::now());
     }
     shared.owned_changed(&state);
 }

@@ -23,6 +23,39 @@ use crate::partition::{Added, PartitionIndex};
 const QUEUE_RECORDS: usize = 65536;
 /// Bytes of records a worker's queue holds at most; the consumer waits above it.
 const QUEUE_BYTES: usize = 64 << 20;
+/// Bytes of records all of an indexer's queues hold together at most: what the queues cost
+/// stays bounded however many partitions it owns.
+const ALL_QUEUES_BYTES: usize = 256 << 20;
+
+/// Bytes of records waiting in one worker's queue, and in all of them (`Queued::all`, shared by
+/// an indexer's workers).
+struct Queued {
+    own: AtomicUsize,
+    all: Arc<AtomicUsize>,
+}
+
+impl Queued {
+    fn full(&self) -> bool {
+        self.own.load(Ordering::Relaxed) > QUEUE_BYTES
+            || self.all.load(Ordering::Relaxed) > ALL_QUEUES_BYTES
+    }
+
+    fn add(&self, bytes: usize) {
+        self.own.fetch_add(bytes, Ordering::Relaxed);
+        self.all.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.own.fetch_sub(bytes, Ordering::Relaxed);
+        self.all.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Gives back what a worker that ended left in its queue, once no record can reach it.
+    fn release(&self) {
+        self.all
+            .fetch_sub(self.own.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
 
 /// A record copied out of librdkafka's buffers.
 pub struct OwnedRecord {
@@ -42,7 +75,7 @@ enum Job {
 pub struct PartitionWorker {
     partition: i32,
     jobs: SyncSender<Job>,
-    queued_bytes: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
     /// The index's committed next offset; -1 while it has none.
     committed: Arc<AtomicI64>,
     failed: Arc<AtomicBool>,
@@ -50,20 +83,26 @@ pub struct PartitionWorker {
 }
 
 impl PartitionWorker {
+    /// Starts the partition's worker; `all_queued` counts the bytes queued for all of the
+    /// indexer's workers.
     pub fn start(
         index: PartitionIndex,
         commit_every: Duration,
         metrics: IndexerMetrics,
+        all_queued: Arc<AtomicUsize>,
     ) -> std::io::Result<Self> {
         let partition = index.partition();
         let (jobs, queue) = mpsc::sync_channel(QUEUE_RECORDS);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(Queued {
+            own: AtomicUsize::new(0),
+            all: all_queued,
+        });
         let committed = Arc::new(AtomicI64::new(index.committed_next_offset().unwrap_or(-1)));
         let failed = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             index,
             queue,
-            queued_bytes: queued_bytes.clone(),
+            queued: queued.clone(),
             committed: committed.clone(),
             commit_every,
             metrics,
@@ -71,19 +110,22 @@ impl PartitionWorker {
         let thread = std::thread::Builder::new()
             .name(format!("sluice-index-{partition}"))
             .spawn({
-                let failed = FailedOnExit(failed.clone());
+                let exit = OnExit {
+                    failed: failed.clone(),
+                    queued: queued.clone(),
+                };
                 move || {
                     if let Err(e) = worker.run() {
                         tracing::error!(partition, error = %e, "indexing failed; the partition will be reopened");
-                        failed.0.store(true, Ordering::Relaxed);
+                        exit.failed.store(true, Ordering::Relaxed);
                     }
-                    drop(failed);
+                    drop(exit);
                 }
             })?;
         Ok(Self {
             partition,
             jobs,
-            queued_bytes,
+            queued,
             committed,
             failed,
             thread: Some(thread),
@@ -107,14 +149,14 @@ impl PartitionWorker {
 
     /// Queues a record, waiting while the queue is full.
     pub fn send(&self, record: OwnedRecord) {
-        while self.queued_bytes.load(Ordering::Relaxed) > QUEUE_BYTES && !self.has_failed() {
+        while self.queued.full() && !self.has_failed() {
             std::thread::sleep(Duration::from_millis(1));
         }
         let len = record.payload.len();
-        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        self.queued.add(len);
         if self.jobs.send(Job::Record(record)).is_err() {
             // The worker is gone; the record comes back after the reopen's seek.
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            self.queued.sub(len);
             self.failed.store(true, Ordering::Relaxed);
         }
     }
@@ -137,13 +179,19 @@ impl PartitionWorker {
     }
 }
 
-/// Marks the worker failed when its thread unwinds from a panic.
-struct FailedOnExit(Arc<AtomicBool>);
+/// Dropped last on the worker's thread, after the worker and its queue (so no record can be
+/// queued any more): gives back what its queue held to the indexer's total, and marks the worker
+/// failed when the thread unwinds from a panic.
+struct OnExit {
+    failed: Arc<AtomicBool>,
+    queued: Arc<Queued>,
+}
 
-impl Drop for FailedOnExit {
+impl Drop for OnExit {
     fn drop(&mut self) {
+        self.queued.release();
         if std::thread::panicking() {
-            self.0.store(true, Ordering::Relaxed);
+            self.failed.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -151,7 +199,7 @@ impl Drop for FailedOnExit {
 struct Worker {
     index: PartitionIndex,
     queue: Receiver<Job>,
-    queued_bytes: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
     committed: Arc<AtomicI64>,
     commit_every: Duration,
     metrics: IndexerMetrics,
@@ -164,8 +212,7 @@ impl Worker {
             let wait = next_commit.saturating_duration_since(Instant::now());
             match self.queue.recv_timeout(wait) {
                 Ok(Job::Record(record)) => {
-                    self.queued_bytes
-                        .fetch_sub(record.payload.len(), Ordering::Relaxed);
+                    self.queued.sub(record.payload.len());
                     self.index(&record)?;
                 }
                 Ok(Job::Retention) => {
@@ -237,5 +284,67 @@ impl Worker {
             self.committed.store(next, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::WriterSettings;
+    use crate::schema::LogSchema;
+
+    fn worker(dir: &std::path::Path, partition: i32, all: &Arc<AtomicUsize>) -> PartitionWorker {
+        let settings = WriterSettings {
+            memory_bytes: 15_000_000,
+            threads: 1,
+            bucket_ms: 3_600_000,
+            retention_ms: 0,
+            max_document_bytes: 1 << 20,
+            lock_wait: Duration::from_millis(200),
+        };
+        let index = PartitionIndex::open(dir, partition, LogSchema::new(), settings).unwrap();
+        let metrics = IndexerMetrics::register(&prometheus::Registry::new()).unwrap();
+        PartitionWorker::start(index, Duration::from_secs(60), metrics, all.clone()).unwrap()
+    }
+
+    /// The workers' queues share one budget: records queued for any of them count against it,
+    /// and it is whole again once they are indexed.
+    #[test]
+    fn queued_bytes_count_against_the_indexers_total_until_indexed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let all = Arc::new(AtomicUsize::new(0));
+        let workers = [worker(tmp.path(), 0, &all), worker(tmp.path(), 1, &all)];
+        for offset in 0..100 {
+            for worker in &workers {
+                worker.send(OwnedRecord {
+                    offset,
+                    timestamp_ms: now_ms(),
+                    payload: format!("line {offset}").into_bytes(),
+                });
+            }
+        }
+        for worker in workers {
+            assert_eq!(worker.close(), Some(100));
+        }
+        assert_eq!(all.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_queue_is_full_when_all_the_queues_together_are() {
+        let queued = Queued {
+            own: AtomicUsize::new(0),
+            all: Arc::new(AtomicUsize::new(ALL_QUEUES_BYTES)),
+        };
+        assert!(!queued.full());
+        queued.add(1);
+        assert!(queued.full());
+        queued.sub(1);
+        queued.own.store(QUEUE_BYTES + 1, Ordering::Relaxed);
+        assert!(queued.full());
+        queued.release();
+        assert_eq!(
+            queued.all.load(Ordering::Relaxed),
+            ALL_QUEUES_BYTES - QUEUE_BYTES - 1
+        );
     }
 }
