@@ -38,7 +38,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = load()?;
     let shutdown = Shutdown::install()?;
     let registry = http::new_registry();
-    let http_listener = http::bind("HTTP listener", &config.http.listen).await?;
     let metrics = AgentMetrics::register(&registry)?;
     let (changed, mut changes) = mpsc::channel(1);
     let _watch = match &path {
@@ -47,6 +46,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let mut running = config.agent;
     let mut agent = Agent::start(running.clone(), metrics.clone()).await?;
+    // Once the inputs listen: an answer on the HTTP port (a probe, a test) means they do.
+    let http_listener = match http::bind("HTTP listener", &config.http.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = agent.stop(Duration::ZERO).await;
+            return Err(e);
+        }
+    };
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let http_task = tokio::spawn(http::serve(http_listener, registry, Router::new(), async {
         let _ = http_stopped.await;

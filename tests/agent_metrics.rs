@@ -179,7 +179,11 @@ fn malformed_samples_are_counted_and_a_missing_cgroup_root_is_an_error_counted()
     });
     // Other producers' bad records on the metrics topic: refused, counted, nothing else lost.
     let bad = b"not json\n{\"name\":\"bad name\",\"type\":\"gauge\",\"labels\":{},\"value\":1,\"timestamp\":1}\n{\"name\":\"x\",\"labels\":{},\"value\":\"lots\",\"timestamp\":1}\n{\"name\":\"manual_gauge\",\"type\":\"gauge\",\"labels\":{\"host\":\"other\"},\"value\":7,\"timestamp\":1}\n";
-    assert!(sluice.kcat_produce("metrics", &[], bad).status.success());
+    // One partition: once the good record is read, so are the bad ones before it.
+    assert!(sluice
+        .kcat_produce("metrics", &["-p", "0"], bad)
+        .status
+        .success());
     let text = sluice.wait_for_agent_series("manual_gauge{", Duration::from_secs(30));
     assert_eq!(view_value(&text, "manual_gauge{host=\"other\"}"), Some(7.0));
     let mut refused = BTreeMap::new();

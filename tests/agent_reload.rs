@@ -54,7 +54,10 @@ fn config_changes_are_picked_up_without_a_restart() {
     }
     logger(&second, &["-T", "-t", "reload", "after the change"]);
     std::fs::write(&path, "[agent]\nno_such_key = 1\n").unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    wait_until("the broken file refused", Duration::from_secs(20), || {
+        let log = agent.log_text();
+        log.contains("no_such_key") && log.contains("keeps its running configuration")
+    });
     logger(&second, &["-T", "-t", "reload", "despite a broken file"]);
     // Another host's messages go to their own partition: compared as a set.
     let messages = logs_messages(&sluice, 4);

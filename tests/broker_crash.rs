@@ -38,15 +38,15 @@ fn kill9_while_producing(backend: &str, direct_io: bool) {
         String::from_utf8_lossy(&out.stderr)
     );
     let producer_log = std::fs::File::create(tmp.path().join("producer.log")).unwrap();
-    let mut producer = python()
-        .arg(client_script("crash_producer.py"))
-        .args(["--bootstrap", &sluice.kafka, "--topic", "crash", "--acked"])
-        .arg(&acked)
-        .args(["--rate", "20000"])
-        .stdout(Stdio::from(producer_log.try_clone().unwrap()))
-        .stderr(Stdio::from(producer_log))
-        .spawn()
-        .expect("start crash_producer.py");
+    let mut producer = Background::spawn(
+        python()
+            .arg(client_script("crash_producer.py"))
+            .args(["--bootstrap", &sluice.kafka, "--topic", "crash", "--acked"])
+            .arg(&acked)
+            .args(["--rate", "20000"])
+            .stdout(Stdio::from(producer_log.try_clone().unwrap()))
+            .stderr(Stdio::from(producer_log)),
+    );
     for _ in 0..KILLS {
         std::thread::sleep(Duration::from_millis(rng.next_ms(150, 900)));
         sluice.kill9();
@@ -55,7 +55,9 @@ fn kill9_while_producing(backend: &str, direct_io: bool) {
     }
     std::thread::sleep(Duration::from_millis(500));
     signal_pid(producer.id(), "TERM");
-    let status = producer.wait().unwrap();
+    let status = producer
+        .finish("crash_producer.py", Duration::from_secs(120))
+        .status;
     let producer_out = std::fs::read_to_string(tmp.path().join("producer.log")).unwrap();
     assert!(status.success(), "producer: {producer_out}");
     let acked_lines = std::fs::read_to_string(&acked).unwrap().lines().count();

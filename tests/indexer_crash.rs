@@ -29,16 +29,16 @@ fn kill_9_of_the_indexer_loses_and_repeats_nothing() {
     eprintln!("indexer crash test seed {seed}");
     let mut random = Lcg(seed);
 
-    let mut producer = python()
-        .arg(client_script("stream_numbered.py"))
-        .args([&broker.kafka, "logs", &RECORDS.to_string(), "20"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut producer = Background::spawn(
+        python()
+            .arg(client_script("stream_numbered.py"))
+            .args([&broker.kafka, "logs", &RECORDS.to_string(), "20"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     let started = Instant::now();
     let mut kills = 0;
-    while kills < KILLS || producer.try_wait().unwrap().is_none() {
+    while kills < KILLS || producer.is_running() {
         std::thread::sleep(Duration::from_millis(random.next_ms(300, 1800)));
         indexer.kill9();
         kills += 1;
@@ -48,7 +48,7 @@ fn kill_9_of_the_indexer_loses_and_repeats_nothing() {
             "the producer did not finish"
         );
     }
-    let out = producer.wait_with_output().unwrap();
+    let out = producer.finish("stream_numbered.py", Duration::from_secs(60));
     assert!(
         out.status.success(),
         "producer: {}",

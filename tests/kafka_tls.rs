@@ -79,9 +79,12 @@ impl TlsListener {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        wait_for_port(&addr, Duration::from_secs(20)).unwrap();
-        Self { child, addr }
+        let listener = Self {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        wait_for_port(&listener.addr, Duration::from_secs(20)).unwrap();
+        listener
     }
 }
 

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, http_get, kcat, run_ok, sample, test_data, wait_for_port, Sluice, SLUICE};
+use super::{
+    free_port, http_get, kcat, run_ok, sample, test_data, wait_for_port, wait_until, Sluice, SLUICE,
+};
 
 /// The agent alone, as deployments install it.
 pub const SLUICE_AGENT: &str = env!("CARGO_BIN_EXE_sluice-agent");
@@ -60,8 +62,11 @@ impl AgentProcess {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        wait_for_port(&http, Duration::from_secs(20)).unwrap();
-        Self { child, http, log }
+        // Made before the wait, so that a start that fails kills it.
+        let agent = Self { child, http, log };
+        wait_for_port(&agent.http, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log_text()));
+        agent
     }
 
     /// What the agent has logged so far.
@@ -74,9 +79,10 @@ impl AgentProcess {
         http_get(&self.http, "/metrics").1
     }
 
-    /// The value of one series on the agent's /metrics; 0 when absent.
+    /// The value of one series on the agent's /metrics; NaN when absent, which no comparison
+    /// holds for: a renamed or missing series fails `== 0.0` as it fails `>= 1.0`.
     pub fn metric(&self, series: &str) -> f64 {
-        sample(&self.metrics(), series).unwrap_or(0.0)
+        sample(&self.metrics(), series).unwrap_or(f64::NAN)
     }
 }
 
@@ -123,8 +129,13 @@ pub fn busy_appliance(tmp: &Path) -> Appliance {
         "sluice_container_cpu_usage_seconds_total{",
         Duration::from_secs(30),
     );
-    // Lag and size gauges refresh on their own schedule (5 s at most).
-    std::thread::sleep(Duration::from_secs(6));
+    // Lag and size gauges refresh on their own schedule (every 5 s).
+    wait_until("the lag gauges refreshed", Duration::from_secs(30), || {
+        let text = sluice.metrics();
+        text.contains(
+            "sluice_broker_consumer_lag{group=\"watchers\",partition=\"0\",topic=\"observed\"} 0",
+        ) && text.contains("sluice_indexer_consumer_lag{partition=\"0\"} 0")
+    });
     Appliance { sluice, agent }
 }
 

@@ -46,6 +46,45 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A process a test runs beside itself, killed when dropped: a test that fails leaves nothing
+/// running.
+pub struct Background(Option<Child>);
+
+impl Background {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(Some(
+            cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")),
+        ))
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a process not yet finished")
+    }
+
+    pub fn id(&mut self) -> u32 {
+        self.child().id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child().try_wait().unwrap().is_none()
+    }
+
+    /// Waits up to `timeout` for the process to end (killed past it, and the test fails);
+    /// what it wrote to piped outputs.
+    pub fn finish(mut self, what: &str, timeout: Duration) -> Output {
+        finish(self.0.take().unwrap(), what, timeout)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Runs a command to completion with a time limit, returning its output. Output is drained
 /// while it runs, so a chatty command cannot block on a full pipe.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
