@@ -24,6 +24,8 @@ fn metrics_pass_promtool_and_hold_the_promised_series() {
         "process_resident_memory_bytes",
         "sluice_agent_lines_read_total{input=\"syslog_udp\"}",
         "sluice_agent_events_sent_total",
+        "sluice_agent_metric_samples_sent_total",
+        "sluice_agent_connections_refused_total{input=\"syslog_tcp\"} 0",
         "sluice_agent_collect_errors_total{collector=\"cgroup\"} 0",
     ] {
         assert!(
@@ -44,6 +46,7 @@ fn metrics_pass_promtool_and_hold_the_promised_series() {
         "sluice_broker_records_in_total{topic=\"observed\"}",
         "sluice_broker_bytes_out_total{topic=\"observed\"}",
         "sluice_broker_records_out_total{topic=\"observed\"}",
+        "sluice_broker_corrupt_batches_total{topic=\"observed\"} 0",
         "sluice_broker_request_duration_seconds_bucket{api=\"produce\"",
         "sluice_broker_request_duration_seconds_bucket{api=\"fetch\"",
         "sluice_broker_fsync_duration_seconds_bucket",

@@ -8,6 +8,8 @@ pub struct AgentMetrics {
     pub bytes_read: IntCounterVec,
     pub malformed: IntCounterVec,
     pub events_sent: IntCounter,
+    pub samples_sent: IntCounter,
+    pub connections_refused: IntCounterVec,
     pub send_errors: IntCounter,
     pub samples_collected: IntCounterVec,
     pub collect_errors: IntCounterVec,
@@ -85,7 +87,18 @@ impl AgentMetrics {
             )?,
             events_sent: IntCounter::new(
                 "sluice_agent_events_sent_total",
-                "Records the broker acknowledged: log events, and metric samples on the metrics topic",
+                "Log events the broker acknowledged",
+            )?,
+            samples_sent: IntCounter::new(
+                "sluice_agent_metric_samples_sent_total",
+                "Metric samples the broker acknowledged (on the metrics topic)",
+            )?,
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "sluice_agent_connections_refused_total",
+                    "TCP connections closed at once because the input served as many as it may",
+                ),
+                &["input"],
             )?,
             send_errors: IntCounter::new(
                 "sluice_agent_send_errors_total",
@@ -130,6 +143,8 @@ impl AgentMetrics {
         registry.register(Box::new(metrics.bytes_read.clone()))?;
         registry.register(Box::new(metrics.malformed.clone()))?;
         registry.register(Box::new(metrics.events_sent.clone()))?;
+        registry.register(Box::new(metrics.samples_sent.clone()))?;
+        registry.register(Box::new(metrics.connections_refused.clone()))?;
         registry.register(Box::new(metrics.send_errors.clone()))?;
         registry.register(Box::new(metrics.samples_collected.clone()))?;
         registry.register(Box::new(metrics.collect_errors.clone()))?;
@@ -141,6 +156,9 @@ impl AgentMetrics {
         for input in Self::INPUTS {
             metrics.lines_read.with_label_values(&[input]);
             metrics.bytes_read.with_label_values(&[input]);
+        }
+        for input in ["syslog_tcp", "gelf_tcp"] {
+            metrics.connections_refused.with_label_values(&[input]);
         }
         for (input, reason) in Self::MALFORMED {
             metrics.malformed.with_label_values(&[input, reason]);

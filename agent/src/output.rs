@@ -137,8 +137,11 @@ impl ProducerContext<KeyHash> for Deliveries {
 
     fn delivery(&self, result: &DeliveryResult<'_>, settle: Arc<Settle>) {
         match result {
-            Ok(_) => {
-                self.metrics.events_sent.inc();
+            Ok(message) => {
+                match message.topic() == self.partitioner.logs_topic {
+                    true => self.metrics.events_sent.inc(),
+                    false => self.metrics.samples_sent.inc(),
+                }
                 settle.one_done();
                 if self.refusing.swap(false, Ordering::Relaxed) {
                     tracing::info!("agent: records are delivered again");

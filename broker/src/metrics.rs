@@ -160,7 +160,15 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.connections.clone()))?;
         // Error counters exist at zero from the start, so dashboards and alerts see a series
         // (and a rate of 0) before the first error.
-        for kind in ["malformed", "unknown_api", "encode", "io", "acks0_refused"] {
+        for kind in [
+            "malformed",
+            "unknown_api",
+            "unsupported_version",
+            "bad_frame_size",
+            "encode",
+            "io",
+            "acks0_refused",
+        ] {
             metrics.protocol_errors.with_label_values(&[kind]);
         }
         for error in [
@@ -175,5 +183,40 @@ impl BrokerMetrics {
             metrics.produce_refused.with_label_values(&[error]);
         }
         Ok(metrics)
+    }
+
+    fn per_topic(&self) -> [&IntCounterVec; 7] {
+        [
+            &self.bytes_in,
+            &self.records_in,
+            &self.bytes_out,
+            &self.records_out,
+            &self.corrupt_reads,
+            &self.segments_deleted,
+            &self.records_compacted,
+        ]
+    }
+
+    /// A topic's counters exist at zero from its opening, as the error counters do.
+    pub fn topic_opened(&self, topic: &str) {
+        for counter in self.per_topic() {
+            counter.with_label_values(&[topic]);
+        }
+    }
+
+    /// A deleted topic's series go with it: clients may make and delete topics of any name.
+    pub fn topic_deleted(&self, topic: &str, partitions: usize) {
+        for counter in self.per_topic() {
+            let _ = counter.remove_label_values(&[topic]);
+        }
+        for partition in 0..partitions {
+            let partition = partition.to_string();
+            let _ = self
+                .log_end_offset
+                .remove_label_values(&[topic, &partition]);
+            let _ = self
+                .log_size_bytes
+                .remove_label_values(&[topic, &partition]);
+        }
     }
 }

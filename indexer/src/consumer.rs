@@ -416,11 +416,11 @@ impl GroupContext {
                 let _ =
                     offsets.add_partition_offset(&shared.topic, partition, Offset::Offset(next));
             }
-            shared
+            // Another member owns it now, and says its lag.
+            let _ = shared
                 .metrics
                 .consumer_lag
-                .with_label_values(&[&partition.to_string()])
-                .set(0);
+                .remove_label_values(&[&partition.to_string()]);
             revoked.push(partition.to_string());
         }
         tracing::info!(partitions = %revoked.join(" "), "indexer: partitions revoked");

@@ -60,8 +60,10 @@ impl IndexerMetrics {
                     "sluice_indexer_freshness_seconds",
                     "From a record's Kafka timestamp to the commit that made it searchable",
                 )
+                // Up to an hour: a backlog after a restart or an outage is when it matters.
                 .buckets(vec![
-                    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+                    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+                    900.0, 3600.0,
                 ]),
             )?,
             consumer_lag: IntGaugeVec::new(

@@ -39,7 +39,11 @@ where
             accepted = listener.accept() => {
                 let (stream, peer) = accepted?;
                 if connections.len() >= MAX_CONNECTIONS {
-                    shipper.malformed(input, "too_many_connections");
+                    shipper
+                        .metrics
+                        .connections_refused
+                        .with_label_values(&[input])
+                        .inc();
                     continue;
                 }
                 let connection = serve(stream, peer);

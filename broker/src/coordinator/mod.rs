@@ -5,7 +5,7 @@
 
 pub mod group;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -283,6 +283,7 @@ impl Coordinator {
     pub async fn tick_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut last_lag = Instant::now();
+        let mut lag_series = HashSet::new();
         loop {
             tick.tick().await;
             let now = Instant::now();
@@ -291,14 +292,17 @@ impl Coordinator {
             }
             if now.duration_since(last_lag) >= Duration::from_secs(5) {
                 last_lag = now;
-                self.export_lag();
+                self.export_lag(&mut lag_series);
             }
         }
     }
 
-    fn export_lag(&self) {
-        self.metrics.consumer_lag.reset();
+    /// Sets the lag of every committed offset, and removes the series (`exported` last time)
+    /// of offsets gone since: set in place rather than reset, so no scrape finds the gauge
+    /// empty.
+    fn export_lag(&self, exported: &mut HashSet<[String; 3]>) {
         let offsets = self.offsets.lock().expect("offsets lock").clone();
+        let mut now = HashSet::new();
         for (group, committed) in offsets {
             for ((topic, partition), c) in committed {
                 let Some(end) = self
@@ -309,12 +313,21 @@ impl Coordinator {
                     continue;
                 };
                 let lag = (end.log_end_offset() - c.offset).max(0);
+                let labels = [group.clone(), topic, partition.to_string()];
                 self.metrics
                     .consumer_lag
-                    .with_label_values(&[&group, &topic, &partition.to_string()])
+                    .with_label_values(&[&labels[0], &labels[1], &labels[2]])
                     .set(lag);
+                now.insert(labels);
             }
         }
+        for gone in exported.difference(&now) {
+            let _ = self
+                .metrics
+                .consumer_lag
+                .remove_label_values(&[&gone[0], &gone[1], &gone[2]]);
+        }
+        *exported = now;
     }
 }
 

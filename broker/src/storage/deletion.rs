@@ -55,16 +55,8 @@ impl Storage {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "removing a deleted topic's data");
             }
-            let partition = i.to_string();
-            let _ = self
-                .metrics
-                .log_end_offset
-                .remove_label_values(&[name, &partition]);
-            let _ = self
-                .metrics
-                .log_size_bytes
-                .remove_label_values(&[name, &partition]);
         }
+        self.metrics.topic_deleted(name, partitions.len());
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }

@@ -259,6 +259,7 @@ impl Storage {
                 .map(Arc::new)
             })
             .collect::<std::io::Result<Vec<_>>>()?;
+        self.metrics.topic_opened(name);
         Ok(Arc::new(Topic {
             name: name.to_owned(),
             record: RwLock::new(record),

@@ -45,3 +45,28 @@ async fn a_stop_after_a_failed_fsync_is_not_marked_clean() {
         assert_eq!(dir.path().join(CLEAN_MARKER).exists(), !failed);
     }
 }
+
+/// A topic's counters are there at zero from its creation, so the first corrupt batch shows as
+/// an increase; deleting the topic removes every series it had.
+#[tokio::test]
+async fn a_topics_series_exist_from_its_creation_and_go_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = prometheus::Registry::new();
+    let metrics = BrokerMetrics::register(&registry).unwrap();
+    let storage = Storage::open(BrokerConfig::default(), dir.path(), metrics)
+        .await
+        .unwrap();
+    storage
+        .create_topic("gone", 2, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let text = || {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap()
+    };
+    assert!(text().contains("sluice_broker_corrupt_batches_total{topic=\"gone\"} 0"));
+    assert!(text().contains("sluice_broker_bytes_in_total{topic=\"gone\"} 0"));
+    storage.delete_topic("gone").await.unwrap();
+    assert!(!text().contains("topic=\"gone\""), "{}", text());
+}

@@ -35,15 +35,19 @@ pub enum Refused {
     OutOfOrder,
     /// The store holds `max_series` already.
     TooManySeries,
+    /// Its family is held under another type (a counter shipped as a gauge elsewhere): one
+    /// family has one `# TYPE`.
+    TypeConflict,
 }
 
 impl Refused {
-    pub const ALL: [Refused; 5] = [
+    pub const ALL: [Refused; 6] = [
         Refused::InvalidJson,
         Refused::BadName,
         Refused::BadValue,
         Refused::OutOfOrder,
         Refused::TooManySeries,
+        Refused::TypeConflict,
     ];
 
     pub fn label(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Refused {
             Refused::BadValue => "bad_value",
             Refused::OutOfOrder => "out_of_order",
             Refused::TooManySeries => "too_many_series",
+            Refused::TypeConflict => "type_conflict",
         }
     }
 }
@@ -67,14 +72,20 @@ struct SeriesKey {
 }
 
 struct Latest {
-    kind: &'static str,
-    help: String,
     value: f64,
     timestamp: i64,
     received: Instant,
 }
 
+/// What a family's series share, held once for all of them.
+struct Family {
+    kind: &'static str,
+    help: String,
+    series: usize,
+}
+
 pub struct SeriesStore {
+    families: BTreeMap<String, Family>,
     series: BTreeMap<SeriesKey, Latest>,
     max_series: usize,
 }
@@ -86,6 +97,7 @@ const MAX_TEXT: usize = 1024;
 impl SeriesStore {
     pub fn new(max_series: usize) -> Self {
         Self {
+            families: BTreeMap::new(),
             series: BTreeMap::new(),
             max_series,
         }
@@ -130,33 +142,57 @@ impl SeriesStore {
             name: sample.name,
             labels: sample.labels,
         };
+        if self
+            .families
+            .get(&key.family)
+            .is_some_and(|family| family.kind != kind)
+        {
+            return Err(Refused::TypeConflict);
+        }
         let latest = Latest {
-            kind,
-            help: sample.help.chars().take(MAX_TEXT).collect(),
             value,
             timestamp: sample.timestamp,
             received: now,
         };
         let full = self.series.len() >= self.max_series;
         match self.series.get_mut(&key) {
-            Some(held) if sample.timestamp < held.timestamp => Err(Refused::OutOfOrder),
-            Some(held) => {
-                *held = latest;
-                Ok(())
-            }
-            None if full => Err(Refused::TooManySeries),
+            Some(held) if sample.timestamp < held.timestamp => return Err(Refused::OutOfOrder),
+            Some(held) => *held = latest,
+            None if full => return Err(Refused::TooManySeries),
             None => {
-                self.series.insert(key, latest);
-                Ok(())
+                self.families
+                    .entry(key.family.clone())
+                    .or_insert(Family {
+                        kind,
+                        help: String::new(),
+                        series: 0,
+                    })
+                    .series += 1;
+                self.series.insert(key.clone(), latest);
             }
         }
+        if let Some(family) = self.families.get_mut(&key.family) {
+            if family.help != sample.help {
+                family.help = sample.help.chars().take(MAX_TEXT).collect();
+            }
+        }
+        Ok(())
     }
 
     /// Forgets the series not heard from for `after`; how many went.
     pub fn expire(&mut self, now: Instant, after: Duration) -> usize {
         let before = self.series.len();
-        self.series
-            .retain(|_, latest| now.saturating_duration_since(latest.received) < after);
+        let families = &mut self.families;
+        self.series.retain(|key, latest| {
+            let keep = now.saturating_duration_since(latest.received) < after;
+            if !keep {
+                if let Some(family) = families.get_mut(&key.family) {
+                    family.series -= 1;
+                }
+            }
+            keep
+        });
+        families.retain(|_, family| family.series > 0);
         before - self.series.len()
     }
 
@@ -168,14 +204,16 @@ impl SeriesStore {
         for (key, latest) in &self.series {
             if family != Some(&key.family) {
                 family = Some(&key.family);
-                let help = if latest.help.is_empty() {
-                    "Shipped by a Sluice agent"
-                } else {
-                    &latest.help
+                let (kind, help) = match self.families.get(&key.family) {
+                    Some(held) if !held.help.is_empty() => (held.kind, held.help.as_str()),
+                    held => (
+                        held.map_or("untyped", |held| held.kind),
+                        "Shipped by a Sluice agent",
+                    ),
                 };
                 let help = help.replace('\\', "\\\\").replace('\n', "\\n");
                 let _ = writeln!(out, "# HELP {} {help}", key.family);
-                let _ = writeln!(out, "# TYPE {} {}", key.family, latest.kind);
+                let _ = writeln!(out, "# TYPE {} {kind}", key.family);
             }
             out.push_str(&key.name);
             if !key.labels.is_empty() {
@@ -340,5 +378,29 @@ mod tests {
         assert_eq!(store.expire(later, Duration::from_secs(30)), 1);
         assert!(!store.render().contains("old"));
         assert!(store.render().contains("new 1\n"));
+    }
+
+    /// Two agents (or targets) shipping one family under two types: the first type held
+    /// stays, the other's samples are refused, until the family's series have all expired.
+    #[test]
+    fn a_family_keeps_one_type() {
+        let mut store = SeriesStore::new(10);
+        let start = Instant::now();
+        let a = r#"{"host":"a"}"#;
+        let b = r#"{"host":"b"}"#;
+        store
+            .apply(&sample("requests", "counter", a, "5", 1), start)
+            .unwrap();
+        assert_eq!(
+            store.apply(&sample("requests", "gauge", b, "5", 1), start),
+            Err(Refused::TypeConflict)
+        );
+        assert!(store.render().contains("# TYPE requests counter\n"));
+        let later = start + Duration::from_secs(60);
+        assert_eq!(store.expire(later, Duration::from_secs(30)), 1);
+        store
+            .apply(&sample("requests", "gauge", b, "5", 2), later)
+            .unwrap();
+        assert!(store.render().contains("# TYPE requests gauge\n"));
     }
 }
