@@ -33,7 +33,10 @@ fn web_series(name: &str) -> String {
 }
 
 fn pod_series(name: &str) -> String {
-    format!("{name}{{container_id=\"{POD_CONTAINER}\",host=\"node-1\"}}")
+    format!(
+        "{name}{{container_id=\"{POD_CONTAINER}\",container_name=\"app\",host=\"node-1\",\
+         namespace=\"shop\",pod=\"web-5d8f7\"}}"
+    )
 }
 
 #[test]

@@ -152,6 +152,9 @@ pub struct CriConfig {
     /// Follow every container's log under `root` (`<namespace>_<pod>_<uid>/<container>/N.log`).
     pub logs: bool,
     pub root: String,
+    /// The kubelet's links `<pod>_<namespace>_<container>-<id>.log`: they give the cgroup
+    /// metrics of a container its pod, namespace and name.
+    pub containers: String,
 }
 
 impl Default for CriConfig {
@@ -159,6 +162,7 @@ impl Default for CriConfig {
         Self {
             logs: false,
             root: "/var/log/pods".into(),
+            containers: "/var/log/containers".into(),
         }
     }
 }

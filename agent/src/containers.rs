@@ -1,5 +1,7 @@
-//! What Docker knows of a container: its name, image and labels, from
-//! `<root>/containers/<id>/config.v2.json`.
+//! What is known of a container by its id: Docker's record (`DockerContainers`: name, image and
+//! labels, from `<root>/containers/<id>/config.v2.json`), or the kubelet's log links
+//! (`KubeletLinks`: pod, namespace and container name) for containerd and CRI-O, which keep no
+//! record a reader can use.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -75,9 +77,101 @@ impl DockerContainers {
     }
 }
 
+/// A Kubernetes container, as its kubelet log link names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodContainer {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+/// The kubelet's links, one per container: `<dir>/<pod>_<namespace>_<container>-<id>.log`
+/// (pod, namespace and container names cannot hold `_`).
+pub struct KubeletLinks {
+    dir: PathBuf,
+    known: HashMap<String, Arc<PodContainer>>,
+}
+
+/// Links read at most, so a huge directory cannot stall the agent.
+const MAX_LINKS: usize = 20_000;
+
+impl KubeletLinks {
+    pub fn new(dir: &str) -> Self {
+        Self {
+            dir: PathBuf::from(dir),
+            known: HashMap::new(),
+        }
+    }
+
+    /// Reads the links again: the containers started since, and only those still there. A
+    /// directory that cannot be read (not a Kubernetes node) knows none.
+    pub fn refresh(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            self.known.clear();
+            return;
+        };
+        self.known = entries
+            .flatten()
+            .take(MAX_LINKS)
+            .filter_map(|entry| parse_link(&entry.file_name().to_string_lossy()))
+            .map(|(id, container)| (id, Arc::new(container)))
+            .collect();
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<PodContainer>> {
+        self.known.get(id).cloned()
+    }
+}
+
+/// (container id, names) of `<pod>_<namespace>_<container>-<id>.log`.
+fn parse_link(name: &str) -> Option<(String, PodContainer)> {
+    let (names, id) = name.strip_suffix(".log")?.rsplit_once('-')?;
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut parts = names.split('_');
+    let (pod, namespace, container) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || [pod, namespace, container].contains(&"") {
+        return None;
+    }
+    let container = PodContainer {
+        namespace: namespace.to_owned(),
+        pod: pod.to_owned(),
+        container: container.to_owned(),
+    };
+    Some((id.to_owned(), container))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubelet_links_name_pod_namespace_and_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "9f".repeat(32);
+        for name in [
+            format!("web-5d8f7_shop_app-{id}.log"),
+            format!("too_many_parts_here-{}.log", "a".repeat(64)),
+            format!("web_shop_app-{}.log", "short"),
+            "unrelated.txt".to_owned(),
+        ] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let mut links = KubeletLinks::new(dir.path().to_str().unwrap());
+        assert!(links.get(&id).is_none());
+        links.refresh();
+        let expected = PodContainer {
+            namespace: "shop".into(),
+            pod: "web-5d8f7".into(),
+            container: "app".into(),
+        };
+        assert_eq!(links.get(&id).as_deref(), Some(&expected));
+        assert_eq!(links.known.len(), 1);
+        std::fs::remove_file(dir.path().join(format!("web-5d8f7_shop_app-{id}.log"))).unwrap();
+        links.refresh();
+        assert!(links.get(&id).is_none());
+    }
 
     #[test]
     fn reads_name_image_and_labels() {

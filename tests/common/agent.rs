@@ -146,7 +146,8 @@ pub struct Appliance {
 }
 
 /// The cgroup v2 fixture's containers: a Docker one (named by tests/data/docker) and a
-/// Kubernetes one (containerd, no Docker record).
+/// Kubernetes one (containerd, no Docker record; named by the kubelet's link in
+/// tests/data/kubernetes/containers).
 pub const WEB_CONTAINER: &str = "4a3c9f1e2b7d6c5a8e0f1d2c3b4a59687f6e5d4c3b2a1908f7e6d5c4b3a29180";
 pub const POD_CONTAINER: &str = "9b8a7c6d5e4f30211f2e3d4c5b6a79880a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
@@ -181,11 +182,15 @@ targets = ["http://{http}/metrics"]
 
 [agent.docker]
 root = "{docker}"
+
+[agent.cri]
+containers = "{kubelet_links}"
 "#,
         kafka = sluice.kafka,
         http = sluice.http,
         cgroup = cgroup_root.display(),
         docker = test_data().join("docker").display(),
+        kubelet_links = test_data().join("kubernetes/containers").display(),
     );
     AgentProcess::start(tmp, &config, Stdio::null())
 }

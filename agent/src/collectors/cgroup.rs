@@ -7,11 +7,12 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::{Kind, Samples};
-use crate::containers::DockerContainers;
+use crate::containers::{DockerContainers, KubeletLinks};
 
 pub struct CgroupCollector {
     root: PathBuf,
     docker: DockerContainers,
+    kubelet: KubeletLinks,
 }
 
 /// How deep below the root containers are looked for (Kubernetes nests them four deep).
@@ -20,10 +21,11 @@ const MAX_DEPTH: usize = 8;
 const MAX_DIRS: usize = 20_000;
 
 impl CgroupCollector {
-    pub fn new(root: &str, docker_root: &str) -> Self {
+    pub fn new(root: &str, docker_root: &str, kubelet_links: &str) -> Self {
         Self {
             root: PathBuf::from(root),
             docker: DockerContainers::new(docker_root),
+            kubelet: KubeletLinks::new(kubelet_links),
         }
     }
 
@@ -31,12 +33,34 @@ impl CgroupCollector {
         let containers = find_containers(&self.root)?;
         let alive: HashSet<String> = containers.iter().map(|(id, _)| id.clone()).collect();
         self.docker.retain(&alive);
-        for (id, dir) in containers {
-            let info = self.docker.get(&id).unwrap_or_default();
+        let named: Vec<_> = containers
+            .iter()
+            .map(|(id, _)| self.docker.get(id))
+            .collect();
+        // The kubelet's links are read again only when a container is new to them.
+        if named
+            .iter()
+            .zip(&containers)
+            .any(|(docker, (id, _))| docker.is_none() && self.kubelet.get(id).is_none())
+        {
+            self.kubelet.refresh();
+        }
+        for (docker, (id, dir)) in named.into_iter().zip(containers) {
+            let info = docker.unwrap_or_default();
+            let pod = self.kubelet.get(&id);
+            let name = match (&pod, info.name.is_empty()) {
+                (Some(pod), true) => pod.container.as_str(),
+                _ => info.name.as_str(),
+            };
             let labels = [
                 ("container_id", id.as_str()),
-                ("container_name", info.name.as_str()),
+                ("container_name", name),
                 ("image", info.image.as_str()),
+                (
+                    "namespace",
+                    pod.as_ref().map_or("", |p| p.namespace.as_str()),
+                ),
+                ("pod", pod.as_ref().map_or("", |p| p.pod.as_str())),
             ];
             let labels: Vec<(&str, &str)> =
                 labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();

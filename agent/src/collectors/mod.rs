@@ -95,9 +95,13 @@ impl Collectors {
     fn new(config: &AgentConfig) -> Self {
         let metrics = &config.metrics;
         Self {
-            cgroup: metrics
-                .cgroup
-                .then(|| cgroup::CgroupCollector::new(&metrics.cgroup_root, &config.docker.root)),
+            cgroup: metrics.cgroup.then(|| {
+                cgroup::CgroupCollector::new(
+                    &metrics.cgroup_root,
+                    &config.docker.root,
+                    &config.cri.containers,
+                )
+            }),
             host: metrics
                 .host
                 .then(|| host::HostCollector::new(&metrics.proc_root, &metrics.filesystems)),
