@@ -592,3 +592,42 @@ fn a_line_the_broker_refuses_for_good_does_not_hold_the_checkpoint() {
     assert_eq!(saved_checkpoint(tmp.path(), &path), length);
     assert_all_lines(&numbered(&logs_events(&sluice, 2)), 2);
 }
+
+/// A last line without its newline waits for it (an application may be writing it), and counts
+/// as behind, in all and for its file, until it comes.
+#[test]
+fn a_last_line_without_its_newline_is_behind_until_it_comes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("app.log");
+    std::fs::write(&path, "line 0\nline 1\nline 2 half").unwrap();
+    let config = agent_config(&sluice, &logs.join("*.log"), "");
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let per_file = format!(
+        "sluice_agent_file_bytes_behind_per_file{{path=\"{}\"}}",
+        path.display()
+    );
+    wait_until("the two whole lines sent", Duration::from_secs(30), || {
+        agent.metric("sluice_agent_events_sent_total") >= 2.0 && agent.metric(&per_file) == 11.0
+    });
+    assert_eq!(agent.metric("sluice_agent_file_bytes_behind"), 11.0);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(b" and its end\n").unwrap();
+    wait_until_shipped(&agent, Duration::from_secs(30));
+    // Per file, the gauge is set once a second.
+    wait_until("the file caught up", Duration::from_secs(10), || {
+        agent.metric(&per_file) == 0.0
+    });
+    assert_eq!(
+        numbered(&logs_events(&sluice, 3)).len(),
+        3,
+        "every line once, the last whole"
+    );
+    let events = logs_events(&sluice, 3);
+    assert_eq!(events[2]["message"], "line 2 half and its end");
+}

@@ -19,6 +19,7 @@ mod metrics;
 mod output;
 mod shipper;
 mod spool;
+mod state_dir;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -85,6 +86,9 @@ impl Agent {
                 && config.syslog.tcp.is_empty()
                 && config.gelf.udp.is_empty()
                 && config.gelf.tcp.is_empty());
+        if follows_files || cannot_replay {
+            state_dir::check(std::path::Path::new(&config.state_dir))?;
+        }
         let spool = match cannot_replay {
             true => Some(Arc::new(Spool::open(
                 &std::path::Path::new(&config.state_dir).join("spool"),

@@ -1,6 +1,6 @@
 //! The agent's Prometheus metrics. Labels are bounded: input (a fixed list), reason (fixed).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct AgentMetrics {
@@ -8,6 +8,8 @@ pub struct AgentMetrics {
     pub bytes_read: IntCounterVec,
     pub malformed: IntCounterVec,
     pub events_sent: IntCounter,
+    pub files_unreadable: IntGauge,
+    pub file_bytes_behind_per_file: IntGaugeVec,
     pub samples_sent: IntCounter,
     pub connections_refused: IntCounterVec,
     pub send_errors: IntCounter,
@@ -122,6 +124,17 @@ impl AgentMetrics {
                 "sluice_agent_files_tracked",
                 "Files the agent has open and follows",
             )?,
+            file_bytes_behind_per_file: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_agent_file_bytes_behind_per_file",
+                    "Bytes of a followed file not handed on yet, per path (refreshed each second)",
+                ),
+                &["path"],
+            )?,
+            files_unreadable: IntGauge::new(
+                "sluice_agent_files_unreadable",
+                "Files the globs match that the agent cannot open (permissions)",
+            )?,
             file_bytes_behind: IntGauge::new(
                 "sluice_agent_file_bytes_behind",
                 "Bytes written to the followed files and not read yet, all files together",
@@ -150,6 +163,8 @@ impl AgentMetrics {
         registry.register(Box::new(metrics.collect_errors.clone()))?;
         registry.register(Box::new(metrics.files_tracked.clone()))?;
         registry.register(Box::new(metrics.file_bytes_behind.clone()))?;
+        registry.register(Box::new(metrics.files_unreadable.clone()))?;
+        registry.register(Box::new(metrics.file_bytes_behind_per_file.clone()))?;
         registry.register(Box::new(metrics.checkpoint_errors.clone()))?;
         registry.register(Box::new(metrics.spool_bytes.clone()))?;
         registry.register(Box::new(metrics.spool_dropped.clone()))?;

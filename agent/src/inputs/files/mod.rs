@@ -104,6 +104,8 @@ impl FilesInput {
             watched: HashSet::new(),
             first_scan,
             unready: false,
+            unreadable: HashSet::new(),
+            behind_shown: (HashSet::new(), std::time::Instant::now()),
         };
         let reader_thread = std::thread::Builder::new()
             .name("sluice-agent-files".into())

@@ -65,6 +65,10 @@ pub struct Reader {
     /// A matched file could not be followed yet (no whole first line, or waiting): a notice
     /// that a file grew is a reason to look again.
     pub unready: bool,
+    /// Matched files that cannot be opened (permissions): said once each, and counted.
+    pub unreadable: HashSet<(u64, u64)>,
+    /// The paths `sluice_agent_file_bytes_behind_per_file` shows, and when it was last set.
+    pub behind_shown: (HashSet<String>, Instant),
 }
 
 impl Reader {
@@ -188,6 +192,11 @@ impl Reader {
             }
         }
         self.waiting.retain(|key, _| seen.contains(key));
+        self.unreadable.retain(|key| seen.contains(key));
+        self.shipper
+            .metrics
+            .files_unreadable
+            .set(self.unreadable.len() as i64);
         // Bounded by the containers whose logs are followed.
         let alive = self
             .followed
@@ -218,8 +227,17 @@ impl Reader {
         len: u64,
         from_end: bool,
     ) -> bool {
-        let Ok(file) = std::fs::File::open(&path) else {
-            return false;
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => {
+                self.unreadable.remove(&key);
+                file
+            }
+            Err(e) => {
+                if self.unreadable.insert(key) {
+                    tracing::warn!(path = %path.display(), error = %e, "agent: a matched file cannot be read; it is tried again at each scan");
+                }
+                return false;
+            }
         };
         let Ok(Some(fp)) = tailer::fingerprint(&file, self.config.fingerprint_bytes) else {
             return false; // No whole first line yet.
@@ -381,9 +399,40 @@ impl Reader {
         }
     }
 
-    fn note_behind(&self) {
-        let behind: u64 = self.followed.values().map(|f| f.tailer.behind()).sum();
-        self.shipper.metrics.file_bytes_behind.set(behind as i64);
+    /// Sets the bytes behind over all files at every pass, and per path once a second (a
+    /// series per followed file; a rotated file and its successor under one path add up).
+    fn note_behind(&mut self) {
+        let per_file = self.behind_shown.1.elapsed() >= Duration::from_secs(1);
+        let mut by_path: HashMap<String, u64> = HashMap::new();
+        let mut all = 0;
+        for followed in self.followed.values() {
+            let behind = followed.tailer.behind();
+            all += behind;
+            if per_file {
+                *by_path
+                    .entry(followed.tailer.path.display().to_string())
+                    .or_default() += behind;
+            }
+        }
+        let metrics = &self.shipper.metrics;
+        metrics.file_bytes_behind.set(all as i64);
+        if !per_file {
+            return;
+        }
+        for (path, behind) in &by_path {
+            metrics
+                .file_bytes_behind_per_file
+                .with_label_values(&[path])
+                .set(*behind as i64);
+        }
+        let (shown, at) = &mut self.behind_shown;
+        for gone in shown.iter().filter(|path| !by_path.contains_key(*path)) {
+            let _ = metrics
+                .file_bytes_behind_per_file
+                .remove_label_values(&[gone]);
+        }
+        *shown = by_path.into_keys().collect();
+        *at = Instant::now();
     }
 
     /// Watches the directory a pattern's files are in (recursively when the pattern has more

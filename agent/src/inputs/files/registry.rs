@@ -11,7 +11,6 @@
 //! fsync the directory), with each file's acknowledged offset.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -272,7 +271,7 @@ impl Registry {
             .collect();
         let bytes = serde_json::to_vec(&CheckpointFile { version: 1, files })
             .expect("checkpoints serialize");
-        write_atomically(&self.path, &bytes)
+        crate::state_dir::write_atomically(&self.path, &bytes)
     }
 
     #[cfg(test)]
@@ -283,18 +282,6 @@ impl Registry {
 
 /// Write to a temporary file, fsync, rename over, fsync the directory: a crash leaves the old
 /// file or the new one, never a mix.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

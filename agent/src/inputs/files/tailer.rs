@@ -100,11 +100,13 @@ impl Tailer {
         }
     }
 
-    /// Bytes of the file not read yet.
+    /// Bytes of the file not handed out as lines yet: not read, or a last line still waiting
+    /// for its newline (shipped when it comes, or when the file is closed).
     pub fn behind(&self) -> u64 {
+        let handed_out = self.buf_start + self.used as u64;
         self.file
             .metadata()
-            .map_or(0, |m| m.len().saturating_sub(self.read_at))
+            .map_or(0, |m| m.len().saturating_sub(handed_out))
     }
 
     /// Reads what is new (its whole lines are then in `lines`). `fingerprint_bytes` is how the
@@ -257,6 +259,27 @@ mod tests {
         f.write_all(&[b'z'; 64]).unwrap();
         f.write_all(b"\n").unwrap();
         assert_eq!(t.read(64).unwrap(), Read::Truncated);
+    }
+
+    /// A last line without its newline is waited for, and counted as behind until it comes.
+    #[test]
+    fn a_last_line_without_its_newline_is_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, b"first\nno newline yet").unwrap();
+        let mut t = tailer(&path);
+        assert_eq!(t.behind(), 20);
+        t.read(64).unwrap();
+        assert_eq!(t.lines(100).count(), 1);
+        assert_eq!(t.behind(), 14);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"\n").unwrap();
+        t.read(64).unwrap();
+        assert_eq!(t.lines(100).count(), 1);
+        assert_eq!(t.behind(), 0);
     }
 
     #[test]

@@ -1,0 +1,62 @@
+//! The agent's state directory, where the file checkpoints and the spool live. It is checked at
+//! start: an agent that cannot keep its place would send every file again after each restart.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Creates `dir` if needed and proves the agent can write state there as it will (a file
+/// written, synced and renamed into place).
+pub fn check(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            let probe = dir.join(".writable");
+            write_atomically(&probe, b"")?;
+            std::fs::remove_file(&probe)
+        })
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "agent state dir {}: cannot write there ({e}); the file checkpoints and the \
+                 spool need it ([agent] state_dir, --state-dir)",
+                dir.display()
+            )
+        })
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new whole: written to a
+/// temporary file, synced, renamed over, and the directory synced. An error names the file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", tmp.display()));
+    let mut file = std::fs::File::create(&tmp).map_err(named)?;
+    file.write_all(bytes).map_err(named)?;
+    file.sync_all().map_err(named)?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dir_the_agent_cannot_write_is_refused_with_its_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        check(&tmp.path().join("state")).unwrap();
+        assert!(tmp.path().join("state").is_dir());
+        assert!(!tmp.path().join("state/.writable").exists());
+        // Under a regular file: no one can make it, root included.
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let refused = check(&file.join("state")).unwrap_err().to_string();
+        assert!(
+            refused.contains(&file.join("state").display().to_string()),
+            "{refused}"
+        );
+        assert!(refused.contains("state_dir"), "{refused}");
+    }
+}
