@@ -127,6 +127,9 @@ fn watch(path: &Path, changed: mpsc::Sender<()>) -> anyhow::Result<notify::Recom
     let name = path.file_name().map(|n| n.to_os_string());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let ours = match &event {
+            // Reading the file is an event too: the agent's own reads must not reload it (a
+            // file it cannot load was said in the log every 300 ms).
+            Ok(event) if is_a_read(&event.kind) => false,
             Ok(event) => event.paths.iter().any(|p| {
                 p.file_name() == name.as_deref()
                     || p.file_name()
@@ -142,4 +145,9 @@ fn watch(path: &Path, changed: mpsc::Sender<()>) -> anyhow::Result<notify::Recom
         .watch(&dir, notify::RecursiveMode::NonRecursive)
         .map_err(|e| anyhow::anyhow!("config file {}: cannot watch: {e}", path.display()))?;
     Ok(watcher)
+}
+
+fn is_a_read(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(kind, notify::EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
 }

@@ -58,6 +58,13 @@ fn config_changes_are_picked_up_without_a_restart() {
         let log = agent.log_text();
         log.contains("no_such_key") && log.contains("keeps its running configuration")
     });
+    // Said once: the agent's own reads of the file are no reason to load it again.
+    std::thread::sleep(Duration::from_secs(2));
+    let said = agent
+        .log_text()
+        .matches("keeps its running configuration")
+        .count();
+    assert_eq!(said, 1, "{}", agent.log_text());
     logger(&second, &["-T", "-t", "reload", "despite a broken file"]);
     // Another host's messages go to their own partition: compared as a set.
     let messages = logs_messages(&sluice, 4);
@@ -90,7 +97,7 @@ fn saves_that_change_nothing_after_stdin_ended_keep_the_agent_running() {
         sluice.kafka
     );
     let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
-    let sent = |agent: &AgentProcess| agent.metric("sluice_agent_events_sent_total");
+    let sent = |agent: &AgentProcess| agent.metric("sluice_agent_metric_samples_sent_total");
     wait_until("samples sent", Duration::from_secs(20), || {
         sent(&agent) > 0.0
     });
@@ -213,4 +220,27 @@ fn a_failed_input_ends_the_agent_with_its_error() {
     assert!(!out.status.success(), "{:?}", out.status);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("agent input stdin"), "{log}");
+}
+
+/// An agent whose brokers are away says so once, not twice at every reconnect (it wrote 66
+/// lines in 10 s).
+#[test]
+fn brokers_away_are_said_once_not_at_every_reconnect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[agent]\nbrokers = \"127.0.0.1:{}\"\n[agent.syslog]\nudp = \"127.0.0.1:{}\"\n",
+        free_port(),
+        free_port()
+    );
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until("the brokers said away", Duration::from_secs(20), || {
+        agent.log_text().contains("brokers are down")
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let log = agent.log_text();
+    let said = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .count();
+    assert!(said <= 4, "{said} lines:\n{log}");
 }

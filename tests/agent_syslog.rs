@@ -371,9 +371,13 @@ fn syslog_messages_held_at_a_stop_with_the_broker_away_are_sent_after_the_next_s
         agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 11.0
     });
     signal_pid(agent.child.id(), "TERM");
+    let mut status = None;
     wait_until("the agent to stop", Duration::from_secs(60), || {
-        agent.child.try_wait().unwrap().is_some()
+        status = agent.child.try_wait().unwrap();
+        status.is_some()
     });
+    // Nothing is lost: the stop succeeds.
+    assert!(status.unwrap().success(), "{}", agent.log_text());
     assert!(
         agent.log_text().contains("kept in the spool"),
         "{}",
@@ -418,9 +422,13 @@ fn syslog_messages_refused_at_a_stop_are_sent_after_the_next_start() {
         agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 6.0
     });
     signal_pid(agent.child.id(), "TERM");
+    let mut status = None;
     wait_until("the agent to stop", Duration::from_secs(60), || {
-        agent.child.try_wait().unwrap().is_some()
+        status = agent.child.try_wait().unwrap();
+        status.is_some()
     });
+    // Nothing is lost: the stop succeeds.
+    assert!(status.unwrap().success(), "{}", agent.log_text());
     assert!(
         agent.log_text().contains("kept in the spool"),
         "{}",

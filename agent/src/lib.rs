@@ -36,9 +36,9 @@ use crate::output::KafkaOutput;
 use crate::shipper::Shipper;
 use crate::spool::Spool;
 
-/// A stop stops waiting for the spool to drain when no segment was acknowledged for this long
-/// (the broker is away): what is left is sent after the next start.
-const SPOOL_STALLED: Duration = Duration::from_secs(5);
+/// A stop stops waiting for the spool to drain, or for librdkafka's queue, when nothing was
+/// acknowledged for this long (the broker is away): what is left is sent after the next start.
+const STALLED: Duration = Duration::from_secs(5);
 
 /// A running agent.
 pub struct Agent {
@@ -116,7 +116,7 @@ impl Agent {
             true => Some(inputs::files::FilesInput::start(&config, shipper.clone())?),
             false => None,
         };
-        let resend = spawn_input("resend", output.clone().resend_refused());
+        let (_, resend) = spawn_input("resend", output.clone().resend_refused());
         let drain = shipper.spool.as_ref().map(|spool| {
             tokio::spawn(spool::drain(
                 spool.clone(),
@@ -151,10 +151,14 @@ impl Agent {
                 collectors::run(config.clone(), shipper.clone()),
             ));
         }
-        tracing::info!(host = %shipper.host, inputs = tasks.len(), "agent started");
+        let mut names: Vec<&str> = tasks.iter().map(|(name, _)| *name).collect();
+        if files.is_some() {
+            names.push("files");
+        }
+        tracing::info!(host = %shipper.host, inputs = %names.join(" "), "agent started");
         Ok(Self {
             shipper,
-            tasks: tasks.into_iter().map(Some).collect(),
+            tasks: tasks.into_iter().map(|(_, task)| Some(task)).collect(),
             files,
             drain,
             resend,
@@ -217,7 +221,7 @@ impl Agent {
                     let now = spool.bytes();
                     if now < left {
                         (left, moved) = (now, tokio::time::Instant::now());
-                    } else if moved.elapsed() > SPOOL_STALLED {
+                    } else if moved.elapsed() > STALLED {
                         break;
                     }
                 }
@@ -225,10 +229,14 @@ impl Agent {
             drain.abort();
         }
         let shipper = self.shipper;
-        let flushed = tokio::task::spawn_blocking(move || {
-            let flushed = shipper.output.flush(timeout);
-            keep_unsent(&shipper);
-            flushed
+        let lost = tokio::task::spawn_blocking(move || {
+            if let Err(left) = shipper.output.flush(timeout, STALLED) {
+                tracing::warn!(
+                    records = left,
+                    "agent: the broker did not acknowledge everything before the stop; the files' lines are read again at the next start"
+                );
+            }
+            keep_unsent(&shipper)
         })
         .await?;
         if let Some(checkpoints) = checkpoints {
@@ -236,7 +244,9 @@ impl Agent {
                 .save()
                 .map_err(|e| anyhow::anyhow!("agent: writing file checkpoints: {e}"))?;
         }
-        flushed?;
+        if lost > 0 {
+            anyhow::bail!("agent: {lost} unacknowledged events of syslog, GELF or stdin could not be kept in the spool at stop");
+        }
         tracing::info!("agent stopped");
         Ok(())
     }
@@ -246,24 +256,30 @@ impl Agent {
 /// still held them, the broker being away, or the cluster refused them, the topic missing) go to
 /// the spool, for the next start to send, instead of being lost with the process. (They come
 /// after what the spool already held.)
-fn keep_unsent(shipper: &Shipper) {
+/// How many such events could not be kept (the spool full, or failing).
+fn keep_unsent(shipper: &Shipper) -> usize {
     let Some(spool) = &shipper.spool else {
-        return;
+        return 0;
     };
-    let unsent = shipper.output.take_unsent(&shipper.topic);
-    let count = unsent.len();
-    for (key, payload) in unsent {
-        if let Err(e) = spool.keep(&String::from_utf8_lossy(&key), &payload) {
-            tracing::warn!(error = %e, "agent: spooling an unsent event at stop");
+    let (mut kept, mut lost) = (0, 0);
+    for (key, payload) in shipper.output.take_unsent(&shipper.topic) {
+        match spool.keep(&String::from_utf8_lossy(&key), &payload) {
+            Ok(true) => kept += 1,
+            Ok(false) => lost += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "agent: spooling an unsent event at stop");
+                lost += 1;
+            }
         }
     }
     spool.close();
-    if count > 0 {
+    if kept > 0 {
         tracing::warn!(
-            events = count,
+            events = kept,
             "agent: events the broker had not acknowledged were kept in the spool for the next start"
         );
     }
+    lost
 }
 
 /// The UDP socket of a listener that is on (a non-empty address), failing fast on a taken port.
@@ -289,14 +305,16 @@ async fn bind_tcp(what: &str, addr: &str) -> anyhow::Result<Option<TcpListener>>
 }
 
 /// Runs an input (or the resend of refused records) as a task; its error is logged and kept.
+/// The task, with the input's name.
 fn spawn_input(
     name: &'static str,
     input: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-) -> JoinHandle<anyhow::Result<()>> {
-    tokio::spawn(async move {
+) -> (&'static str, JoinHandle<anyhow::Result<()>>) {
+    let task = tokio::spawn(async move {
         input.await.map_err(|e| {
             tracing::error!(input = name, error = %e, "agent: input stopped");
             e.context(format!("agent input {name}"))
         })
-    })
+    });
+    (name, task)
 }

@@ -8,14 +8,15 @@
 //! until the cluster takes them, or handed to the spool at a stop (`take_unsent`). Only a record
 //! that can never be sent (too large, malformed) is let go, and counted.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::message::Message;
 use tokio::sync::Notify;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Partitioner, Producer, ProducerContext, ThreadedProducer,
@@ -59,6 +60,7 @@ struct Deliveries {
     refused: Refusals,
     /// Records are being refused: said once, until one is delivered.
     refusing: AtomicBool,
+    said: Said,
 }
 
 /// Records librdkafka gave back, waiting to be offered again (`resend_refused`) or, at a stop,
@@ -126,7 +128,54 @@ impl Partitioner for KeyHash {
     }
 }
 
-impl ClientContext for Deliveries {}
+/// librdkafka says each trouble twice (a log line and an error) and again at every reconnect:
+/// an agent started with the brokers away wrote 66 lines in 10 s. Each kind of trouble is said
+/// once a minute; the rest goes to debug.
+impl ClientContext for Deliveries {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        // Errors come again through `error`; only what is worse is said from here.
+        if (level as i32) < (RDKafkaLogLevel::Error as i32) && self.said.first_in_a_while(facility)
+        {
+            tracing::warn!(facility, "librdkafka: {message}");
+        } else {
+            tracing::debug!(facility, "librdkafka: {message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = format!("{:?}", error.rdkafka_error_code());
+        if self.said.first_in_a_while(&kind) {
+            tracing::warn!(%error, "agent: Kafka: {reason} (events wait: files where they are, other inputs in the spool)");
+        } else {
+            tracing::debug!(%error, "agent: Kafka: {reason}");
+        }
+    }
+}
+
+/// When each kind of librdkafka trouble was last said.
+#[derive(Default)]
+struct Said(Mutex<HashMap<String, Instant>>);
+
+impl Said {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn first_in_a_while(&self, kind: &str) -> bool {
+        let mut said = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if said
+            .get(kind)
+            .is_some_and(|at| now.duration_since(*at) < Self::EVERY)
+        {
+            return false;
+        }
+        // Kinds are librdkafka's error codes and log facilities: a few dozen at most.
+        if said.len() >= 256 {
+            said.clear();
+        }
+        said.insert(kind.to_owned(), now);
+        true
+    }
+}
 
 impl ProducerContext<KeyHash> for Deliveries {
     type DeliveryOpaque = Arc<Settle>;
@@ -226,6 +275,7 @@ impl KafkaOutput {
                 },
                 refused: Refusals::default(),
                 refusing: AtomicBool::new(false),
+                said: Said::default(),
             })
             .map_err(|e| anyhow::anyhow!("agent: Kafka producer for {}: {e}", config.brokers))?;
         Ok(Self {
@@ -394,11 +444,25 @@ impl KafkaOutput {
         self.producer.in_flight_count().max(0) as u64
     }
 
-    /// Waits for everything queued to be acknowledged, up to `timeout`.
-    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer
-            .flush(timeout)
-            .map_err(|e| anyhow::anyhow!("agent: events still unacknowledged at stop: {e}"))
+    /// Waits for everything queued to be acknowledged: up to `timeout`, and no longer than
+    /// `stalled` without an acknowledgement (the broker is away). Else the records left.
+    pub fn flush(&self, timeout: Duration, stalled: Duration) -> Result<(), u64> {
+        let deadline = Instant::now() + timeout;
+        let (mut left, mut moved) = (self.backlog(), Instant::now());
+        loop {
+            let wait =
+                Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now()));
+            if self.producer.flush(wait).is_ok() {
+                return Ok(());
+            }
+            let now = self.backlog();
+            if now < left {
+                (left, moved) = (now, Instant::now());
+            }
+            if Instant::now() >= deadline || moved.elapsed() >= stalled {
+                return Err(now);
+            }
+        }
     }
 
     /// At a stop, once `resend_refused` is stopped: takes back the records nothing else will

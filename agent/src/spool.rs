@@ -194,15 +194,16 @@ impl Spool {
     }
 
     /// Keeps a record at a stop, where nothing may wait for room: appended if it fits, else
-    /// dropped and counted. The caller closes the spool after.
-    pub fn keep(&self, key: &str, payload: &[u8]) -> std::io::Result<()> {
+    /// dropped and counted (false). The caller closes the spool after.
+    pub fn keep(&self, key: &str, payload: &[u8]) -> std::io::Result<bool> {
         let size = (HEADER + key.len() + payload.len()) as u64;
         let mut state = self.state();
         if state.bytes + size > self.max_bytes {
             self.metrics.spool_dropped.inc();
-            return Ok(());
+            return Ok(false);
         }
-        self.append(&mut state, key, payload)
+        self.append(&mut state, key, payload)?;
+        Ok(true)
     }
 
     /// Writes out what is buffered, so a stop loses nothing the spool took.
