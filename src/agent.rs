@@ -25,7 +25,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let load = || -> anyhow::Result<SluiceConfig> {
         let mut config = SluiceConfig::load(path.as_deref(), KafkaFiles::Agent)?;
         if let Some(addr) = &args.common.http {
-            config.http.listen = addr.clone();
+            config.http.listen = Some(addr.clone());
         }
         if let Some(brokers) = &args.brokers {
             config.agent.brokers = brokers.clone();
@@ -47,7 +47,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut running = config.agent;
     let mut agent = Agent::start(running.clone(), metrics.clone()).await?;
     // Once the inputs listen: an answer on the HTTP port (a probe, a test) means they do.
-    let http_listener = match http::bind("HTTP listener", &config.http.listen).await {
+    let listen = config.http.listen_or(crate::config::AGENT_HTTP);
+    let http_listener = match http::bind("HTTP listener", listen).await {
         Ok(listener) => listener,
         Err(e) => {
             let _ = agent.stop(Duration::ZERO).await;

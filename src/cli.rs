@@ -62,7 +62,8 @@ pub struct CommonArgs {
     /// TOML configuration file (see config/sluice.toml); built-in defaults when absent.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// HTTP address for /metrics, /health and the search API [default: 127.0.0.1:7070].
+    /// HTTP address for /metrics and /health, and the search API of `up` and `indexer`
+    /// [default: 127.0.0.1:7070; the agent's: 127.0.0.1:7071].
     #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<String>,
 }
@@ -102,11 +103,11 @@ pub struct SearchArgs {
     /// Query in Lucene-like syntax, e.g. 'level:error AND host:web-1'; `*` matches everything.
     #[arg(default_value = "*")]
     pub query: String,
-    /// Only events at or after this time: a duration ago (15m, 2h, 7d) or RFC 3339.
-    #[arg(long, value_name = "TIME")]
+    /// Only events at or after this time: a duration ago (15m or -15m, 2h, 7d) or RFC 3339.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub since: Option<String>,
     /// Only events before this time: a duration ago or RFC 3339.
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub until: Option<String>,
     /// Most hits to print (the newest ones).
     #[arg(long, short = 'n', default_value_t = 100)]
@@ -227,8 +228,8 @@ pub struct ConsumeArgs {
     #[arg(long, default_value = "beginning", conflicts_with = "timestamp")]
     pub from: String,
     /// Start at the first record at or after this time: RFC 3339, epoch seconds or
-    /// milliseconds, or a duration ago (15m, 2h, 7d).
-    #[arg(long, value_name = "TIME")]
+    /// milliseconds, or a duration ago (15m or -15m, 2h, 7d).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub timestamp: Option<String>,
     /// Only this partition (default: all).
     #[arg(long, short)]

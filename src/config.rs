@@ -35,18 +35,22 @@ impl Default for DataDirConfig {
     }
 }
 
-/// The `[http]` section: search API, UI, health and /metrics.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// The `[http]` section: search API, health and /metrics.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    pub listen: String,
+    /// Unset: `SERVER_HTTP` for the appliance, broker and indexer, `AGENT_HTTP` for the agent,
+    /// so an agent beside the appliance starts with the defaults.
+    pub listen: Option<String>,
 }
 
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:7070".into(),
-        }
+pub const SERVER_HTTP: &str = "127.0.0.1:7070";
+pub const AGENT_HTTP: &str = "127.0.0.1:7071";
+
+impl HttpConfig {
+    /// The address to listen on: the one set, or `default`.
+    pub fn listen_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.listen.as_deref().unwrap_or(default)
     }
 }
 

@@ -77,7 +77,7 @@ fn load_config(
         config.data_dir.path = dir;
     }
     if let Some(addr) = common.http {
-        config.http.listen = addr;
+        config.http.listen = Some(addr);
     }
     Ok(config)
 }
@@ -100,7 +100,11 @@ async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
         true => Some(http::bind("Kafka listener", &config.broker.listen).await?),
         false => None,
     };
-    let http_listener = http::bind("HTTP listener", &config.http.listen).await?;
+    let http_listener = http::bind(
+        "HTTP listener",
+        config.http.listen_or(crate::config::SERVER_HTTP),
+    )
+    .await?;
     prepare_data_dir(&data_dir)?;
 
     let broker = match parts.broker {

@@ -265,6 +265,11 @@ fn search_without_a_server_names_the_address() {
     let addr = format!("127.0.0.1:{port}");
     let line = one_line_error(&sluice(&["search", "level:error", "--server", &addr]));
     assert!(line.contains(&addr) && line.contains("--server"), "{line}");
+    // A time ago as the API writes it, with its minus sign, is a value, not a flag.
+    let line = one_line_error(&sluice(&[
+        "search", "*", "--since", "-15m", "--server", &addr,
+    ]));
+    assert!(line.contains(&addr), "{line}");
 }
 
 #[test]

@@ -13,7 +13,12 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     if let Some(until) = &args.until {
         query.push(("end", until.clone()));
     }
-    let url = format!("http://{}/api/v1/search", args.server);
+    // As given, or as a URL (`http://host:port/`).
+    let server = args
+        .server
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let url = format!("http://{server}/api/v1/search");
     let mut response = ureq::get(&url)
         .config()
         .http_status_as_error(false)
