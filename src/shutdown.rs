@@ -2,8 +2,13 @@
 //! the process at once (a stop stuck waiting, for a broker that is away, say, can be cut short
 //! from the terminal; what is not yet durable is then recovered as after a crash).
 
+use std::time::Duration;
+
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+
+/// A second signal within this of the first is taken as a repeat of it.
+const SAME_STOP: Duration = Duration::from_secs(1);
 
 /// A cloneable shutdown flag: `wait()` resolves once SIGTERM or SIGINT arrived, or a part that
 /// failed called `trigger()` (so the process stops whole, with that part's error, rather than
@@ -28,9 +33,18 @@ impl Shutdown {
                 _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             }
             signalled.send_replace(true);
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+            let first = std::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                // GNU timeout signals its child and then its own process group, the child
+                // included: a repeat that close is the same stop, not an impatient operator.
+                if first.elapsed() >= SAME_STOP {
+                    break;
+                }
+                tracing::debug!("the stop signal again within a second: the same stop");
             }
             tracing::warn!("second signal: exiting without finishing the stop");
             std::process::exit(130);

@@ -244,3 +244,38 @@ fn brokers_away_are_said_once_not_at_every_reconnect() {
         .count();
     assert!(said <= 4, "{said} lines:\n{log}");
 }
+
+/// A stop that waits (the broker away, an event unacknowledged) is cut short by a second
+/// signal; a repeat within a second (GNU timeout signals its child, then its process group) is
+/// the same stop.
+#[test]
+fn a_second_signal_ends_a_waiting_stop_and_a_prompt_repeat_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let config = format!(
+        "[agent]\nbrokers = \"127.0.0.1:{}\"\n[agent.syslog]\ntcp = \"127.0.0.1:{port}\"\n",
+        free_port()
+    );
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    logger(&port, &["-T", "-t", "waiting", "never acknowledged"]);
+    wait_until("the message read", Duration::from_secs(20), || {
+        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 1.0
+    });
+    let pid = agent.child.id();
+    signal_pid(pid, "TERM");
+    std::thread::sleep(Duration::from_millis(100));
+    signal_pid(pid, "TERM");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the prompt repeat ended the stop:\n{}",
+        agent.log_text()
+    );
+    signal_pid(pid, "INT");
+    let mut status = None;
+    wait_until("the agent to end", Duration::from_secs(10), || {
+        status = agent.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(130), "{}", agent.log_text());
+}
