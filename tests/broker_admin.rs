@@ -116,3 +116,34 @@ print("assigned partitions:", len(topics["assigned"].partitions))
     let deleted = sluice.client(&["topics", "delete", "__app-repartition"]);
     assert!(deleted.status.success(), "{deleted:?}");
 }
+
+/// Transactions are not supported: a transactional producer of either library fails at once
+/// and says so, rather than retrying until its own timeout (60 s here).
+#[test]
+fn transactional_producers_are_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let out = run(
+        python()
+            .arg(client_script("transactional.py"))
+            .arg(&sluice.kafka),
+        Duration::from_secs(50),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for library in ["confluent-kafka", "kafka-python"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(library))
+            .unwrap_or_else(|| panic!("{library} said nothing: {stdout}"));
+        assert!(
+            line.contains("transactions are not supported")
+                || line.contains("TransactionalIdAuthorizationFailed"),
+            "{line}"
+        );
+    }
+}

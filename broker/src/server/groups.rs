@@ -44,8 +44,10 @@ pub fn find_coordinator(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, 
             .with_host(text(&ctx.advertised_host))
             .with_port(ctx.advertised_port)
     } else {
+        // An error clients do not retry: COORDINATOR_NOT_AVAILABLE left confluent-kafka and
+        // kafka-python retrying until their own timeouts.
         FindCoordinatorResponse::default()
-            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
             .with_error_message(Some(text("transactions are not supported")))
             .with_node_id(BrokerId(-1))
             .with_port(-1)
