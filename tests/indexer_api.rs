@@ -350,3 +350,42 @@ fn a_topic_made_again_is_indexed_from_its_start() {
     );
     assert!(sluice.metric("sluice_indexer_log_restarts_total").unwrap() >= 1.0);
 }
+
+/// Events a few milliseconds apart: the automatic interval is 1 ms, and every bucket starts
+/// where it should, once (starts were duplicated and the interval said 0).
+#[test]
+fn a_histogram_of_a_few_milliseconds_has_one_bucket_per_millisecond() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::up(tmp.path(), "");
+    let events: String = [0, 1, 3, 4]
+        .iter()
+        .map(|ms| {
+            format!(
+                "{{\"id\":\"ms-{ms}\",\"timestamp\":\"2026-01-01T10:00:00.00{ms}Z\",\"message\":\"m\"}}\n"
+            )
+        })
+        .collect();
+    assert!(sluice
+        .kcat_produce("logs", &["-p", "0"], events.as_bytes())
+        .status
+        .success());
+    assert_eq!(sluice.wait_for_hits("*", 4, Duration::from_secs(30)), 4);
+    let (status, body) = sluice.api("/api/v1/histogram", &[("q", "*")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["interval_ms"], 1, "{body}");
+    let first = body["buckets"][0]["start_ms"].as_i64().unwrap();
+    assert_eq!(body["buckets"][0]["start"], "2026-01-01T10:00:00Z");
+    let buckets: Vec<(i64, u64)> = body["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["start_ms"].as_i64().unwrap() - first,
+                b["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [(0, 1), (1, 1), (2, 0), (3, 1), (4, 1)];
+    assert_eq!(buckets, expected, "{body}");
+}

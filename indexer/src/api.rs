@@ -251,13 +251,9 @@ async fn histogram(
         Ok((spec(p.q, p.start.as_deref(), p.end.as_deref())?, interval))
     })?;
     let started = Instant::now();
-    let buckets = api
+    let (interval_ms, buckets) = api
         .run("histogram", move |s| s.histogram(&spec, interval))
         .await?;
-    let interval_ms = match buckets.as_slice() {
-        [a, b, ..] => Some(b.start_ms - a.start_ms),
-        _ => interval,
-    };
     Ok(Json(json!({
         "interval_ms": interval_ms,
         "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,

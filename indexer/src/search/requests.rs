@@ -128,16 +128,17 @@ impl SearchService {
         })
     }
 
-    /// Matching documents counted per time bucket, empty buckets included.
+    /// Matching documents counted per time bucket, empty buckets included, with the interval
+    /// used (`interval_ms`, or one chosen for the range; `None` when nothing matches).
     pub fn histogram(
         &self,
         spec: &QuerySpec,
         interval_ms: Option<i64>,
-    ) -> Result<Vec<HistogramBucket>, SearchError> {
+    ) -> Result<(Option<i64>, Vec<HistogramBucket>), SearchError> {
         let query = self.build_query(spec)?;
         let views = self.views()?;
         let Some((first, last)) = self.time_extent(spec, &views)? else {
-            return Ok(Vec::new());
+            return Ok((interval_ms, Vec::new()));
         };
         let span = (last - first).max(1);
         let interval = match interval_ms {
@@ -169,17 +170,19 @@ impl SearchService {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        Ok(buckets
+        let buckets = buckets
             .iter()
             .filter_map(|bucket| {
-                let start_ms = bucket["key"].as_f64()? as i64;
+                // Keys are milliseconds as floats from nanoseconds: 2 ms may come as 1.999...
+                let start_ms = bucket["key"].as_f64()?.round() as i64;
                 Some(HistogramBucket {
                     start: time::format_ms(start_ms),
                     start_ms,
                     count: bucket["doc_count"].as_u64().unwrap_or(0),
                 })
             })
-            .collect())
+            .collect();
+        Ok((Some(interval), buckets))
     }
 
     /// The range a histogram covers: the request's bounds, else the matching data's own.
