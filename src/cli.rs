@@ -165,6 +165,7 @@ pub enum TopicsAction {
     List,
     /// Create a topic.
     Create {
+        /// Topic name (letters, digits, `.`, `_`, `-`; at most 249).
         name: String,
         /// Partition count; the broker's default when absent.
         #[arg(long, short)]
@@ -174,9 +175,15 @@ pub enum TopicsAction {
         configs: Vec<String>,
     },
     /// Show a topic's partitions, offsets and configuration.
-    Describe { name: String },
+    Describe {
+        /// Topic name.
+        name: String,
+    },
     /// Delete a topic and its data.
-    Delete { name: String },
+    Delete {
+        /// Topic name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -192,7 +199,10 @@ pub enum GroupsAction {
     /// List consumer groups.
     List,
     /// Show a group's members, assignments, offsets and lag.
-    Describe { name: String },
+    Describe {
+        /// Group id.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -34,10 +34,23 @@ where
         // `sluice consume | head`: the reader left, which is not an error.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, leaving out a cause that only says again what the
+/// message before it said (librdkafka's errors carry their code as a cause).
+fn describe(e: &anyhow::Error) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !said.last().is_some_and(|last| last.contains(&text)) {
+            said.push(text);
+        }
+    }
+    said.join(": ")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

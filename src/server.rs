@@ -138,8 +138,12 @@ async fn run(mut config: SluiceConfig, parts: Parts) -> anyhow::Result<()> {
             view = Some(metrics_view);
         }
     }
+    let kafka = match kafka_listener.as_ref().map(|l| l.local_addr()) {
+        Some(addr) => addr?.to_string(),
+        None => "none (indexer alone)".to_owned(),
+    };
     tracing::info!(
-        kafka = ?kafka_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        %kafka,
         http = %http_listener.local_addr()?,
         data_dir = %data_dir.display(),
         "sluice is up"

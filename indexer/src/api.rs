@@ -183,6 +183,8 @@ impl Api {
         let outcome = match result {
             Ok(_) => "ok",
             Err(ApiError(status, _)) if status.is_client_error() => "bad_request",
+            // A limit reached (live tails), not a failure.
+            Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, _)) => "refused",
             Err(_) => "error",
         };
         self.metrics

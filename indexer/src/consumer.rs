@@ -374,7 +374,9 @@ impl GroupContext {
             }
             starts.push(format!("{partition}@{start:?}"));
         }
-        tracing::info!(partitions = %starts.join(" "), "indexer: partitions assigned");
+        if !starts.is_empty() {
+            tracing::info!(partitions = %starts.join(" "), "indexer: partitions assigned");
+        }
         shared.owned_changed(&state);
         waiting
     }
@@ -423,7 +425,9 @@ impl GroupContext {
                 .remove_label_values(&[&partition.to_string()]);
             revoked.push(partition.to_string());
         }
-        tracing::info!(partitions = %revoked.join(" "), "indexer: partitions revoked");
+        if !revoked.is_empty() {
+            tracing::info!(partitions = %revoked.join(" "), "indexer: partitions revoked");
+        }
         shared.owned_changed(&state);
         offsets
     }

@@ -154,7 +154,13 @@ async fn connection(
             if size < 8 || size as u32 > max_frame {
                 return Err(Close::new(
                     "bad_frame_size",
-                    format!("frame of {size} bytes (allowed 8 to {max_frame})"),
+                    match &size.to_be_bytes()[..3] {
+                        // "GET ", "POS"T, "PUT ", "HEA"D: a browser or curl on the Kafka port.
+                        b"GET" | b"POS" | b"PUT" | b"HEA" => "not Kafka: the client speaks HTTP \
+                            (the HTTP API is on the [http] address)"
+                            .to_owned(),
+                        _ => format!("frame of {size} bytes (allowed 8 to {max_frame})"),
+                    },
                 ));
             }
             let mut frame = BytesMut::zeroed(size as usize);

@@ -39,6 +39,21 @@ pub fn parse(parser: &QueryParser, q: &str) -> Result<Box<dyn Query>, String> {
         .iter()
         .map(|e| format!("{} at position {}", e.message, e.pos))
         .collect();
+    if !messages.is_empty() && q.contains(":/") {
+        messages.push(
+            "a value that starts with / is a regex (/web-[0-9]+/); quote a path: \
+             source:\"/var/log/app.log\""
+                .into(),
+        );
+    }
+    let operators_alone = q
+        .split_whitespace()
+        .all(|token| matches!(token, "AND" | "OR" | "NOT" | "&&" | "||"));
+    if operators_alone && !q.trim().is_empty() {
+        messages.push(
+            "no term to match: AND, OR and NOT join terms (a AND b); * matches everything".into(),
+        );
+    }
     let ast = lucene_compat(ast, &mut messages);
     let (query, errors) = parser.build_query_from_user_input_ast_lenient(ast);
     messages.extend(errors.iter().map(|e| e.to_string()));
@@ -236,5 +251,21 @@ mod tests {
         assert!(parse(&parser, &nots).unwrap_err().contains("NOT"));
         let hidden = format!("'\"' {}a{}", "(".repeat(2000), ")".repeat(2000));
         assert!(parse(&parser, &hidden).unwrap_err().contains("nest"));
+    }
+
+    /// What people type by mistake gets a message that says what to type instead.
+    #[test]
+    fn a_query_of_operators_alone_or_an_unquoted_path_is_explained() {
+        let parser = QueryParser::for_index(
+            &tantivy::Index::create_in_ram(crate::schema::LogSchema::new().schema.clone()),
+            vec![],
+        );
+        for operators in ["AND", "OR", "AND OR"] {
+            let refused = parse(&parser, operators).map(|_| ()).unwrap_err();
+            assert!(refused.contains("no term"), "{operators}: {refused}");
+        }
+        let refused = parse(&parser, "source:/tmp/x").map(|_| ()).unwrap_err();
+        assert!(refused.contains("quote a path"), "{refused}");
+        assert!(parse(&parser, "*").is_ok());
     }
 }
