@@ -101,6 +101,10 @@ pub struct BrokerConfig {
     pub flush_interval_ms: u64,
     /// A new consumer group's first rebalance waits this long for more members to join.
     pub group_initial_rebalance_delay_ms: u64,
+    /// The committed offsets of a group without members are forgotten this long after its last
+    /// commit (Kafka's `offsets.retention.minutes`, 7 days): every `kcat -G` with a new group
+    /// name left offsets and lag series for ever.
+    pub offsets_retention_ms: u64,
 }
 
 impl BrokerConfig {
@@ -147,6 +151,7 @@ impl BrokerConfig {
             ),
             ("broker.flush_max_pending", self.flush_max_pending as u64),
             ("broker.flush_interval_ms", self.flush_interval_ms),
+            ("broker.offsets_retention_ms", self.offsets_retention_ms),
             (
                 "broker.retention_check_interval_ms",
                 self.retention_check_interval_ms,
@@ -206,6 +211,7 @@ impl Default for BrokerConfig {
             flush_max_pending: 1024,
             flush_interval_ms: 1000,
             group_initial_rebalance_delay_ms: 1000,
+            offsets_retention_ms: 7 * 24 * 3_600_000,
         }
     }
 }

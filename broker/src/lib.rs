@@ -47,6 +47,7 @@ impl Broker {
             storage.clone(),
             metrics.clone(),
             std::time::Duration::from_millis(config.group_initial_rebalance_delay_ms),
+            config.offsets_retention_ms as i64,
         )
         .await?;
         let background = vec![

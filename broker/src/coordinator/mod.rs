@@ -54,6 +54,8 @@ pub struct Coordinator {
     pub groups: Mutex<HashMap<String, Group>>,
     offsets: Mutex<Offsets>,
     initial_delay: Duration,
+    /// `offsets_retention_ms` of the configuration.
+    offsets_retention_ms: i64,
 }
 
 impl Coordinator {
@@ -62,6 +64,7 @@ impl Coordinator {
         storage: Arc<Storage>,
         metrics: BrokerMetrics,
         initial_delay: Duration,
+        offsets_retention_ms: i64,
     ) -> anyhow::Result<Arc<Self>> {
         let topic = offsets_topic(&storage).await?;
         let offsets = replay(&topic).await?;
@@ -79,6 +82,7 @@ impl Coordinator {
             groups: Mutex::new(HashMap::new()),
             offsets: Mutex::new(offsets),
             initial_delay,
+            offsets_retention_ms,
         }))
     }
 
@@ -279,10 +283,48 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Drives timeouts (every 50 ms) and refreshes the lag gauge (every 5 s).
+    /// Forgets the groups without members whose last commit is older than the retention:
+    /// their offsets (tombstones in `__consumer_offsets`) and what the coordinator held of them.
+    pub async fn expire_offsets(&self, now_ms: i64) {
+        let expired: Vec<String> = {
+            let groups = self.groups.lock().expect("groups lock");
+            let offsets = self.offsets.lock().expect("offsets lock");
+            offsets
+                .iter()
+                .filter(|(id, _)| groups.get(*id).is_none_or(|g| g.members.is_empty()))
+                .filter(|(_, committed)| {
+                    committed
+                        .values()
+                        .map(|c| c.timestamp)
+                        .max()
+                        .is_some_and(|last| now_ms - last >= self.offsets_retention_ms)
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for group in expired {
+            match self.delete(&group).await {
+                Ok(()) => {
+                    tracing::info!(%group, "committed offsets expired: the group had no members and no commit for offsets_retention_ms")
+                }
+                // A member joined since: it stays.
+                Err(code) => tracing::debug!(%group, code, "offsets not expired"),
+            }
+        }
+        // Groups that never committed and have no members hold nothing worth keeping.
+        let mut groups = self.groups.lock().expect("groups lock");
+        let offsets = self.offsets.lock().expect("offsets lock");
+        groups.retain(|id, group| {
+            !group.members.is_empty() || group.state != State::Empty || offsets.contains_key(id)
+        });
+    }
+
+    /// Drives timeouts (every 50 ms), refreshes the lag gauge (every 5 s) and expires offsets
+    /// (every minute).
     pub async fn tick_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut last_lag = Instant::now();
+        let mut last_expiry = Instant::now();
         let mut lag_series = HashSet::new();
         loop {
             tick.tick().await;
@@ -293,6 +335,10 @@ impl Coordinator {
             if now.duration_since(last_lag) >= Duration::from_secs(5) {
                 last_lag = now;
                 self.export_lag(&mut lag_series);
+            }
+            if now.duration_since(last_expiry) >= Duration::from_secs(60) {
+                last_expiry = now;
+                self.expire_offsets(crate::now_ms()).await;
             }
         }
     }
@@ -404,3 +450,6 @@ async fn replay(topic: &Topic) -> anyhow::Result<Offsets> {
     offsets.retain(|_, g| !g.is_empty());
     Ok(offsets)
 }
+
+#[cfg(test)]
+mod tests;
