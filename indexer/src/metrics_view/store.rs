@@ -33,7 +33,7 @@ pub enum Refused {
     BadValue,
     /// Older than the sample held for the series.
     OutOfOrder,
-    /// The store holds `max_series` already.
+    /// The store holds `max_series` already, or `MAX_BYTES` of names and labels.
     TooManySeries,
     /// Its family is held under another type (a counter shipped as a gauge elsewhere): one
     /// family has one `# TYPE`.
@@ -88,6 +88,25 @@ pub struct SeriesStore {
     families: BTreeMap<String, Family>,
     series: BTreeMap<SeriesKey, Latest>,
     max_series: usize,
+    /// Bytes of the series' names and labels (`SeriesKey::bytes`), and the most they may be.
+    bytes: usize,
+    max_bytes: usize,
+}
+
+/// What the series' names and labels may take together: a label may be 1 KiB, so the count of
+/// series alone did not bound them (64 labels of 2 KiB each, 200 000 times).
+const MAX_BYTES: usize = 256 << 20;
+
+impl SeriesKey {
+    fn bytes(&self) -> usize {
+        self.family.len()
+            + self.name.len()
+            + self
+                .labels
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
 }
 
 /// Labels one sample may carry, and the longest name or value: a record is bounded.
@@ -100,6 +119,8 @@ impl SeriesStore {
             families: BTreeMap::new(),
             series: BTreeMap::new(),
             max_series,
+            bytes: 0,
+            max_bytes: MAX_BYTES,
         }
     }
 
@@ -154,7 +175,8 @@ impl SeriesStore {
             timestamp: sample.timestamp,
             received: now,
         };
-        let full = self.series.len() >= self.max_series;
+        let full =
+            self.series.len() >= self.max_series || self.bytes + key.bytes() > self.max_bytes;
         match self.series.get_mut(&key) {
             Some(held) if sample.timestamp < held.timestamp => return Err(Refused::OutOfOrder),
             Some(held) => *held = latest,
@@ -168,6 +190,7 @@ impl SeriesStore {
                         series: 0,
                     })
                     .series += 1;
+                self.bytes += key.bytes();
                 self.series.insert(key.clone(), latest);
             }
         }
@@ -182,13 +205,14 @@ impl SeriesStore {
     /// Forgets the series not heard from for `after`; how many went.
     pub fn expire(&mut self, now: Instant, after: Duration) -> usize {
         let before = self.series.len();
-        let families = &mut self.families;
+        let (families, bytes) = (&mut self.families, &mut self.bytes);
         self.series.retain(|key, latest| {
             let keep = now.saturating_duration_since(latest.received) < after;
             if !keep {
                 if let Some(family) = families.get_mut(&key.family) {
                     family.series -= 1;
                 }
+                *bytes -= key.bytes();
             }
             keep
         });
@@ -378,6 +402,31 @@ mod tests {
         assert_eq!(store.expire(later, Duration::from_secs(30)), 1);
         assert!(!store.render().contains("old"));
         assert!(store.render().contains("new 1\n"));
+    }
+
+    /// Long labels fill the store before the series count does; expired series make room.
+    #[test]
+    fn names_and_labels_are_bounded_in_bytes() {
+        let mut store = SeriesStore::new(100);
+        store.max_bytes = 3000;
+        let now = Instant::now();
+        let long = |n: usize| format!(r#"{{"path":"{}{n}"}}"#, "x".repeat(1000));
+        store
+            .apply(&sample("f", "gauge", &long(1), "1", 1), now)
+            .unwrap();
+        store
+            .apply(&sample("f", "gauge", &long(2), "1", 1), now)
+            .unwrap();
+        assert_eq!(
+            store.apply(&sample("f", "gauge", &long(3), "1", 1), now),
+            Err(Refused::TooManySeries)
+        );
+        let later = now + Duration::from_secs(60);
+        assert_eq!(store.expire(later, Duration::from_secs(30)), 2);
+        assert_eq!(store.bytes, 0);
+        store
+            .apply(&sample("f", "gauge", &long(3), "1", 2), later)
+            .unwrap();
     }
 
     /// Two agents (or targets) shipping one family under two types: the first type held
