@@ -7,7 +7,7 @@ mod common;
 
 use std::io::Write;
 use std::net::UdpSocket;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -442,4 +442,89 @@ fn syslog_messages_refused_at_a_stop_are_sent_after_the_next_start() {
     expected.push("refused first".into());
     expected.sort_unstable();
     assert_eq!(messages, expected);
+}
+
+/// With the broker away and a small spool set to block, a TCP flood is held back at the door
+/// (the agent stops reading, the sender waits): nothing is dropped, the spool stays within
+/// `max_bytes`, and once the broker is back every message arrives.
+#[test]
+fn a_full_spool_blocks_the_sender_and_loses_nothing_with_the_block_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(tmp.path(), "");
+    let tcp = free_port().to_string();
+    let agent = AgentProcess::start(
+        tmp.path(),
+        &format!(
+            "[agent]\nbrokers = \"{}\"\n[agent.syslog]\ntcp = \"127.0.0.1:{tcp}\"\n\
+             [agent.spool]\nmax_bytes = 65536\nwhen_full = \"block\"\n",
+            sluice.kafka
+        ),
+        Stdio::null(),
+    );
+    logger(&tcp, &["-T", "-t", "flood", "before the outage"]);
+    wait_until(
+        "the first message acknowledged",
+        Duration::from_secs(20),
+        || agent.metric("sluice_agent_events_sent_total") >= 1.0,
+    );
+    sluice.kill9();
+    let total = 30_000;
+    let file = tmp.path().join("flood.txt");
+    // 27 MB: more than the kernel's socket buffers hold, so the sender must wait.
+    let payload = "p".repeat(900);
+    let lines: String = (0..total)
+        .map(|n| format!("flood {n} {payload}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let mut sender = Background::spawn(
+        Command::new("logger")
+            .args([
+                "-n",
+                "127.0.0.1",
+                "-P",
+                &tcp,
+                "-T",
+                "--octet-count",
+                "-t",
+                "flood",
+                "-f",
+            ])
+            .arg(&file),
+    );
+    let read =
+        |agent: &AgentProcess| agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#);
+    // librdkafka's 4 MiB queue fills, the spool's 64 KiB too; then reading stops.
+    let mut last = -1.0;
+    wait_until("reading to stop", Duration::from_secs(60), || {
+        let now = read(&agent);
+        let stopped = now == last && now > 1.0;
+        last = now;
+        std::thread::sleep(Duration::from_secs(1));
+        stopped && agent.metric("sluice_agent_spool_bytes") > 0.0
+    });
+    assert!(
+        read(&agent) < (total + 1) as f64,
+        "the whole flood was read"
+    );
+    assert!(sender.is_running(), "the sender was not held back");
+    assert!(agent.metric("sluice_agent_spool_bytes") <= 65_536.0);
+    assert_eq!(agent.metric("sluice_agent_spool_dropped_total"), 0.0);
+    sluice.restart();
+    let status = sender.finish("logger", Duration::from_secs(120)).status;
+    assert!(status.success());
+    let mut seen = vec![false; total];
+    for event in logs_events(&sluice, total + 1) {
+        let message = event["message"].as_str().unwrap();
+        if let Some(n) = message.strip_prefix("flood ") {
+            seen[n.split(' ').next().unwrap().parse::<usize>().unwrap()] = true;
+        }
+    }
+    let missing: Vec<usize> = (0..total).filter(|&n| !seen[n]).collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(agent.metric("sluice_agent_spool_dropped_total"), 0.0);
 }
