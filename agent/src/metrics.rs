@@ -1,4 +1,5 @@
-//! The agent's Prometheus metrics. Labels are bounded: input (a fixed list), reason (fixed).
+//! The agent's Prometheus metrics. Labels are bounded: input (a fixed list), reason (fixed),
+//! collector (fixed), path (the files followed now; a file's series goes when it is closed).
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 

@@ -61,6 +61,8 @@ struct Deliveries {
     /// Records are being refused: said once, until one is delivered.
     refusing: AtomicBool,
     said: Said,
+    /// `[agent.kafka]` asks librdkafka for its logs (`debug`, `log_level`): all of them are said.
+    verbose: bool,
 }
 
 /// Records librdkafka gave back, waiting to be offered again (`resend_refused`) or, at a stop,
@@ -133,6 +135,10 @@ impl Partitioner for KeyHash {
 /// once a minute; the rest goes to debug.
 impl ClientContext for Deliveries {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if self.verbose {
+            tracing::info!(facility, "librdkafka: {message}");
+            return;
+        }
         // Errors come again through `error`; only what is worse is said from here.
         if (level as i32) < (RDKafkaLogLevel::Error as i32) && self.said.first_in_a_while(facility)
         {
@@ -276,6 +282,9 @@ impl KafkaOutput {
                 refused: Refusals::default(),
                 refusing: AtomicBool::new(false),
                 said: Said::default(),
+                verbose: ["debug", "log_level"]
+                    .iter()
+                    .any(|key| config.kafka.contains_key(*key)),
             })
             .map_err(|e| anyhow::anyhow!("agent: Kafka producer for {}: {e}", config.brokers))?;
         Ok(Self {
@@ -318,9 +327,13 @@ impl KafkaOutput {
                     again.timestamp,
                     Some(&again.settle),
                 );
-                if self.queue(record)?.is_some() {
-                    // Not taken yet: it stays first in line, where a stop finds it.
+                let waits = self.queue(record).map(|back| back.is_some());
+                if !matches!(waits, Ok(false)) {
+                    // Not taken (yet, or the producer failed): it stays first in line, where a
+                    // stop finds it.
                     refused.waiting().push_front(again);
+                }
+                if waits? {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }

@@ -102,8 +102,9 @@ pub struct BrokerConfig {
     /// A new consumer group's first rebalance waits this long for more members to join.
     pub group_initial_rebalance_delay_ms: u64,
     /// The committed offsets of a group without members are forgotten this long after its last
-    /// commit (Kafka's `offsets.retention.minutes`, 7 days): every `kcat -G` with a new group
-    /// name left offsets and lag series for ever.
+    /// commit or after it became empty, whichever is later (Kafka's
+    /// `offsets.retention.minutes`, 7 days): every `kcat -G` with a new group name left offsets
+    /// and lag series for ever.
     pub offsets_retention_ms: u64,
 }
 

@@ -55,6 +55,7 @@ impl Broker {
             tokio::spawn(storage.clone().flush_loop()),
             tokio::spawn(storage.clone().gauges_loop()),
             tokio::spawn(coordinator.clone().tick_loop()),
+            tokio::spawn(coordinator.clone().expiry_loop()),
         ];
         Ok(Self {
             config,

@@ -183,7 +183,7 @@ impl Api {
         let outcome = match result {
             Ok(_) => "ok",
             Err(ApiError(status, _)) if status.is_client_error() => "bad_request",
-            // A limit reached (live tails), not a failure.
+            // A limit reached (live tails) or a shutdown, not a failure.
             Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, _)) => "refused",
             Err(_) => "error",
         };

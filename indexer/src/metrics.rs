@@ -143,7 +143,8 @@ impl SearchMetrics {
             requests: IntCounterVec::new(
                 Opts::new(
                     "sluice_search_requests_total",
-                    "Search API requests by endpoint and outcome (ok, bad_request, error)",
+                    "Search API requests by endpoint and outcome (ok, bad_request, refused: a limit \
+                     or a shutdown, error)",
                 ),
                 &["endpoint", "outcome"],
             )?,
@@ -152,7 +153,7 @@ impl SearchMetrics {
         registry.register(Box::new(metrics.requests.clone()))?;
         for endpoint in Self::ENDPOINTS {
             metrics.duration_seconds.with_label_values(&[endpoint]);
-            for outcome in ["ok", "bad_request", "error"] {
+            for outcome in ["ok", "bad_request", "refused", "error"] {
                 metrics.requests.with_label_values(&[endpoint, outcome]);
             }
         }

@@ -45,9 +45,16 @@ impl Queued {
         self.all.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Takes `bytes` off, or what is left of them: a record whose send failed may already be
+    /// given back by `release`, and the total must not be given back twice.
     fn sub(&self, bytes: usize) {
-        self.own.fetch_sub(bytes, Ordering::Relaxed);
-        self.all.fetch_sub(bytes, Ordering::Relaxed);
+        let before = self
+            .own
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |own| {
+                Some(own.saturating_sub(bytes))
+            })
+            .unwrap_or_default();
+        self.all.fetch_sub(before.min(bytes), Ordering::Relaxed);
     }
 
     /// Gives back what a worker that ended left in its queue, once no record can reach it.
@@ -342,9 +349,12 @@ mod tests {
         queued.own.store(QUEUE_BYTES + 1, Ordering::Relaxed);
         assert!(queued.full());
         queued.release();
-        assert_eq!(
-            queued.all.load(Ordering::Relaxed),
-            ALL_QUEUES_BYTES - QUEUE_BYTES - 1
-        );
+        let after = ALL_QUEUES_BYTES - QUEUE_BYTES - 1;
+        assert_eq!(queued.all.load(Ordering::Relaxed), after);
+        // A send that failed after its worker released the queue gives nothing back twice.
+        queued.add(10);
+        queued.release();
+        queued.sub(10);
+        assert_eq!(queued.all.load(Ordering::Relaxed), after);
     }
 }

@@ -3,8 +3,9 @@
 //! CRI-O's `crio-<id>.scope`, Podman's `libpod-<id>.scope`) gives CPU (usage, user, system,
 //! throttling), memory (current and working set) and IO bytes, read as the kernel writes them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::{Kind, Samples};
 use crate::containers::{DockerContainers, KubeletLinks};
@@ -13,7 +14,14 @@ pub struct CgroupCollector {
     root: PathBuf,
     docker: DockerContainers,
     kubelet: KubeletLinks,
+    /// Containers neither names, and when they were last looked for: pod sandboxes have no
+    /// link, and must not make every round read the links again.
+    unnamed: HashMap<String, Instant>,
 }
+
+/// A container neither Docker nor the kubelet names is looked for again after this (its link
+/// may come a moment after its cgroup).
+const LOOK_AGAIN: Duration = Duration::from_secs(60);
 
 /// How deep below the root containers are looked for (Kubernetes nests them four deep).
 const MAX_DEPTH: usize = 8;
@@ -26,6 +34,7 @@ impl CgroupCollector {
             root: PathBuf::from(root),
             docker: DockerContainers::new(docker_root),
             kubelet: KubeletLinks::new(kubelet_links),
+            unnamed: HashMap::new(),
         }
     }
 
@@ -33,17 +42,30 @@ impl CgroupCollector {
         let containers = find_containers(&self.root)?;
         let alive: HashSet<String> = containers.iter().map(|(id, _)| id.clone()).collect();
         self.docker.retain(&alive);
+        self.unnamed.retain(|id, _| alive.contains(id));
         let named: Vec<_> = containers
             .iter()
             .map(|(id, _)| self.docker.get(id))
             .collect();
-        // The kubelet's links are read again only when a container is new to them.
-        if named
+        let now = Instant::now();
+        let unknown: Vec<&String> = named
             .iter()
             .zip(&containers)
-            .any(|(docker, (id, _))| docker.is_none() && self.kubelet.get(id).is_none())
-        {
+            .filter(|(docker, (id, _))| docker.is_none() && self.kubelet.get(id).is_none())
+            .map(|(_, (id, _))| id)
+            .collect();
+        // The kubelet's links are read again only for a container not looked for lately.
+        if unknown.iter().any(|id| {
+            self.unnamed
+                .get(*id)
+                .is_none_or(|at| now.duration_since(*at) >= LOOK_AGAIN)
+        }) {
             self.kubelet.refresh();
+            for id in unknown {
+                if self.kubelet.get(id).is_none() {
+                    self.unnamed.insert(id.clone(), now);
+                }
+            }
         }
         for (docker, (id, dir)) in named.into_iter().zip(containers) {
             let info = docker.unwrap_or_default();

@@ -113,6 +113,8 @@ pub struct Group {
     /// A first rebalance waits this long for more members before it completes.
     initial_delay: Duration,
     next_member: u64,
+    /// When the group last became empty (ms): its offsets' retention counts from then.
+    pub empty_since_ms: i64,
 }
 
 fn code(e: ResponseError) -> i16 {
@@ -134,7 +136,16 @@ impl Group {
             deadline: None,
             initial_delay,
             next_member: 0,
+            empty_since_ms: crate::now_ms(),
         }
+    }
+
+    /// No member, none joining: nothing but its committed offsets (if any) is worth keeping.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Empty
+            && self.members.is_empty()
+            && self.pending_ids.is_empty()
+            && self.instances.is_empty()
     }
 
     fn new_member_id(&mut self, client_id: &str) -> String {
@@ -371,6 +382,7 @@ impl Group {
 
     fn become_empty(&mut self) {
         self.state = State::Empty;
+        self.empty_since_ms = crate::now_ms();
         self.leader = None;
         self.protocol = None;
         self.deadline = None;

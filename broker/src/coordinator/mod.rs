@@ -56,6 +56,8 @@ pub struct Coordinator {
     initial_delay: Duration,
     /// `offsets_retention_ms` of the configuration.
     offsets_retention_ms: i64,
+    /// Commits share it; an expiry takes it alone.
+    expiring: tokio::sync::RwLock<()>,
 }
 
 impl Coordinator {
@@ -83,6 +85,7 @@ impl Coordinator {
             offsets: Mutex::new(offsets),
             initial_delay,
             offsets_retention_ms,
+            expiring: tokio::sync::RwLock::new(()),
         }))
     }
 
@@ -147,6 +150,7 @@ impl Coordinator {
                 )
             })
             .collect();
+        let _shared = self.expiring.read().await;
         self.persist(&entries).await?;
         let mut offsets = self.offsets.lock().expect("offsets lock");
         let group = offsets.entry(group_id.to_owned()).or_default();
@@ -283,48 +287,74 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Forgets the groups without members whose last commit is older than the retention:
-    /// their offsets (tombstones in `__consumer_offsets`) and what the coordinator held of them.
+    /// Forgets the committed offsets of groups idle (no member, none joining) for the retention,
+    /// counted from their last commit or from when they became empty, whichever is later
+    /// (Kafka's KIP-211): tombstones in `__consumer_offsets`, so it lasts through a restart.
+    /// Groups with neither members nor offsets are forgotten too.
     pub async fn expire_offsets(&self, now_ms: i64) {
-        let expired: Vec<String> = {
+        // No commit lands between the check and the tombstones.
+        let _alone = self.expiring.write().await;
+        let doomed: Vec<(String, Vec<(String, i32)>)> = {
             let groups = self.groups.lock().expect("groups lock");
             let offsets = self.offsets.lock().expect("offsets lock");
             offsets
                 .iter()
-                .filter(|(id, _)| groups.get(*id).is_none_or(|g| g.members.is_empty()))
-                .filter(|(_, committed)| {
-                    committed
-                        .values()
-                        .map(|c| c.timestamp)
-                        .max()
-                        .is_some_and(|last| now_ms - last >= self.offsets_retention_ms)
+                .filter_map(|(id, committed)| {
+                    let idle_since = match groups.get(id) {
+                        Some(group) if !group.is_idle() => return None,
+                        Some(group) => group.empty_since_ms,
+                        None => i64::MIN,
+                    };
+                    let last = committed.values().map(|c| c.timestamp).max()?;
+                    (now_ms.saturating_sub(last.max(idle_since)) >= self.offsets_retention_ms)
+                        .then(|| (id.clone(), committed.keys().cloned().collect()))
                 })
-                .map(|(id, _)| id.clone())
                 .collect()
         };
-        for group in expired {
-            match self.delete(&group).await {
-                Ok(()) => {
-                    tracing::info!(%group, "committed offsets expired: the group had no members and no commit for offsets_retention_ms")
-                }
-                // A member joined since: it stays.
-                Err(code) => tracing::debug!(%group, code, "offsets not expired"),
+        let tombstones: Vec<(OffsetKey, Option<Committed>)> = doomed
+            .iter()
+            .flat_map(|(group, keys)| {
+                keys.iter().map(|(topic, partition)| {
+                    let key = OffsetKey {
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    };
+                    (key, None)
+                })
+            })
+            .collect();
+        // A batch stays well under max.message.bytes.
+        for chunk in tombstones.chunks(1000) {
+            if let Err(code) = self.persist(chunk).await {
+                tracing::warn!(code, "expiring committed offsets: tried again in a minute");
+                return;
             }
         }
-        // Groups that never committed and have no members hold nothing worth keeping.
         let mut groups = self.groups.lock().expect("groups lock");
-        let offsets = self.offsets.lock().expect("offsets lock");
-        groups.retain(|id, group| {
-            !group.members.is_empty() || group.state != State::Empty || offsets.contains_key(id)
-        });
+        let mut offsets = self.offsets.lock().expect("offsets lock");
+        for (group, _) in &doomed {
+            offsets.remove(group);
+            tracing::info!(%group, "committed offsets expired: the group was idle for offsets_retention_ms");
+        }
+        groups.retain(|id, group| !group.is_idle() || offsets.contains_key(id));
     }
 
-    /// Drives timeouts (every 50 ms), refreshes the lag gauge (every 5 s) and expires offsets
-    /// (every minute).
+    /// Expires offsets every minute, in a task of its own: writing tombstones must not hold up
+    /// the heartbeats and rebalances `tick_loop` drives.
+    pub async fn expiry_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            self.expire_offsets(crate::now_ms()).await;
+        }
+    }
+
+    /// Drives timeouts (every 50 ms) and refreshes the lag gauge (every 5 s).
     pub async fn tick_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut last_lag = Instant::now();
-        let mut last_expiry = Instant::now();
         let mut lag_series = HashSet::new();
         loop {
             tick.tick().await;
@@ -335,10 +365,6 @@ impl Coordinator {
             if now.duration_since(last_lag) >= Duration::from_secs(5) {
                 last_lag = now;
                 self.export_lag(&mut lag_series);
-            }
-            if now.duration_since(last_expiry) >= Duration::from_secs(60) {
-                last_expiry = now;
-                self.expire_offsets(crate::now_ms()).await;
             }
         }
     }

@@ -150,6 +150,13 @@ impl Reader {
             let _ = self.flush(key);
         }
         self.save();
+        // The gauges are the agent's, which outlives this input across a reload: what it
+        // followed is said no more.
+        let metrics = &self.shipper.metrics;
+        metrics.file_bytes_behind_per_file.reset();
+        metrics.file_bytes_behind.set(0);
+        metrics.files_tracked.set(0);
+        metrics.files_unreadable.set(0);
     }
 
     /// Matches the globs: new files are followed, files whose path moved are noted.

@@ -280,8 +280,6 @@ impl Registry {
     }
 }
 
-/// Write to a temporary file, fsync, rename over, fsync the directory: a crash leaves the old
-/// file or the new one, never a mix.
 #[cfg(test)]
 mod tests {
     use super::*;
