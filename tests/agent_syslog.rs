@@ -344,6 +344,23 @@ fn a_full_spool_drops_and_counts_with_the_drop_policy() {
     assert!(agent.metric("sluice_agent_spool_dropped_total") > 0.0);
 }
 
+/// SIGTERM to an agent holding events the broker has not acknowledged: it keeps them in the
+/// spool and, nothing being lost, exits 0.
+fn stop_keeping_unsent_events(agent: &mut AgentProcess) {
+    signal_pid(agent.child.id(), "TERM");
+    let mut status = None;
+    wait_until("the agent to stop", Duration::from_secs(60), || {
+        status = agent.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success(), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("kept in the spool"),
+        "{}",
+        agent.log_text()
+    );
+}
+
 /// SIGTERM while the broker is away: the syslog messages librdkafka still held are kept in the
 /// spool rather than lost with the process, and the next start sends them.
 #[test]
@@ -370,19 +387,7 @@ fn syslog_messages_held_at_a_stop_with_the_broker_away_are_sent_after_the_next_s
     wait_until("the held messages read", Duration::from_secs(20), || {
         agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 11.0
     });
-    signal_pid(agent.child.id(), "TERM");
-    let mut status = None;
-    wait_until("the agent to stop", Duration::from_secs(60), || {
-        status = agent.child.try_wait().unwrap();
-        status.is_some()
-    });
-    // Nothing is lost: the stop succeeds.
-    assert!(status.unwrap().success(), "{}", agent.log_text());
-    assert!(
-        agent.log_text().contains("kept in the spool"),
-        "{}",
-        agent.log_text()
-    );
+    stop_keeping_unsent_events(&mut agent);
     sluice.restart();
     let _agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
     let mut messages = logs_messages(&sluice, 11);
@@ -421,19 +426,7 @@ fn syslog_messages_refused_at_a_stop_are_sent_after_the_next_start() {
     wait_until("the messages read", Duration::from_secs(20), || {
         agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 6.0
     });
-    signal_pid(agent.child.id(), "TERM");
-    let mut status = None;
-    wait_until("the agent to stop", Duration::from_secs(60), || {
-        status = agent.child.try_wait().unwrap();
-        status.is_some()
-    });
-    // Nothing is lost: the stop succeeds.
-    assert!(status.unwrap().success(), "{}", agent.log_text());
-    assert!(
-        agent.log_text().contains("kept in the spool"),
-        "{}",
-        agent.log_text()
-    );
+    stop_keeping_unsent_events(&mut agent);
     sluice.create_topic("logs", 3, &[]);
     let _agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
     let mut messages = logs_messages(&sluice, 6);
