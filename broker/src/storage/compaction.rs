@@ -4,17 +4,19 @@
 //! are older than `delete.retention.ms`. A rewritten segment is written beside the old one,
 //! fsynced, and renamed over it; readers holding the old file keep reading it undisturbed.
 //!
-//! Keys are held in memory while a partition is compacted (one entry per distinct key).
+//! Keys are held in memory while a partition is compacted (one entry per distinct key); records
+//! are read a batch at a time.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
 
-use super::batch::BatchHeader;
-use super::compress::decode_records;
+use super::batch::{BatchHeader, HEADER_LEN};
+use super::compress::{decode_records, DecodedTooLarge};
 
 /// A segment as compaction sees it: its base offset, file, and the bytes of it to read.
 pub struct SegmentFile {
@@ -30,32 +32,51 @@ pub struct Rewrite {
     pub removed: u64,
 }
 
-/// Decodes every batch of a segment.
-fn batches(
+/// A stored batch, decoded for compaction.
+enum Decoded {
+    Records(Vec<Record>, Compression),
+    /// Its records decode to more than the broker's bound: kept whole, its keys unread (older
+    /// records of those keys may stay too; nothing newer is lost).
+    Whole(Bytes),
+}
+
+/// Reads a segment's batches in order, one at a time: a segment may be far larger than what
+/// compaction should hold in memory.
+fn each_batch(
     segment: &SegmentFile,
-) -> anyhow::Result<
-    Vec<(
-        BatchHeader,
-        Vec<Record>,
-        kafka_protocol::records::Compression,
-    )>,
-> {
-    let bytes = Bytes::from(std::fs::read(&segment.path)?);
-    let end = (segment.size as usize).min(bytes.len());
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < end {
-        let header = BatchHeader::parse(&bytes[pos..end])?;
-        let mut batch = bytes.slice(pos..pos + header.size.min(end - pos));
-        let set = decode_records(&mut batch)?;
-        out.push((header, set.records, set.compression));
-        pos += header.size;
+    mut f: impl FnMut(BatchHeader, Decoded) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut file = BufReader::with_capacity(1 << 20, File::open(&segment.path)?);
+    let mut pos = 0u64;
+    let mut head = [0u8; HEADER_LEN];
+    while pos + HEADER_LEN as u64 <= segment.size {
+        file.read_exact(&mut head)?;
+        let header = BatchHeader::parse(&head)?;
+        if pos + header.size as u64 > segment.size {
+            anyhow::bail!(
+                "{}: a batch at {pos} runs past the segment's end",
+                segment.path.display()
+            );
+        }
+        let mut bytes = vec![0u8; header.size];
+        bytes[..HEADER_LEN].copy_from_slice(&head);
+        file.read_exact(&mut bytes[HEADER_LEN..])?;
+        let bytes = Bytes::from(bytes);
+        let decoded = match decode_records(&mut bytes.clone()) {
+            Ok(set) => Decoded::Records(set.records, set.compression),
+            Err(e) if e.chain().any(|cause| cause.is::<DecodedTooLarge>()) => Decoded::Whole(bytes),
+            Err(e) => return Err(e),
+        };
+        f(header, decoded)?;
+        pos += header.size as u64;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Plans and writes the rewrites for `closed` segments, given every segment of the partition
 /// (closed and active) to learn the newest offset of each key. Returns the rewrites to swap in.
+/// Segments are read a batch at a time: once for the keys, once per closed segment to count
+/// what goes, and once more to write the segments that lose records.
 pub fn compact(
     closed: &[SegmentFile],
     active: &SegmentFile,
@@ -63,56 +84,39 @@ pub fn compact(
     now_ms: i64,
 ) -> anyhow::Result<Vec<Rewrite>> {
     let mut newest: HashMap<Bytes, i64> = HashMap::new();
-    let mut decoded = Vec::with_capacity(closed.len());
-    for segment in closed {
-        let batches = batches(segment)?;
-        for (_, records, _) in &batches {
-            for r in records {
-                if let Some(key) = &r.key {
-                    newest.insert(key.clone(), r.offset);
+    for segment in closed.iter().chain([active]) {
+        each_batch(segment, |_, decoded| {
+            if let Decoded::Records(records, _) = decoded {
+                for r in records {
+                    if let Some(key) = r.key {
+                        newest.insert(key, r.offset);
+                    }
                 }
             }
-        }
-        decoded.push(batches);
+            Ok(())
+        })?;
     }
-    for (_, records, _) in batches(active)? {
-        for r in records {
-            if let Some(key) = r.key {
-                newest.insert(key, r.offset);
-            }
+    let keep = |r: &Record| match &r.key {
+        None => true,
+        Some(key) => {
+            let latest = newest.get(key) == Some(&r.offset);
+            let expired_tombstone = r.value.is_none() && r.timestamp < now_ms - delete_retention_ms;
+            latest && !expired_tombstone
         }
-    }
+    };
     let mut rewrites = Vec::new();
-    for (segment, batches) in closed.iter().zip(decoded) {
+    for segment in closed {
         let mut removed = 0u64;
-        let mut kept_batches = Vec::new();
-        for (header, records, compression) in batches {
-            let total = records.len();
-            let kept: Vec<Record> = records
-                .into_iter()
-                .filter(|r| match &r.key {
-                    None => true,
-                    Some(key) => {
-                        let latest = newest.get(key) == Some(&r.offset);
-                        let expired_tombstone =
-                            r.value.is_none() && r.timestamp < now_ms - delete_retention_ms;
-                        latest && !expired_tombstone
-                    }
-                })
-                .collect();
-            removed += (total - kept.len()) as u64;
-            if !kept.is_empty() {
-                kept_batches.push((header, kept, compression));
+        each_batch(segment, |_, decoded| {
+            if let Decoded::Records(records, _) = decoded {
+                removed += records.iter().filter(|r| !keep(r)).count() as u64;
             }
-        }
+            Ok(())
+        })?;
         if removed == 0 {
             continue;
         }
-        let cleaned = if kept_batches.is_empty() {
-            None
-        } else {
-            Some(write_cleaned(&segment.path, kept_batches)?)
-        };
+        let cleaned = write_cleaned(segment, &keep)?;
         rewrites.push(Rewrite {
             base_offset: segment.base_offset,
             cleaned,
@@ -123,18 +127,27 @@ pub fn compact(
 }
 
 /// Re-encodes the surviving records batch by batch (same producer fields, compression and
-/// offsets) into `<segment>.cleaned`, synced.
+/// offsets) into `<segment>.cleaned`, synced; `None` (and no file) when nothing survives.
 fn write_cleaned(
-    log: &Path,
-    batches: Vec<(
-        BatchHeader,
-        Vec<Record>,
-        kafka_protocol::records::Compression,
-    )>,
-) -> anyhow::Result<PathBuf> {
-    let mut out = BytesMut::new();
-    for (header, mut records, compression) in batches {
-        let first = records[0].offset;
+    segment: &SegmentFile,
+    keep: &impl Fn(&Record) -> bool,
+) -> anyhow::Result<Option<PathBuf>> {
+    let path = segment.path.with_extension("cleaned");
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+    let mut written = false;
+    each_batch(segment, |header, decoded| {
+        let (mut records, compression) = match decoded {
+            Decoded::Whole(bytes) => {
+                out.write_all(&bytes)?;
+                written = true;
+                return Ok(());
+            }
+            Decoded::Records(records, compression) => (records, compression),
+        };
+        records.retain(|r| keep(r));
+        let Some(first) = records.first().map(|r| r.offset) else {
+            return Ok(());
+        };
         for r in &mut records {
             // The encoder keeps records in one batch while offset - sequence is constant.
             r.sequence = if header.base_sequence >= 0 {
@@ -155,11 +168,71 @@ fn write_cleaned(
         batch[23..27].copy_from_slice(&delta.to_be_bytes());
         let crc = crc32c::crc32c(&batch[21..]);
         batch[17..21].copy_from_slice(&crc.to_be_bytes());
-        out.extend_from_slice(&batch);
+        out.write_all(&batch)?;
+        written = true;
+        Ok(())
+    })?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    if !written {
+        drop(file);
+        std::fs::remove_file(&path)?;
+        return Ok(None);
     }
-    let path = log.with_extension("cleaned");
-    let mut file = std::fs::File::create(&path)?;
-    file.write_all(&out)?;
     file.sync_all()?;
-    Ok(path)
+    Ok(Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::batch::testing::one_record_compressed;
+    use crate::storage::compress::MAX_DECODED_BYTES;
+
+    fn at(offset: i64, mut batch: Vec<u8>) -> Vec<u8> {
+        batch[..8].copy_from_slice(&offset.to_be_bytes());
+        batch
+    }
+
+    fn segment(path: PathBuf, base_offset: i64, bytes: &[u8]) -> SegmentFile {
+        std::fs::write(&path, bytes).unwrap();
+        SegmentFile {
+            base_offset,
+            path,
+            size: bytes.len() as u64,
+        }
+    }
+
+    /// A batch whose records decode past the broker's bound no longer stops the partition's
+    /// compaction: it is kept as it is, and the records around it are compacted.
+    #[test]
+    fn a_batch_over_the_decode_bound_is_kept_whole_and_the_rest_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = vec![0u8; MAX_DECODED_BYTES as usize + 1];
+        let big = at(
+            1,
+            one_record_compressed(Some(b"big"), &huge, Compression::Gzip),
+        );
+        let log = [
+            at(
+                0,
+                one_record_compressed(Some(b"k"), b"old", Compression::None),
+            ),
+            big.clone(),
+            at(
+                2,
+                one_record_compressed(Some(b"k"), b"new", Compression::None),
+            ),
+        ]
+        .concat();
+        let closed = segment(dir.path().join("0.log"), 0, &log);
+        let active = segment(dir.path().join("3.log"), 3, b"");
+        let rewrites = compact(&[closed], &active, 0, 0).unwrap();
+        assert_eq!(rewrites.len(), 1);
+        assert_eq!(rewrites[0].removed, 1);
+        let cleaned = std::fs::read(rewrites[0].cleaned.as_ref().unwrap()).unwrap();
+        assert_eq!(&cleaned[..big.len()], &big[..], "kept byte for byte");
+        let rest = BatchHeader::parse(&cleaned[big.len()..]).unwrap();
+        assert_eq!(rest.base_offset, 2);
+        assert_eq!(cleaned.len(), big.len() + rest.size);
+    }
 }

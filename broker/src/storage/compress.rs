@@ -77,9 +77,14 @@ fn decompress_bounded(records: &mut Bytes, compression: Compression) -> anyhow::
     within_bound(Bytes::from(out))
 }
 
+/// A stored batch whose records decompress to more than `MAX_DECODED_BYTES`.
+#[derive(Debug, thiserror::Error)]
+#[error("a stored batch's records decompress to more than {MAX_DECODED_BYTES} bytes")]
+pub struct DecodedTooLarge;
+
 fn within_bound(out: Bytes) -> anyhow::Result<Bytes> {
     if out.len() as u64 > MAX_DECODED_BYTES {
-        anyhow::bail!("a stored batch's records decompress to more than {MAX_DECODED_BYTES} bytes");
+        return Err(DecodedTooLarge.into());
     }
     Ok(out)
 }
