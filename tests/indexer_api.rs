@@ -389,3 +389,46 @@ fn a_histogram_of_a_few_milliseconds_has_one_bucket_per_millisecond() {
     let expected = [(0, 1), (1, 1), (2, 0), (3, 1), (4, 1)];
     assert_eq!(buckets, expected, "{body}");
 }
+
+/// An answer is bounded in bytes as well as hits: twenty events of 900 KB come in pages of
+/// fewer than the limit, marked cut, and paging on from the hits given reaches them all once.
+#[test]
+fn a_search_answer_is_bounded_in_bytes_and_pages_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::up(tmp.path(), "");
+    let filler = "x".repeat(900_000);
+    let events: String = (0..20)
+        .map(|n| format!("{{\"id\":\"big-{n}\",\"message\":\"big {n} {filler}\"}}\n"))
+        .collect();
+    assert!(sluice
+        .kcat_produce("logs", &["-p", "0"], events.as_bytes())
+        .status
+        .success());
+    assert_eq!(sluice.wait_for_hits("*", 20, Duration::from_secs(60)), 20);
+    let mut seen = Vec::new();
+    loop {
+        let offset = seen.len().to_string();
+        let (status, body) = sluice.api(
+            "/api/v1/search",
+            &[("q", "*"), ("limit", "100"), ("offset", &offset)],
+        );
+        assert_eq!(status, 200);
+        let hits = body["hits"].as_array().unwrap();
+        if hits.is_empty() {
+            break;
+        }
+        assert!(
+            hits.len() < 20,
+            "one answer held {} events of 900 KB",
+            hits.len()
+        );
+        assert_eq!(body["cut"], seen.len() + hits.len() < 20, "{}", body["cut"]);
+        seen.extend(
+            hits.iter()
+                .map(|h| h["event"]["id"].as_str().unwrap().to_owned()),
+        );
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 20);
+}

@@ -232,6 +232,9 @@ async fn search(
         "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
         "limit": limit.min(api.service.limits().max_limit),
         "offset": offset,
+        // Fewer hits than `limit` though more match: the answer reached its size bound; the
+        // next page starts at offset + the hits given.
+        "cut": result.cut,
         "hits": result.hits,
     })))
 }

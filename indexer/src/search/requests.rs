@@ -32,7 +32,14 @@ pub struct Hit {
 pub struct SearchResult {
     pub total: u64,
     pub hits: Vec<Hit>,
+    /// Fewer hits than asked for, to keep the answer under `MAX_ANSWER_BYTES`: the next page
+    /// starts after the last one given.
+    pub cut: bool,
 }
+
+/// Bytes of events one search answers with at most (a thousand 1 MiB events would be a
+/// gigabyte); at least one hit is always given.
+const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Serialize)]
 pub struct HistogramBucket {
@@ -103,16 +110,21 @@ impl SearchService {
             ranked.sort_by_key(|hit| std::cmp::Reverse(hit.0));
             ranked.truncate(offset + limit);
         }
-        let hits = ranked
-            .into_iter()
-            .skip(offset)
-            .take(limit)
-            .map(|((ms, _, _), i, address)| self.hit(&views[i], ms, address))
-            .collect::<Result<_, _>>()?;
-        Ok(SearchResult { total, hits })
+        let (mut hits, mut bytes, mut cut) = (Vec::new(), 0, false);
+        for ((ms, _, _), i, address) in ranked.into_iter().skip(offset).take(limit) {
+            if bytes >= MAX_ANSWER_BYTES {
+                cut = true;
+                break;
+            }
+            let (hit, size) = self.hit(&views[i], ms, address)?;
+            bytes += size;
+            hits.push(hit);
+        }
+        Ok(SearchResult { total, hits, cut })
     }
 
-    fn hit(&self, view: &View, ms: i64, address: DocAddress) -> Result<Hit, SearchError> {
+    /// The hit, and the size of its event.
+    fn hit(&self, view: &View, ms: i64, address: DocAddress) -> Result<(Hit, usize), SearchError> {
         let doc: TantivyDocument = view.searcher.doc(address)?;
         let schema = self.schema();
         let number = |field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
@@ -120,12 +132,13 @@ impl SearchService {
             .get_first(schema.source_doc)
             .and_then(|v| v.as_str())
             .unwrap_or_default();
-        Ok(Hit {
+        let hit = Hit {
             timestamp: time::format_ms(ms),
             partition: number(schema.partition),
             offset: number(schema.offset),
             event: serde_json::from_str(source).unwrap_or_else(|_| Value::String(source.into())),
-        })
+        };
+        Ok((hit, source.len()))
     }
 
     /// Matching documents counted per time bucket, empty buckets included, with the interval
@@ -355,7 +368,7 @@ impl SearchService {
                     .date("timestamp")?
                     .first(address.doc_id)
                     .map_or(0, |t| t.into_timestamp_millis());
-                let hit = self.hit(&view, ms, address)?;
+                let (hit, _) = self.hit(&view, ms, address)?;
                 found.push((view.partition, hit.offset, hit));
             }
         }
