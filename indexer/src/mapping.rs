@@ -164,8 +164,10 @@ fn map_event(
     let (timestamp_ms, bad_timestamp) = match event.remove("timestamp") {
         None | Some(Value::Null) => (record_ms, false),
         Some(value) => match parse_event_time(&value) {
-            Some(ms) => (ms, false),
-            None => {
+            // A day or more past its record's time is a clock or a format gone wrong: indexed
+            // there, it would sit in a bucket retention does not reach for years.
+            Some(ms) if ms <= record_ms.saturating_add(MAX_AHEAD_MS) => (ms, false),
+            _ => {
                 event.insert("timestamp".into(), value);
                 (record_ms, true)
             }
@@ -292,6 +294,10 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
         .filter(|&ms| in_range(ms))
 }
 
+/// How far an event's own time may be past its Kafka record's; further is a bad timestamp (the
+/// event keeps it, the index uses the record's time).
+const MAX_AHEAD_MS: i64 = 24 * 3_600_000;
+
 /// Tantivy keeps dates as i64 nanoseconds: the years 1677 to 2262.
 pub const MAX_TIME_MS: i64 = i64::MAX / 1_000_000;
 
@@ -312,6 +318,9 @@ mod tests {
 
     use super::*;
 
+    /// The Kafka time of `map`'s records (2027-01-15T08:00:00Z): after every event time below.
+    const RECORD_MS: i64 = 1_800_000_000_000;
+
     fn map(payload: &[u8]) -> Mapped {
         let schema = LogSchema::new();
         map_record(
@@ -319,7 +328,7 @@ mod tests {
             &Record {
                 partition: 1,
                 offset: 7,
-                timestamp_ms: 1_700_000_000_000,
+                timestamp_ms: RECORD_MS,
                 payload,
             },
             256,
@@ -362,7 +371,7 @@ mod tests {
         let m = map(b"just a line");
         assert!(m.malformed.is_none() && m.id.is_none());
         assert_eq!(text_of(&m, schema.message).as_deref(), Some("just a line"));
-        assert_eq!(time_of(&m), 1_700_000_000_000);
+        assert_eq!(time_of(&m), RECORD_MS);
     }
 
     #[test]
@@ -378,7 +387,7 @@ mod tests {
         assert_eq!(m.malformed, Some(Malformed::InvalidUtf8));
         let m = map(br#"{"timestamp":"yesterday","message":"x"}"#);
         assert_eq!(m.malformed, Some(Malformed::BadTimestamp));
-        assert_eq!(time_of(&m), 1_700_000_000_000);
+        assert_eq!(time_of(&m), RECORD_MS);
         let m = map("é".repeat(200).as_bytes());
         assert_eq!(m.malformed, Some(Malformed::Oversize));
         assert_eq!(text_of(&m, schema.message).unwrap().len(), 256);
@@ -414,10 +423,23 @@ mod tests {
     }
 
     #[test]
+    fn times_a_day_past_their_record_are_bad_timestamps() {
+        // The record's time in `map` is 2027-01-15T08:00:00Z.
+        let m = map(br#"{"timestamp":"2027-01-16T07:00:00Z","message":"x"}"#);
+        assert_eq!(
+            m.malformed, None,
+            "less than a day ahead: a clock a little off"
+        );
+        let m = map(br#"{"timestamp":"2030-01-01T00:00:00Z","message":"x"}"#);
+        assert_eq!(m.malformed, Some(Malformed::BadTimestamp));
+        assert_eq!(time_of(&m), RECORD_MS);
+    }
+
+    #[test]
     fn times_outside_tantivys_range_are_bad_timestamps() {
         let m = map(br#"{"timestamp":"9999-12-31T00:00:00Z","message":"x"}"#);
         assert_eq!(m.malformed, Some(Malformed::BadTimestamp));
-        assert_eq!(time_of(&m), 1_700_000_000_000);
+        assert_eq!(time_of(&m), RECORD_MS);
         assert_eq!(
             parse_event_time(&serde_json::json!(1_700_000_000_123_456i64)),
             Some(1_700_000_000_123),
