@@ -37,8 +37,8 @@ pub struct SearchResult {
     pub cut: bool,
 }
 
-/// Bytes of events one search answers with at most (a thousand 1 MiB events would be a
-/// gigabyte); at least one hit is always given.
+/// Bytes of events one search or tail call answers with at most (a thousand 1 MiB events would
+/// be a gigabyte); at least one hit is always given.
 const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Serialize)]
@@ -336,14 +336,18 @@ impl SearchService {
         Ok(cursor)
     }
 
-    /// Matching documents committed since `cursor`, oldest first, and the cursor moved past them.
+    /// Matching documents committed since `cursor`, oldest first, and the cursor moved past them:
+    /// at most `TAIL_BATCH` a bucket index and about `MAX_ANSWER_BYTES` of events, the rest
+    /// left for the next call.
     pub fn tail(&self, spec: &QuerySpec, cursor: &mut TailCursor) -> Result<Vec<Hit>, SearchError> {
         let query = self.build_query(spec)?;
-        let mut found: Vec<(i32, u64, Hit)> = Vec::new();
-        // Where a view returned a full batch, the partition's cursor may not pass its last hit:
-        // the view may hold more below what other buckets returned.
-        let mut limit: BTreeMap<i32, u64> = BTreeMap::new();
-        for view in self.views()? {
+        let views = self.views()?;
+        // (partition, offset, view, address) of every match, documents not loaded yet.
+        let mut matches: Vec<(i32, u64, usize, DocAddress)> = Vec::new();
+        // Per partition, the offset the cursor may not reach this time: where a view returned a
+        // full batch it may hold more below what other buckets returned.
+        let mut below: BTreeMap<i32, u64> = BTreeMap::new();
+        for (i, view) in views.iter().enumerate() {
             let from = cursor.0.get(&view.partition).copied().unwrap_or(0);
             let after = RangeQuery::new(
                 Bound::Included(Term::from_field_u64(self.schema().offset, from)),
@@ -356,23 +360,52 @@ impl SearchService {
             )?;
             if top.len() == TAIL_BATCH {
                 if let Some((last, _)) = top.last() {
-                    let cap = limit.entry(view.partition).or_insert(u64::MAX);
-                    *cap = (*cap).min(last.unwrap_or(0));
+                    let end = below.entry(view.partition).or_insert(u64::MAX);
+                    *end = (*end).min(last.unwrap_or(0) + 1);
                 }
             }
-            for (_, address) in top {
-                let ms = view
-                    .searcher
-                    .segment_reader(address.segment_ord)
-                    .fast_fields()
-                    .date("timestamp")?
-                    .first(address.doc_id)
-                    .map_or(0, |t| t.into_timestamp_millis());
-                let (hit, _) = self.hit(&view, ms, address)?;
-                found.push((view.partition, hit.offset, hit));
-            }
+            matches.extend(
+                top.into_iter()
+                    .map(|(offset, address)| (view.partition, offset.unwrap_or(0), i, address)),
+            );
         }
-        found.retain(|(partition, offset, _)| limit.get(partition).is_none_or(|cap| offset <= cap));
+        matches.retain(|(partition, offset, _, _)| {
+            below.get(partition).is_none_or(|end| offset < end)
+        });
+        // Each partition's matches in offset order, the partitions taking turns: the first
+        // match always loads, and no partition waits on another's flood.
+        matches.sort_by_key(|(partition, offset, _, _)| (*partition, *offset));
+        let mut turn: BTreeMap<i32, usize> = BTreeMap::new();
+        let mut ranked: Vec<(usize, (i32, u64, usize, DocAddress))> = matches
+            .into_iter()
+            .map(|m| {
+                let rank = turn.entry(m.0).or_insert(0);
+                *rank += 1;
+                (*rank, m)
+            })
+            .collect();
+        ranked.sort_by_key(|(rank, (partition, _, _, _))| (*rank, *partition));
+        let (mut found, mut bytes) = (Vec::new(), 0);
+        for (_, (partition, offset, i, address)) in ranked {
+            if bytes >= MAX_ANSWER_BYTES || below.get(&partition).is_some_and(|end| offset >= *end)
+            {
+                // Left for the next call, and so is everything after it in its partition.
+                let end = below.entry(partition).or_insert(u64::MAX);
+                *end = (*end).min(offset);
+                continue;
+            }
+            let view = &views[i];
+            let ms = view
+                .searcher
+                .segment_reader(address.segment_ord)
+                .fast_fields()
+                .date("timestamp")?
+                .first(address.doc_id)
+                .map_or(0, |t| t.into_timestamp_millis());
+            let (hit, size) = self.hit(view, ms, address)?;
+            bytes += size;
+            found.push((partition, offset, hit));
+        }
         found.sort_by_key(|(partition, offset, _)| (*partition, *offset));
         for (partition, offset, _) in &found {
             let end = cursor.0.entry(*partition).or_insert(0);
@@ -429,6 +462,76 @@ fn aggregation_error(e: tantivy::TantivyError) -> SearchError {
 #[cfg(test)]
 mod tests {
     use super::{aggregation_error, nice_interval, SearchError};
+
+    /// Two partitions of twenty 900 KB events each: a tail call answers with about 16 MB,
+    /// both partitions taking turns, and the calls after it give the rest, each event once.
+    #[test]
+    fn a_tail_answers_a_bounded_share_of_every_partition_and_goes_on_from_there() {
+        use super::super::{QuerySpec, SearchLimits, SearchService};
+        use super::TailCursor;
+        use crate::mapping::Record;
+        use crate::partition::{PartitionIndex, WriterSettings};
+        use crate::schema::LogSchema;
+        let tmp = tempfile::tempdir().unwrap();
+        let topic_dir = crate::layout::topic_dir(tmp.path(), "logs");
+        let filler = "x".repeat(900_000);
+        for partition in 0..2 {
+            let settings = WriterSettings {
+                memory_bytes: 15_000_000,
+                threads: 1,
+                bucket_ms: 3_600_000,
+                retention_ms: 0,
+                max_document_bytes: 1 << 20,
+                lock_wait: std::time::Duration::from_millis(200),
+            };
+            let mut index =
+                PartitionIndex::open(&topic_dir, partition, LogSchema::new(), settings).unwrap();
+            for offset in 0..20 {
+                let payload = format!("{{\"message\":\"big {partition} {offset} {filler}\"}}");
+                let record = Record {
+                    partition,
+                    offset,
+                    timestamp_ms: 1_000,
+                    payload: payload.as_bytes(),
+                };
+                index.add(&record, 1_000).unwrap();
+            }
+            index.commit().unwrap();
+            index.close().unwrap();
+        }
+        let limits = SearchLimits {
+            max_limit: 1000,
+            max_window: 10_000,
+        };
+        let service = SearchService::new(tmp.path(), "logs", limits);
+        let spec = QuerySpec {
+            q: "*".into(),
+            start_ms: None,
+            end_ms: None,
+        };
+        let mut cursor = TailCursor(Default::default());
+        let first = service.tail(&spec, &mut cursor).unwrap();
+        assert!(
+            first.len() < 40,
+            "{} events of 900 KB in one answer",
+            first.len()
+        );
+        for partition in 0..2 {
+            assert!(first.iter().any(|hit| hit.partition == partition));
+        }
+        let mut seen: Vec<(u64, u64)> = first.iter().map(|h| (h.partition, h.offset)).collect();
+        loop {
+            let more = service.tail(&spec, &mut cursor).unwrap();
+            if more.is_empty() {
+                break;
+            }
+            seen.extend(more.iter().map(|h| (h.partition, h.offset)));
+        }
+        let count = seen.len();
+        seen.sort();
+        seen.dedup();
+        assert_eq!((count, seen.len()), (40, 40));
+    }
 
     #[test]
     fn aggregations_over_their_limits_are_bad_requests() {
