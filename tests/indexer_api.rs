@@ -147,6 +147,27 @@ fn histogram_and_fields() {
     // Errors at minutes 0, 3, ..., 27: four in the first ten minutes, three in each next ten.
     assert_eq!(counts, vec![4, 3, 3, 0, 0, 0]);
     assert_eq!(body["buckets"][1]["start"], "2026-01-01T00:10:00Z");
+    // A start and no end runs to now, the empty days after the data included.
+    let (status, body) = sluice.api(
+        "/api/v1/histogram",
+        &[
+            ("q", "level:error"),
+            ("start", "2026-01-01T00:00:00Z"),
+            ("interval", "1d"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let last = body["buckets"].as_array().unwrap().last().unwrap()["start_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        now_ms - last <= 86_400_000,
+        "last bucket at {last}, now {now_ms}"
+    );
 
     let (status, body) = sluice.api("/api/v1/fields", &[("q", "host:web-1")]);
     assert_eq!(status, 200, "{body}");

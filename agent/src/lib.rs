@@ -233,7 +233,7 @@ impl Agent {
             if let Err(left) = shipper.output.flush(timeout, STALLED) {
                 tracing::warn!(
                     records = left,
-                    "agent: the broker did not acknowledge everything before the stop: file lines are read again at the next start, syslog, GELF and stdin events are kept in the spool"
+                    "agent: the broker did not acknowledge everything before the stop: file lines are read again at the next start, syslog, GELF and stdin events are kept in the spool, metric samples are dropped"
                 );
             }
             keep_unsent(&shipper)

@@ -36,7 +36,7 @@ impl AgentMetrics {
     ];
     pub const COLLECTORS: [&'static str; 3] = ["cgroup", "host", "prometheus"];
     /// Every (input, defect) the inputs count, shown from zero so a rate has a start.
-    const MALFORMED: [(&'static str, &'static str); 29] = [
+    const MALFORMED: [(&'static str, &'static str); 31] = [
         ("gelf_udp", "bad_chunk"),
         ("gelf_udp", "incomplete_chunks"),
         ("gelf_udp", "too_many_chunked_messages"),
@@ -52,9 +52,11 @@ impl AgentMetrics {
         ("docker", "truncated"),
         ("docker", "invalid_utf8"),
         ("docker", "invalid_json"),
+        ("docker", "bad_time"),
         ("cri", "truncated"),
         ("cri", "invalid_utf8"),
         ("cri", "bad_line"),
+        ("cri", "bad_time"),
         ("stdin", "truncated"),
         ("stdin", "invalid_utf8"),
         ("syslog_udp", "truncated"),

@@ -46,13 +46,17 @@ pub fn parse(parser: &QueryParser, q: &str) -> Result<Box<dyn Query>, String> {
                 .into(),
         );
     }
-    let operators_alone = q
-        .split_whitespace()
-        .all(|token| matches!(token, "AND" | "OR" | "NOT" | "&&" | "||"));
-    if operators_alone && !q.trim().is_empty() {
+    let operator = |token: &str| matches!(token, "AND" | "OR" | "NOT" | "&&" | "||");
+    if q.split_whitespace().all(operator) && !q.trim().is_empty() {
         messages.push(
             "no term to match: AND, OR and NOT join terms (a AND b); * matches everything".into(),
         );
+    } else if let Some(last) = q.split_whitespace().last().filter(|t| operator(t)) {
+        // The grammar drops it and what it joined, and the query matches nothing.
+        messages.push(format!("the query ends with {last}: a term must follow it"));
+    }
+    if let Some(why) = unbalanced(q) {
+        messages.push(why);
     }
     let ast = lucene_compat(ast, &mut messages);
     let (query, errors) = parser.build_query_from_user_input_ast_lenient(ast);
@@ -81,6 +85,31 @@ fn nesting(q: &str) -> usize {
         }
     }
     deepest
+}
+
+/// Parentheses outside quotes that do not pair up: the grammar drops them silently and the
+/// query means something else. Inside double or single quotes nothing counts (a false
+/// negative at worst, never a refusal of a good query).
+fn unbalanced(q: &str) -> Option<String> {
+    let (mut depth, mut quote, mut escaped) = (0i64, None, false);
+    for c in q.chars() {
+        match (quote, c) {
+            _ if escaped => escaped = false,
+            (_, '\\') => escaped = true,
+            (Some(open), c) if c == open => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') => {
+                depth -= 1;
+                if depth < 0 {
+                    return Some("a ) closes no (".into());
+                }
+            }
+            _ => {}
+        }
+    }
+    (depth > 0 && quote.is_none()).then(|| format!("{depth} ( not closed"))
 }
 
 /// The longest run of `NOT`s in a row (`NOT NOT NOT a`), the one way the grammar nests without
@@ -266,6 +295,13 @@ mod tests {
         }
         let refused = parse(&parser, "source:/tmp/x").map(|_| ()).unwrap_err();
         assert!(refused.contains("quote a path"), "{refused}");
+        let refused = parse(&parser, "host:web AND").map(|_| ()).unwrap_err();
+        assert!(refused.contains("ends with AND"), "{refused}");
+        for unbalanced in ["bad((", "(a OR b", "a) OR (b"] {
+            assert!(super::unbalanced(unbalanced).is_some(), "{unbalanced}");
+        }
+        assert_eq!(super::unbalanced("(a OR (b AND c))"), None);
+        assert_eq!(super::unbalanced("\"a)\" (b) 'c(' don\\'t"), None);
         assert!(parse(&parser, "*").is_ok());
     }
 }

@@ -219,7 +219,12 @@ impl SearchService {
             }
         }
         let first = spec.start_ms.unwrap_or(first);
-        let last = spec.end_ms.map_or(last, |end| end - 1);
+        let last = match (spec.start_ms, spec.end_ms) {
+            (_, Some(end)) => end - 1,
+            // From a time on, and no end: up to now, empty buckets included, as `end=now`.
+            (Some(_), None) => last.max(crate::consumer::now_ms() - 1),
+            (None, None) => last,
+        };
         Ok((first <= last).then_some((first, last)))
     }
 

@@ -163,12 +163,52 @@ fn docker(mut line: Line<'_>) -> (Decoded<'_>, bool, Option<&'static str>) {
         }
     }
     line.bytes = Cow::Owned(log.into_bytes());
+    let (time, defect) = checked_time(parsed.time.map(Cow::Owned));
     let decoded = Decoded {
         line,
         stream: parsed.stream.map(Cow::Owned),
-        time: parsed.time.map(Cow::Owned),
+        time,
     };
-    (decoded, complete, None)
+    (decoded, complete, defect)
+}
+
+/// The runtime's time when it has the shape of one (RFC 3339, as Docker and the CRI write it);
+/// else none (the event takes the read time) and the defect.
+fn checked_time(time: Option<Cow<'_, str>>) -> (Option<Cow<'_, str>>, Option<&'static str>) {
+    match time {
+        Some(t) if !looks_like_rfc3339(&t) => (None, Some("bad_time")),
+        time => (time, None),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS`, then fractional seconds, then `Z` or `±HH:MM`: a check of shape
+/// only, cheap enough for every line.
+fn looks_like_rfc3339(t: &str) -> bool {
+    let b = t.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    if !(digits(0..4) && at(4, b'-') && digits(5..7) && at(7, b'-') && digits(8..10)) {
+        return false;
+    }
+    if !((at(10, b'T') || at(10, b't')) && digits(11..13) && at(13, b':') && digits(14..16)) {
+        return false;
+    }
+    if !(at(16, b':') && digits(17..19)) {
+        return false;
+    }
+    let mut rest = &b[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &fraction[n..];
+    }
+    matches!(rest, [b'Z' | b'z'])
+        || matches!(rest, [b'+' | b'-', h1, h2, b':', m1, m2] if [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()))
 }
 
 fn cri(line: Line<'_>) -> (Decoded<'_>, bool, Option<&'static str>) {
@@ -187,15 +227,16 @@ fn cri(line: Line<'_>) -> (Decoded<'_>, bool, Option<&'static str>) {
     let time = 0..time.len();
     let stream = time.end + 1..time.end + 1 + stream.len();
     let message = (stream.end + 1 + tag.len() + 1).min(line.bytes.len())..line.bytes.len();
+    let (time, defect) = checked_time(Some(text(part(&line.bytes, time))));
     let decoded = Decoded {
         stream: Some(text(part(&line.bytes, stream))),
-        time: Some(text(part(&line.bytes, time))),
+        time,
         line: Line {
             bytes: part(&line.bytes, message),
             ..line
         },
     };
-    (decoded, complete, None)
+    (decoded, complete, defect)
 }
 
 /// `range` of a line's bytes, borrowed where the line is.
@@ -298,6 +339,35 @@ mod tests {
             bytes: Cow::Borrowed(text.as_bytes()),
             truncated: false,
         }
+    }
+
+    /// A runtime time that is not one is dropped (the event takes the read time) and counted.
+    #[test]
+    fn a_time_that_is_not_one_is_a_defect() {
+        for good in [
+            "2026-11-23T10:00:00.000000001Z",
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T10:00:00.5+01:00",
+        ] {
+            assert!(looks_like_rfc3339(good), "{good}");
+        }
+        for bad in [
+            "not-a-time",
+            "2026-11-23",
+            "2026-11-23T10:00:00.Z",
+            "2026-11-23T10:00:00+1",
+        ] {
+            assert!(!looks_like_rfc3339(bad), "{bad}");
+        }
+        let (decoded, complete, defect) = docker(line(
+            0,
+            r#"{"log":"x\n","stream":"stdout","time":"not-a-time"}"#,
+        ));
+        assert!(complete);
+        assert_eq!((decoded.time, defect), (None, Some("bad_time")));
+        let (decoded, _, defect) = cri(line(0, "yesterday stdout F hello"));
+        assert_eq!((decoded.time, defect), (None, Some("bad_time")));
+        assert_eq!(&decoded.line.bytes[..], b"hello");
     }
 
     #[test]
