@@ -174,6 +174,17 @@ pub enum TopicsAction {
         #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
         configs: Vec<String>,
     },
+    /// Change a topic's configs in place (the others it has are kept).
+    Alter {
+        /// Topic name.
+        name: String,
+        /// A config to set, e.g. `--config retention.bytes=1000000000` (repeatable).
+        #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        /// A config to remove, back to the broker's default (repeatable).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        deletes: Vec<String>,
+    },
     /// Show a topic's partitions, offsets and configuration.
     Describe {
         /// Topic name.

@@ -147,3 +147,94 @@ fn transactional_producers_are_refused_at_once() {
         );
     }
 }
+
+/// A topic's configs change in place: both libraries' admin clients (the incremental request
+/// and the older one that replaces the overrides), `sluice topics alter`, and the change is in
+/// effect (retention by size then removes old segments) and survives a restart.
+#[test]
+fn topic_configs_are_altered_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(tmp.path(), "[broker]\nretention_check_interval_ms = 200\n");
+    sluice.create_topic("tuned", 1, &[]);
+    let out = run(
+        python()
+            .arg(client_script("alter_configs.py"))
+            .args([&sluice.kafka, "tuned"]),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alter = sluice.client(&[
+        "topics",
+        "alter",
+        "tuned",
+        "--config",
+        "segment.bytes=4096",
+        "--config",
+        "retention.bytes=16384",
+    ]);
+    assert!(
+        alter.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alter.stderr)
+    );
+    let lines: String = (0..1000)
+        .map(|i| format!("record {i:05} {}\n", "z".repeat(80)))
+        .collect();
+    assert!(sluice
+        .kcat_produce(
+            "tuned",
+            &["-p", "0", "-X", "batch.num.messages=10"],
+            lines.as_bytes()
+        )
+        .status
+        .success());
+    wait_until(
+        "retention by the altered size",
+        Duration::from_secs(30),
+        || {
+            sluice
+                .metric("sluice_broker_segments_deleted_total{topic=\"tuned\"}")
+                .unwrap_or(0.0)
+                >= 1.0
+        },
+    );
+    sluice.kill9();
+    sluice.restart();
+    let described =
+        String::from_utf8_lossy(&sluice.client(&["topics", "describe", "tuned"]).stdout)
+            .into_owned();
+    assert!(
+        described.contains("retention.bytes\t16384\ttopic"),
+        "{described}"
+    );
+    assert!(
+        described.contains("segment.bytes\t4096\ttopic"),
+        "{described}"
+    );
+    let removed = sluice.client(&[
+        "topics",
+        "alter",
+        "tuned",
+        "--delete-config",
+        "segment.bytes",
+    ]);
+    assert!(removed.status.success());
+    let described =
+        String::from_utf8_lossy(&sluice.client(&["topics", "describe", "tuned"]).stdout)
+            .into_owned();
+    assert!(
+        described
+            .lines()
+            .any(|l| l.starts_with("segment.bytes\t") && l.ends_with("\tdefault")),
+        "{described}"
+    );
+    assert!(
+        described.contains("retention.bytes\t16384\ttopic"),
+        "{described}"
+    );
+}

@@ -1,10 +1,13 @@
-//! `sluice topics list|create|describe|delete`.
+//! `sluice topics list|create|alter|describe|delete`.
 
 use std::collections::HashMap;
 use std::io::Write;
 
 use anyhow::{bail, Context as _};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -20,6 +23,11 @@ pub async fn run(args: TopicsArgs) -> anyhow::Result<()> {
             partitions,
             configs,
         } => create(brokers, &name, partitions, &configs).await,
+        TopicsAction::Alter {
+            name,
+            configs,
+            deletes,
+        } => alter(brokers, &name, &configs, &deletes).await,
         TopicsAction::Describe { name } => describe(brokers, &name).await,
         TopicsAction::Delete { name } => delete(brokers, &name).await,
     }
@@ -62,9 +70,7 @@ async fn create(
     // default.replication.factor), as for the partition count.
     let mut topic = NewTopic::new(name, partitions.unwrap_or(-1), TopicReplication::Fixed(-1));
     for entry in configs {
-        let Some((key, value)) = entry.split_once('=') else {
-            bail!("--config {entry:?}: expected KEY=VALUE");
-        };
+        let (key, value) = key_value(entry)?;
         topic = topic.set(key, value);
     }
     let results = admin(brokers)?.create_topics([&topic], &options()).await?;
@@ -74,6 +80,57 @@ async fn create(
             Err((name, code)) => bail!("cannot create topic {name}: {code}"),
         }
     }
+    Ok(())
+}
+
+/// `KEY=VALUE` of a `--config`.
+fn key_value(entry: &str) -> anyhow::Result<(&str, &str)> {
+    entry
+        .split_once('=')
+        .with_context(|| format!("--config {entry:?}: expected KEY=VALUE"))
+}
+
+/// AlterConfigs replaces a topic's overrides whole (rdkafka has no IncrementalAlterConfigs):
+/// the overrides it has are read first, so that only the ones named change.
+async fn alter(
+    brokers: &str,
+    name: &str,
+    configs: &[String],
+    deletes: &[String],
+) -> anyhow::Result<()> {
+    if configs.is_empty() && deletes.is_empty() {
+        bail!("nothing to change: give --config KEY=VALUE or --delete-config KEY");
+    }
+    let admin = admin(brokers)?;
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(name)], &options())
+        .await?;
+    let mut wanted: HashMap<String, String> = HashMap::new();
+    for resource in described {
+        let resource = resource.map_err(|code| anyhow::anyhow!("topic {name}: {code}"))?;
+        for entry in resource.entries {
+            if entry.source == ConfigSource::DynamicTopic {
+                wanted.insert(entry.name, entry.value.unwrap_or_default());
+            }
+        }
+    }
+    for entry in configs {
+        let (key, value) = key_value(entry)?;
+        wanted.insert(key.to_owned(), value.to_owned());
+    }
+    for key in deletes {
+        wanted.remove(key);
+    }
+    let mut change = AlterConfig::new(ResourceSpecifier::Topic(name));
+    for (key, value) in &wanted {
+        change = change.set(key, value);
+    }
+    for result in admin.alter_configs([&change], &options()).await? {
+        if let Err((_, code)) = result {
+            bail!("cannot alter topic {name}: {code}");
+        }
+    }
+    println!("altered topic {name}");
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! `max_in_flight_per_connection`) while their side effects still happen in arrival order.
 
 mod admin;
+mod alter_configs;
 mod fetch;
 mod groups;
 mod init_producer_id;
@@ -274,6 +275,10 @@ async fn dispatch(
             Reply::Now(Some(admin::create_partitions(ctx, &mut req).await?))
         }
         ApiKey::DescribeConfigs => Reply::Now(Some(admin::describe_configs(ctx, &mut req)?)),
+        ApiKey::AlterConfigs => Reply::Now(Some(alter_configs::replace(ctx, &mut req).await?)),
+        ApiKey::IncrementalAlterConfigs => {
+            Reply::Now(Some(alter_configs::incremental(ctx, &mut req).await?))
+        }
         ApiKey::InitProducerId => Reply::Now(Some(init_producer_id::handle(ctx, &mut req)?)),
         ApiKey::FindCoordinator => Reply::Now(Some(groups::find_coordinator(ctx, &mut req)?)),
         ApiKey::JoinGroup => Reply::Later(groups::join_group(ctx, &mut req)?),

@@ -45,6 +45,8 @@ const SUPPORTED: &[Supported] = &[
     api(ApiKey::OffsetForLeaderEpoch, "offset_for_leader_epoch", 2, 2, 3),
     api(ApiKey::DescribeConfigs, "describe_configs", 1, 1, 2),
     api(ApiKey::CreatePartitions, "create_partitions", 0, 0, 2),
+    api(ApiKey::AlterConfigs, "alter_configs", 0, 0, 2),
+    api(ApiKey::IncrementalAlterConfigs, "incremental_alter_configs", 0, 0, 1),
     api(ApiKey::FindCoordinator, "find_coordinator", 0, 0, 3),
     api(ApiKey::JoinGroup, "join_group", 0, 0, 5),
     api(ApiKey::SyncGroup, "sync_group", 0, 0, 3),
@@ -130,6 +132,13 @@ mod tests {
             }
             ApiKey::DescribeConfigs => range!(DescribeConfigsRequest, DescribeConfigsResponse),
             ApiKey::CreatePartitions => range!(CreatePartitionsRequest, CreatePartitionsResponse),
+            ApiKey::AlterConfigs => range!(AlterConfigsRequest, AlterConfigsResponse),
+            ApiKey::IncrementalAlterConfigs => {
+                range!(
+                    IncrementalAlterConfigsRequest,
+                    IncrementalAlterConfigsResponse
+                )
+            }
             ApiKey::FindCoordinator => range!(FindCoordinatorRequest, FindCoordinatorResponse),
             ApiKey::JoinGroup => range!(JoinGroupRequest, JoinGroupResponse),
             ApiKey::SyncGroup => range!(SyncGroupRequest, SyncGroupResponse),

@@ -9,6 +9,7 @@
 //! what a deletion cut short left; `topics` holds topic configuration. This module owns the set
 //! of topics, the data-dir lock, clean-shutdown detection and appends.
 
+mod alteration;
 mod appender;
 pub mod batch;
 pub mod compaction;

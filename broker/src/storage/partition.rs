@@ -488,6 +488,11 @@ impl Partition {
         self.closed.store(true, Ordering::Release);
     }
 
+    /// The topic's settings changed: the next append rolls and indexes by these.
+    pub fn set_log_settings(&self, settings: LogSettings) {
+        *self.settings.lock().expect("settings lock") = settings;
+    }
+
     /// Whether appends are refused: its topic was deleted or the broker is stopping.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
