@@ -168,6 +168,19 @@ fn topic_configs_are_altered_in_place() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // An override the broker keeps without effect survives a later alter of other keys.
+    let kept = sluice.client(&[
+        "topics",
+        "alter",
+        "tuned",
+        "--config",
+        "min.insync.replicas=2",
+    ]);
+    assert!(
+        kept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
     let alter = sluice.client(&[
         "topics",
         "alter",
@@ -210,6 +223,10 @@ fn topic_configs_are_altered_in_place() {
             .into_owned();
     assert!(
         described.contains("retention.bytes\t16384\ttopic"),
+        "{described}"
+    );
+    assert!(
+        described.contains("min.insync.replicas\t2\ttopic"),
         "{described}"
     );
     assert!(

@@ -66,7 +66,14 @@ pub struct Mapped {
 /// Keys the contract gives a field of their own; every other key goes under `fields`.
 const MESSAGE_KEYS: [&str; 3] = ["message", "msg", "log"];
 
-pub fn map_record(schema: &LogSchema, record: &Record<'_>, max_bytes: usize) -> Mapped {
+/// `now_ms` is the indexer's clock: with the record's time, the latest an event's own time may
+/// plausibly be.
+pub fn map_record(
+    schema: &LogSchema,
+    record: &Record<'_>,
+    max_bytes: usize,
+    now_ms: i64,
+) -> Mapped {
     let mut malformed = None;
     let mut payload = record.payload;
     if payload.len() > max_bytes {
@@ -104,7 +111,9 @@ pub fn map_record(schema: &LogSchema, record: &Record<'_>, max_bytes: usize) -> 
     let id = match event {
         Some(event) => {
             doc.add_text(schema.source_doc, text.as_ref());
-            let (id, bad_timestamp) = map_event(schema, event, record.timestamp_ms, &mut doc);
+            let latest = record.timestamp_ms.max(now_ms).saturating_add(MAX_AHEAD_MS);
+            let (id, bad_timestamp) =
+                map_event(schema, event, record.timestamp_ms, latest, &mut doc);
             if bad_timestamp {
                 malformed = Some(Malformed::BadTimestamp);
             }
@@ -147,6 +156,7 @@ fn map_event(
     schema: &LogSchema,
     mut event: Map<String, Value>,
     record_ms: i64,
+    latest_ms: i64,
     doc: &mut TantivyDocument,
 ) -> (Option<String>, bool) {
     // An id that names nothing (null, "", an object) would make every such event a duplicate.
@@ -164,9 +174,10 @@ fn map_event(
     let (timestamp_ms, bad_timestamp) = match event.remove("timestamp") {
         None | Some(Value::Null) => (record_ms, false),
         Some(value) => match parse_event_time(&value) {
-            // A day or more past its record's time is a clock or a format gone wrong: indexed
-            // there, it would sit in a bucket retention does not reach for years.
-            Some(ms) if ms <= record_ms.saturating_add(MAX_AHEAD_MS) => (ms, false),
+            // A day or more past both its record's time and the indexer's clock is a clock or
+            // a format gone wrong: indexed there, it would sit in a bucket retention does not
+            // reach for years.
+            Some(ms) if ms <= latest_ms => (ms, false),
             _ => {
                 event.insert("timestamp".into(), value);
                 (record_ms, true)
@@ -294,8 +305,8 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
         .filter(|&ms| in_range(ms))
 }
 
-/// How far an event's own time may be past its Kafka record's; further is a bad timestamp (the
-/// event keeps it, the index uses the record's time).
+/// How far an event's own time may be past its Kafka record's and the indexer's clock; further
+/// is a bad timestamp (the event keeps it, the index uses the record's time).
 const MAX_AHEAD_MS: i64 = 24 * 3_600_000;
 
 /// Tantivy keeps dates as i64 nanoseconds: the years 1677 to 2262.
@@ -332,6 +343,7 @@ mod tests {
                 payload,
             },
             256,
+            RECORD_MS,
         )
     }
 

@@ -216,7 +216,12 @@ impl PartitionIndex {
             self.bucket_of(record.timestamp_ms.min(now_ms)),
             record.offset,
         )?;
-        let mapped = map_record(&self.schema, record, self.settings.max_document_bytes);
+        let mapped = map_record(
+            &self.schema,
+            record,
+            self.settings.max_document_bytes,
+            now_ms,
+        );
         self.next_offset = Some(record.offset + 1);
         if let Some(id) = &mapped.id {
             if self.holds_id(id)? {

@@ -267,7 +267,7 @@ fn raw_tantivy(
             timestamp_ms: now,
             payload: &payload,
         };
-        writer.add_document(map_record(&schema, &record, 1 << 20).doc)?;
+        writer.add_document(map_record(&schema, &record, 1 << 20, now).doc)?;
     }
     writer.commit()?;
     let seconds = started.elapsed().as_secs_f64();

@@ -6,7 +6,7 @@ confluent-kafka incremental_alter_configs sets retention.ms and segment.bytes; a
 (segment.bytes=10) comes back with the broker's reason and changes nothing; a delete of
 segment.bytes keeps retention.ms; kafka-python's alter_configs sets retention.bytes; and
 confluent-kafka's alter_configs (the older request, which replaces the overrides whole) leaves
-retention.bytes alone. Prints "ok" or "FAIL: ..." (exit 1).
+only the retention.bytes it sets. Prints "ok" or "FAIL: ..." (exit 1).
 """
 import sys
 

@@ -58,6 +58,8 @@ pub struct Coordinator {
     offsets_retention_ms: i64,
     /// Commits share it; an expiry takes it alone.
     expiring: tokio::sync::RwLock<()>,
+    /// When the broker started (ms): a group not heard of since is taken as idle from then.
+    started_ms: i64,
 }
 
 impl Coordinator {
@@ -86,6 +88,7 @@ impl Coordinator {
             initial_delay,
             offsets_retention_ms,
             expiring: tokio::sync::RwLock::new(()),
+            started_ms: crate::now_ms(),
         }))
     }
 
@@ -303,7 +306,8 @@ impl Coordinator {
                     let idle_since = match groups.get(id) {
                         Some(group) if !group.is_idle() => return None,
                         Some(group) => group.empty_since_ms,
-                        None => i64::MIN,
+                        // Not heard of since the start: its members may have left just before.
+                        None => self.started_ms,
                     };
                     let last = committed.values().map(|c| c.timestamp).max()?;
                     (now_ms.saturating_sub(last.max(idle_since)) >= self.offsets_retention_ms)
@@ -324,20 +328,55 @@ impl Coordinator {
                 })
             })
             .collect();
-        // A batch stays well under max.message.bytes.
-        for chunk in tombstones.chunks(1000) {
-            if let Err(code) = self.persist(chunk).await {
+        // Batches of at most 256 KiB of keys, well under max.message.bytes (ids are unbounded).
+        let mut start = 0;
+        while start < tombstones.len() {
+            let mut bytes = 0;
+            let end = tombstones[start..]
+                .iter()
+                .position(|(key, _)| {
+                    bytes += key.group.len() + key.topic.len() + 64;
+                    bytes > 256 << 10
+                })
+                .map_or(tombstones.len(), |n| start + n.max(1));
+            if let Err(code) = self.persist(&tombstones[start..end]).await {
                 tracing::warn!(code, "expiring committed offsets: tried again in a minute");
                 return;
             }
+            start = end;
         }
-        let mut groups = self.groups.lock().expect("groups lock");
-        let mut offsets = self.offsets.lock().expect("offsets lock");
-        for (group, _) in &doomed {
-            offsets.remove(group);
-            tracing::info!(%group, "committed offsets expired: the group was idle for offsets_retention_ms");
+        let mut rejoined: Vec<(OffsetKey, Option<Committed>)> = Vec::new();
+        {
+            let mut groups = self.groups.lock().expect("groups lock");
+            let mut offsets = self.offsets.lock().expect("offsets lock");
+            for (group, _) in &doomed {
+                if groups.get(group).is_some_and(|g| !g.is_idle()) {
+                    // A member joined while the tombstones were written: its offsets stay,
+                    // written again after them.
+                    let kept = offsets.get(group).into_iter().flatten();
+                    rejoined.extend(kept.map(|((topic, partition), committed)| {
+                        let key = OffsetKey {
+                            group: group.clone(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                        };
+                        (key, Some(committed.clone()))
+                    }));
+                    continue;
+                }
+                offsets.remove(group);
+                tracing::info!(%group, "committed offsets expired: the group was idle for offsets_retention_ms");
+            }
+            groups.retain(|id, group| !group.is_idle() || offsets.contains_key(id));
         }
-        groups.retain(|id, group| !group.is_idle() || offsets.contains_key(id));
+        if !rejoined.is_empty() {
+            if let Err(code) = self.persist(&rejoined).await {
+                tracing::error!(
+                    code,
+                    "writing again the offsets of a group that rejoined during their expiry"
+                );
+            }
+        }
     }
 
     /// Expires offsets every minute, in a task of its own: writing tombstones must not hold up

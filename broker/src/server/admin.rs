@@ -209,16 +209,24 @@ pub fn describe_configs(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, 
                     .as_ref()
                     .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
             };
-            let entries: Vec<(&'static str, String, i8)> = match resource.resource_type {
+            let entries: Vec<(String, String, i8)> = match resource.resource_type {
                 RESOURCE_TOPIC => match ctx.storage.topic(resource.resource_name.as_str()) {
                     Some(topic) => {
                         let overrides = topic.overrides();
-                        topic
+                        let mut entries: Vec<_> = topic
                             .settings()
                             .describe()
                             .into_iter()
-                            .map(|(name, value)| (name, value, source(&overrides, name)))
-                            .collect()
+                            .map(|(name, value)| (name.to_owned(), value, source(&overrides, name)))
+                            .collect();
+                        // Overrides accepted without effect are listed too: tools that alter
+                        // a topic by describing it and sending the whole set keep them.
+                        for (name, value) in overrides {
+                            if !entries.iter().any(|(known, _, _)| *known == name) {
+                                entries.push((name, value, SOURCE_TOPIC));
+                            }
+                        }
+                        entries
                     }
                     None => {
                         let e = TopicError::Unknown(resource.resource_name.to_string());
@@ -227,7 +235,10 @@ pub fn describe_configs(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, 
                             .with_error_message(message(&e));
                     }
                 },
-                RESOURCE_BROKER => broker_configs(ctx),
+                RESOURCE_BROKER => broker_configs(ctx)
+                    .into_iter()
+                    .map(|(name, value, source)| (name.to_owned(), value, source))
+                    .collect(),
                 other => {
                     return result
                         .with_error_code(ResponseError::InvalidRequest.code())
@@ -241,7 +252,7 @@ pub fn describe_configs(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, 
                 .filter(|(name, _, _)| wanted(name))
                 .map(|(name, value, source)| {
                     DescribeConfigsResourceResult::default()
-                        .with_name(StrBytes::from_static_str(name))
+                        .with_name(StrBytes::from_string(name))
                         .with_value(Some(StrBytes::from_string(value)))
                         .with_config_source(source)
                 })

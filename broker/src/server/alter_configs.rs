@@ -72,8 +72,8 @@ pub async fn incremental(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes,
                     }
                     (op, _) => {
                         return Err(format!(
-                            "config {key}: operation {op} (append, subtract) is for list configs, \
-                             and no topic config here is a list"
+                            "config {key}: operation {op} (append, subtract) is not supported; \
+                             set the whole value (cleanup.policy=compact,delete)"
                         ))
                     }
                 }

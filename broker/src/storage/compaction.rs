@@ -84,14 +84,26 @@ pub fn compact(
     now_ms: i64,
 ) -> anyhow::Result<Vec<Rewrite>> {
     let mut newest: HashMap<Bytes, i64> = HashMap::new();
+    // Where the first batch kept whole is: its keys are unknown, so no tombstone after it may
+    // expire (a value of its key in the whole batch would come back).
+    let mut first_whole = i64::MAX;
     for segment in closed.iter().chain([active]) {
-        each_batch(segment, |_, decoded| {
-            if let Decoded::Records(records, _) = decoded {
-                for r in records {
-                    if let Some(key) = r.key {
-                        newest.insert(key, r.offset);
+        each_batch(segment, |header, decoded| {
+            match decoded {
+                Decoded::Records(records, _) => {
+                    for r in records {
+                        let Some(key) = r.key else { continue };
+                        match newest.get_mut(&key) {
+                            Some(offset) => *offset = r.offset,
+                            // A copy: the decoded key shares its whole batch's buffer, which
+                            // the map would keep alive.
+                            None => {
+                                newest.insert(Bytes::copy_from_slice(&key), r.offset);
+                            }
+                        }
                     }
                 }
+                Decoded::Whole(_) => first_whole = first_whole.min(header.base_offset),
             }
             Ok(())
         })?;
@@ -100,12 +112,14 @@ pub fn compact(
         None => true,
         Some(key) => {
             let latest = newest.get(key) == Some(&r.offset);
-            let expired_tombstone = r.value.is_none() && r.timestamp < now_ms - delete_retention_ms;
+            let expired_tombstone = r.value.is_none()
+                && r.timestamp < now_ms - delete_retention_ms
+                && r.offset < first_whole;
             latest && !expired_tombstone
         }
     };
     let mut rewrites = Vec::new();
-    for segment in closed {
+    let planned = closed.iter().try_for_each(|segment| {
         let mut removed = 0u64;
         each_batch(segment, |_, decoded| {
             if let Decoded::Records(records, _) = decoded {
@@ -113,15 +127,23 @@ pub fn compact(
             }
             Ok(())
         })?;
-        if removed == 0 {
-            continue;
+        if removed > 0 {
+            rewrites.push(Rewrite {
+                base_offset: segment.base_offset,
+                cleaned: write_cleaned(segment, &keep)?,
+                removed,
+            });
         }
-        let cleaned = write_cleaned(segment, &keep)?;
-        rewrites.push(Rewrite {
-            base_offset: segment.base_offset,
-            cleaned,
-            removed,
-        });
+        anyhow::Ok(())
+    });
+    if let Err(e) = planned {
+        // The cleaned files written so far are not swapped in: none may stay behind.
+        for rewrite in &rewrites {
+            if let Some(path) = &rewrite.cleaned {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        return Err(e);
     }
     Ok(rewrites)
 }
@@ -133,7 +155,23 @@ fn write_cleaned(
     keep: &impl Fn(&Record) -> bool,
 ) -> anyhow::Result<Option<PathBuf>> {
     let path = segment.path.with_extension("cleaned");
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+    let written = write_batches(segment, keep, &path);
+    match written {
+        Ok(true) => Ok(Some(path)),
+        Ok(false) | Err(_) => {
+            let _ = std::fs::remove_file(&path);
+            written.map(|_| None)
+        }
+    }
+}
+
+/// Writes the surviving batches to `path`, synced; whether any survived.
+fn write_batches(
+    segment: &SegmentFile,
+    keep: &impl Fn(&Record) -> bool,
+    path: &std::path::Path,
+) -> anyhow::Result<bool> {
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let mut written = false;
     each_batch(segment, |header, decoded| {
         let (mut records, compression) = match decoded {
@@ -173,13 +211,10 @@ fn write_cleaned(
         Ok(())
     })?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
-    if !written {
-        drop(file);
-        std::fs::remove_file(&path)?;
-        return Ok(None);
+    if written {
+        file.sync_all()?;
     }
-    file.sync_all()?;
-    Ok(Some(path))
+    Ok(written)
 }
 
 #[cfg(test)]

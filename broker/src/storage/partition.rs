@@ -109,13 +109,18 @@ impl Partition {
                 super::sync_dir(parent)?;
             }
         }
-        let mut bases: Vec<i64> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".log")?.parse().ok()
-            })
-            .collect();
+        let mut bases: Vec<i64> = Vec::new();
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if name.ends_with(".cleaned") {
+                // A compaction cut short before its swap: the segment itself is whole.
+                let _ = std::fs::remove_file(entry.path());
+            } else if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse().ok()) {
+                bases.push(base);
+            }
+        }
         bases.sort_unstable();
         let mut segments = BTreeMap::new();
         let last = bases.last().copied();

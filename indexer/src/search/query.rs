@@ -87,18 +87,22 @@ fn nesting(q: &str) -> usize {
     deepest
 }
 
-/// Parentheses outside quotes that do not pair up: the grammar drops them silently and the
-/// query means something else. Inside double or single quotes nothing counts (a false
-/// negative at worst, never a refusal of a good query).
+/// Parentheses outside quotes and regexes that do not pair up: the grammar drops them silently
+/// and the query means something else. Inside double or single quotes, or a `/regex/` that
+/// starts a term, nothing counts (a false negative at worst, never a refusal of a good query).
 fn unbalanced(q: &str) -> Option<String> {
     let (mut depth, mut quote, mut escaped) = (0i64, None, false);
+    let mut previous = ' ';
     for c in q.chars() {
+        let starts_term = previous.is_whitespace() || matches!(previous, ':' | '(' | '+' | '-');
+        previous = c;
         match (quote, c) {
             _ if escaped => escaped = false,
             (_, '\\') => escaped = true,
             (Some(open), c) if c == open => quote = None,
             (Some(_), _) => {}
             (None, '"' | '\'') => quote = Some(c),
+            (None, '/') if starts_term => quote = Some('/'),
             (None, '(') => depth += 1,
             (None, ')') => {
                 depth -= 1;
@@ -301,6 +305,13 @@ mod tests {
             assert!(super::unbalanced(unbalanced).is_some(), "{unbalanced}");
         }
         assert_eq!(super::unbalanced("(a OR (b AND c))"), None);
+        for regex in [r"message:/\([^)]*\)/", "host:/[(]/ AND (a)", "/x(/"] {
+            assert_eq!(super::unbalanced(regex), None, "{regex}");
+        }
+        assert!(
+            super::unbalanced("a/b (c").is_some(),
+            "a / inside a word is no regex"
+        );
         assert_eq!(super::unbalanced("\"a)\" (b) 'c(' don\\'t"), None);
         assert!(parse(&parser, "*").is_ok());
     }

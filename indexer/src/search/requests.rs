@@ -60,9 +60,10 @@ pub struct FieldSummary {
     pub values: Vec<TopValue>,
 }
 
-/// Where the live tail has read up to, per partition.
+/// Where the live tail has read up to, per partition, and the partition whose turn comes first
+/// at the next call (so that a bounded answer does not always favour the low partitions).
 #[derive(Debug, Default, Clone)]
-pub struct TailCursor(BTreeMap<i32, u64>);
+pub struct TailCursor(BTreeMap<i32, u64>, i32);
 
 /// Most buckets a histogram may have; more is a request for a coarser interval.
 const MAX_BUCKETS: i64 = 10_000;
@@ -389,7 +390,8 @@ impl SearchService {
                 (*rank, m)
             })
             .collect();
-        ranked.sort_by_key(|(rank, (partition, _, _, _))| (*rank, *partition));
+        let first = cursor.1;
+        ranked.sort_by_key(|(rank, (partition, _, _, _))| (*rank, *partition < first, *partition));
         let (mut found, mut bytes) = (Vec::new(), 0);
         for (_, (partition, offset, i, address)) in ranked {
             if bytes >= MAX_ANSWER_BYTES || below.get(&partition).is_some_and(|end| offset >= *end)
@@ -410,6 +412,7 @@ impl SearchService {
             let (hit, size) = self.hit(view, ms, address)?;
             bytes += size;
             found.push((partition, offset, hit));
+            cursor.1 = partition + 1;
         }
         found.sort_by_key(|(partition, offset, _)| (*partition, *offset));
         for (partition, offset, _) in &found {
@@ -514,7 +517,7 @@ mod tests {
             start_ms: None,
             end_ms: None,
         };
-        let mut cursor = TailCursor(Default::default());
+        let mut cursor = TailCursor::default();
         let first = service.tail(&spec, &mut cursor).unwrap();
         assert!(
             first.len() < 40,
