@@ -119,7 +119,7 @@ pub fn compact(
         }
     };
     let mut rewrites = Vec::new();
-    let planned = closed.iter().try_for_each(|segment| {
+    let planned = closed.iter().enumerate().try_for_each(|(i, segment)| {
         let mut removed = 0u64;
         each_batch(segment, |_, decoded| {
             if let Decoded::Records(records, _) = decoded {
@@ -130,7 +130,9 @@ pub fn compact(
         if removed > 0 {
             rewrites.push(Rewrite {
                 base_offset: segment.base_offset,
-                cleaned: write_cleaned(segment, &keep)?,
+                // The first segment stays, empty if need be: its base offset is the log's
+                // start, and a consumer reading from it must not be told its offset is gone.
+                cleaned: write_cleaned(segment, &keep, i == 0)?,
                 removed,
             });
         }
@@ -149,16 +151,18 @@ pub fn compact(
 }
 
 /// Re-encodes the surviving records batch by batch (same producer fields, compression and
-/// offsets) into `<segment>.cleaned`, synced; `None` (and no file) when nothing survives.
+/// offsets) into `<segment>.cleaned`, synced; `None` (and no file) when nothing survives,
+/// unless the segment is to be kept `even_empty`.
 fn write_cleaned(
     segment: &SegmentFile,
     keep: &impl Fn(&Record) -> bool,
+    even_empty: bool,
 ) -> anyhow::Result<Option<PathBuf>> {
     let path = segment.path.with_extension("cleaned");
     let written = write_batches(segment, keep, &path);
     match written {
-        Ok(true) => Ok(Some(path)),
-        Ok(false) | Err(_) => {
+        Ok(any) if any || even_empty => Ok(Some(path)),
+        _ => {
             let _ = std::fs::remove_file(&path);
             written.map(|_| None)
         }
@@ -211,9 +215,7 @@ fn write_batches(
         Ok(())
     })?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
-    if written {
-        file.sync_all()?;
-    }
+    file.sync_all()?;
     Ok(written)
 }
 
@@ -269,5 +271,43 @@ mod tests {
         let rest = BatchHeader::parse(&cleaned[big.len()..]).unwrap();
         assert_eq!(rest.base_offset, 2);
         assert_eq!(cleaned.len(), big.len() + rest.size);
+    }
+}
+
+#[cfg(test)]
+mod first_segment {
+    use super::*;
+    use crate::storage::batch::testing::one_record;
+
+    /// A first segment whose records are all superseded stays, empty: its base offset is the
+    /// log's start, and a consumer reading from there must not be told its offset is gone.
+    /// A later one that empties goes.
+    #[test]
+    fn the_first_segment_stays_even_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |offset: i64, value: &[u8]| {
+            let mut batch = one_record(Some(b"k"), value);
+            batch[..8].copy_from_slice(&offset.to_be_bytes());
+            batch
+        };
+        let segment = |base: i64, bytes: Vec<u8>| {
+            let path = dir.path().join(format!("{base}.log"));
+            std::fs::write(&path, &bytes).unwrap();
+            SegmentFile {
+                base_offset: base,
+                path,
+                size: bytes.len() as u64,
+            }
+        };
+        let closed = [segment(0, at(0, b"a")), segment(1, at(1, b"b"))];
+        let active = segment(2, at(2, b"c"));
+        let rewrites = compact(&closed, &active, 0, 0).unwrap();
+        assert_eq!(rewrites.len(), 2);
+        let first = rewrites[0]
+            .cleaned
+            .as_ref()
+            .expect("the first segment stays");
+        assert_eq!(std::fs::metadata(first).unwrap().len(), 0);
+        assert!(rewrites[1].cleaned.is_none());
     }
 }
