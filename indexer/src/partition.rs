@@ -24,6 +24,21 @@ pub struct WriterSettings {
     pub lock_wait: Duration,
 }
 
+#[cfg(test)]
+impl WriterSettings {
+    /// One small writer, hour-long buckets, no retention: for tests.
+    pub fn for_tests() -> Self {
+        Self {
+            memory_bytes: 15_000_000,
+            threads: 1,
+            bucket_ms: 3_600_000,
+            retention_ms: 0,
+            max_document_bytes: 1 << 20,
+            lock_wait: Duration::from_millis(200),
+        }
+    }
+}
+
 /// What became of one record.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Added {

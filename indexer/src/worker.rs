@@ -301,14 +301,7 @@ mod tests {
     use crate::schema::LogSchema;
 
     fn worker(dir: &std::path::Path, partition: i32, all: &Arc<AtomicUsize>) -> PartitionWorker {
-        let settings = WriterSettings {
-            memory_bytes: 15_000_000,
-            threads: 1,
-            bucket_ms: 3_600_000,
-            retention_ms: 0,
-            max_document_bytes: 1 << 20,
-            lock_wait: Duration::from_millis(200),
-        };
+        let settings = WriterSettings::for_tests();
         let index = PartitionIndex::open(dir, partition, LogSchema::new(), settings).unwrap();
         let metrics = IndexerMetrics::register(&prometheus::Registry::new()).unwrap();
         PartitionWorker::start(index, Duration::from_secs(60), metrics, all.clone()).unwrap()

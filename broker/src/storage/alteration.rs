@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::topics::TopicSettings;
-use super::{is_internal, Storage, TopicError};
+use super::{Storage, TopicError};
 
 impl Storage {
     /// Changes `name`'s config overrides with `change` (an error there is the request's
@@ -17,13 +17,7 @@ impl Storage {
         change: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), String>,
         validate_only: bool,
     ) -> Result<(), TopicError> {
-        if is_internal(name) {
-            return Err(TopicError::Internal(name.to_owned()));
-        }
-        let _admin = self.admin.lock().await;
-        let topic = self
-            .topic(name)
-            .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+        let (_admin, topic) = self.topic_to_change(name).await?;
         let mut configs = topic.overrides();
         change(&mut configs).map_err(TopicError::InvalidConfig)?;
         let settings =

@@ -375,6 +375,22 @@ impl Storage {
         Ok(topic)
     }
 
+    /// For a change to the topic `name`: refuses the internal one, takes the admin lock (held
+    /// while the guard lives) and finds the topic.
+    async fn topic_to_change(
+        &self,
+        name: &str,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Arc<Topic>), TopicError> {
+        if is_internal(name) {
+            return Err(TopicError::Internal(name.to_owned()));
+        }
+        let admin = self.admin.lock().await;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+        Ok((admin, topic))
+    }
+
     /// Grows a topic to `total` partitions (Kafka never shrinks one).
     pub async fn add_partitions(
         &self,
@@ -382,13 +398,7 @@ impl Storage {
         total: i32,
         validate_only: bool,
     ) -> Result<(), TopicError> {
-        if is_internal(name) {
-            return Err(TopicError::Internal(name.to_owned()));
-        }
-        let _admin = self.admin.lock().await;
-        let topic = self
-            .topic(name)
-            .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+        let (_admin, topic) = self.topic_to_change(name).await?;
         let current = topic.partition_count();
         if total <= current || total > 10_000 {
             return Err(TopicError::InvalidPartitions(format!(

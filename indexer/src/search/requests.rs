@@ -484,14 +484,7 @@ mod tests {
         let topic_dir = crate::layout::topic_dir(tmp.path(), "logs");
         let filler = "x".repeat(900_000);
         for partition in 0..2 {
-            let settings = WriterSettings {
-                memory_bytes: 15_000_000,
-                threads: 1,
-                bucket_ms: 3_600_000,
-                retention_ms: 0,
-                max_document_bytes: 1 << 20,
-                lock_wait: std::time::Duration::from_millis(200),
-            };
+            let settings = WriterSettings::for_tests();
             let mut index =
                 PartitionIndex::open(&topic_dir, partition, LogSchema::new(), settings).unwrap();
             for offset in 0..20 {
