@@ -344,6 +344,27 @@ fn a_full_spool_drops_and_counts_with_the_drop_policy() {
     assert!(agent.metric("sluice_agent_spool_dropped_total") > 0.0);
 }
 
+/// `logger` sends `<tag> 0` to `<tag> <count - 1>` over TCP; waits until the agent has read
+/// `read` messages in all.
+fn send_numbered(port: &str, agent: &AgentProcess, tag: &str, count: usize, read: usize) {
+    for n in 0..count {
+        logger(port, &["-T", "-t", tag, &format!("{tag} {n}")]);
+    }
+    wait_until("the messages read", Duration::from_secs(20), || {
+        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= read as f64
+    });
+}
+
+/// Every message `first` and `<tag> 0..count` is on `logs`, however many times it was sent.
+fn assert_arrived_once(sluice: &Sluice, first: &str, tag: &str, count: usize) {
+    let mut messages = logs_messages(sluice, count + 1);
+    messages.dedup();
+    let mut expected: Vec<String> = (0..count).map(|n| format!("{tag} {n}")).collect();
+    expected.push(first.into());
+    expected.sort_unstable();
+    assert_eq!(messages, expected);
+}
+
 /// SIGTERM to an agent holding events the broker has not acknowledged: it keeps them in the
 /// spool and, nothing being lost, exits 0.
 fn stop_keeping_unsent_events(agent: &mut AgentProcess) {
@@ -381,21 +402,11 @@ fn syslog_messages_held_at_a_stop_with_the_broker_away_are_sent_after_the_next_s
         || agent.metric("sluice_agent_events_sent_total") >= 1.0,
     );
     sluice.kill9();
-    for n in 0..10 {
-        logger(&port, &["-T", "-t", "held", &format!("held {n}")]);
-    }
-    wait_until("the held messages read", Duration::from_secs(20), || {
-        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 11.0
-    });
+    send_numbered(&port, &agent, "held", 10, 11);
     stop_keeping_unsent_events(&mut agent);
     sluice.restart();
     let _agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
-    let mut messages = logs_messages(&sluice, 11);
-    messages.dedup();
-    let mut expected: Vec<String> = (0..10).map(|n| format!("held {n}")).collect();
-    expected.push("before the broker went".into());
-    expected.sort_unstable();
-    assert_eq!(messages, expected);
+    assert_arrived_once(&sluice, "before the broker went", "held", 10);
 }
 
 /// SIGTERM while the cluster refuses the topic (auto-creation off, not made yet): the syslog
@@ -420,21 +431,11 @@ fn syslog_messages_refused_at_a_stop_are_sent_after_the_next_start() {
         Duration::from_secs(30),
         || agent.log_text().contains("refuses records"),
     );
-    for n in 0..5 {
-        logger(&port, &["-T", "-t", "refused", &format!("refused {n}")]);
-    }
-    wait_until("the messages read", Duration::from_secs(20), || {
-        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_tcp"}"#) >= 6.0
-    });
+    send_numbered(&port, &agent, "refused", 5, 6);
     stop_keeping_unsent_events(&mut agent);
     sluice.create_topic("logs", 3, &[]);
     let _agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
-    let mut messages = logs_messages(&sluice, 6);
-    messages.dedup();
-    let mut expected: Vec<String> = (0..5).map(|n| format!("refused {n}")).collect();
-    expected.push("refused first".into());
-    expected.sort_unstable();
-    assert_eq!(messages, expected);
+    assert_arrived_once(&sluice, "refused first", "refused", 5);
 }
 
 /// With the broker away and a small spool set to block, a TCP flood is held back at the door
