@@ -214,6 +214,19 @@ pub mod testing {
         value: &[u8],
         compression: kafka_protocol::records::Compression,
     ) -> Vec<u8> {
+        encode_one(key, Some(value), compression)
+    }
+
+    /// A batch of one tombstone (a null value) for `key`, as compaction deletes a key.
+    pub fn tombstone(key: &[u8]) -> Vec<u8> {
+        encode_one(Some(key), None, kafka_protocol::records::Compression::None)
+    }
+
+    fn encode_one(
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        compression: kafka_protocol::records::Compression,
+    ) -> Vec<u8> {
         use kafka_protocol::records::{
             Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
         };
@@ -228,7 +241,7 @@ pub mod testing {
             sequence: -1,
             timestamp: 1_700_000_000_000,
             key: key.map(bytes::Bytes::copy_from_slice),
-            value: Some(bytes::Bytes::copy_from_slice(value)),
+            value: value.map(bytes::Bytes::copy_from_slice),
             headers: Default::default(),
             delete_horizon: false,
         };

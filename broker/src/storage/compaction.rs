@@ -222,7 +222,7 @@ fn write_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::batch::testing::one_record_compressed;
+    use crate::storage::batch::testing::{one_record_compressed, tombstone};
     use crate::storage::compress::MAX_DECODED_BYTES;
 
     fn at(offset: i64, mut batch: Vec<u8>) -> Vec<u8> {
@@ -271,6 +271,38 @@ mod tests {
         let rest = BatchHeader::parse(&cleaned[big.len()..]).unwrap();
         assert_eq!(rest.base_offset, 2);
         assert_eq!(cleaned.len(), big.len() + rest.size);
+    }
+
+    /// A whole batch's keys are unknown, so a tombstone after it must stay: expiring it would
+    /// bring back the value of its key that the whole batch may hold. One before it may go.
+    #[test]
+    fn a_tombstone_after_a_batch_kept_whole_does_not_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = vec![0u8; MAX_DECODED_BYTES as usize + 1];
+        let log = [
+            at(0, tombstone(b"early")),
+            at(
+                1,
+                one_record_compressed(Some(b"late"), &huge, Compression::Gzip),
+            ),
+            at(2, tombstone(b"late")),
+        ]
+        .concat();
+        let closed = segment(dir.path().join("0.log"), 0, &log);
+        let active = segment(dir.path().join("3.log"), 3, b"");
+        let now = 1_700_000_000_000 + 10_000;
+        let rewrites = compact(&[closed], &active, 1_000, now).unwrap();
+        assert_eq!(rewrites.len(), 1);
+        assert_eq!(
+            rewrites[0].removed, 1,
+            "only the tombstone before it expired"
+        );
+        let cleaned = std::fs::read(rewrites[0].cleaned.as_ref().unwrap()).unwrap();
+        let kept = BatchHeader::parse(&cleaned).unwrap();
+        assert_eq!(kept.base_offset, 1, "the whole batch first");
+        let after = BatchHeader::parse(&cleaned[kept.size..]).unwrap();
+        assert_eq!(after.base_offset, 2, "then the tombstone after it");
+        assert_eq!(cleaned.len(), kept.size + after.size);
     }
 }
 
