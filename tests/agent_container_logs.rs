@@ -56,6 +56,15 @@ fn docker_and_cri_logs_arrive_joined_and_labelled() {
          2026-11-23T10:00:03.000000002Z stderr F last part\n",
     )
     .unwrap();
+    // The kubelet's link to the log names the container's id.
+    let links = tmp.path().join("containers");
+    std::fs::create_dir_all(&links).unwrap();
+    let nginx_id = "c7".repeat(32);
+    std::os::unix::fs::symlink(
+        pod.join("0.log"),
+        links.join(format!("web-7d9f_shop_nginx-{nginx_id}.log")),
+    )
+    .unwrap();
     let config = format!(
         r#"
 [agent]
@@ -69,10 +78,12 @@ root = "{docker}"
 [agent.cri]
 logs = true
 root = "{pods}"
+containers = "{links}"
 "#,
         kafka = sluice.kafka,
         docker = docker.display(),
         pods = pods.display(),
+        links = links.display(),
     );
     let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
     wait_until("five events acknowledged", Duration::from_secs(60), || {
@@ -109,6 +120,7 @@ root = "{pods}"
     assert_eq!(cri["timestamp"], "2026-11-23T10:00:03.000000000Z");
     assert_eq!(cri["source"], "shop/web-7d9f/nginx");
     assert_eq!(cri["container"]["name"], "nginx");
+    assert_eq!(cri["container"]["id"], nginx_id);
     assert_eq!(
         cri["container"]["labels"]["io.kubernetes.pod.namespace"],
         "shop"

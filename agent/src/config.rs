@@ -153,7 +153,7 @@ pub struct CriConfig {
     pub logs: bool,
     pub root: String,
     /// The kubelet's links `<pod>_<namespace>_<container>-<id>.log`: they give the cgroup
-    /// metrics of a container its pod, namespace and name.
+    /// metrics of a container its pod, namespace and name, and a CRI log its container's id.
     pub containers: String,
 }
 

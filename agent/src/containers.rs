@@ -4,7 +4,7 @@
 //! record a reader can use.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -120,6 +120,25 @@ impl KubeletLinks {
 
     pub fn get(&self, id: &str) -> Option<Arc<PodContainer>> {
         self.known.get(id).cloned()
+    }
+
+    /// The id of the container whose link points at `log` (a file under `/var/log/pods`),
+    /// reading the links again; `None` where no link does (not a Kubernetes node, or the
+    /// container's log has since moved on to its next restart).
+    pub fn id_of_log(&mut self, pod: &PodContainer, log: &Path) -> Option<String> {
+        self.refresh();
+        let target = std::fs::canonicalize(log).ok()?;
+        self.known
+            .iter()
+            .filter(|(_, known)| known.as_ref() == pod)
+            .find(|(id, _)| {
+                let link = self.dir.join(format!(
+                    "{}_{}_{}-{id}.log",
+                    pod.pod, pod.namespace, pod.container
+                ));
+                std::fs::canonicalize(link).is_ok_and(|linked| linked == target)
+            })
+            .map(|(id, _)| id.clone())
     }
 }
 

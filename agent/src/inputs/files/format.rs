@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::tailer::Line;
-use crate::containers::DockerContainers;
+use crate::containers::{DockerContainers, KubeletLinks, PodContainer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -262,7 +262,12 @@ pub struct Origin {
 }
 
 impl Origin {
-    pub fn of(path: &Path, format: Format, docker: &mut DockerContainers) -> Self {
+    pub fn of(
+        path: &Path,
+        format: Format,
+        docker: &mut DockerContainers,
+        kubelet: &mut KubeletLinks,
+    ) -> Self {
         let dir_name = |p: Option<&Path>| {
             p.and_then(Path::file_name)
                 .map(|n| n.to_string_lossy().into_owned())
@@ -312,9 +317,18 @@ impl Origin {
                     ("io.kubernetes.pod.name", pod_name),
                     ("io.kubernetes.pod.uid", uid),
                 ]);
+                let mut container = json!({"name": name, "labels": labels});
+                let pod = PodContainer {
+                    namespace: namespace.to_owned(),
+                    pod: pod_name.to_owned(),
+                    container: name.clone(),
+                };
+                if let Some(id) = kubelet.id_of_log(&pod, path) {
+                    container["id"] = json!(id);
+                }
                 Self {
                     source: format!("{namespace}/{pod_name}/{name}"),
-                    container: Some(json!({"name": name, "labels": labels})),
+                    container: Some(container),
                 }
             }
         }
@@ -444,11 +458,13 @@ mod tests {
     #[test]
     fn origins_from_paths() {
         let mut docker = DockerContainers::new("/nonexistent");
+        let mut kubelet = KubeletLinks::new("/nonexistent");
         let id = "ab".repeat(32);
         let origin = Origin::of(
             Path::new(&format!("/var/lib/docker/containers/{id}/{id}-json.log")),
             Format::Docker,
             &mut docker,
+            &mut kubelet,
         );
         assert_eq!(origin.source, &id[..12]);
         assert_eq!(origin.container.unwrap()["id"], id);
@@ -456,6 +472,7 @@ mod tests {
             Path::new("/var/log/pods/shop_web-7d9f_5f0c3a2e-8d1b/nginx/0.log"),
             Format::Cri,
             &mut docker,
+            &mut kubelet,
         );
         assert_eq!(origin.source, "shop/web-7d9f/nginx");
         let container = origin.container.unwrap();
@@ -465,5 +482,35 @@ mod tests {
             container["labels"]["io.kubernetes.pod.uid"],
             "5f0c3a2e-8d1b"
         );
+        assert!(container.get("id").is_none(), "no kubelet links here");
+    }
+
+    /// A CRI log's container id comes from the kubelet link that points at it; a link of the
+    /// same container's earlier restart, pointing elsewhere, is not it.
+    #[test]
+    fn a_cri_log_takes_its_container_id_from_the_kubelet_link() {
+        let root = tempfile::tempdir().unwrap();
+        let logs = root.path().join("pods/shop_web-7d9f_5f0c3a2e/nginx");
+        let links = root.path().join("containers");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(&links).unwrap();
+        let (old, new) = ("0a".repeat(32), "1b".repeat(32));
+        for (restart, id) in [(0, &old), (1, &new)] {
+            let log = logs.join(format!("{restart}.log"));
+            std::fs::write(&log, "").unwrap();
+            std::os::unix::fs::symlink(&log, links.join(format!("web-7d9f_shop_nginx-{id}.log")))
+                .unwrap();
+        }
+        let mut docker = DockerContainers::new("/nonexistent");
+        let mut kubelet = KubeletLinks::new(links.to_str().unwrap());
+        for (restart, id) in [(1, &new), (0, &old)] {
+            let origin = Origin::of(
+                &logs.join(format!("{restart}.log")),
+                Format::Cri,
+                &mut docker,
+                &mut kubelet,
+            );
+            assert_eq!(origin.container.unwrap()["id"], json!(id));
+        }
     }
 }

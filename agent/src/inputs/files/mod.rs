@@ -28,7 +28,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use crate::config::AgentConfig;
-use crate::containers::DockerContainers;
+use crate::containers::{DockerContainers, KubeletLinks};
 use crate::shipper::Shipper;
 use format::Format;
 use notices::Notices;
@@ -97,6 +97,7 @@ impl FilesInput {
             registry,
             multiline,
             docker: DockerContainers::new(&config.docker.root),
+            kubelet: KubeletLinks::new(&config.cri.containers),
             watcher,
             followed: HashMap::new(),
             waiting: HashMap::new(),

@@ -19,7 +19,7 @@ use super::tailer::{self, Read, Tailer};
 use super::watch_root;
 use crate::acks::Settle;
 use crate::config::FilesConfig;
-use crate::containers::DockerContainers;
+use crate::containers::{DockerContainers, KubeletLinks};
 use crate::shipper::Shipper;
 
 const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -52,6 +52,8 @@ pub struct Reader {
     pub registry: Registry,
     pub multiline: Option<regex::bytes::Regex>,
     pub docker: DockerContainers,
+    /// The kubelet's log links, which give a CRI log its container's id.
+    pub kubelet: KubeletLinks,
     pub watcher: notify::RecommendedWatcher,
     pub followed: HashMap<(u64, u64), Followed>,
     /// Files that look like a copy of one still being read: since when, and in which pass.
@@ -275,7 +277,12 @@ impl Reader {
             len,
             "agent: following a file"
         );
-        let origin = Arc::new(Origin::of(&path, format, &mut self.docker));
+        let origin = Arc::new(Origin::of(
+            &path,
+            format,
+            &mut self.docker,
+            &mut self.kubelet,
+        ));
         let max = self.config.max_line_bytes;
         let joiner = self.multiline.as_ref().map(|start| {
             let timeout = Duration::from_millis(self.config.multiline_timeout_ms);
