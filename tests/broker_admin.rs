@@ -254,4 +254,34 @@ fn topic_configs_are_altered_in_place() {
         described.contains("retention.bytes\t16384\ttopic"),
         "{described}"
     );
+    // A refused change is an error that says why, and changes nothing.
+    let refused = sluice.client(&[
+        "topics",
+        "alter",
+        "tuned",
+        "--config",
+        "retention.bytes=1",
+        "--config",
+        "cleanup.policy=zap",
+    ]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("cleanup.policy=\"zap\": expected delete, compact or compact,delete"),
+        "{said}"
+    );
+    let described =
+        String::from_utf8_lossy(&sluice.client(&["topics", "describe", "tuned"]).stdout)
+            .into_owned();
+    assert!(
+        described.contains("retention.bytes\t16384\ttopic"),
+        "{described}"
+    );
+    let refused = sluice.client(&["topics", "create", "other", "--config", "retention.ms=soon"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("retention.ms=\"soon\": expected milliseconds or -1"),
+        "{said}"
+    );
 }

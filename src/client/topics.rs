@@ -1,6 +1,6 @@
 //! `sluice topics list|create|alter|describe|delete`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
 use anyhow::{bail, Context as _};
@@ -10,6 +10,9 @@ use rdkafka::admin::{
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use sluice_broker::storage::topics::{validate_topic_name, TopicSettings};
+use sluice_broker::BrokerConfig;
 
 use super::{config, TIMEOUT};
 use crate::cli::{TopicsAction, TopicsArgs};
@@ -69,18 +72,38 @@ async fn create(
     // -1: the cluster's default replication (one copy on a Sluice broker; a Kafka cluster's
     // default.replication.factor), as for the partition count.
     let mut topic = NewTopic::new(name, partitions.unwrap_or(-1), TopicReplication::Fixed(-1));
+    let mut wanted = BTreeMap::new();
     for entry in configs {
         let (key, value) = key_value(entry)?;
         topic = topic.set(key, value);
+        wanted.insert(key.to_owned(), value.to_owned());
     }
     let results = admin(brokers)?.create_topics([&topic], &options()).await?;
     for result in results {
         match result {
             Ok(name) => println!("created topic {name}"),
-            Err((name, code)) => bail!("cannot create topic {name}: {code}"),
+            Err((name, code)) => bail!(
+                "cannot create topic {name}: {code}{}",
+                reason(code, &name, &wanted)
+            ),
         }
     }
     Ok(())
+}
+
+/// Why a Sluice broker refuses a topic's name or configs, for a refusal's code: the admin
+/// client passes on the broker's error code but not its message, so the broker's own checks
+/// are run again here. Empty for other codes, and where those checks find nothing (a Kafka
+/// cluster refusing for a reason of its own).
+fn reason(code: RDKafkaErrorCode, name: &str, configs: &BTreeMap<String, String>) -> String {
+    let found = match code {
+        RDKafkaErrorCode::InvalidConfig => {
+            TopicSettings::resolve(&BrokerConfig::default(), configs).err()
+        }
+        RDKafkaErrorCode::InvalidTopic => validate_topic_name(name).err(),
+        _ => None,
+    };
+    found.map(|why| format!(": {why}")).unwrap_or_default()
 }
 
 /// `KEY=VALUE` of a `--config`.
@@ -91,7 +114,9 @@ fn key_value(entry: &str) -> anyhow::Result<(&str, &str)> {
 }
 
 /// AlterConfigs replaces a topic's overrides whole (rdkafka has no IncrementalAlterConfigs):
-/// the overrides it has are read first, so that only the ones named change.
+/// the overrides it has are read first, so that only the ones named change. rdkafka does not
+/// pass on a refusal of AlterConfigs (every resource comes back as altered), so the overrides
+/// are read again after, and a change that did not take is an error.
 async fn alter(
     brokers: &str,
     name: &str,
@@ -102,18 +127,7 @@ async fn alter(
         bail!("nothing to change: give --config KEY=VALUE or --delete-config KEY");
     }
     let admin = admin(brokers)?;
-    let described = admin
-        .describe_configs([&ResourceSpecifier::Topic(name)], &options())
-        .await?;
-    let mut wanted: HashMap<String, String> = HashMap::new();
-    for resource in described {
-        let resource = resource.map_err(|code| anyhow::anyhow!("topic {name}: {code}"))?;
-        for entry in resource.entries {
-            if entry.source == ConfigSource::DynamicTopic {
-                wanted.insert(entry.name, entry.value.unwrap_or_default());
-            }
-        }
-    }
+    let mut wanted = overrides(&admin, name).await?;
     for entry in configs {
         let (key, value) = key_value(entry)?;
         wanted.insert(key.to_owned(), value.to_owned());
@@ -127,11 +141,40 @@ async fn alter(
     }
     for result in admin.alter_configs([&change], &options()).await? {
         if let Err((_, code)) = result {
-            bail!("cannot alter topic {name}: {code}");
+            bail!(
+                "cannot alter topic {name}: {code}{}",
+                reason(code, name, &wanted)
+            );
         }
+    }
+    if overrides(&admin, name).await? != wanted {
+        bail!(
+            "cannot alter topic {name}: the broker kept the configs it had{}",
+            reason(RDKafkaErrorCode::InvalidConfig, name, &wanted)
+        );
     }
     println!("altered topic {name}");
     Ok(())
+}
+
+/// The configs set on the topic itself (not the broker's defaults).
+async fn overrides(
+    admin: &AdminClient<DefaultClientContext>,
+    name: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(name)], &options())
+        .await?;
+    let mut set = BTreeMap::new();
+    for resource in described {
+        let resource = resource.map_err(|code| anyhow::anyhow!("topic {name}: {code}"))?;
+        for entry in resource.entries {
+            if entry.source == ConfigSource::DynamicTopic {
+                set.insert(entry.name, entry.value.unwrap_or_default());
+            }
+        }
+    }
+    Ok(set)
 }
 
 async fn delete(brokers: &str, name: &str) -> anyhow::Result<()> {
