@@ -79,6 +79,10 @@ root = "{docker}"
 logs = true
 root = "{pods}"
 containers = "{links}"
+
+# For the files' own lines: container logs keep one event a line.
+[agent.files]
+multiline_start = '^\d{{4}}-\d{{2}}-\d{{2}} '
 "#,
         kafka = sluice.kafka,
         docker = docker.display(),

@@ -284,7 +284,10 @@ impl Reader {
             &mut self.kubelet,
         ));
         let max = self.config.max_line_bytes;
-        let joiner = self.multiline.as_ref().map(|start| {
+        // `[agent.files] multiline_start` is for the files' own lines: container logs keep one
+        // event a line, with its own stream and time.
+        let multiline = self.multiline.as_ref().filter(|_| format == Format::Plain);
+        let joiner = multiline.map(|start| {
             let timeout = Duration::from_millis(self.config.multiline_timeout_ms);
             Joiner::new(start.clone(), timeout, max)
         });
