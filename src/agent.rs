@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use notify::Watcher;
-use sluice_agent::{Agent, AgentConfig, AgentMetrics};
+use sluice_agent::{Agent, AgentConfig, AgentMetrics, Listeners, Patience};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cli::AgentArgs;
@@ -15,8 +15,6 @@ use crate::config::{KafkaFiles, SluiceConfig};
 use crate::http;
 use crate::shutdown::Shutdown;
 
-/// How long a stopping agent waits for the broker to acknowledge what it queued.
-const AGENT_FLUSH: Duration = Duration::from_secs(30);
 /// Editors write a file in several steps: changes this close together are one change.
 const SETTLE: Duration = Duration::from_millis(300);
 
@@ -45,13 +43,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut running = config.agent;
-    let mut agent = Agent::start(running.clone(), metrics.clone()).await?;
+    let mut agent = Agent::start(running.clone(), metrics.clone(), &Listeners::default()).await?;
     // Once the inputs listen: an answer on the HTTP port (a probe, a test) means they do.
     let listen = config.http.listen_or(crate::config::AGENT_HTTP);
     let http_listener = match http::bind("HTTP listener", listen).await {
         Ok(listener) => listener,
         Err(e) => {
-            let _ = agent.stop(Duration::ZERO).await;
+            let _ = agent.stop(Patience::NONE).await;
             return Err(e);
         }
     };
@@ -83,7 +81,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let stopped = agent.stop(AGENT_FLUSH).await;
+    let stopped = agent.stop(Patience::EXIT).await;
     let _ = stop_http.send(());
     http_task.await??;
     match failed {
@@ -93,7 +91,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// Stops the inputs and starts them with `wanted`; with `running` again when `wanted` cannot
-/// start (a port taken, say).
+/// start (a port taken, say). The listeners whose address stays are handed over open, and the
+/// stop waits only a moment for the broker: what it has not acknowledged is sent after.
 async fn restart(
     agent: Agent,
     running: AgentConfig,
@@ -101,15 +100,16 @@ async fn restart(
     metrics: &AgentMetrics,
 ) -> anyhow::Result<(Agent, AgentConfig)> {
     tracing::info!("configuration changed: restarting the agent's inputs");
-    if let Err(e) = agent.stop(AGENT_FLUSH).await {
+    let listeners = agent.listeners();
+    if let Err(e) = agent.stop(Patience::RELOAD).await {
         tracing::warn!(error = %e, "agent: stopping for the new configuration");
     }
-    match Agent::start(wanted.clone(), metrics.clone()).await {
+    match Agent::start(wanted.clone(), metrics.clone(), &listeners).await {
         Ok(agent) => Ok((agent, wanted)),
         Err(e) => {
             tracing::error!("{e:#}; the agent goes on with its previous configuration");
             Ok((
-                Agent::start(running.clone(), metrics.clone()).await?,
+                Agent::start(running.clone(), metrics.clone(), &listeners).await?,
                 running,
             ))
         }

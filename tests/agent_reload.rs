@@ -279,3 +279,66 @@ fn a_second_signal_ends_a_waiting_stop_and_a_prompt_repeat_does_not() {
     });
     assert_eq!(status.unwrap().code(), Some(130), "{}", agent.log_text());
 }
+
+/// A reload while the broker is away, during a steady stream of syslog datagrams: the listener
+/// stays open across the restart of the inputs (datagrams wait in its buffer), the stop does
+/// not wait for acknowledgements that cannot come, and once the broker is back every message is
+/// on the topic. (The inputs were down for the 5 s a stop waits for a stalled broker, and every
+/// datagram of those 5 s was lost.)
+#[test]
+fn a_reload_with_the_broker_away_loses_no_datagram() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(tmp.path(), "");
+    let port = free_port().to_string();
+    let kafka = sluice.kafka.clone();
+    let config = |hostname: &str| {
+        format!(
+            "[agent]\nbrokers = \"{}\"\nhostname = \"{hostname}\"\n[agent.syslog]\nudp = \"127.0.0.1:{port}\"\n",
+            kafka
+        )
+    };
+    let agent = AgentProcess::start(tmp.path(), &config("before"), Stdio::null());
+    wait_until("the agent started", Duration::from_secs(20), || {
+        agent.log_text().contains("agent started")
+    });
+    assert!(sluice.stop_with("TERM").success());
+    let total = 3000usize;
+    let sender = {
+        let port = port.clone();
+        std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            for n in 0..total {
+                let message = format!("<14>1 2026-12-07T16:10:00Z h app - - - reload {n}");
+                socket
+                    .send_to(message.as_bytes(), format!("127.0.0.1:{port}"))
+                    .unwrap();
+                // About 1000 a second, for 3 s.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(tmp.path().join("agent.toml"), config("after")).unwrap();
+    wait_until("the inputs restarted", Duration::from_secs(20), || {
+        agent.log_text().matches("agent started").count() == 2
+    });
+    sender.join().unwrap();
+    wait_until("every datagram read", Duration::from_secs(20), || {
+        agent.metric(r#"sluice_agent_lines_read_total{input="syslog_udp"}"#) >= total as f64
+    });
+    sluice.restart();
+    let mut seen = vec![false; total];
+    for event in logs_events(&sluice, total) {
+        let message = event["message"].as_str().unwrap();
+        if let Some(n) = message.strip_prefix("reload ") {
+            seen[n.parse::<usize>().unwrap()] = true;
+        }
+    }
+    let missing: Vec<usize> = (0..total).filter(|&n| !seen[n]).collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}

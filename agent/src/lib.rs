@@ -21,6 +21,7 @@ mod shipper;
 mod spool;
 mod state_dir;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +37,46 @@ use crate::output::KafkaOutput;
 use crate::shipper::Shipper;
 use crate::spool::Spool;
 
-/// A stop stops waiting for the spool to drain, or for librdkafka's queue, when nothing was
-/// acknowledged for this long (the broker is away): what is left is sent after the next start.
-const STALLED: Duration = Duration::from_secs(5);
+/// How long a stop waits for the broker to take what is queued: at most `timeout`, and no
+/// longer than `stalled` once nothing is acknowledged any more (the broker is away). What is
+/// left is sent after the next start: file lines are read again, the spool keeps the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    pub timeout: Duration,
+    pub stalled: Duration,
+}
+
+impl Patience {
+    /// For the process's end: the spool and librdkafka's queue are given a chance to drain.
+    pub const EXIT: Patience = Patience {
+        timeout: Duration::from_secs(30),
+        stalled: Duration::from_secs(5),
+    };
+    /// For a reload, while the listeners stay open but nothing reads them: a moment for the
+    /// acknowledgements already on their way, and no more (datagrams wait in the socket's
+    /// buffer only so long).
+    pub const RELOAD: Patience = Patience {
+        timeout: Duration::from_millis(500),
+        stalled: Duration::from_millis(200),
+    };
+    /// For a start that failed half way: nothing is waited for.
+    pub const NONE: Patience = Patience {
+        timeout: Duration::ZERO,
+        stalled: Duration::ZERO,
+    };
+}
+
+/// What a UDP listener asks the kernel to buffer while the agent is not reading.
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// The agent's bound sockets by address. A reload hands them to the next agent, so a listener
+/// whose address stays is never closed: datagrams wait in its buffer and connections in its
+/// backlog while the inputs restart, instead of being refused or lost.
+#[derive(Default, Clone)]
+pub struct Listeners {
+    udp: HashMap<String, Arc<UdpSocket>>,
+    tcp: HashMap<String, Arc<TcpListener>>,
+}
 
 /// A running agent.
 pub struct Agent {
@@ -50,11 +88,17 @@ pub struct Agent {
     drain: Option<JoinHandle<()>>,
     /// Offers again the records the cluster refused (`KafkaOutput::resend_refused`).
     resend: JoinHandle<anyhow::Result<()>>,
+    listeners: Listeners,
 }
 
 impl Agent {
-    /// Binds the configured listeners (failing fast on a taken port) and starts every input.
-    pub async fn start(config: AgentConfig, metrics: AgentMetrics) -> anyhow::Result<Self> {
+    /// Binds the configured listeners (failing fast on a taken port), taking those of `reuse`
+    /// whose address is the same, and starts every input.
+    pub async fn start(
+        config: AgentConfig,
+        metrics: AgentMetrics,
+        reuse: &Listeners,
+    ) -> anyhow::Result<Self> {
         let follows_files = !inputs::files::patterns(&config).is_empty();
         if !config.stdin
             && !follows_files
@@ -99,10 +143,11 @@ impl Agent {
             false => None,
         };
         let (syslog, gelf) = (&config.syslog, &config.gelf);
-        let syslog_udp = bind_udp("syslog", &syslog.udp).await?;
-        let syslog_tcp = bind_tcp("syslog", &syslog.tcp).await?;
-        let gelf_udp = bind_udp("GELF", &gelf.udp).await?;
-        let gelf_tcp = bind_tcp("GELF", &gelf.tcp).await?;
+        let mut listeners = Listeners::default();
+        let syslog_udp = listeners.udp("syslog", &syslog.udp, reuse).await?;
+        let syslog_tcp = listeners.tcp("syslog", &syslog.tcp, reuse).await?;
+        let gelf_udp = listeners.udp("GELF", &gelf.udp, reuse).await?;
+        let gelf_tcp = listeners.tcp("GELF", &gelf.tcp, reuse).await?;
         let shipper = Arc::new(Shipper {
             output: output.clone(),
             spool,
@@ -162,7 +207,13 @@ impl Agent {
             files,
             drain,
             resend,
+            listeners,
         })
+    }
+
+    /// The sockets it listens on, for the agent that takes over at a reload.
+    pub fn listeners(&self) -> Listeners {
+        self.listeners.clone()
     }
 
     /// Resolves when every input has ended (stdin at its end; files never), or with the error
@@ -197,9 +248,10 @@ impl Agent {
         Ok(())
     }
 
-    /// Stops the inputs and waits up to `timeout` for the broker to acknowledge what is queued;
-    /// then the file checkpoints take in the last acknowledgements.
-    pub async fn stop(self, timeout: Duration) -> anyhow::Result<()> {
+    /// Stops the inputs and waits, as `patience` allows, for the broker to acknowledge what is
+    /// queued; then the file checkpoints take in the last acknowledgements.
+    pub async fn stop(self, patience: Patience) -> anyhow::Result<()> {
+        let Patience { timeout, stalled } = patience;
         for task in self.tasks.iter().flatten() {
             task.abort();
         }
@@ -221,7 +273,7 @@ impl Agent {
                     let now = spool.bytes();
                     if now < left {
                         (left, moved) = (now, tokio::time::Instant::now());
-                    } else if moved.elapsed() > STALLED {
+                    } else if moved.elapsed() > stalled {
                         break;
                     }
                 }
@@ -230,7 +282,7 @@ impl Agent {
         }
         let shipper = self.shipper;
         let lost = tokio::task::spawn_blocking(move || {
-            if let Err(left) = shipper.output.flush(timeout, STALLED) {
+            if let Err(left) = shipper.output.flush(timeout, stalled) {
                 tracing::warn!(
                     records = left,
                     "agent: the broker did not acknowledge everything before the stop: file lines are read again at the next start, syslog, GELF and stdin events are kept in the spool, metric samples are dropped"
@@ -282,26 +334,59 @@ fn keep_unsent(shipper: &Shipper) -> usize {
     lost
 }
 
-/// The UDP socket of a listener that is on (a non-empty address), failing fast on a taken port.
-async fn bind_udp(what: &str, addr: &str) -> anyhow::Result<Option<UdpSocket>> {
-    if addr.is_empty() {
-        return Ok(None);
+impl Listeners {
+    /// The UDP socket of a listener that is on (a non-empty address): `reuse`'s, or bound
+    /// now, failing fast on a taken port.
+    async fn udp(
+        &mut self,
+        what: &str,
+        addr: &str,
+        reuse: &Listeners,
+    ) -> anyhow::Result<Option<Arc<UdpSocket>>> {
+        if addr.is_empty() {
+            return Ok(None);
+        }
+        let socket = match reuse.udp.get(addr) {
+            Some(socket) => socket.clone(),
+            None => {
+                let socket = UdpSocket::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("agent {what} UDP {addr}: cannot listen: {e}"))?;
+                // Room for a burst, or a reload's pause, beyond the kernel's default (about
+                // 200 KiB); the kernel caps it at net.core.rmem_max.
+                if let Err(e) =
+                    rustix::net::sockopt::set_socket_recv_buffer_size(&socket, UDP_RECEIVE_BUFFER)
+                {
+                    tracing::debug!(error = %e, "agent: UDP receive buffer left at the default");
+                }
+                Arc::new(socket)
+            }
+        };
+        self.udp.insert(addr.to_owned(), socket.clone());
+        Ok(Some(socket))
     }
-    let socket = UdpSocket::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("agent {what} UDP {addr}: cannot listen: {e}"))?;
-    Ok(Some(socket))
-}
 
-/// The TCP listener of a listener that is on (a non-empty address), failing fast on a taken port.
-async fn bind_tcp(what: &str, addr: &str) -> anyhow::Result<Option<TcpListener>> {
-    if addr.is_empty() {
-        return Ok(None);
+    /// As `udp`, for a TCP listener.
+    async fn tcp(
+        &mut self,
+        what: &str,
+        addr: &str,
+        reuse: &Listeners,
+    ) -> anyhow::Result<Option<Arc<TcpListener>>> {
+        if addr.is_empty() {
+            return Ok(None);
+        }
+        let listener = match reuse.tcp.get(addr) {
+            Some(listener) => listener.clone(),
+            None => Arc::new(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("agent {what} TCP {addr}: cannot listen: {e}"))?,
+            ),
+        };
+        self.tcp.insert(addr.to_owned(), listener.clone());
+        Ok(Some(listener))
     }
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("agent {what} TCP {addr}: cannot listen: {e}"))?;
-    Ok(Some(listener))
 }
 
 /// Runs an input (or the resend of refused records) as a task; its error is logged and kept.

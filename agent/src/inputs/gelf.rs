@@ -32,7 +32,11 @@ const MAX_PENDING: usize = 1024;
 /// `MAX_PENDING` times `max_message_bytes`.
 const MAX_PENDING_BYTES: usize = 32 << 20;
 
-pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> anyhow::Result<()> {
+pub async fn run_udp(
+    socket: Arc<UdpSocket>,
+    shipper: Arc<Shipper>,
+    max: usize,
+) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 65_536];
     let mut chunks = Reassembly::default();
     let mut seq = 0u64;
@@ -62,7 +66,7 @@ pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> an
 }
 
 pub async fn run_tcp(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     shipper: Arc<Shipper>,
     max: usize,
 ) -> anyhow::Result<()> {

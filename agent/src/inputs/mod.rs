@@ -10,6 +10,7 @@ pub mod syslog;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,7 +25,7 @@ const MAX_CONNECTIONS: usize = 1024;
 /// new configuration) its connections end with it, rather than living on with the old
 /// configuration and the old spool beside the new one.
 pub async fn accept<S, F>(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     input: &'static str,
     shipper: &Shipper,
     serve: S,

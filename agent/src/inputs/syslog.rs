@@ -13,7 +13,11 @@ use super::read_line;
 use crate::event::{now_rfc3339, rfc3339_ms, Event};
 use crate::shipper::Shipper;
 
-pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> anyhow::Result<()> {
+pub async fn run_udp(
+    socket: Arc<UdpSocket>,
+    shipper: Arc<Shipper>,
+    max: usize,
+) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 65_536];
     let mut seq = 0u64;
     loop {
@@ -30,7 +34,7 @@ pub async fn run_udp(socket: UdpSocket, shipper: Arc<Shipper>, max: usize) -> an
 }
 
 pub async fn run_tcp(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     shipper: Arc<Shipper>,
     max: usize,
 ) -> anyhow::Result<()> {
