@@ -631,3 +631,28 @@ fn a_last_line_without_its_newline_is_behind_until_it_comes() {
     let events = logs_events(&sluice, 3);
     assert_eq!(events[2]["message"], "line 2 half and its end");
 }
+
+/// A file deleted while its last line has no newline: once it is closed (`rotate_wait_ms`
+/// after), that line is shipped as it is, and its checkpoint says the file was read to its end.
+/// (It was never shipped, and the bytes behind said nothing of it.)
+#[test]
+fn a_deleted_files_last_line_without_its_newline_is_shipped_when_it_is_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("app.log");
+    std::fs::write(&path, "line 0\nline 1 the last, unended").unwrap();
+    let config = agent_config(&sluice, &logs.join("*.log"), "");
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until("the whole line sent", Duration::from_secs(30), || {
+        agent.metric("sluice_agent_events_sent_total") >= 1.0
+    });
+    std::fs::remove_file(&path).unwrap();
+    wait_until("the last line sent", Duration::from_secs(30), || {
+        agent.metric("sluice_agent_events_sent_total") >= 2.0
+    });
+    let events = logs_events(&sluice, 2);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1]["message"], "line 1 the last, unended");
+}

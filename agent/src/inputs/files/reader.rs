@@ -108,6 +108,8 @@ impl Reader {
                             .orphaned
                             .is_some_and(|since| since.elapsed() >= rotate_wait)
                         {
+                            // Its last line, if it never got its newline, is handed on below.
+                            followed.tailer.end();
                             closed.push(key);
                         }
                     }

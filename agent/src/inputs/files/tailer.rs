@@ -73,6 +73,8 @@ pub struct Tailer {
     skipping: bool,
     /// Since when the file's path no longer leads to it (rotated away or deleted).
     pub orphaned: Option<Instant>,
+    /// Nothing more will be written: a last line without its newline is whole.
+    ended: bool,
 }
 
 impl Tailer {
@@ -97,7 +99,14 @@ impl Tailer {
             spans: Vec::new(),
             skipping: false,
             orphaned: None,
+            ended: false,
         }
+    }
+
+    /// The file is done with (deleted or rotated away, and idle since): the next `lines`
+    /// hands out a last line that never got its newline.
+    pub fn end(&mut self) {
+        self.ended = true;
     }
 
     /// Bytes of the file not handed out as lines yet: not read, or a last line still waiting
@@ -181,6 +190,15 @@ impl Tailer {
         let rest = self.buf.len() - used;
         if self.skipping {
             used = self.buf.len();
+        } else if self.ended && (1..=max_line).contains(&rest) {
+            let start = self.buf_start + used as u64;
+            self.spans.push(Span {
+                start,
+                end: start + rest as u64,
+                bytes: used..self.buf.len(),
+                truncated: false,
+            });
+            used = self.buf.len();
         } else if rest > max_line {
             // No newline in sight: ship the first max_line bytes now and drop the rest of the
             // line as it comes, so a runaway line costs bounded memory.
@@ -227,6 +245,26 @@ mod tests {
         let f = File::open(file).unwrap();
         let fp = fingerprint(&f, 64).unwrap().unwrap();
         Tailer::new("t".into(), file.to_path_buf(), f, fp, 0, Progress::new(0))
+    }
+
+    /// A last line without its newline is handed out once the file is ended, not before.
+    #[test]
+    fn an_ended_files_last_line_needs_no_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, b"first\nlast").unwrap();
+        let mut t = tailer(&path);
+        assert_eq!(t.read(64).unwrap(), Read::Data);
+        assert_eq!(t.lines(100).count(), 1);
+        assert_eq!(t.behind(), 4);
+        t.end();
+        let out: Vec<Line<'_>> = t.lines(100).collect();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (&out[0].bytes[..], out[0].start, out[0].end),
+            (&b"last"[..], 6, 10)
+        );
+        assert_eq!(t.behind(), 0);
     }
 
     #[test]
