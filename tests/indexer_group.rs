@@ -83,3 +83,41 @@ fn indexers_share_partitions_and_hand_them_over() {
     assert_exactly(&a, 9000);
     assert_eq!(c.hits("*"), 9000);
 }
+
+/// A second indexer started with the same `instance_id` (a supervisor's replacement while the
+/// first still runs) fences the first: the first ends with its error and a failure status,
+/// rather than running on holding its partitions' indexes and saying it is healthy, and the
+/// second indexes every partition.
+#[test]
+fn an_indexer_fenced_by_its_instance_id_stops_with_its_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Sluice::broker(tmp.path(), "");
+    let config = format!("{CONFIG}instance_id = \"twin\"\n");
+    let mut first = Sluice::indexer(&broker, "first", &config);
+    wait_until(
+        "the first owns every partition",
+        Duration::from_secs(60),
+        || owned(&first) == 6.0,
+    );
+    produce(&broker, 0, 600);
+    assert_exactly(&first, 600);
+    let second = Sluice::indexer(&broker, "second", &config);
+    let mut status = None;
+    wait_until("the first indexer to end", Duration::from_secs(60), || {
+        status = first.exited();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success(), "{}", first.log_tail(20));
+    assert!(
+        first.log_text().contains("failed for good"),
+        "{}",
+        first.log_tail(20)
+    );
+    wait_until(
+        "the second owns every partition",
+        Duration::from_secs(60),
+        || owned(&second) == 6.0,
+    );
+    produce(&broker, 600, 600);
+    assert_exactly(&second, 1200);
+}

@@ -39,7 +39,7 @@ const WAITING_SAID_EVERY: Duration = Duration::from_secs(60);
 /// A running indexer; `stop` commits and leaves the group.
 pub struct Indexer {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
     /// Closed when the thread ends, whether by `stop` or not (a panic).
     running: tokio::sync::watch::Receiver<()>,
 }
@@ -119,15 +119,15 @@ impl Indexer {
         let _ = self.running.changed().await;
     }
 
-    /// Commits every open index, hands the partitions back and waits for the thread to end; an
-    /// error if the thread panicked.
+    /// Commits every open index, hands the partitions back and waits for the thread to end; the
+    /// error it ended with (the group consumer failed for good), or that it panicked.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         let Some(thread) = self.thread.take() else {
             return Ok(());
         };
         match tokio::task::spawn_blocking(move || thread.join()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(ended)) => ended,
             _ => anyhow::bail!("the indexer's thread panicked (see the log above)"),
         }
     }
@@ -433,9 +433,14 @@ impl GroupContext {
     }
 }
 
-fn run(consumer: BaseConsumer<GroupContext>, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+fn run(
+    consumer: BaseConsumer<GroupContext>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let mut last_commit = Instant::now();
     let mut last_retention = Instant::now();
+    let mut failed = None;
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
@@ -457,6 +462,10 @@ fn run(consumer: BaseConsumer<GroupContext>, shared: Arc<Shared>, stop: Arc<Atom
                 );
             }
             Some(Err(e)) => {
+                failed = failed_for_good(&consumer);
+                if failed.is_some() {
+                    break;
+                }
                 tracing::warn!(error = %e, "indexer: consuming");
                 shared.metrics.errors.with_label_values(&["consume"]).inc();
             }
@@ -464,6 +473,11 @@ fn run(consumer: BaseConsumer<GroupContext>, shared: Arc<Shared>, stop: Arc<Atom
         }
         if last_commit.elapsed() >= shared.commit_every {
             last_commit = Instant::now();
+            // Commits fail in the background; a fatal one is only seen here.
+            failed = failed_for_good(&consumer);
+            if failed.is_some() {
+                break;
+            }
             reopen_failed(&consumer, &shared);
             let offsets = shared.group_offsets(shared.state().open.values());
             if offsets.count() > 0 {
@@ -480,7 +494,22 @@ fn run(consumer: BaseConsumer<GroupContext>, shared: Arc<Shared>, stop: Arc<Atom
     // Leaving the group revokes every partition: the callback commits and closes each index and
     // commits the group offsets.
     drop(consumer);
+    if let Some(e) = failed {
+        // Its partitions' indexes close with the process, and another member opens them.
+        return Err(e);
+    }
     tracing::info!("indexer stopped");
+    Ok(())
+}
+
+/// A fatal error of the group consumer (librdkafka's: another member took its
+/// `group.instance.id`, say), after which it never consumes or commits again: the indexer ends
+/// with it rather than running on, holding its partitions' indexes and saying it is healthy.
+fn failed_for_good(consumer: &BaseConsumer<GroupContext>) -> Option<anyhow::Error> {
+    let (code, reason) = consumer.client().fatal_error()?;
+    Some(anyhow::anyhow!(
+        "indexer: the group consumer failed for good ({code:?}: {reason}); when another indexer          was started with the same [indexer] instance_id, give each its own"
+    ))
 }
 
 /// Reopens partitions that are assigned but not open (their index was held, or their worker

@@ -178,6 +178,11 @@ impl Sluice {
         }
     }
 
+    /// The exit status, once the process has ended on its own.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
