@@ -121,3 +121,70 @@ fn an_indexer_fenced_by_its_instance_id_stops_with_its_error() {
     produce(&broker, 600, 600);
     assert_exactly(&second, 1200);
 }
+
+/// Records the broker's retention deleted while the indexer was away are never indexed: the
+/// indexer says which offsets were gone and counts them, rather than skipping them unnoticed.
+#[test]
+fn offsets_deleted_by_retention_while_the_indexer_was_away_are_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Sluice::broker(tmp.path(), "[broker]\nretention_check_interval_ms = 200\n");
+    let mut indexer = Sluice::indexer(&broker, "away", CONFIG);
+    wait_until(
+        "the indexer owns every partition",
+        Duration::from_secs(60),
+        || owned(&indexer) == 6.0,
+    );
+    let lines = |from: usize, count: usize| -> String {
+        (from..from + count)
+            .map(|i| format!("line-{i:05} {}\n", "x".repeat(100)))
+            .collect()
+    };
+    // Small batches: many segments, the oldest deleted.
+    let produce_to_0 = |text: String| {
+        let out = broker.kcat_produce(
+            "logs",
+            &["-p", "0", "-X", "batch.num.messages=10"],
+            text.as_bytes(),
+        );
+        assert!(out.status.success());
+    };
+    produce_to_0(lines(0, 100));
+    assert_exactly(&indexer, 100);
+    assert!(indexer.stop_with("TERM").success());
+    let altered = broker.client(&[
+        "topics",
+        "alter",
+        "logs",
+        "--config",
+        "segment.bytes=4096",
+        "--config",
+        "retention.bytes=8192",
+    ]);
+    assert!(altered.status.success());
+    produce_to_0(lines(100, 2000));
+    wait_until("old segments deleted", Duration::from_secs(30), || {
+        broker
+            .metric("sluice_broker_segments_deleted_total{topic=\"logs\"}")
+            .unwrap_or(0.0)
+            >= 10.0
+    });
+    indexer.restart();
+    wait_until("the gap counted", Duration::from_secs(60), || {
+        indexer
+            .metric("sluice_indexer_offsets_gone_total")
+            .unwrap_or(0.0)
+            > 0.0
+    });
+    let gone = indexer.metric("sluice_indexer_offsets_gone_total").unwrap();
+    assert!(
+        indexer.log_text().contains("gone from the log"),
+        "{}",
+        indexer.log_tail(20)
+    );
+    let indexed = indexer.wait_for_hits("*", 2100 - gone as u64, Duration::from_secs(60));
+    assert_eq!(
+        indexed + gone as u64,
+        2100,
+        "every offset indexed or counted gone"
+    );
+}

@@ -14,6 +14,7 @@ pub struct IndexerMetrics {
     pub documents_indexed: IntCounter,
     pub duplicates_skipped: IntCounter,
     pub log_restarts: IntCounter,
+    pub offsets_gone: IntCounter,
     pub malformed: IntCounterVec,
     pub commit_seconds: Histogram,
     pub freshness_seconds: Histogram,
@@ -40,6 +41,11 @@ impl IndexerMetrics {
                 "sluice_indexer_log_restarts_total",
                 "Times a partition's log began again below what its index held (the topic \
                  deleted and made again, or the broker's data new): indexed from its start",
+            )?,
+            offsets_gone: IntCounter::new(
+                "sluice_indexer_offsets_gone_total",
+                "Offsets of the log gone when the indexer read on, never indexed: deleted by the \
+                 broker's retention while the indexer was behind or away (or compacted away)",
             )?,
             malformed: IntCounterVec::new(
                 Opts::new(
@@ -102,6 +108,7 @@ impl IndexerMetrics {
         registry.register(Box::new(metrics.documents_indexed.clone()))?;
         registry.register(Box::new(metrics.duplicates_skipped.clone()))?;
         registry.register(Box::new(metrics.log_restarts.clone()))?;
+        registry.register(Box::new(metrics.offsets_gone.clone()))?;
         registry.register(Box::new(metrics.malformed.clone()))?;
         registry.register(Box::new(metrics.commit_seconds.clone()))?;
         registry.register(Box::new(metrics.freshness_seconds.clone()))?;

@@ -209,6 +209,12 @@ impl PartitionIndex {
         self.committed_next
     }
 
+    /// The offset the next record should have: past the last one added, or where the index
+    /// ends; `None` for an empty index.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.next_offset
+    }
+
     /// Indexes one record (not yet searchable: that takes a commit).
     pub fn add(&mut self, record: &Record<'_>, now_ms: i64) -> anyhow::Result<Added> {
         if let Some(next) = self.next_offset.filter(|&next| record.offset < next) {

@@ -113,6 +113,7 @@ impl PartitionWorker {
             committed: committed.clone(),
             commit_every,
             metrics,
+            gone_said: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("sluice-index-{partition}"))
@@ -210,7 +211,12 @@ struct Worker {
     committed: Arc<AtomicI64>,
     commit_every: Duration,
     metrics: IndexerMetrics,
+    /// When a gap in the log's offsets was last said.
+    gone_said: Option<Instant>,
 }
+
+/// Gaps in a partition's offsets are said at most this often.
+const GONE_SAID_EVERY: Duration = Duration::from_secs(60);
 
 impl Worker {
     fn run(mut self) -> anyhow::Result<()> {
@@ -253,6 +259,9 @@ impl Worker {
             timestamp_ms: record.timestamp_ms,
             payload: &record.payload,
         };
+        if let Some(expected) = self.index.next_offset().filter(|&n| record.offset > n) {
+            self.gone(expected, record.offset);
+        }
         let generation = self.index.generation();
         let added = self.index.add(&record, now_ms())?;
         if self.index.generation() != generation {
@@ -269,6 +278,26 @@ impl Worker {
             Added::Duplicate => self.metrics.duplicates_skipped.inc(),
         }
         Ok(())
+    }
+
+    /// Offsets `from..to` were not in the log when the consumer read on: counted, and said at
+    /// most once a minute (a compacted topic has such gaps all along).
+    fn gone(&mut self, from: i64, to: i64) {
+        self.metrics.offsets_gone.inc_by((to - from) as u64);
+        if self
+            .gone_said
+            .is_none_or(|said| said.elapsed() >= GONE_SAID_EVERY)
+        {
+            self.gone_said = Some(Instant::now());
+            tracing::warn!(
+                partition = self.index.partition(),
+                from,
+                to,
+                "indexer: offsets from..to were gone from the log before they were indexed (the \
+                 broker's retention deleted them while the indexer was behind or away, or \
+                 compaction): they are not searchable"
+            );
+        }
     }
 
     fn commit(&mut self) -> anyhow::Result<()> {
