@@ -6,10 +6,13 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, Term};
+use tantivy::collector::DocSetCollector;
+use tantivy::query::TermQuery;
+use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 use crate::layout::{self, CommitPayload};
-use crate::mapping::{map_record, Malformed, Record};
+use crate::mapping::{map_record, Malformed, Mapped, Record};
 use crate::schema::LogSchema;
 
 /// What the writer of a partition needs to know from the configuration.
@@ -94,6 +97,27 @@ impl Bucket {
         })
     }
 
+    /// Whether a document at `offset` has `source` as its `_source`.
+    fn holds_source_at(
+        &self,
+        schema: &LogSchema,
+        offset: i64,
+        source: &str,
+    ) -> tantivy::Result<bool> {
+        let query = TermQuery::new(
+            Term::from_field_u64(schema.offset, offset as u64),
+            IndexRecordOption::Basic,
+        );
+        for address in self.searcher.search(&query, &DocSetCollector)? {
+            let doc: TantivyDocument = self.searcher.doc(address)?;
+            let stored = doc.get_first(schema.source_doc).and_then(|v| v.as_str());
+            if stored == Some(source) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn holds_id(&self, term: &Term) -> tantivy::Result<bool> {
         for segment in self.searcher.segment_readers() {
             if segment.inverted_index(term.field())?.doc_freq(term)? > 0 {
@@ -120,6 +144,8 @@ pub struct PartitionIndex {
     /// next offset happens to equal the committed one.
     committed_generation: u64,
     pending_ids: HashSet<String>,
+    /// Records below `next_offset` found already indexed (the log cut short under the index).
+    rereading: u64,
     pending_times_ms: Vec<i64>,
     /// Kafka timestamps of documents committed but not yet reported by `commit`.
     committed_times_ms: Vec<i64>,
@@ -189,6 +215,7 @@ impl PartitionIndex {
             generation,
             committed_generation: generation,
             pending_ids: HashSet::new(),
+            rereading: 0,
             pending_times_ms: Vec::new(),
             committed_times_ms: Vec::new(),
             _owner: owner,
@@ -217,18 +244,34 @@ impl PartitionIndex {
 
     /// Indexes one record (not yet searchable: that takes a commit).
     pub fn add(&mut self, record: &Record<'_>, now_ms: i64) -> anyhow::Result<Added> {
+        let mapped = map_record(
+            &self.schema,
+            record,
+            self.settings.max_document_bytes,
+            now_ms,
+        );
         if let Some(next) = self.next_offset.filter(|&next| record.offset < next) {
             // The consumer starts where the index ends (and again after every reopen), and a
             // partition's offsets only grow: an older one means the offset asked for was past
-            // the log's end, so the log restarted under the index (the topic deleted and made
-            // again, the broker's data new) and its earliest record came instead (librdkafka's
-            // offset reset). What follows is new; a new generation of offsets begins.
+            // the log's end, and the log's earliest record came instead (librdkafka's offset
+            // reset). Either the log is the one indexed, cut short (the broker's recovery cut
+            // a tail it had not synced): its records up to the cut are here already, and are
+            // skipped; or it restarted under the index (the topic deleted and made again, the
+            // broker's data new). At the first record the index does not hold, what follows is
+            // new: a new generation of offsets begins.
+            if self.holds_record(record.offset, &mapped)? {
+                self.rereading += 1;
+                return Ok(Added::Duplicate);
+            }
+            let reread = std::mem::take(&mut self.rereading);
             tracing::error!(
                 partition = self.partition,
                 index_next = next,
                 log_offset = record.offset,
-                "indexer: the log restarted below what the index holds (topic made again?); \
-                 indexing it from its start"
+                reread,
+                "indexer: the log goes on below where the index ends (the broker's log cut \
+                 short, when the records before it, reread, were already indexed; else the \
+                 topic made again): indexing from here"
             );
             self.next_offset = None;
             self.generation += 1;
@@ -237,12 +280,6 @@ impl PartitionIndex {
             self.bucket_of(record.timestamp_ms.min(now_ms)),
             record.offset,
         )?;
-        let mapped = map_record(
-            &self.schema,
-            record,
-            self.settings.max_document_bytes,
-            now_ms,
-        );
         self.next_offset = Some(record.offset + 1);
         if let Some(id) = &mapped.id {
             if self.holds_id(id)? {
@@ -256,6 +293,22 @@ impl PartitionIndex {
             .add_document(mapped.doc)?;
         self.pending_times_ms.push(record.timestamp_ms);
         Ok(Added::Indexed(mapped.malformed))
+    }
+
+    /// Whether a committed document at `offset` is this very record (the same `_source`).
+    fn holds_record(&self, offset: i64, mapped: &Mapped) -> tantivy::Result<bool> {
+        let Some(source) = mapped.doc.get_first(self.schema.source_doc) else {
+            return Ok(false);
+        };
+        let Some(source) = source.as_str() else {
+            return Ok(false);
+        };
+        for bucket in self.buckets.iter().rev() {
+            if bucket.holds_source_at(&self.schema, offset, source)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn holds_id(&self, id: &str) -> tantivy::Result<bool> {

@@ -144,6 +144,32 @@ fn a_log_that_restarted_below_the_index_is_indexed_from_its_start() {
     assert_eq!(index.generation(), 1);
 }
 
+/// The broker's log cut short under the index (its recovery cut a tail it had not synced, after
+/// the indexer read it): the records up to the cut come again from the log's start and are
+/// skipped, being the very ones indexed; the first that differs, written where the lost tail
+/// was, and what follows are indexed, and the next start resumes after them.
+#[test]
+fn a_log_cut_short_under_the_index_is_not_indexed_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut index = reopened_after_five_records(tmp.path());
+    for offset in 0..3 {
+        let added = index.add(&record(offset, 10, b"old"), 10).unwrap();
+        assert_eq!(added, Added::Duplicate, "offset {offset}");
+    }
+    assert_eq!(index.generation(), 0);
+    for offset in 3..6 {
+        let added = index
+            .add(&record(offset, 20, b"after the cut"), 20)
+            .unwrap();
+        assert_eq!(added, Added::Indexed(None), "offset {offset}");
+    }
+    assert_eq!(index.generation(), 1);
+    assert_eq!(index.commit().unwrap().docs, 3);
+    index.close().unwrap();
+    let index = open(tmp.path());
+    assert_eq!(index.committed_next_offset(), Some(6));
+}
+
 #[test]
 fn uncommitted_records_are_not_kept() {
     let tmp = tempfile::tempdir().unwrap();
