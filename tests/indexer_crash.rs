@@ -115,10 +115,7 @@ fn a_log_cut_short_by_recovery_is_not_indexed_twice() {
     // consumer sees the log was cut. (Had the log grown past it again first, the records in
     // between would be skipped: nothing in the offsets tells.)
     produce(&sluice, "after", 5);
-    assert_eq!(
-        sluice.wait_for_hits("after", 5, Duration::from_secs(60)),
-        5
-    );
+    assert_eq!(sluice.wait_for_hits("after", 5, Duration::from_secs(60)), 5);
     // Records reread since the restart are skipped by then, or none of "after" would be in.
     assert_eq!(sluice.hits("kept"), 1000, "{}", sluice.log_tail(20));
     assert_eq!(sluice.hits("torn"), 10);

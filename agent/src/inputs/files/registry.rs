@@ -10,7 +10,7 @@
 //! Entries are written to `<state_dir>/file-checkpoints.json` atomically (write, fsync, rename,
 //! fsync the directory), with each file's acknowledged offset.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ struct Entry {
 #[derive(Serialize, Deserialize)]
 struct CheckpointFile {
     version: u32,
-    files: HashMap<String, Entry>,
+    files: BTreeMap<String, Entry>,
 }
 
 struct Tracked {
@@ -65,6 +65,9 @@ pub struct Registry {
     tracked: HashMap<String, Tracked>,
     /// No checkpoint file was there at load: the agent's first start on this state dir.
     first_start: bool,
+    /// The checksum of what was written last: an unchanged file is not written (and fsynced)
+    /// again every second while the files are idle.
+    written: Option<u32>,
 }
 
 /// How a found file is to be read.
@@ -98,7 +101,7 @@ impl Registry {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 first_start = true;
-                HashMap::new()
+                BTreeMap::new()
             }
             Err(e) => anyhow::bail!("agent checkpoints {}: {e}", path.display()),
         };
@@ -120,6 +123,7 @@ impl Registry {
             path,
             tracked,
             first_start,
+            written: None,
         })
     }
 
@@ -271,7 +275,13 @@ impl Registry {
             .collect();
         let bytes = serde_json::to_vec(&CheckpointFile { version: 1, files })
             .expect("checkpoints serialize");
-        crate::state_dir::write_atomically(&self.path, &bytes)
+        let sum = crc32c::crc32c(&bytes);
+        if self.written == Some(sum) {
+            return Ok(());
+        }
+        crate::state_dir::write_atomically(&self.path, &bytes)?;
+        self.written = Some(sum);
+        Ok(())
     }
 
     #[cfg(test)]
@@ -294,6 +304,30 @@ mod tests {
         registry.place(path, 7, (1, 10), 100, 0, true).unwrap();
         registry.save().unwrap();
         assert_eq!(Registry::load(dir.path()).unwrap().len(), 1);
+    }
+
+    /// Checkpoints that did not change are not written again (the file keeps its inode).
+    #[test]
+    fn unchanged_checkpoints_are_not_written_again() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file-checkpoints.json");
+        let mut registry = Registry::load(dir.path()).unwrap();
+        let a = registry
+            .place(Path::new("a.log"), 7, (1, 10), 100, 0, true)
+            .unwrap();
+        registry
+            .place(Path::new("b.log"), 8, (1, 11), 100, 0, true)
+            .unwrap();
+        registry.save().unwrap();
+        let inode = || std::fs::metadata(&file).unwrap().ino();
+        let first = inode();
+        registry.save().unwrap();
+        assert_eq!(inode(), first, "written again unchanged");
+        a.progress.queued(0, 60);
+        a.progress.acknowledged(0);
+        registry.save().unwrap();
+        assert_ne!(inode(), first, "a moved checkpoint is written");
     }
 
     #[test]
