@@ -36,7 +36,7 @@ impl AgentMetrics {
     ];
     pub const COLLECTORS: [&'static str; 3] = ["cgroup", "host", "prometheus"];
     /// Every (input, defect) the inputs count, shown from zero so a rate has a start.
-    const MALFORMED: [(&'static str, &'static str); 31] = [
+    const MALFORMED: [(&'static str, &'static str); 35] = [
         ("gelf_udp", "bad_chunk"),
         ("gelf_udp", "incomplete_chunks"),
         ("gelf_udp", "too_many_chunked_messages"),
@@ -44,9 +44,13 @@ impl AgentMetrics {
         ("gelf_udp", "bad_compression"),
         ("gelf_udp", "invalid_json"),
         ("gelf_udp", "missing_short_message"),
+        ("gelf_udp", "bad_timestamp"),
+        ("gelf_udp", "bad_level"),
         ("gelf_tcp", "too_large"),
         ("gelf_tcp", "invalid_json"),
         ("gelf_tcp", "missing_short_message"),
+        ("gelf_tcp", "bad_timestamp"),
+        ("gelf_tcp", "bad_level"),
         ("file", "truncated"),
         ("file", "invalid_utf8"),
         ("docker", "truncated"),

@@ -241,17 +241,37 @@ async fn ship(
         shipper.malformed(input, "invalid_json");
         return Ok(());
     };
-    let Some(event) = event(message, peer, id) else {
+    let Some((event, defects)) = event(message, peer, id) else {
         shipper.malformed(input, "missing_short_message");
         return Ok(());
     };
+    for defect in defects {
+        shipper.malformed(input, defect);
+    }
     shipper.ship(input, &event).await
+}
+
+/// The latest GELF timestamp an RFC 3339 time can hold (the end of year 9999), in seconds.
+const MAX_SECONDS: f64 = 253_402_300_799.0;
+
+/// A GELF number as senders write it: a JSON number, or one in a string.
+fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 /// A GELF message as an event: `host`, `short_message` as the message, `timestamp` (seconds),
 /// `level` as its syslog severity name; Docker's `_container_*` and `_image_name` as the
-/// container, every other additional field (`_x`) as `fields.x`.
-fn event(mut gelf: Map<String, Value>, peer: IpAddr, id: String) -> Option<Event> {
+/// container, every other additional field (`_x`) as `fields.x`. With what was wrong in it and
+/// left out: a timestamp that is no time (the time it came is taken) or a level that is none.
+fn event(
+    mut gelf: Map<String, Value>,
+    peer: IpAddr,
+    id: String,
+) -> Option<(Event, Vec<&'static str>)> {
     let Some(Value::String(message)) = gelf.remove("short_message") else {
         return None;
     };
@@ -260,16 +280,29 @@ fn event(mut gelf: Map<String, Value>, peer: IpAddr, id: String) -> Option<Event
         _ => None,
     };
     let host = text(gelf.remove("host")).unwrap_or_else(|| peer.to_string());
-    let timestamp = match gelf.remove("timestamp").and_then(|t| t.as_f64()) {
-        Some(seconds) => rfc3339_ms((seconds * 1000.0).round() as i64),
+    let mut defects = Vec::new();
+    let timestamp = match gelf.remove("timestamp") {
         None => now_rfc3339(),
+        Some(given) => match number(&given).filter(|s| (0.0..=MAX_SECONDS).contains(s)) {
+            Some(seconds) => rfc3339_ms((seconds * 1000.0).round() as i64),
+            None => {
+                defects.push("bad_timestamp");
+                now_rfc3339()
+            }
+        },
     };
-    let level = gelf
-        .remove("level")
-        .and_then(|l| l.as_u64())
-        .filter(|&l| l < 8)
-        .and_then(|l| syslog_loose::decompose_pri(l as u8).1)
-        .map(|s| s.as_str().to_owned());
+    let level = match gelf.remove("level") {
+        None => None,
+        Some(given) => {
+            let severity = number(&given)
+                .filter(|l| l.fract() == 0.0 && (0.0..8.0).contains(l))
+                .and_then(|l| syslog_loose::decompose_pri(l as u8).1);
+            if severity.is_none() {
+                defects.push("bad_level");
+            }
+            severity.map(|s| s.as_str().to_owned())
+        }
+    };
     let mut container = Map::new();
     for (gelf_key, key) in [
         ("_container_id", "id"),
@@ -293,7 +326,7 @@ fn event(mut gelf: Map<String, Value>, peer: IpAddr, id: String) -> Option<Event
         fields.insert(key, value);
     }
     fields.insert("peer".into(), json!(peer.to_string()));
-    Some(Event {
+    let event = Event {
         id,
         timestamp,
         host,
@@ -303,7 +336,8 @@ fn event(mut gelf: Map<String, Value>, peer: IpAddr, id: String) -> Option<Event
         level,
         message,
         fields,
-    })
+    };
+    Some((event, defects))
 }
 
 #[cfg(test)]
@@ -315,6 +349,46 @@ mod tests {
         let mut datagram = vec![0x1e, 0x0f, id, 0, 0, 0, 0, 0, 0, 0, seq, count];
         datagram.extend_from_slice(part);
         datagram
+    }
+
+    /// Levels and timestamps as senders write them (numbers in strings, floats) are taken; a
+    /// level that is none, or a time that is none (milliseconds by mistake: year 58903), is
+    /// left out and said.
+    #[test]
+    fn levels_and_timestamps_as_senders_write_them() {
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let of = |extra: Value| {
+            let mut gelf = json!({"short_message": "m"});
+            gelf.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let Value::Object(gelf) = gelf else {
+                unreachable!()
+            };
+            event(gelf, peer, "id".into()).unwrap()
+        };
+        for level in [json!(3), json!(3.0), json!("3")] {
+            let (event, defects) = of(json!({"level": level}));
+            assert_eq!(event.level.as_deref(), Some("err"));
+            assert!(defects.is_empty());
+        }
+        for level in [json!(99), json!(2.5), json!("warn")] {
+            let (event, defects) = of(json!({"level": level}));
+            assert_eq!(event.level, None);
+            assert_eq!(defects, ["bad_level"]);
+        }
+        for timestamp in [json!(1796659200), json!("1796659200.5")] {
+            let (event, defects) = of(json!({"timestamp": timestamp}));
+            assert!(
+                event.timestamp.starts_with("2026-12-07T"),
+                "{}",
+                event.timestamp
+            );
+            assert!(defects.is_empty());
+        }
+        let (event, defects) = of(json!({"timestamp": 1796659200123u64}));
+        assert!(event.timestamp.len() == 24, "{}", event.timestamp);
+        assert_eq!(defects, ["bad_timestamp"]);
     }
 
     #[test]

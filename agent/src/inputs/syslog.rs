@@ -190,7 +190,8 @@ fn to_event(message: &Message<&str>, peer: IpAddr, id: String) -> Event {
         container: None,
         stream: None,
         level: message.severity.map(|s| s.as_str().to_owned()),
-        message: message.msg.to_owned(),
+        // RFC 5424's BOM says the message is UTF-8; it is not part of it.
+        message: message.msg.trim_start_matches('\u{feff}').to_owned(),
         fields,
     }
 }
@@ -216,5 +217,14 @@ mod tests {
         assert_eq!(first, Some((b"hello".to_vec(), false)));
         let second = octet_counted(&mut reader, 5).await.unwrap();
         assert_eq!(second, Some((b"hello".to_vec(), true)));
+    }
+
+    /// RFC 5424's byte order mark before the message says it is UTF-8, and is not kept.
+    #[test]
+    fn the_rfc_5424_bom_is_not_part_of_the_message() {
+        let raw = "<14>1 2026-12-07T16:10:00Z web-1 app - - - \u{feff}started";
+        let parsed = syslog_loose::parse_message(raw, Variant::Either);
+        let event = to_event(&parsed, "127.0.0.1".parse().unwrap(), "id".into());
+        assert_eq!(event.message, "started");
     }
 }
