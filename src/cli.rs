@@ -228,7 +228,8 @@ pub struct ProduceArgs {
     /// Split each line at the first SEP into key and value.
     #[arg(long, value_name = "SEP")]
     pub key_separator: Option<String>,
-    /// Write every record to this partition (else the key, or round robin, decides).
+    /// Write every record to this partition (else the key decides; records without one go where
+    /// librdkafka's partitioner puts them: a batch at a time to one partition, not one by one).
     #[arg(long, short)]
     pub partition: Option<i32>,
     /// Acknowledgement the broker must give: all, 1 or 0.

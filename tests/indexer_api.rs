@@ -66,7 +66,7 @@ fn queries_ranges_and_limits() {
     assert_eq!(body["total"], 10);
     let hits = body["hits"].as_array().unwrap();
     assert_eq!(hits[0]["event"]["id"], "ev-19", "newest first");
-    assert_eq!(hits[9]["timestamp"], "2026-01-01T00:10:00Z");
+    assert_eq!(hits[9]["timestamp"], "2026-01-01T00:10:00.000Z");
     assert!(body["elapsed_ms"].as_f64().unwrap() >= 0.0);
 
     // Relative times: everything here is from January, so "the last hour" is empty.
@@ -146,7 +146,7 @@ fn histogram_and_fields() {
         .collect();
     // Errors at minutes 0, 3, ..., 27: four in the first ten minutes, three in each next ten.
     assert_eq!(counts, vec![4, 3, 3, 0, 0, 0]);
-    assert_eq!(body["buckets"][1]["start"], "2026-01-01T00:10:00Z");
+    assert_eq!(body["buckets"][1]["start"], "2026-01-01T00:10:00.000Z");
     // A start and no end runs to now, the empty days after the data included.
     let (status, body) = sluice.api(
         "/api/v1/histogram",
@@ -239,7 +239,7 @@ fn sluice_search_prints_for_people_and_json() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 5, "{stdout}");
     assert_eq!(
-        lines[0], "2026-01-01T00:03:00Z error web-1 request 3 served",
+        lines[0], "2026-01-01T00:03:00.000Z error web-1 request 3 served",
         "oldest first, so the newest is beside the prompt"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("5 of 5 hits"));
@@ -395,7 +395,7 @@ fn a_histogram_of_a_few_milliseconds_has_one_bucket_per_millisecond() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["interval_ms"], 1, "{body}");
     let first = body["buckets"][0]["start_ms"].as_i64().unwrap();
-    assert_eq!(body["buckets"][0]["start"], "2026-01-01T10:00:00Z");
+    assert_eq!(body["buckets"][0]["start"], "2026-01-01T10:00:00.000Z");
     let buckets: Vec<(i64, u64)> = body["buckets"]
         .as_array()
         .unwrap()

@@ -1,6 +1,5 @@
 //! Times and durations as people type them: `now`, `-15m`, `2h`, RFC 3339, epoch milliseconds.
 
-use tantivy::time::format_description::well_known::Rfc3339;
 use tantivy::time::OffsetDateTime;
 
 use crate::mapping::{epoch_number_ms, in_range, parse_rfc3339_ms};
@@ -59,12 +58,21 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("`{text}` is not a usable duration"))
 }
 
-/// RFC 3339 with milliseconds, in UTC.
+/// RFC 3339 with milliseconds, always three digits (times sort as text), in UTC.
 pub fn format_ms(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
+    match OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => ms.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -106,5 +114,7 @@ mod tests {
     #[test]
     fn formats_utc_with_milliseconds() {
         assert_eq!(format_ms(1_795_341_600_123), "2026-11-22T10:00:00.123Z");
+        assert_eq!(format_ms(1_795_341_600_500), "2026-11-22T10:00:00.500Z");
+        assert_eq!(format_ms(1_795_341_600_000), "2026-11-22T10:00:00.000Z");
     }
 }
