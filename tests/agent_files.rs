@@ -656,3 +656,38 @@ fn a_deleted_files_last_line_without_its_newline_is_shipped_when_it_is_closed() 
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[1]["message"], "line 1 the last, unended");
 }
+
+/// A file truncated and written again in one go past where it was read, with the same first
+/// line (a job that rewrites its log under a fixed banner): every line of the new run is
+/// shipped. (Taken for the same file, it was read on from the old offset and the new run's
+/// first lines were lost.)
+#[test]
+fn a_file_rewritten_in_place_under_the_same_first_line_is_read_from_its_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("job.log");
+    let run = |n: usize, lines: usize| -> String {
+        let body: String = (0..lines)
+            .map(|i| format!("line {} of run {n}\n", n * 1000 + i))
+            .collect();
+        format!("line {} banner\n{body}", n * 1000 + 999)
+    };
+    std::fs::write(&path, run(1, 100)).unwrap();
+    let config = agent_config(&sluice, &logs.join("*.log"), "");
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until("the first run sent", Duration::from_secs(30), || {
+        agent.metric("sluice_agent_events_sent_total") >= 101.0
+    });
+    std::fs::write(&path, run(1, 300).replace("of run 1", "of run 1 again")).unwrap();
+    wait_until("the second run sent", Duration::from_secs(30), || {
+        agent.metric("sluice_agent_events_sent_total") >= 402.0
+    });
+    let events = logs_events(&sluice, 402);
+    let again = events
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().ends_with("again"))
+        .count();
+    assert_eq!(again, 300, "every line of the rewritten file");
+}

@@ -75,7 +75,14 @@ pub struct Tailer {
     pub orphaned: Option<Instant>,
     /// Nothing more will be written: a last line without its newline is whole.
     ended: bool,
+    /// The last bytes read (up to `TAIL_CHECK`, ending at `read_at`): when they are no longer
+    /// in the file, it was rewritten in place past where it was read (truncated and written
+    /// again, with the same first line).
+    last_read: Vec<u8>,
 }
+
+/// How many of the last bytes read are checked again before reading on.
+const TAIL_CHECK: usize = 64;
 
 impl Tailer {
     pub fn new(
@@ -100,6 +107,7 @@ impl Tailer {
             skipping: false,
             orphaned: None,
             ended: false,
+            last_read: Vec::new(),
         }
     }
 
@@ -130,7 +138,9 @@ impl Tailer {
         if len == self.read_at {
             return Ok(Read::Idle);
         }
-        if fingerprint(&self.file, fingerprint_bytes)? != Some(self.fingerprint) {
+        if fingerprint(&self.file, fingerprint_bytes)? != Some(self.fingerprint)
+            || !self.still_there()?
+        {
             return Ok(Read::Truncated);
         }
         let want = ((len - self.read_at) as usize).min(CHUNK);
@@ -139,7 +149,31 @@ impl Tailer {
         let n = self.file.read_at(&mut self.buf[old..], self.read_at)?;
         self.buf.truncate(old + n);
         self.read_at += n as u64;
+        let new = &self.buf[old..];
+        let keep = TAIL_CHECK
+            .saturating_sub(new.len())
+            .min(self.last_read.len());
+        self.last_read.drain(..self.last_read.len() - keep);
+        self.last_read
+            .extend_from_slice(&new[new.len().saturating_sub(TAIL_CHECK)..]);
         Ok(if n == 0 { Read::Idle } else { Read::Data })
+    }
+
+    /// Whether the last bytes read are still where they were read.
+    fn still_there(&self) -> std::io::Result<bool> {
+        if self.last_read.is_empty() {
+            return Ok(true);
+        }
+        let mut now = vec![0u8; self.last_read.len()];
+        let at = self.read_at - now.len() as u64;
+        let mut len = 0;
+        while len < now.len() {
+            match self.file.read_at(&mut now[len..], at + len as u64)? {
+                0 => return Ok(false),
+                n => len += n,
+            }
+        }
+        Ok(now == self.last_read)
     }
 
     /// The whole lines read and not handed out yet, each cut at `max_line` bytes.
@@ -296,6 +330,31 @@ mod tests {
         // Truncated and written past where it was read: its first line tells.
         f.write_all(&[b'z'; 64]).unwrap();
         f.write_all(b"\n").unwrap();
+        assert_eq!(t.read(64).unwrap(), Read::Truncated);
+    }
+
+    /// Truncated and written again past where it was read, with the same first line (a job
+    /// that rewrites its log with a fixed banner): the bytes read last are no longer there.
+    #[test]
+    fn a_rewrite_in_place_with_the_same_first_line_is_a_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.log");
+        std::fs::write(&path, b"BANNER\nrun 1 line 1\nrun 1 line 2\n").unwrap();
+        let mut t = tailer(&path);
+        assert_eq!(t.read(64).unwrap(), Read::Data);
+        assert_eq!(t.lines(100).count(), 3);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"run 1 line 3\n").unwrap();
+        assert_eq!(t.read(64).unwrap(), Read::Data, "appends read on");
+        assert_eq!(t.lines(100).count(), 1);
+        std::fs::write(
+            &path,
+            b"BANNER\nrun 2 line 1\nrun 2 line 2\nrun 2 line 3\nrun 2 line 4\n",
+        )
+        .unwrap();
         assert_eq!(t.read(64).unwrap(), Read::Truncated);
     }
 
