@@ -305,16 +305,13 @@ impl AgentConfig {
                 format!("expected a regular expression: {e}"),
             ));
         }
-        if let Some(pattern) = self
-            .files
-            .include
-            .iter()
-            .find(|p| glob::Pattern::new(p).is_err())
-        {
-            return Err((
-                "agent.files.include",
-                format!("expected glob patterns, got {pattern:?}"),
-            ));
+        for pattern in &self.files.include {
+            if let Err(e) = glob::Pattern::new(pattern) {
+                return Err((
+                    "agent.files.include",
+                    format!("expected glob patterns, got {pattern:?} ({e})"),
+                ));
+            }
         }
         if !(256..=900_000).contains(&self.files.max_line_bytes) {
             return Err((
@@ -343,5 +340,21 @@ impl AgentConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pattern glob cannot read is refused with glob's reason.
+    #[test]
+    fn a_bad_glob_says_why() {
+        let mut config = AgentConfig::default();
+        config.files.include = vec!["/var/log/*.log".into(), "/var/log/[bad".into()];
+        let (key, said) = config.check().unwrap_err();
+        assert_eq!(key, "agent.files.include");
+        assert!(said.contains("\"/var/log/[bad\" ("), "{said}");
+        assert!(said.contains("invalid range pattern"), "{said}");
     }
 }

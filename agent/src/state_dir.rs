@@ -7,6 +7,13 @@ use std::path::Path;
 /// Creates `dir` if needed and proves the agent can write state there as it will (a file
 /// written, synced and renamed into place).
 pub fn check(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "agent state dir {}: is not a directory; the file checkpoints and the spool need \
+             one ([agent] state_dir, --state-dir)",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(dir)
         .and_then(|()| {
             let probe = dir.join(".writable");
@@ -58,5 +65,7 @@ mod tests {
             "{refused}"
         );
         assert!(refused.contains("state_dir"), "{refused}");
+        let refused = check(&file).unwrap_err().to_string();
+        assert!(refused.contains("is not a directory"), "{refused}");
     }
 }
