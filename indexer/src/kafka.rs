@@ -52,6 +52,9 @@ pub fn client(config: &IndexerConfig, own: &[(&str, &str)]) -> ClientConfig {
     client
 }
 
+/// How long a start waits for the brokers to answer.
+const REACH_WAIT: Duration = Duration::from_secs(30);
+
 pub async fn ensure_topic(
     config: &IndexerConfig,
     topic: &str,
@@ -60,11 +63,18 @@ pub async fn ensure_topic(
     let brokers = &config.brokers;
     let admin: AdminClient<DefaultClientContext> = client(config, &[]).create()?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics([&new], &options)
-        .await
-        .map_err(|e| anyhow::anyhow!("indexer: cannot reach {brokers}: {e}"))?;
+    let options = AdminOptions::new().request_timeout(Some(REACH_WAIT));
+    let created = admin.create_topics([&new], &options);
+    tokio::pin!(created);
+    // Said once when it takes a while, so a start with the brokers away is not silent.
+    let created = tokio::select! {
+        created = &mut created => created,
+        () = tokio::time::sleep(Duration::from_secs(2)) => {
+            tracing::warn!(%brokers, "indexer: waiting for the brokers (at most {} s)", REACH_WAIT.as_secs());
+            created.await
+        }
+    };
+    let results = created.map_err(|e| anyhow::anyhow!("indexer: cannot reach {brokers}: {e}"))?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
