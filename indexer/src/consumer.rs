@@ -29,8 +29,11 @@ use crate::partition::{PartitionIndex, WriterSettings};
 use crate::schema::LogSchema;
 use crate::worker::{OwnedRecord, PartitionWorker};
 
-/// How long an assignment waits for the partition's previous owner to close its index.
-const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// How long an assignment waits, for all its partitions together, for their previous owners to
+/// close their indexes. The callback runs on the consumer's thread, which indexes nothing while
+/// it waits: a partition still held after that (its owner hung) waits paused, tried again at
+/// every commit interval, while the others go on.
+const HANDOVER_WAIT: Duration = Duration::from_secs(1);
 const RETENTION_EVERY: Duration = Duration::from_secs(5);
 /// How often partitions that still wait for their index are said in the log (the gauge
 /// `sluice_indexer_partitions_waiting` tells at every scrape).
@@ -355,8 +358,10 @@ impl GroupContext {
         let mut state = shared.state();
         let mut starts = Vec::new();
         let mut waiting = TopicPartitionList::new();
+        let deadline = Instant::now() + HANDOVER_WAIT;
         for partition in partitions {
-            let start = match shared.open(partition, HANDOVER_WAIT) {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let start = match shared.open(partition, wait) {
                 Ok((worker, start)) => {
                     state.open.insert(partition, worker);
                     start
