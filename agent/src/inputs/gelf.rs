@@ -3,8 +3,9 @@
 //! id, sequence number and count) when large; over TCP plain JSON frames ended by a null byte.
 //!
 //! Chunks are reassembled in a bounded table: at most `MAX_PENDING` messages and
-//! `MAX_PENDING_BYTES` of chunks at once, each dropped (and counted) when its chunks have not all
-//! come within five seconds, as the GELF specification says. Decompression stops at `max_message_bytes`, so a small datagram cannot
+//! `MAX_PENDING_BYTES` of chunks at once (a new message makes room by dropping the oldest
+//! pending ones, counted), each dropped (and counted) when its chunks have not all come within
+//! five seconds, as the GELF specification says. Decompression stops at `max_message_bytes`, so a small datagram cannot
 //! expand into a large allocation.
 
 use std::collections::HashMap;
@@ -26,7 +27,8 @@ const CHUNK_HEADER: usize = 12;
 /// The GELF specification's limits: 128 chunks, five seconds to get them all.
 const MAX_CHUNKS: u8 = 128;
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Messages being reassembled at once; a chunk of one more is dropped and counted.
+/// Messages being reassembled at once; one more drops the oldest (most likely never to be
+/// whole: a flood of first chunks must not keep out the messages that come after it).
 const MAX_PENDING: usize = 1024;
 /// Bytes of chunks held at once, all messages together: a flood of first chunks cannot hold
 /// `MAX_PENDING` times `max_message_bytes`.
@@ -48,7 +50,11 @@ pub async fn run_udp(
             shipper.malformed("gelf_udp", "incomplete_chunks");
         }
         let whole = if datagram.starts_with(&CHUNK_MAGIC) {
-            match chunks.add(datagram, now, max) {
+            let added = chunks.add(datagram, now, max);
+            for _ in 0..chunks.take_dropped() {
+                shipper.malformed("gelf_udp", "too_many_chunked_messages");
+            }
+            match added {
                 Ok(Some(whole)) => whole,
                 Ok(None) => continue,
                 Err(reason) => {
@@ -121,6 +127,8 @@ struct Reassembly {
     pending: HashMap<[u8; 8], Pending>,
     /// The bytes of every pending message's chunks.
     bytes: usize,
+    /// Pending messages dropped to make room, not yet counted.
+    dropped: usize,
 }
 
 struct Pending {
@@ -146,8 +154,10 @@ impl Reassembly {
             return Err("bad_chunk");
         }
         if !self.pending.contains_key(&id) && self.pending.len() >= MAX_PENDING {
-            return Err("too_many_chunked_messages");
+            self.drop_oldest(&id);
         }
+        let part = &datagram[CHUNK_HEADER..];
+        while self.bytes + part.len() > MAX_PENDING_BYTES && self.drop_oldest(&id) {}
         let pending = self.pending.entry(id).or_insert_with(|| Pending {
             first: now,
             parts: vec![None; count as usize],
@@ -158,7 +168,6 @@ impl Reassembly {
             self.pending.remove(&id);
             return Err("bad_chunk");
         }
-        let part = &datagram[CHUNK_HEADER..];
         let replaced = pending.parts[seq as usize].as_ref().map_or(0, Vec::len);
         let grown = pending.bytes - replaced + part.len();
         if grown > max {
@@ -180,6 +189,27 @@ impl Reassembly {
         Ok(Some(
             pending.parts.into_iter().flatten().flatten().collect(),
         ))
+    }
+
+    /// Drops the pending message that began first, other than `keep`'s; whether there was one.
+    fn drop_oldest(&mut self, keep: &[u8; 8]) -> bool {
+        let oldest = self
+            .pending
+            .iter()
+            .filter(|(id, _)| *id != keep)
+            .min_by_key(|(_, p)| p.first)
+            .map(|(id, _)| *id);
+        let Some(dropped) = oldest.and_then(|id| self.pending.remove(&id)) else {
+            return false;
+        };
+        self.bytes -= dropped.bytes;
+        self.dropped += 1;
+        true
+    }
+
+    /// How many pending messages were dropped to make room since it was last asked.
+    fn take_dropped(&mut self) -> usize {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Drops messages whose chunks did not all come in time; how many.
@@ -413,25 +443,30 @@ mod tests {
         );
     }
 
-    /// First chunks of many large messages whose other chunks never come fill the table's byte
-    /// budget, not the memory: past it chunks are refused, and expiry frees it all.
+    /// First chunks of many messages whose other chunks never come (a flood, or lost
+    /// datagrams) fill the table's byte and message budgets, not the memory: the oldest make
+    /// room for the new, so a message sent after them is still put together; expiry frees it all.
     #[test]
-    fn chunks_held_at_once_are_bounded_in_bytes() {
+    fn chunks_held_at_once_are_bounded_and_the_oldest_make_room() {
         let mut chunks = Reassembly::default();
         let now = Instant::now();
-        let part = vec![b'x'; 60_000];
-        let mut refused = 0;
-        for id in 0..1000u32 {
-            let mut datagram = chunk(0, 0, 100, &part);
-            datagram[2..6].copy_from_slice(&id.to_be_bytes());
-            match chunks.add(&datagram, now, 1 << 20) {
-                Ok(None) => {}
-                Err("too_many_chunked_messages") => refused += 1,
-                other => panic!("{other:?}"),
+        for (count, size) in [(1000u32, 60_000), (5000, 10)] {
+            for id in 0..count {
+                let mut datagram = chunk(0, 0, 100, &vec![b'x'; size]);
+                datagram[2..6].copy_from_slice(&id.to_be_bytes());
+                datagram[6] = size as u8;
+                assert_eq!(chunks.add(&datagram, now, 1 << 20), Ok(None));
+                assert!(chunks.bytes <= MAX_PENDING_BYTES);
+                assert!(chunks.pending.len() <= MAX_PENDING);
             }
         }
-        assert!(chunks.bytes <= MAX_PENDING_BYTES);
-        assert!(refused > 400, "{refused} refused");
+        assert!(chunks.take_dropped() > 4000, "the oldest were dropped");
+        assert_eq!(chunks.add(&chunk(9, 1, 2, b"lo"), now, 1 << 20), Ok(None));
+        assert_eq!(
+            chunks.add(&chunk(9, 0, 2, b"hel"), now, 1 << 20),
+            Ok(Some(b"hello".to_vec())),
+            "a message after the flood"
+        );
         chunks.expire(now + Duration::from_secs(6));
         assert_eq!(chunks.bytes, 0);
     }
