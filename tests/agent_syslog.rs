@@ -342,6 +342,13 @@ fn a_full_spool_drops_and_counts_with_the_drop_policy() {
         "spool holds {spooled} bytes"
     );
     assert!(agent.metric("sluice_agent_spool_dropped_total") > 0.0);
+    // Said in the log, once for the flood.
+    assert_eq!(
+        agent.log_text().matches("the spool is full").count(),
+        1,
+        "{}",
+        agent.log_text()
+    );
 }
 
 /// `logger` sends `<tag> 0` to `<tag> <count - 1>` over TCP; waits until the agent has read

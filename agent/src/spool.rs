@@ -48,7 +48,12 @@ struct State {
     open: Option<(u64, BufWriter<File>, u64)>,
     next: u64,
     bytes: u64,
+    /// When dropping for want of room was last said in the log.
+    drops_said: Option<std::time::Instant>,
 }
+
+/// Drops for want of room are said at most this often (the counter tells them all).
+const DROPS_SAID_EVERY: Duration = Duration::from_secs(60);
 
 /// What became of an event handed to the spool.
 pub enum Spooled {
@@ -97,6 +102,7 @@ impl Spool {
                 open: None,
                 next,
                 bytes,
+                drops_said: None,
             }),
         })
     }
@@ -130,6 +136,17 @@ impl Spool {
                 }
                 if !self.block {
                     self.metrics.spool_dropped.inc();
+                    if state
+                        .drops_said
+                        .is_none_or(|said| said.elapsed() >= DROPS_SAID_EVERY)
+                    {
+                        state.drops_said = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            max_bytes = self.max_bytes,
+                            "agent: the spool is full: events are dropped ([agent.spool] \
+                             when_full = \"drop\"; sluice_agent_spool_dropped_total counts them)"
+                        );
+                    }
                     return Ok(Spooled::Dropped);
                 }
             }
