@@ -188,3 +188,35 @@ fn offsets_deleted_by_retention_while_the_indexer_was_away_are_counted() {
         "every offset indexed or counted gone"
     );
 }
+
+/// The broker away: the indexer says so once a minute for each of its clients, not at every
+/// reconnect (40 lines in its first seconds, librdkafka's log and error and the consumer's
+/// error for each failure).
+#[test]
+fn a_broker_away_is_said_once_not_at_every_reconnect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Sluice::broker(tmp.path(), "");
+    let indexer = Sluice::indexer(&broker, "quiet", CONFIG);
+    wait_until(
+        "the indexer owns every partition",
+        Duration::from_secs(60),
+        || owned(&indexer) == 6.0,
+    );
+    broker.kill9();
+    std::thread::sleep(Duration::from_secs(8));
+    let log = indexer.log_text();
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(
+        log.contains("brokers are down"),
+        "the outage is said:\n{log}"
+    );
+    assert!(
+        loud.len() <= 6,
+        "{} lines:\n{}",
+        loud.len(),
+        loud.join("\n")
+    );
+}

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -93,6 +95,7 @@ impl Indexer {
         let consumer: BaseConsumer<GroupContext> = kafka::client(&config, &own)
             .create_with_context(GroupContext {
                 shared: shared.clone(),
+                quiet: kafka::Quiet::of(&config),
             })
             .map_err(|e| anyhow::anyhow!("indexer consumer: {e}"))?;
         consumer
@@ -247,9 +250,18 @@ impl Shared {
 
 struct GroupContext {
     shared: Arc<Shared>,
+    quiet: kafka::Quiet,
 }
 
 impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.quiet.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error(error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
         let Some(topic) = statistics.topics.get(&self.shared.topic) else {
             return;
@@ -471,7 +483,12 @@ fn run(
                 if failed.is_some() {
                     break;
                 }
-                tracing::warn!(error = %e, "indexer: consuming");
+                let kind = format!("{:?}", e.rdkafka_error_code());
+                if consumer.context().quiet.first_in_a_while(&kind) {
+                    tracing::warn!(error = %e, "indexer: consuming (said once a minute)");
+                } else {
+                    tracing::debug!(error = %e, "indexer: consuming");
+                }
                 shared.metrics.errors.with_label_values(&["consume"]).inc();
             }
             None => {}

@@ -3,12 +3,15 @@
 //! exist yet, so the indexer also runs against a Kafka or Redpanda cluster that does not
 //! auto-create topics.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 
 use crate::config::IndexerConfig;
@@ -36,6 +39,67 @@ pub const KAFKA_FIXED: &[(&str, &str)] = &[
         "the indexers hand partitions over with cooperative-sticky",
     ),
 ];
+
+/// How the indexer's clients say librdkafka's troubles: librdkafka logs each one twice (a log
+/// line and an error) and again at every reconnect, 40 lines in the first seconds of a broker
+/// away. Each kind of trouble is said once a minute, the rest goes to debug;
+/// `[indexer.kafka] debug` (librdkafka's own tracing) lets everything through.
+pub struct Quiet {
+    verbose: bool,
+    /// When each kind of trouble was last said (librdkafka's error codes and log facilities: a
+    /// few dozen).
+    said: Mutex<HashMap<String, Instant>>,
+}
+
+/// Each kind of trouble is said at most this often.
+const SAID_EVERY: Duration = Duration::from_secs(60);
+
+impl Quiet {
+    pub fn of(config: &IndexerConfig) -> Self {
+        Self {
+            verbose: config.kafka.contains_key("debug"),
+            said: Mutex::default(),
+        }
+    }
+
+    /// Whether `kind` of trouble is to be said now: not said within the last minute.
+    pub fn first_in_a_while(&self, kind: &str) -> bool {
+        if self.verbose {
+            return true;
+        }
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        if said.get(kind).is_some_and(|at| at.elapsed() < SAID_EVERY) {
+            return false;
+        }
+        if said.len() >= 256 {
+            said.clear();
+        }
+        said.insert(kind.to_owned(), Instant::now());
+        true
+    }
+}
+
+impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        // Errors come again through `error`; only what is worse is said from here.
+        let worse_than_error = (level as i32) < (RDKafkaLogLevel::Error as i32);
+        if (worse_than_error || self.verbose) && self.first_in_a_while(facility) {
+            tracing::warn!(facility, "librdkafka: {message}");
+        } else {
+            tracing::debug!(facility, "librdkafka: {message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.first_in_a_while(&format!("{:?}", error.rdkafka_error_code())) {
+            tracing::warn!(%error, "indexer: Kafka: {reason} (said once a minute)");
+        } else {
+            tracing::debug!(%error, "indexer: Kafka: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for Quiet {}
 
 /// A client of the indexer's brokers: `own` (what this client needs), then `[indexer.kafka]`.
 pub fn client(config: &IndexerConfig, own: &[(&str, &str)]) -> ClientConfig {

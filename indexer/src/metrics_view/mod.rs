@@ -67,8 +67,8 @@ impl MetricsView {
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
         ];
-        let consumer: BaseConsumer = kafka::client(indexer, &own)
-            .create()
+        let consumer: BaseConsumer<kafka::Quiet> = kafka::client(indexer, &own)
+            .create_with_context(kafka::Quiet::of(indexer))
             .map_err(|e| anyhow::anyhow!("metrics view consumer: {e}"))?;
         let reader = Reader {
             consumer,
@@ -115,7 +115,7 @@ async fn serve(State(store): State<Arc<Mutex<SeriesStore>>>) -> impl IntoRespons
 }
 
 struct Reader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<kafka::Quiet>,
     topic: String,
     expire_after: Duration,
     store: Arc<Mutex<SeriesStore>>,
