@@ -92,7 +92,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 /// Stops the inputs and starts them with `wanted`; with `running` again when `wanted` cannot
 /// start (a port taken, say). The listeners whose address stays are handed over open, and the
-/// stop waits only a moment for the broker: what it has not acknowledged is sent after.
+/// stop waits for the broker only while it takes what is queued (`Patience::RELOAD`).
 async fn restart(
     agent: Agent,
     running: AgentConfig,
@@ -100,10 +100,12 @@ async fn restart(
     metrics: &AgentMetrics,
 ) -> anyhow::Result<(Agent, AgentConfig)> {
     tracing::info!("configuration changed: restarting the agent's inputs");
-    let listeners = agent.listeners();
+    let mut listeners = agent.listeners();
     if let Err(e) = agent.stop(Patience::RELOAD).await {
         tracing::warn!(error = %e, "agent: stopping for the new configuration");
     }
+    // The others closed now: a new address overlapping one of them can be bound.
+    listeners.keep_only(&wanted);
     match Agent::start(wanted.clone(), metrics.clone(), &listeners).await {
         Ok(agent) => Ok((agent, wanted)),
         Err(e) => {

@@ -293,6 +293,21 @@ impl AgentConfig {
                 format!("expected block or drop, got {:?}", self.spool.when_full),
             ));
         }
+        for (protocol, syslog, gelf) in [
+            ("udp", &self.syslog.udp, &self.gelf.udp),
+            ("tcp", &self.syslog.tcp, &self.gelf.tcp),
+        ] {
+            if !syslog.is_empty() && syslog == gelf {
+                return Err((
+                    if protocol == "udp" {
+                        "agent.gelf.udp"
+                    } else {
+                        "agent.gelf.tcp"
+                    },
+                    format!("expected an address of its own, got {gelf:?}, syslog's too"),
+                ));
+            }
+        }
         if !matches!(self.files.read_from.as_str(), "beginning" | "end") {
             return Err((
                 "agent.files.read_from",
@@ -346,6 +361,19 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Syslog and GELF cannot share a socket.
+    #[test]
+    fn syslog_and_gelf_on_one_address_are_refused() {
+        let mut config = AgentConfig::default();
+        config.syslog.udp = "127.0.0.1:5514".into();
+        config.gelf.udp = "127.0.0.1:5514".into();
+        let (key, said) = config.check().unwrap_err();
+        assert_eq!(key, "agent.gelf.udp");
+        assert!(said.contains("syslog's too"), "{said}");
+        config.gelf.udp = "127.0.0.1:12201".into();
+        assert!(config.check().is_ok());
+    }
 
     /// A pattern glob cannot read is refused with glob's reason.
     #[test]

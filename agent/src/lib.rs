@@ -44,6 +44,8 @@ use crate::spool::Spool;
 pub struct Patience {
     pub timeout: Duration,
     pub stalled: Duration,
+    /// Whether the spool is given its chance to drain first.
+    pub drain_spool: bool,
 }
 
 impl Patience {
@@ -51,18 +53,23 @@ impl Patience {
     pub const EXIT: Patience = Patience {
         timeout: Duration::from_secs(30),
         stalled: Duration::from_secs(5),
+        drain_spool: true,
     };
-    /// For a reload, while the listeners stay open but nothing reads them: a moment for the
-    /// acknowledgements already on their way, and no more (datagrams wait in the socket's
-    /// buffer only so long).
+    /// For a reload, while the listeners stay open but nothing reads them (datagrams wait in
+    /// the socket's buffer only so long): librdkafka's queue (at most 4 MiB) is waited for
+    /// while the broker takes it, but not a moment once it stops; the spool stays for the
+    /// next inputs. (Lines of a file rotated away or deleted that are given up on are lost:
+    /// the next inputs do not find that file again.)
     pub const RELOAD: Patience = Patience {
-        timeout: Duration::from_millis(500),
+        timeout: Duration::from_secs(30),
         stalled: Duration::from_millis(200),
+        drain_spool: false,
     };
     /// For a start that failed half way: nothing is waited for.
     pub const NONE: Patience = Patience {
         timeout: Duration::ZERO,
         stalled: Duration::ZERO,
+        drain_spool: false,
     };
 }
 
@@ -251,9 +258,15 @@ impl Agent {
     /// Stops the inputs and waits, as `patience` allows, for the broker to acknowledge what is
     /// queued; then the file checkpoints take in the last acknowledgements.
     pub async fn stop(self, patience: Patience) -> anyhow::Result<()> {
-        let Patience { timeout, stalled } = patience;
-        for task in self.tasks.iter().flatten() {
+        let Patience {
+            timeout,
+            stalled,
+            drain_spool,
+        } = patience;
+        // Awaited, so the sockets they held are closed (or only the next agent's) on return.
+        for task in self.tasks.into_iter().flatten() {
             task.abort();
+            let _ = task.await;
         }
         // Refused records stay where `keep_unsent` finds them.
         self.resend.abort();
@@ -268,7 +281,7 @@ impl Agent {
                 spool.close();
                 let deadline = tokio::time::Instant::now() + timeout;
                 let (mut left, mut moved) = (spool.bytes(), tokio::time::Instant::now());
-                while left > 0 && tokio::time::Instant::now() < deadline {
+                while drain_spool && left > 0 && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     let now = spool.bytes();
                     if now < left {
@@ -335,6 +348,16 @@ fn keep_unsent(shipper: &Shipper) -> usize {
 }
 
 impl Listeners {
+    /// Only the sockets `config` listens on again: the others are closed, so a new address
+    /// that overlaps an old one (`0.0.0.0` for `127.0.0.1`) can be bound.
+    pub fn keep_only(&mut self, config: &AgentConfig) {
+        let (syslog, gelf) = (&config.syslog, &config.gelf);
+        self.udp
+            .retain(|addr, _| [&syslog.udp, &gelf.udp].contains(&addr));
+        self.tcp
+            .retain(|addr, _| [&syslog.tcp, &gelf.tcp].contains(&addr));
+    }
+
     /// The UDP socket of a listener that is on (a non-empty address): `reuse`'s, or bound
     /// now, failing fast on a taken port.
     async fn udp(
@@ -354,10 +377,22 @@ impl Listeners {
                     .map_err(|e| anyhow::anyhow!("agent {what} UDP {addr}: cannot listen: {e}"))?;
                 // Room for a burst, or a reload's pause, beyond the kernel's default (about
                 // 200 KiB); the kernel caps it at net.core.rmem_max.
-                if let Err(e) =
+                let granted =
                     rustix::net::sockopt::set_socket_recv_buffer_size(&socket, UDP_RECEIVE_BUFFER)
-                {
-                    tracing::debug!(error = %e, "agent: UDP receive buffer left at the default");
+                        .and_then(|()| rustix::net::sockopt::socket_recv_buffer_size(&socket));
+                match granted {
+                    // The kernel reports twice what it accounts for: its own bookkeeping.
+                    Ok(bytes) if bytes / 2 < UDP_RECEIVE_BUFFER => tracing::info!(
+                        what,
+                        addr,
+                        bytes,
+                        "agent: UDP receive buffer smaller than asked (4 MiB): raise \
+                         net.core.rmem_max for more room in bursts and reloads"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "agent: UDP receive buffer left at the default")
+                    }
                 }
                 Arc::new(socket)
             }
