@@ -65,6 +65,16 @@ struct Bucket {
     index: Index,
 }
 
+/// What an index holds at an offset, against a record read there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Held {
+    /// A document of the same content and time: the record itself.
+    Same,
+    /// Another document.
+    Other,
+    Nothing,
+}
+
 /// Whether an index error means the bucket's files are damaged (missing, corrupt, unreadable
 /// as an index), not that opening them failed for now.
 fn is_damage(e: &tantivy::TantivyError) -> bool {
@@ -97,25 +107,36 @@ impl Bucket {
         })
     }
 
-    /// Whether a document at `offset` has `source` as its `_source`.
-    fn holds_source_at(
+    /// What the bucket holds at `offset`: a document with `source` as its `_source` and `time_ms`
+    /// as its time, another, or none.
+    fn held_at(
         &self,
         schema: &LogSchema,
         offset: i64,
         source: &str,
-    ) -> tantivy::Result<bool> {
+        time_ms: Option<i64>,
+    ) -> tantivy::Result<Held> {
         let query = TermQuery::new(
             Term::from_field_u64(schema.offset, offset as u64),
             IndexRecordOption::Basic,
         );
+        let mut held = Held::Nothing;
         for address in self.searcher.search(&query, &DocSetCollector)? {
             let doc: TantivyDocument = self.searcher.doc(address)?;
             let stored = doc.get_first(schema.source_doc).and_then(|v| v.as_str());
-            if stored == Some(source) {
-                return Ok(true);
+            let time = self
+                .searcher
+                .segment_reader(address.segment_ord)
+                .fast_fields()
+                .date("timestamp")?
+                .first(address.doc_id)
+                .map(|t| t.into_timestamp_millis());
+            if stored == Some(source) && time == time_ms {
+                return Ok(Held::Same);
             }
+            held = Held::Other;
         }
-        Ok(false)
+        Ok(held)
     }
 
     fn holds_id(&self, term: &Term) -> tantivy::Result<bool> {
@@ -259,7 +280,8 @@ impl PartitionIndex {
             // skipped; or it restarted under the index (the topic deleted and made again, the
             // broker's data new). At the first record the index does not hold, what follows is
             // new: a new generation of offsets begins.
-            if self.holds_record(record.offset, &mapped)? {
+            let time_ms = record.timestamp_ms.min(now_ms);
+            if self.holds_record(record.offset, time_ms, &mapped)? {
                 self.rereading += 1;
                 return Ok(Added::Duplicate);
             }
@@ -295,20 +317,39 @@ impl PartitionIndex {
         Ok(Added::Indexed(mapped.malformed))
     }
 
-    /// Whether a committed document at `offset` is this very record (the same `_source`).
-    fn holds_record(&self, offset: i64, mapped: &Mapped) -> tantivy::Result<bool> {
-        let Some(source) = mapped.doc.get_first(self.schema.source_doc) else {
-            return Ok(false);
-        };
-        let Some(source) = source.as_str() else {
-            return Ok(false);
-        };
+    /// Whether the index holds this record, which comes below where the index ends: a
+    /// committed document at its offset with the same `_source` and time, or (no document
+    /// there) its `id` already held (skipped as a repeat when first read) or its time older
+    /// than the oldest bucket (deleted by retention). Another document at its offset, or none
+    /// where one should be, says the log there is not the one indexed.
+    fn holds_record(&self, offset: i64, time_ms: i64, mapped: &Mapped) -> tantivy::Result<bool> {
+        let source = mapped
+            .doc
+            .get_first(self.schema.source_doc)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let doc_time = mapped
+            .doc
+            .get_first(self.schema.timestamp)
+            .and_then(|v| v.as_datetime())
+            .map(|t| t.into_timestamp_millis());
+        let mut held = Held::Nothing;
         for bucket in self.buckets.iter().rev() {
-            if bucket.holds_source_at(&self.schema, offset, source)? {
+            match bucket.held_at(&self.schema, offset, source, doc_time)? {
+                Held::Same => return Ok(true),
+                Held::Other => held = Held::Other,
+                Held::Nothing => {}
+            }
+        }
+        if held == Held::Other {
+            return Ok(false);
+        }
+        if let Some(id) = &mapped.id {
+            if self.holds_id(id)? {
                 return Ok(true);
             }
         }
-        Ok(false)
+        Ok(self.buckets.first().is_some_and(|b| time_ms < b.start_ms))
     }
 
     fn holds_id(&self, id: &str) -> tantivy::Result<bool> {

@@ -170,6 +170,35 @@ fn a_log_cut_short_under_the_index_is_not_indexed_twice() {
     assert_eq!(index.committed_next_offset(), Some(6));
 }
 
+/// Read again after a cut, a record at an offset where the index holds no document (skipped
+/// as a repeat when first read) is still the log indexed; a record of the same content but
+/// another time where the lost tail was (a service saying the same line again) is new.
+#[test]
+fn a_reread_log_goes_past_repeats_and_tells_a_same_line_of_another_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut index = open(tmp.path());
+    let event = br#"{"id":"e1","message":"started"}"#;
+    for (offset, payload) in [(0, &b"GET /health 200"[..]), (1, event), (2, event)] {
+        index.add(&record(offset, 10, payload), 10).unwrap();
+    }
+    index.add(&record(3, 10, b"GET /health 200"), 10).unwrap();
+    index.commit().unwrap();
+    index.close().unwrap();
+    let mut index = open(tmp.path());
+    for (offset, payload) in [(0, &b"GET /health 200"[..]), (1, event), (2, event)] {
+        let added = index.add(&record(offset, 10, payload), 10).unwrap();
+        assert_eq!(added, Added::Duplicate, "offset {offset}");
+    }
+    assert_eq!(index.generation(), 0);
+    let added = index.add(&record(3, 20, b"GET /health 200"), 20).unwrap();
+    assert_eq!(
+        added,
+        Added::Indexed(None),
+        "the same line, said again later"
+    );
+    assert_eq!(index.generation(), 1);
+}
+
 #[test]
 fn uncommitted_records_are_not_kept() {
     let tmp = tempfile::tempdir().unwrap();
