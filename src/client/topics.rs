@@ -147,7 +147,7 @@ async fn alter(
             );
         }
     }
-    if overrides(&admin, name).await? != wanted {
+    if !same_configs(&overrides(&admin, name).await?, &wanted) {
         bail!(
             "cannot alter topic {name}: the broker kept the configs it had{}",
             reason(RDKafkaErrorCode::InvalidConfig, name, &wanted)
@@ -155,6 +155,26 @@ async fn alter(
     }
     println!("altered topic {name}");
     Ok(())
+}
+
+/// Whether the configs a topic describes are those asked for: the same keys, and values the
+/// same or meaning the same (a Sluice broker describes `compact,delete` for
+/// `delete,compact`, `none` for `uncompressed`).
+fn same_configs(described: &BTreeMap<String, String>, asked: &BTreeMap<String, String>) -> bool {
+    if described.keys().ne(asked.keys()) {
+        return false;
+    }
+    if described == asked {
+        return true;
+    }
+    let defaults = BrokerConfig::default();
+    matches!(
+        (
+            TopicSettings::resolve(&defaults, described),
+            TopicSettings::resolve(&defaults, asked),
+        ),
+        (Ok(a), Ok(b)) if a == b
+    )
 }
 
 /// The configs set on the topic itself (not the broker's defaults).
