@@ -124,6 +124,18 @@ impl Reader {
                         closed.push(key);
                         rescan = true;
                     }
+                    Ok(Read::Rewritten) => {
+                        let tailer = &followed.tailer;
+                        tracing::info!(
+                            path = %tailer.path.display(),
+                            identity = %tailer.identity,
+                            "agent: file rewritten in place: read again from its start"
+                        );
+                        // Closed, not released: no copy continues it, and a file of the same
+                        // first line found later is not taken for one.
+                        closed.push(key);
+                        rescan = true;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "agent: reading a file");
                         closed.push(key);

@@ -51,6 +51,9 @@ pub enum Read {
     Idle,
     /// The file is shorter than what was read of it: it was truncated (copytruncate).
     Truncated,
+    /// The file was written again from its start under the same first line, past what was read
+    /// of it (the bytes read last are gone): another file now, not one a copy continues.
+    Rewritten,
 }
 
 pub struct Tailer {
@@ -138,10 +141,11 @@ impl Tailer {
         if len == self.read_at {
             return Ok(Read::Idle);
         }
-        if fingerprint(&self.file, fingerprint_bytes)? != Some(self.fingerprint)
-            || !self.still_there()?
-        {
+        if fingerprint(&self.file, fingerprint_bytes)? != Some(self.fingerprint) {
             return Ok(Read::Truncated);
+        }
+        if !self.still_there()? {
+            return Ok(Read::Rewritten);
         }
         let want = ((len - self.read_at) as usize).min(CHUNK);
         let old = self.buf.len();
@@ -355,7 +359,7 @@ mod tests {
             b"BANNER\nrun 2 line 1\nrun 2 line 2\nrun 2 line 3\nrun 2 line 4\n",
         )
         .unwrap();
-        assert_eq!(t.read(64).unwrap(), Read::Truncated);
+        assert_eq!(t.read(64).unwrap(), Read::Rewritten);
     }
 
     /// A last line without its newline is waited for, and counted as behind until it comes.
