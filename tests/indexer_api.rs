@@ -50,6 +50,11 @@ fn queries_ranges_and_limits() {
     assert_eq!(sluice.hits("\"request 7 served\""), 1);
     assert_eq!(sluice.hits("fields.user.id:12"), 1);
     assert_eq!(sluice.hits("fields.user.id:[10 TO 19]"), 10);
+    // A decimal bound beside a whole one (Tantivy panicked on the two kinds).
+    assert_eq!(sluice.hits("fields.user.id:[9.5 TO 19]"), 10);
+    assert_eq!(sluice.hits("fields.user.id:[0 TO 1.5]"), 2);
+    assert_eq!(sluice.hits("fields.user.id:[0.5 TO 2.0]"), 2);
+    assert_eq!(sluice.hits("fields.user.id:{0 TO 2.5}"), 2);
     assert_eq!(sluice.hits("serv*"), 30);
     assert_eq!(sluice.hits("s?rved AND host:web-*"), 30, "wildcards");
     assert_eq!(sluice.hits("host:WEB-1*"), 15);

@@ -7,7 +7,7 @@
 //! queries on the field's terms.
 
 use tantivy::query::{Query, QueryParser};
-use tantivy::query_grammar::{self, Delimiter, Occur, UserInputAst, UserInputLeaf};
+use tantivy::query_grammar::{self, Delimiter, Occur, UserInputAst, UserInputBound, UserInputLeaf};
 
 /// Longest query text accepted: the grammar recurses per nesting level.
 const MAX_QUERY_BYTES: usize = 4096;
@@ -167,9 +167,74 @@ fn lucene_compat(ast: UserInputAst, errors: &mut Vec<String>) -> UserInputAst {
                     }
                 }
             }
+            UserInputLeaf::Range {
+                field,
+                lower,
+                upper,
+            } => {
+                let (lower, upper) = one_number_kind(lower, upper);
+                UserInputAst::Leaf(Box::new(UserInputLeaf::Range {
+                    field,
+                    lower,
+                    upper,
+                }))
+            }
             other => UserInputAst::Leaf(Box::new(other)),
         },
     }
+}
+
+/// A range's bounds as numbers of one kind: Tantivy takes a range's number type from one bound
+/// and panics when the other is not of it (`fields.cpu:[0 TO 0.99]`). A whole bound beside a
+/// decimal one becomes the nearest decimal just past it, on the other side of the bound
+/// (`[0 TO` is `{-5e-324 TO`): the same range, as Tantivy reads a whole decimal (`1.0`) as whole.
+fn one_number_kind(
+    lower: UserInputBound,
+    upper: UserInputBound,
+) -> (UserInputBound, UserInputBound) {
+    #[derive(PartialEq)]
+    enum Kind {
+        Signed,
+        Unsigned,
+        Decimal,
+    }
+    let kind = |bound: &UserInputBound| {
+        let (UserInputBound::Inclusive(text) | UserInputBound::Exclusive(text)) = bound else {
+            return None;
+        };
+        if text.parse::<i64>().is_ok() {
+            return Some(Kind::Signed);
+        }
+        if text.parse::<u64>().is_ok() {
+            return Some(Kind::Unsigned);
+        }
+        let value = text.parse::<f64>().ok().filter(|v| v.is_finite())?;
+        let whole = value.fract() == 0.0 && value.abs() < i64::MAX as f64;
+        Some(if whole { Kind::Signed } else { Kind::Decimal })
+    };
+    match (kind(&lower), kind(&upper)) {
+        (Some(a), Some(b)) if a != b => {}
+        _ => return (lower, upper),
+    }
+    let nudged = |bound: UserInputBound, is_lower: bool| {
+        let (inclusive, text) = match &bound {
+            UserInputBound::Inclusive(text) => (true, text),
+            UserInputBound::Exclusive(text) => (false, text),
+            UserInputBound::Unbounded => return bound,
+        };
+        let value: f64 = match text.parse() {
+            Ok(value) if kind(&bound) != Some(Kind::Decimal) => value,
+            _ => return bound,
+        };
+        // Inclusive of v from below is exclusive of the decimal just under it, and so on.
+        match (inclusive, is_lower) {
+            (true, true) => UserInputBound::Exclusive(value.next_down().to_string()),
+            (true, false) => UserInputBound::Exclusive(value.next_up().to_string()),
+            (false, true) => UserInputBound::Inclusive(value.next_up().to_string()),
+            (false, false) => UserInputBound::Inclusive(value.next_down().to_string()),
+        }
+    };
+    (nudged(lower, true), nudged(upper, false))
 }
 
 /// The regex for an unquoted word with unescaped `*` or `?` (or a trailing `*`, which the grammar
