@@ -530,7 +530,8 @@ fn run(
 fn failed_for_good(consumer: &BaseConsumer<GroupContext>) -> Option<anyhow::Error> {
     let (code, reason) = consumer.client().fatal_error()?;
     Some(anyhow::anyhow!(
-        "indexer: the group consumer failed for good ({code:?}: {reason}); when another indexer          was started with the same [indexer] instance_id, give each its own"
+        "indexer: the group consumer failed for good ({code:?}: {reason}); when another \
+         indexer was started with the same [indexer] instance_id, give each its own"
     ))
 }
 

@@ -65,9 +65,9 @@ pub struct Registry {
     tracked: HashMap<String, Tracked>,
     /// No checkpoint file was there at load: the agent's first start on this state dir.
     first_start: bool,
-    /// The checksum of what was written last: an unchanged file is not written (and fsynced)
-    /// again every second while the files are idle.
-    written: Option<u32>,
+    /// What was written last: an unchanged file is not written (and fsynced) again every
+    /// second while the files are idle.
+    written: Vec<u8>,
 }
 
 /// How a found file is to be read.
@@ -123,7 +123,7 @@ impl Registry {
             path,
             tracked,
             first_start,
-            written: None,
+            written: Vec::new(),
         })
     }
 
@@ -275,12 +275,11 @@ impl Registry {
             .collect();
         let bytes = serde_json::to_vec(&CheckpointFile { version: 1, files })
             .expect("checkpoints serialize");
-        let sum = crc32c::crc32c(&bytes);
-        if self.written == Some(sum) {
+        if self.written == bytes {
             return Ok(());
         }
         crate::state_dir::write_atomically(&self.path, &bytes)?;
-        self.written = Some(sum);
+        self.written = bytes;
         Ok(())
     }
 

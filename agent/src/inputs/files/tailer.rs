@@ -230,10 +230,14 @@ impl Tailer {
             used = self.buf.len();
         } else if self.ended && (1..=max_line).contains(&rest) {
             let start = self.buf_start + used as u64;
+            let mut end = self.buf.len();
+            if self.buf[end - 1] == b'\r' {
+                end -= 1;
+            }
             self.spans.push(Span {
                 start,
                 end: start + rest as u64,
-                bytes: used..self.buf.len(),
+                bytes: used..end,
                 truncated: false,
             });
             used = self.buf.len();
