@@ -294,17 +294,17 @@ mod tests {
     fn an_ended_files_last_line_needs_no_newline() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
-        std::fs::write(&path, b"first\nlast").unwrap();
+        std::fs::write(&path, b"first\nlast\r").unwrap();
         let mut t = tailer(&path);
         assert_eq!(t.read(64).unwrap(), Read::Data);
         assert_eq!(t.lines(100).count(), 1);
-        assert_eq!(t.behind(), 4);
+        assert_eq!(t.behind(), 5);
         t.end();
         let out: Vec<Line<'_>> = t.lines(100).collect();
         assert_eq!(out.len(), 1);
         assert_eq!(
             (&out[0].bytes[..], out[0].start, out[0].end),
-            (&b"last"[..], 6, 10)
+            (&b"last"[..], 6, 11)
         );
         assert_eq!(t.behind(), 0);
     }
