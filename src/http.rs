@@ -63,9 +63,40 @@ pub fn new_registry() -> Registry {
     registry
         .register(Box::new(build_info))
         .expect("first registration");
-    let process = prometheus::process_collector::ProcessCollector::for_self();
     registry
-        .register(Box::new(process))
+        .register(Box::new(ProcessMetrics(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )))
         .expect("first registration");
     registry
+}
+
+/// The prometheus crate's process metrics, with `process_cpu_seconds_total` to the clock tick:
+/// the crate counts whole seconds, so a process using a fraction of a core showed none for
+/// seconds at a time (`rate()` of 0 while the appliance was busy).
+struct ProcessMetrics(prometheus::process_collector::ProcessCollector);
+
+impl prometheus::core::Collector for ProcessMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.0.collect();
+        let seconds = procfs::process::Process::myself()
+            .and_then(|me| me.stat())
+            .map(|stat| (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64);
+        if let Ok(seconds) = seconds {
+            let cpu = families
+                .iter_mut()
+                .filter(|f| f.name() == "process_cpu_seconds_total")
+                .flat_map(|f| f.mut_metric().iter_mut());
+            for metric in cpu {
+                let mut counter = prometheus::proto::Counter::default();
+                counter.set_value(seconds);
+                metric.set_counter(counter);
+            }
+        }
+        families
+    }
 }

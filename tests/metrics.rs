@@ -33,6 +33,9 @@ fn metrics_pass_promtool_and_hold_the_promised_series() {
             "{series} missing from the agent's /metrics:\n{agent_text}"
         );
     }
+    // CPU time to the clock tick: a process that has used less than a second shows it.
+    let cpu = agent.metric("process_cpu_seconds_total");
+    assert!(cpu > 0.0, "process_cpu_seconds_total {cpu}");
     for collector in ["cgroup", "host", "prometheus"] {
         let series = format!("sluice_agent_metric_samples_total{{collector=\"{collector}\"}}");
         assert!(agent.metric(&series) > 0.0, "{series}:\n{agent_text}");
