@@ -163,12 +163,17 @@ impl SeriesStore {
             name: sample.name,
             labels: sample.labels,
         };
-        if self
-            .families
-            .get(&key.family)
-            .is_some_and(|family| family.kind != kind)
-        {
-            return Err(Refused::TypeConflict);
+        if let Some(family) = self.families.get_mut(&key.family) {
+            let scalar = |kind: &str| matches!(kind, "counter" | "gauge" | "untyped");
+            if family.kind != kind {
+                if !(scalar(family.kind) && scalar(kind)) {
+                    return Err(Refused::TypeConflict);
+                }
+                // Counter here, gauge there: Prometheus takes either as untyped, so both
+                // sources' series are kept under a family that says neither (the first type
+                // held took it whole, and which came first changed at every restart).
+                family.kind = "untyped";
+            }
         }
         let latest = Latest {
             value,
@@ -429,8 +434,9 @@ mod tests {
             .unwrap();
     }
 
-    /// Two agents (or targets) shipping one family under two types: the first type held
-    /// stays, the other's samples are refused, until the family's series have all expired.
+    /// Two agents (or targets) shipping one family as a counter and as a gauge: both are kept,
+    /// the family untyped until its series have all expired. A histogram's name taken by a
+    /// counter is refused: its series could not be told apart.
     #[test]
     fn a_family_keeps_one_type() {
         let mut store = SeriesStore::new(10);
@@ -440,13 +446,22 @@ mod tests {
         store
             .apply(&sample("requests", "counter", a, "5", 1), start)
             .unwrap();
+        store
+            .apply(&sample("requests", "gauge", b, "7", 1), start)
+            .unwrap();
+        let text = store.render();
+        assert!(text.contains("# TYPE requests untyped\n"), "{text}");
+        assert!(text.contains("requests{host=\"a\"} 5\n"), "{text}");
+        assert!(text.contains("requests{host=\"b\"} 7\n"), "{text}");
+        store
+            .apply(&sample("latency", "histogram", a, "1", 1), start)
+            .unwrap();
         assert_eq!(
-            store.apply(&sample("requests", "gauge", b, "5", 1), start),
+            store.apply(&sample("latency", "counter", b, "5", 1), start),
             Err(Refused::TypeConflict)
         );
-        assert!(store.render().contains("# TYPE requests counter\n"));
         let later = start + Duration::from_secs(60);
-        assert_eq!(store.expire(later, Duration::from_secs(30)), 1);
+        assert_eq!(store.expire(later, Duration::from_secs(30)), 3);
         store
             .apply(&sample("requests", "gauge", b, "5", 2), later)
             .unwrap();
