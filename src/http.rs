@@ -83,10 +83,7 @@ impl prometheus::core::Collector for ProcessMetrics {
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
         let mut families = self.0.collect();
-        let seconds = procfs::process::Process::myself()
-            .and_then(|me| me.stat())
-            .map(|stat| (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64);
-        if let Ok(seconds) = seconds {
+        if let Ok(seconds) = crate::cpu_time::cpu_seconds(std::process::id()) {
             let cpu = families
                 .iter_mut()
                 .filter(|f| f.name() == "process_cpu_seconds_total")

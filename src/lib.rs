@@ -2,7 +2,8 @@
 //!
 //! `cli` is the command line and `run` sends each subcommand to its module: `server` for `up`,
 //! `broker` and `indexer`; `agent`; `client` for `topics`, `groups`, `produce`, `consume` and
-//! `search`; `bench`. `config` loads the one TOML file, `http` serves /metrics and /health,
+//! `search`; `bench`. `config` loads the one TOML file, `http` serves /metrics and /health
+//! (`cpu_time` reads a process's CPU time for it and for `bench`),
 //! `shutdown` turns signals into one stop, and `entry` is what both binaries' `main` does.
 //! `sluice-agent` runs the same `agent::run` as `sluice agent`, in a binary that links neither the
 //! broker nor the indexer: what hosts and pods that only ship logs install.
@@ -13,6 +14,7 @@ mod bench;
 pub mod cli;
 mod client;
 mod config;
+mod cpu_time;
 pub mod entry;
 mod http;
 mod server;

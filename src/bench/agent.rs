@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::json;
 
-use super::{cpu_seconds, create_topic, free_port, start_broker, wait_for_port, OwnedChild};
+use super::{create_topic, free_port, start_broker, wait_for_port, OwnedChild};
 use crate::cli::BenchAgentArgs;
+use crate::cpu_time::cpu_seconds;
 
 pub async fn agent(args: BenchAgentArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new()

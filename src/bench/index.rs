@@ -25,9 +25,10 @@ use sluice_agent::event::now_ms;
 use sluice_indexer::mapping::{map_record, Record};
 use sluice_indexer::schema::LogSchema;
 
-use super::{cpu_seconds, create_topic, free_port, start_broker, wait_for_port, OwnedChild};
+use super::{create_topic, free_port, start_broker, wait_for_port, OwnedChild};
 use crate::cli::BenchIndexArgs;
 use crate::client;
+use crate::cpu_time::cpu_seconds;
 
 const TOPIC: &str = "logs";
 /// Per-partition writer memory, as in the indexer's default configuration.

@@ -94,6 +94,19 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Deletes a bench topic from a broker the bench did not start, so runs against a real one
+/// leave no data behind.
+async fn delete_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client::config(brokers).create()?;
+    let options = AdminOptions::new().request_timeout(Some(client::TIMEOUT));
+    for result in admin.delete_topics(&[topic], &options).await? {
+        if let Err((name, code)) = result {
+            bail!("deleting bench topic {name}: {code}");
+        }
+    }
+    Ok(())
+}
+
 async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client::config(brokers).create()?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
@@ -104,22 +117,4 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Re
         }
     }
     Ok(())
-}
-
-/// User + system CPU seconds a process has used, from /proc.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    // Linux reports these in USER_HZ, which is 100 on every architecture we run on.
-    Ok(ticks / 100.0)
 }

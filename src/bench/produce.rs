@@ -11,9 +11,10 @@ use hdrhistogram::Histogram;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use super::{cpu_seconds, create_topic, start_broker, OwnedChild};
+use super::{create_topic, delete_topic, start_broker, OwnedChild};
 use crate::cli::BenchProduceArgs;
 use crate::client;
+use crate::cpu_time::cpu_seconds;
 
 /// What one bench run measured.
 #[derive(Debug, serde::Serialize)]
@@ -94,6 +95,13 @@ impl ProducerContext for BenchContext {
 }
 
 pub async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
+    if args.seconds < 1.0 || args.record_size == 0 {
+        anyhow::bail!(
+            "--seconds must be at least 1 and --record-size at least 1 (got {} and {})",
+            args.seconds,
+            args.record_size
+        );
+    }
     let (brokers, owned) = match &args.brokers {
         Some(list) => (list.clone(), None),
         None => {
@@ -116,7 +124,11 @@ pub async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
         &records,
         owned.as_ref().map(OwnedChild::pid),
         cpu_before,
-    )?;
+    );
+    if owned.is_none() {
+        delete_topic(&brokers, &topic).await?;
+    }
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
