@@ -83,6 +83,7 @@ containers = "{links}"
 # For the files' own lines: container logs keep one event a line.
 [agent.files]
 multiline_start = '^\d{{4}}-\d{{2}}-\d{{2}} '
+rescan_interval_ms = 300
 "#,
         kafka = sluice.kafka,
         docker = docker.display(),
@@ -145,4 +146,31 @@ multiline_start = '^\d{{4}}-\d{{2}}-\d{{2}} '
         ),
         1
     );
+    // A container whose first lines come before the kubelet's link: its later lines carry
+    // the id once the link is there.
+    let late = pods.join("shop_late-1_0c1d2e3f/app");
+    std::fs::create_dir_all(&late).unwrap();
+    let line = |text: &str| format!("2026-11-23T10:00:05.000000000Z stdout F {text}\n");
+    std::fs::write(late.join("0.log"), line("late first")).unwrap();
+    wait_until("the first late line sent", Duration::from_secs(30), || {
+        agent.metric("sluice_agent_events_sent_total") >= 6.0
+    });
+    let late_id = "d8".repeat(32);
+    std::os::unix::fs::symlink(
+        late.join("0.log"),
+        links.join(format!("late-1_shop_app-{late_id}.log")),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(late.join("0.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut log, line("late second").as_bytes()).unwrap();
+    let events = logs_events(&sluice, 7);
+    let second = events
+        .iter()
+        .find(|e| e["message"] == "late second")
+        .unwrap_or_else(|| panic!("no late second in {events:?}"));
+    assert_eq!(second["container"]["id"], late_id);
 }

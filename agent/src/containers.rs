@@ -127,7 +127,17 @@ impl KubeletLinks {
     /// container's log has since moved on to its next restart).
     pub fn id_of_log(&mut self, pod: &PodContainer, log: &Path) -> Option<String> {
         self.refresh();
-        let target = std::fs::canonicalize(log).ok()?;
+        // The link's target is the node's path; the agent may see the logs elsewhere (a pod
+        // with the node's /var/log mounted under /host): the last three parts, the pod's
+        // directory, the container's and the file, are what must match.
+        let tail = |path: &Path| -> Vec<std::ffi::OsString> {
+            let parts: Vec<_> = path
+                .components()
+                .map(|c| c.as_os_str().to_owned())
+                .collect();
+            parts[parts.len().saturating_sub(3)..].to_vec()
+        };
+        let target = tail(log);
         self.known
             .iter()
             .filter(|(_, known)| known.as_ref() == pod)
@@ -136,7 +146,7 @@ impl KubeletLinks {
                     "{}_{}_{}-{id}.log",
                     pod.pod, pod.namespace, pod.container
                 ));
-                std::fs::canonicalize(link).is_ok_and(|linked| linked == target)
+                std::fs::read_link(link).is_ok_and(|linked| tail(&linked) == target)
             })
             .map(|(id, _)| id.clone())
     }

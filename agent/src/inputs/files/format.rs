@@ -496,9 +496,10 @@ mod tests {
         std::fs::create_dir_all(&links).unwrap();
         let (old, new) = ("0a".repeat(32), "1b".repeat(32));
         for (restart, id) in [(0, &old), (1, &new)] {
-            let log = logs.join(format!("{restart}.log"));
-            std::fs::write(&log, "").unwrap();
-            std::os::unix::fs::symlink(&log, links.join(format!("web-7d9f_shop_nginx-{id}.log")))
+            std::fs::write(logs.join(format!("{restart}.log")), "").unwrap();
+            // The node's path: the agent sees the logs under another root.
+            let target = format!("/var/log/pods/shop_web-7d9f_5f0c3a2e/nginx/{restart}.log");
+            std::os::unix::fs::symlink(target, links.join(format!("web-7d9f_shop_nginx-{id}.log")))
                 .unwrap();
         }
         let mut docker = DockerContainers::new("/nonexistent");

@@ -33,7 +33,13 @@ pub struct Followed {
     decoder: Decoder,
     joiner: Option<Joiner>,
     origin: Arc<Origin>,
+    /// Scans left in which a CRI log without its container's id looks for it again: the
+    /// kubelet makes its link once the container started, maybe after its first lines.
+    id_tries: u8,
 }
+
+/// How many scans a CRI log looks for its container's id.
+const ID_TRIES: u8 = 10;
 
 impl Followed {
     /// The checkpoint must not pass a part or a multi-line event still being assembled.
@@ -200,6 +206,23 @@ impl Reader {
                     continue;
                 }
                 if let Some(followed) = self.followed.get_mut(&key) {
+                    let lacks_id = followed.format == Format::Cri
+                        && followed
+                            .origin
+                            .container
+                            .as_ref()
+                            .is_some_and(|c| c.get("id").is_none());
+                    if lacks_id && followed.id_tries > 0 {
+                        followed.id_tries -= 1;
+                        let origin = Origin::of(&path, format, &mut self.docker, &mut self.kubelet);
+                        if origin
+                            .container
+                            .as_ref()
+                            .is_some_and(|c| c.get("id").is_some())
+                        {
+                            followed.origin = Arc::new(origin);
+                        }
+                    }
                     followed.tailer.path = path;
                     followed.tailer.orphaned = None;
                     continue;
@@ -321,6 +344,7 @@ impl Reader {
                 decoder: Decoder::new(format, max),
                 joiner,
                 origin,
+                id_tries: ID_TRIES,
             },
         );
         true
