@@ -109,6 +109,9 @@ impl SeriesKey {
     }
 }
 
+/// How far ahead of this host's clock a held sample may be and still hold back older ones.
+const FUTURE_SLACK_MS: i64 = 5 * 60 * 1000;
+
 /// Labels one sample may carry, and the longest name or value: a record is bounded.
 const MAX_LABELS: usize = 64;
 const MAX_TEXT: usize = 1024;
@@ -183,7 +186,14 @@ impl SeriesStore {
         let full =
             self.series.len() >= self.max_series || self.bytes + key.bytes() > self.max_bytes;
         match self.series.get_mut(&key) {
-            Some(held) if sample.timestamp < held.timestamp => return Err(Refused::OutOfOrder),
+            // Older than what is held, unless what is held is from the future (a clock that
+            // stepped back): that would hold the series until it expired.
+            Some(held)
+                if sample.timestamp < held.timestamp
+                    && held.timestamp <= crate::consumer::now_ms() + FUTURE_SLACK_MS =>
+            {
+                return Err(Refused::OutOfOrder)
+            }
             Some(held) => *held = latest,
             None if full => return Err(Refused::TooManySeries),
             None => {
@@ -330,6 +340,19 @@ mod tests {
         assert!(store.render().contains(
             "sluice_container_cpu_usage_seconds_total{container_name=\"web\",host=\"a\"} 12\n"
         ));
+        // A sample from a day ahead (a clock since stepped back) does not hold the series.
+        let skewed = r#"{"host":"skewed"}"#;
+        let ahead = crate::consumer::now_ms() + 86_400_000;
+        store
+            .apply(&sample("skew", "gauge", skewed, "100", ahead), now)
+            .unwrap();
+        store
+            .apply(
+                &sample("skew", "gauge", skewed, "7", crate::consumer::now_ms()),
+                now,
+            )
+            .unwrap();
+        assert!(store.render().contains("skew{host=\"skewed\"} 7\n"));
         // The container restarted: its counter starts again, and the view says so.
         store
             .apply(&sample(name, "counter", labels, "0.5", 3), now)
