@@ -282,6 +282,15 @@ impl PartitionIndex {
             // new: a new generation of offsets begins.
             let time_ms = record.timestamp_ms.min(now_ms);
             if self.holds_record(record.offset, time_ms, &mapped)? {
+                if self.rereading == 0 {
+                    tracing::warn!(
+                        partition = self.partition,
+                        index_next = next,
+                        log_offset = record.offset,
+                        "indexer: the log comes again from below where the index ends (its \
+                         offset was past the log's end): the records the index holds are skipped"
+                    );
+                }
                 self.rereading += 1;
                 return Ok(Added::Duplicate);
             }
