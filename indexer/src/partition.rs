@@ -307,6 +307,8 @@ impl PartitionIndex {
             self.next_offset = None;
             self.generation += 1;
         }
+        // A reread that reached where the index ended is over.
+        self.rereading = 0;
         self.ensure_writer(
             self.bucket_of(record.timestamp_ms.min(now_ms)),
             record.offset,
