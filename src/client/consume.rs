@@ -62,6 +62,12 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
                 Offset::Beginning => low,
                 _ => high,
             };
+            if from > high && args.timestamp.is_none() {
+                eprintln!(
+                    "partition {}: offset {from} is past its end ({high}); nothing to read",
+                    elem.partition()
+                );
+            }
             if from < high {
                 remaining.insert(elem.partition(), high);
             }

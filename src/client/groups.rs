@@ -31,11 +31,15 @@ pub fn run(args: GroupsArgs) -> anyhow::Result<()> {
             let Some(group) = groups.groups().iter().find(|g| g.name() == name) else {
                 bail!("group {name} not found");
             };
+            // An empty group has no protocol chosen: nothing to show in parentheses.
+            let protocol = match group.protocol() {
+                "" => String::new(),
+                protocol => format!(" ({protocol})"),
+            };
             writeln!(
                 out,
-                "group {name}: {} ({}), {} members",
+                "group {name}: {}{protocol}, {} members",
                 group.state(),
-                group.protocol(),
                 group.members().len()
             )?;
             writeln!(out, "member\tclient\thost\tassignment")?;

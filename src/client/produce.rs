@@ -67,7 +67,12 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let sent = sent?;
     let failed = deliveries.failed.load(Ordering::Relaxed);
     let ok = deliveries.ok.load(Ordering::Relaxed);
-    eprintln!("{ok} of {sent} records acknowledged");
+    if args.acks == "0" {
+        // Nothing is acknowledged with acks=0: librdkafka counts a record as sent once written.
+        eprintln!("{ok} of {sent} records sent (acks=0: the broker does not answer)");
+    } else {
+        eprintln!("{ok} of {sent} records acknowledged");
+    }
     if failed > 0 {
         anyhow::bail!("{failed} of {sent} records were not delivered");
     }
