@@ -328,18 +328,5 @@ fn a_reload_with_the_broker_away_loses_no_datagram() {
         agent.metric(r#"sluice_agent_lines_read_total{input="syslog_udp"}"#) >= total as f64
     });
     sluice.restart();
-    let mut seen = vec![false; total];
-    for event in logs_events(&sluice, total) {
-        let message = event["message"].as_str().unwrap();
-        if let Some(n) = message.strip_prefix("reload ") {
-            seen[n.parse::<usize>().unwrap()] = true;
-        }
-    }
-    let missing: Vec<usize> = (0..total).filter(|&n| !seen[n]).collect();
-    assert!(
-        missing.is_empty(),
-        "{} missing, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    assert_numbered_arrived(&sluice, "reload", total, total);
 }

@@ -294,19 +294,7 @@ fn broker_stopped_for_30_s_during_a_syslog_flood_loses_nothing() {
                 && agent.metric("sluice_agent_spool_bytes") == 0.0
         },
     );
-    let mut seen = vec![false; total as usize];
-    for event in logs_events(&sluice, total as usize) {
-        let message = event["message"].as_str().unwrap();
-        let n: usize = message.split(' ').nth(1).unwrap().parse().unwrap();
-        seen[n] = true;
-    }
-    let missing: Vec<usize> = (0..total as usize).filter(|&n| !seen[n]).collect();
-    assert!(
-        missing.is_empty(),
-        "{} messages missing, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    assert_numbered_arrived(&sluice, "flood", total as usize, total as usize);
 }
 
 /// With no broker at all and a small spool set to drop, a flood is bounded: the spool stays
@@ -513,19 +501,6 @@ fn a_full_spool_blocks_the_sender_and_loses_nothing_with_the_block_policy() {
     sluice.restart();
     let status = sender.finish("logger", Duration::from_secs(120)).status;
     assert!(status.success());
-    let mut seen = vec![false; total];
-    for event in logs_events(&sluice, total + 1) {
-        let message = event["message"].as_str().unwrap();
-        if let Some(n) = message.strip_prefix("flood ") {
-            seen[n.split(' ').next().unwrap().parse::<usize>().unwrap()] = true;
-        }
-    }
-    let missing: Vec<usize> = (0..total).filter(|&n| !seen[n]).collect();
-    assert!(
-        missing.is_empty(),
-        "{} missing, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    assert_numbered_arrived(&sluice, "flood", total, total + 1);
     assert_eq!(agent.metric("sluice_agent_spool_dropped_total"), 0.0);
 }

@@ -326,6 +326,30 @@ pub fn logs_events(sluice: &Sluice, n: usize) -> Vec<serde_json::Value> {
     }
 }
 
+/// Asserts that every message `<tag> <n>` (words may follow) for `n` in `0..total` is on
+/// `logs`, however many times, once there are at least `events` events.
+pub fn assert_numbered_arrived(sluice: &Sluice, tag: &str, total: usize, events: usize) {
+    let mut seen = vec![false; total];
+    for event in logs_events(sluice, events) {
+        let message = event["message"].as_str().unwrap_or_default();
+        let number = message
+            .strip_prefix(tag)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        if let Some(n) = number.filter(|&n| n < total) {
+            seen[n] = true;
+        }
+    }
+    let missing: Vec<usize> = (0..total).filter(|&n| !seen[n]).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {total} messages missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
 /// The messages of the events on `logs`, sorted (partitions interleave: compared as a set), once
 /// there are at least `n` events.
 pub fn logs_messages(sluice: &Sluice, n: usize) -> Vec<String> {
