@@ -55,6 +55,17 @@ fn queries_ranges_and_limits() {
     assert_eq!(sluice.hits("fields.user.id:[0 TO 1.5]"), 2);
     assert_eq!(sluice.hits("fields.user.id:[0.5 TO 2.0]"), 2);
     assert_eq!(sluice.hits("fields.user.id:{0 TO 2.5}"), 2);
+    // Bounds of two kinds that no rewriting makes one: refused, not a panic.
+    for q in [
+        "fields.user.id:[0 TO abc]",
+        "fields.user.id:[0 TO inf]",
+        "fields.user.id:[0.5 TO 4503599627370497]",
+        "fields.user.id:[5 TO 10000000000000000000]",
+    ] {
+        let (status, body) = sluice.api("/api/v1/search", &[("q", q)]);
+        assert_eq!(status, 400, "{q}: {body}");
+        assert!(body.to_string().contains("mixes kinds"), "{q}: {body}");
+    }
     assert_eq!(sluice.hits("serv*"), 30);
     assert_eq!(sluice.hits("s?rved AND host:web-*"), 30, "wildcards");
     assert_eq!(sluice.hits("host:WEB-1*"), 15);

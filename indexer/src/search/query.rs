@@ -172,7 +172,13 @@ fn lucene_compat(ast: UserInputAst, errors: &mut Vec<String>) -> UserInputAst {
                 lower,
                 upper,
             } => {
-                let (lower, upper) = one_number_kind(lower, upper);
+                let (lower, upper) = match one_number_kind(lower.clone(), upper.clone()) {
+                    Ok(bounds) => bounds,
+                    Err(why) => {
+                        errors.push(why);
+                        (lower, upper)
+                    }
+                };
                 UserInputAst::Leaf(Box::new(UserInputLeaf::Range {
                     field,
                     lower,
@@ -188,33 +194,25 @@ fn lucene_compat(ast: UserInputAst, errors: &mut Vec<String>) -> UserInputAst {
 /// and panics when the other is not of it (`fields.cpu:[0 TO 0.99]`). A whole bound beside a
 /// decimal one becomes the nearest decimal just past it, on the other side of the bound
 /// (`[0 TO` is `{-5e-324 TO`): the same range, as Tantivy reads a whole decimal (`1.0`) as whole.
+/// Bounds still of two kinds (a number beside a word or a time, a whole number too large for a
+/// decimal to sit beside it) are refused.
 fn one_number_kind(
     lower: UserInputBound,
     upper: UserInputBound,
-) -> (UserInputBound, UserInputBound) {
-    #[derive(PartialEq)]
-    enum Kind {
-        Signed,
-        Unsigned,
-        Decimal,
-    }
-    let kind = |bound: &UserInputBound| {
-        let (UserInputBound::Inclusive(text) | UserInputBound::Exclusive(text)) = bound else {
-            return None;
-        };
-        if text.parse::<i64>().is_ok() {
-            return Some(Kind::Signed);
-        }
-        if text.parse::<u64>().is_ok() {
-            return Some(Kind::Unsigned);
-        }
-        let value = text.parse::<f64>().ok().filter(|v| v.is_finite())?;
-        let whole = value.fract() == 0.0 && value.abs() < i64::MAX as f64;
-        Some(if whole { Kind::Signed } else { Kind::Decimal })
+) -> Result<(UserInputBound, UserInputBound), String> {
+    let text = |bound: &UserInputBound| match bound {
+        UserInputBound::Inclusive(text) | UserInputBound::Exclusive(text) => Some(text.clone()),
+        UserInputBound::Unbounded => None,
     };
-    match (kind(&lower), kind(&upper)) {
-        (Some(a), Some(b)) if a != b => {}
-        _ => return (lower, upper),
+    let (kind_of_lower, kind_of_upper) = (
+        text(&lower).map(|t| number_kind(&t)),
+        text(&upper).map(|t| number_kind(&t)),
+    );
+    let (Some(a), Some(b)) = (kind_of_lower, kind_of_upper) else {
+        return Ok((lower, upper));
+    };
+    if a == b {
+        return Ok((lower, upper));
     }
     let nudged = |bound: UserInputBound, is_lower: bool| {
         let (inclusive, text) = match &bound {
@@ -223,7 +221,7 @@ fn one_number_kind(
             UserInputBound::Unbounded => return bound,
         };
         let value: f64 = match text.parse() {
-            Ok(value) if kind(&bound) != Some(Kind::Decimal) => value,
+            Ok(value) if number_kind(text) != NumberKind::Decimal => value,
             _ => return bound,
         };
         // Inclusive of v from below is exclusive of the decimal just under it, and so on.
@@ -234,7 +232,48 @@ fn one_number_kind(
             (false, false) => UserInputBound::Inclusive(value.next_down().to_string()),
         }
     };
-    (nudged(lower, true), nudged(upper, false))
+    let numbers = ![a, b].contains(&NumberKind::NotANumber);
+    let (lower, upper) = (nudged(lower, true), nudged(upper, false));
+    let kinds = (
+        text(&lower).map(|t| number_kind(&t)),
+        text(&upper).map(|t| number_kind(&t)),
+    );
+    if numbers && kinds.0 == kinds.1 {
+        return Ok((lower, upper));
+    }
+    Err(format!(
+        "the range [{} TO {}] mixes kinds of bound: both must be numbers (a decimal beside a \
+         whole number too large for one is refused), or both times, or both words",
+        text(&lower).unwrap_or_default(),
+        text(&upper).unwrap_or_default()
+    ))
+}
+
+/// A range bound's kind as Tantivy reads it: whole numbers (a whole decimal too, `1.0` or
+/// `1e3`) as signed or unsigned, decimals, and anything else (a word, a time, `inf`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum NumberKind {
+    Signed,
+    Unsigned,
+    Decimal,
+    NotANumber,
+}
+
+fn number_kind(text: &str) -> NumberKind {
+    if text.parse::<i64>().is_ok() {
+        return NumberKind::Signed;
+    }
+    if text.parse::<u64>().is_ok() {
+        return NumberKind::Unsigned;
+    }
+    match text.parse::<f64>() {
+        Ok(v) if !v.is_finite() => NumberKind::NotANumber,
+        Ok(v) if v.fract() != 0.0 => NumberKind::Decimal,
+        Ok(v) if v >= i64::MIN as f64 && v < i64::MAX as f64 => NumberKind::Signed,
+        Ok(v) if v >= 0.0 && v < u64::MAX as f64 => NumberKind::Unsigned,
+        Ok(_) => NumberKind::Decimal,
+        Err(_) => NumberKind::NotANumber,
+    }
 }
 
 /// The regex for an unquoted word with unescaped `*` or `?` (or a trailing `*`, which the grammar
