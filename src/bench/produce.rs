@@ -95,7 +95,7 @@ impl ProducerContext for BenchContext {
 }
 
 pub async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
-    if args.seconds < 1.0 || args.record_size == 0 {
+    if !(args.seconds >= 1.0 && args.seconds.is_finite()) || args.record_size == 0 {
         anyhow::bail!(
             "--seconds must be at least 1 and --record-size at least 1 (got {} and {})",
             args.seconds,
@@ -126,7 +126,9 @@ pub async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
         cpu_before,
     );
     if owned.is_none() {
-        delete_topic(&brokers, &topic).await?;
+        if let Err(e) = delete_topic(&brokers, &topic).await {
+            eprintln!("warning: the bench topic {topic} is left on the broker: {e:#}");
+        }
     }
     let report = report?;
     if args.json {

@@ -75,6 +75,15 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         if remaining.is_empty() {
             return Ok(());
         }
+        // Only the partitions with something to read: one asked past its end would be reset
+        // to its beginning by librdkafka and read after all.
+        let mut to_read = TopicPartitionList::new();
+        for elem in assignment.elements() {
+            if remaining.contains_key(&elem.partition()) {
+                to_read.add_partition_offset(&args.topic, elem.partition(), elem.offset())?;
+            }
+        }
+        assignment = to_read;
     }
     if args.max == Some(0) {
         return Ok(());

@@ -11,7 +11,7 @@ use rdkafka::admin::{
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
-use sluice_broker::storage::topics::{validate_topic_name, TopicSettings};
+use sluice_broker::storage::topics::{validate_topic_name, TopicSettings, TOPIC_CONFIG_NAMES};
 use sluice_broker::BrokerConfig;
 
 use super::{config, TIMEOUT};
@@ -157,24 +157,29 @@ async fn alter(
     Ok(())
 }
 
-/// Whether the configs a topic describes are those asked for: the same keys, and values the
-/// same or meaning the same (a Sluice broker describes `compact,delete` for
-/// `delete,compact`, `none` for `uncompressed`).
+/// Whether the configs a topic describes are those asked for: the same keys, and for each the
+/// same value, or one a Sluice broker takes to mean the same (it describes `compact,delete` for
+/// `delete,compact`, `none` for `uncompressed`). Keys it only accepts are compared as written.
 fn same_configs(described: &BTreeMap<String, String>, asked: &BTreeMap<String, String>) -> bool {
     if described.keys().ne(asked.keys()) {
         return false;
     }
-    if described == asked {
-        return true;
-    }
     let defaults = BrokerConfig::default();
-    matches!(
-        (
-            TopicSettings::resolve(&defaults, described),
-            TopicSettings::resolve(&defaults, asked),
-        ),
-        (Ok(a), Ok(b)) if a == b
-    )
+    let meaning = |key: &str, value: &str| {
+        TopicSettings::resolve(
+            &defaults,
+            &BTreeMap::from([(key.to_owned(), value.to_owned())]),
+        )
+        .ok()
+    };
+    described
+        .iter()
+        .zip(asked.values())
+        .all(|((key, now), wanted)| {
+            now == wanted
+                || (TOPIC_CONFIG_NAMES.contains(&key.as_str())
+                    && meaning(key, now).is_some_and(|m| Some(m) == meaning(key, wanted)))
+        })
 }
 
 /// The configs set on the topic itself (not the broker's defaults).

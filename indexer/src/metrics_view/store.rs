@@ -35,8 +35,8 @@ pub enum Refused {
     OutOfOrder,
     /// The store holds `max_series` already, or `MAX_BYTES` of names and labels.
     TooManySeries,
-    /// Its family is held under another type (a counter shipped as a gauge elsewhere): one
-    /// family has one `# TYPE`.
+    /// Its family is held under another type that cannot share it (a histogram's name taken by
+    /// a counter): one family has one `# TYPE`.
     TypeConflict,
 }
 
@@ -166,16 +166,17 @@ impl SeriesStore {
             name: sample.name,
             labels: sample.labels,
         };
-        if let Some(family) = self.families.get_mut(&key.family) {
+        // Counter here, gauge there: Prometheus takes either as untyped, so both sources'
+        // series are kept under a family that says neither, once this sample is taken (the
+        // first type held took it whole, and which came first changed at every restart).
+        let mut untyped = false;
+        if let Some(family) = self.families.get(&key.family) {
             let scalar = |kind: &str| matches!(kind, "counter" | "gauge" | "untyped");
             if family.kind != kind {
                 if !(scalar(family.kind) && scalar(kind)) {
                     return Err(Refused::TypeConflict);
                 }
-                // Counter here, gauge there: Prometheus takes either as untyped, so both
-                // sources' series are kept under a family that says neither (the first type
-                // held took it whole, and which came first changed at every restart).
-                family.kind = "untyped";
+                untyped = true;
             }
         }
         let latest = Latest {
@@ -190,7 +191,8 @@ impl SeriesStore {
             // stepped back): that would hold the series until it expired.
             Some(held)
                 if sample.timestamp < held.timestamp
-                    && held.timestamp <= crate::consumer::now_ms() + FUTURE_SLACK_MS =>
+                    && !(held.timestamp > crate::consumer::now_ms() + FUTURE_SLACK_MS
+                        && sample.timestamp <= crate::consumer::now_ms() + FUTURE_SLACK_MS) =>
             {
                 return Err(Refused::OutOfOrder)
             }
@@ -210,6 +212,9 @@ impl SeriesStore {
             }
         }
         if let Some(family) = self.families.get_mut(&key.family) {
+            if untyped {
+                family.kind = "untyped";
+            }
             if family.help != sample.help {
                 family.help = sample.help.chars().take(MAX_TEXT).collect();
             }

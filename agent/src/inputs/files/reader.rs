@@ -33,13 +33,13 @@ pub struct Followed {
     decoder: Decoder,
     joiner: Option<Joiner>,
     origin: Arc<Origin>,
-    /// Scans left in which a CRI log without its container's id looks for it again: the
+    /// Until when a CRI log without its container's id looks for it again at each scan: the
     /// kubelet makes its link once the container started, maybe after its first lines.
-    id_tries: u8,
+    id_until: Instant,
 }
 
-/// How many scans a CRI log looks for its container's id.
-const ID_TRIES: u8 = 10;
+/// How long a CRI log looks for its container's id.
+const ID_WAIT: Duration = Duration::from_secs(60);
 
 impl Followed {
     /// The checkpoint must not pass a part or a multi-line event still being assembled.
@@ -212,8 +212,7 @@ impl Reader {
                             .container
                             .as_ref()
                             .is_some_and(|c| c.get("id").is_none());
-                    if lacks_id && followed.id_tries > 0 {
-                        followed.id_tries -= 1;
+                    if lacks_id && Instant::now() < followed.id_until {
                         let origin = Origin::of(&path, format, &mut self.docker, &mut self.kubelet);
                         if origin
                             .container
@@ -344,7 +343,7 @@ impl Reader {
                 decoder: Decoder::new(format, max),
                 joiner,
                 origin,
-                id_tries: ID_TRIES,
+                id_until: Instant::now() + ID_WAIT,
             },
         );
         true

@@ -234,12 +234,17 @@ impl Tailer {
             if self.buf[end - 1] == b'\r' {
                 end -= 1;
             }
-            self.spans.push(Span {
-                start,
-                end: start + rest as u64,
-                bytes: used..end,
-                truncated: false,
-            });
+            if end == used {
+                // Nothing but a CR: skipped, as empty lines are.
+                self.progress.skipped(start + rest as u64);
+            } else {
+                self.spans.push(Span {
+                    start,
+                    end: start + rest as u64,
+                    bytes: used..end,
+                    truncated: false,
+                });
+            }
             used = self.buf.len();
         } else if rest > max_line {
             // No newline in sight: ship the first max_line bytes now and drop the rest of the
