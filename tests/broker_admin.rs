@@ -169,31 +169,15 @@ fn topic_configs_are_altered_in_place() {
         String::from_utf8_lossy(&out.stderr)
     );
     // An override the broker keeps without effect survives a later alter of other keys.
-    let kept = sluice.client(&[
-        "topics",
-        "alter",
-        "tuned",
-        "--config",
-        "min.insync.replicas=2",
-    ]);
-    assert!(
-        kept.status.success(),
-        "{}",
-        String::from_utf8_lossy(&kept.stderr)
-    );
-    let alter = sluice.client(&[
-        "topics",
-        "alter",
-        "tuned",
-        "--config",
-        "segment.bytes=4096",
-        "--config",
-        "retention.bytes=16384",
-    ]);
-    assert!(
-        alter.status.success(),
-        "{}",
-        String::from_utf8_lossy(&alter.stderr)
+    alter_tuned(&sluice, &["--config", "min.insync.replicas=2"]);
+    alter_tuned(
+        &sluice,
+        &[
+            "--config",
+            "segment.bytes=4096",
+            "--config",
+            "retention.bytes=16384",
+        ],
     );
     let lines: String = (0..1000)
         .map(|i| format!("record {i:05} {}\n", "z".repeat(80)))
@@ -233,14 +217,7 @@ fn topic_configs_are_altered_in_place() {
         described.contains("segment.bytes\t4096\ttopic"),
         "{described}"
     );
-    let removed = sluice.client(&[
-        "topics",
-        "alter",
-        "tuned",
-        "--delete-config",
-        "segment.bytes",
-    ]);
-    assert!(removed.status.success());
+    alter_tuned(&sluice, &["--delete-config", "segment.bytes"]);
     let described =
         String::from_utf8_lossy(&sluice.client(&["topics", "describe", "tuned"]).stdout)
             .into_owned();
@@ -255,18 +232,7 @@ fn topic_configs_are_altered_in_place() {
         "{described}"
     );
     // A value the broker describes in its own words is still the change asked for.
-    let normalised = sluice.client(&[
-        "topics",
-        "alter",
-        "tuned",
-        "--config",
-        "cleanup.policy=delete,compact",
-    ]);
-    assert!(
-        normalised.status.success(),
-        "{}",
-        String::from_utf8_lossy(&normalised.stderr)
-    );
+    alter_tuned(&sluice, &["--config", "cleanup.policy=delete,compact"]);
     // A refused change is an error that says why, and changes nothing.
     let refused = sluice.client(&[
         "topics",
@@ -296,5 +262,15 @@ fn topic_configs_are_altered_in_place() {
     assert!(
         said.contains("retention.ms=\"soon\": expected milliseconds or -1"),
         "{said}"
+    );
+}
+
+/// `sluice topics alter tuned ARGS`, which must succeed.
+fn alter_tuned(sluice: &Sluice, args: &[&str]) {
+    let out = sluice.client(&[&["topics", "alter", "tuned"][..], args].concat());
+    assert!(
+        out.status.success(),
+        "alter {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
