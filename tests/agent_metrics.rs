@@ -169,6 +169,15 @@ fn cgroup_fixture_gives_the_expected_container_samples() {
         agent.metric("sluice_agent_collect_errors_total{collector=\"cgroup\"}"),
         0.0
     );
+    // Which target is down is in the agent's metrics, not only in its log.
+    let up = |target: &str| {
+        agent.metric(&format!(
+            "sluice_agent_scrape_target_up{{target=\"{target}\"}}"
+        ))
+    };
+    assert_eq!(up(&format!("http://{}/metrics", sluice.http)), 1.0);
+    assert_eq!(up(DEAD_TARGET), 0.0);
+    assert!(agent.metric("sluice_agent_collect_errors_total{collector=\"prometheus\"}") > 0.0);
 }
 
 #[test]

@@ -197,6 +197,8 @@ impl Agent {
         if config.stdin {
             tasks.push(spawn_input("stdin", inputs::stdin::run(shipper.clone())));
         }
+        // The targets of the config before a reload are not scraped any more.
+        shipper.metrics.scrape_target_up.reset();
         if config.metrics.any() {
             tasks.push(spawn_input(
                 "metrics",

@@ -1,5 +1,6 @@
 //! The agent's Prometheus metrics. Labels are bounded: input (a fixed list), reason (fixed),
-//! collector (fixed), path (the files followed now; a file's series goes when it is closed).
+//! collector (fixed), path (the files followed now; a file's series goes when it is closed),
+//! target (the configured Prometheus targets; the series of a target a reload drops goes).
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -16,6 +17,7 @@ pub struct AgentMetrics {
     pub send_errors: IntCounter,
     pub samples_collected: IntCounterVec,
     pub collect_errors: IntCounterVec,
+    pub scrape_target_up: IntGaugeVec,
     pub files_tracked: IntGauge,
     pub file_bytes_behind: IntGauge,
     pub checkpoint_errors: IntCounter,
@@ -127,6 +129,13 @@ impl AgentMetrics {
                 ),
                 &["collector"],
             )?,
+            scrape_target_up: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_agent_scrape_target_up",
+                    "1 if the last scrape of a configured Prometheus target worked, 0 if not",
+                ),
+                &["target"],
+            )?,
             files_tracked: IntGauge::new(
                 "sluice_agent_files_tracked",
                 "Files the agent has open and follows",
@@ -168,6 +177,7 @@ impl AgentMetrics {
         registry.register(Box::new(metrics.send_errors.clone()))?;
         registry.register(Box::new(metrics.samples_collected.clone()))?;
         registry.register(Box::new(metrics.collect_errors.clone()))?;
+        registry.register(Box::new(metrics.scrape_target_up.clone()))?;
         registry.register(Box::new(metrics.files_tracked.clone()))?;
         registry.register(Box::new(metrics.file_bytes_behind.clone()))?;
         registry.register(Box::new(metrics.files_unreadable.clone()))?;

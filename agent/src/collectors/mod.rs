@@ -153,6 +153,13 @@ impl Collectors {
         source: String,
         result: Result<(), String>,
     ) {
+        if collector == "prometheus" {
+            let up = shipper
+                .metrics
+                .scrape_target_up
+                .with_label_values(&[&source]);
+            up.set(i64::from(result.is_ok()));
+        }
         match result {
             Ok(()) => {
                 if self.last_errors.remove(&source).is_some() {
