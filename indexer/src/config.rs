@@ -27,7 +27,8 @@ pub struct IndexerConfig {
     pub writer_threads: usize,
     /// Width of an index time bucket: retention deletes whole buckets.
     pub bucket_ms: u64,
-    /// Age after which a whole bucket is deleted; 0 keeps everything.
+    /// A bucket is deleted once the newest record it holds is older than this; 0 keeps
+    /// everything.
     pub retention_ms: u64,
     /// Larger records are indexed as text, cut at this size, and counted as malformed.
     pub max_document_bytes: usize,

@@ -86,16 +86,20 @@ pub struct CommitPayload {
     /// a later generation's offsets supersede an earlier one's, smaller though they are.
     #[serde(default)]
     pub generation: u64,
+    /// The newest record time (Kafka's, no later than the clock) the bucket holds: retention
+    /// deletes the bucket once it is past. Missing in buckets written before it was kept, and in
+    /// buckets that hold nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_ms: Option<i64>,
 }
 
-/// The generation and next offset recorded in the index's last commit, if it has one.
-pub fn committed_position(index: &Index) -> tantivy::Result<Option<(u64, i64)>> {
+/// What the index's last commit recorded, if it has one.
+pub fn committed_payload(index: &Index) -> tantivy::Result<Option<CommitPayload>> {
     let metas = index.load_metas()?;
     Ok(metas
         .payload
         .as_deref()
-        .and_then(|p| serde_json::from_str::<CommitPayload>(p).ok())
-        .map(|p| (p.generation, p.next_offset)))
+        .and_then(|p| serde_json::from_str::<CommitPayload>(p).ok()))
 }
 
 /// Bytes under `dir`, for the index-size gauge.

@@ -59,6 +59,8 @@ pub struct Committed {
 
 struct Bucket {
     start_ms: i64,
+    /// See `CommitPayload::newest_ms`; here it also counts the records not committed yet.
+    newest_ms: Option<i64>,
     dir: PathBuf,
     reader: IndexReader,
     searcher: Searcher,
@@ -98,8 +100,10 @@ impl Bucket {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let searcher = reader.searcher();
+        let newest_ms = layout::committed_payload(&index)?.and_then(|p| p.newest_ms);
         Ok(Self {
             start_ms,
+            newest_ms,
             dir,
             reader,
             searcher,
@@ -137,6 +141,18 @@ impl Bucket {
             held = Held::Other;
         }
         Ok(held)
+    }
+
+    /// A time every record of the bucket is older than, given the next bucket's start and the
+    /// configured width. Without a recorded newest time (a bucket written before it was kept)
+    /// the bucket may have been cut with another width than today's: it lasts until both the
+    /// next bucket starts and today's width has passed.
+    fn ends_ms(&self, next_start_ms: i64, width_ms: i64) -> i64 {
+        match self.newest_ms {
+            Some(newest) => newest + 1,
+            None if self.searcher.num_docs() == 0 => i64::MIN,
+            None => next_start_ms.max(self.start_ms + width_ms),
+        }
     }
 
     fn holds_id(&self, term: &Term) -> tantivy::Result<bool> {
@@ -192,7 +208,8 @@ impl PartitionIndex {
         for (start_ms, bucket_dir) in layout::buckets(&dir) {
             // One bucket that cannot be read must not stop the partition from being indexed.
             let opened = Bucket::open(&schema, start_ms, bucket_dir.clone()).and_then(|bucket| {
-                let position = layout::committed_position(&bucket.index)?;
+                let position = layout::committed_payload(&bucket.index)?
+                    .map(|p| (p.generation, p.next_offset));
                 Ok((bucket, position))
             });
             match opened {
@@ -309,10 +326,10 @@ impl PartitionIndex {
         }
         // A reread that reached where the index ended is over.
         self.rereading = 0;
-        self.ensure_writer(
-            self.bucket_of(record.timestamp_ms.min(now_ms)),
-            record.offset,
-        )?;
+        let time_ms = record.timestamp_ms.min(now_ms);
+        self.ensure_writer(self.bucket_of(time_ms), record.offset)?;
+        let bucket = self.buckets.last_mut().expect("ensure_writer opened one");
+        bucket.newest_ms = bucket.newest_ms.max(Some(time_ms));
         self.next_offset = Some(record.offset + 1);
         if let Some(id) = &mapped.id {
             if self.holds_id(id)? {
@@ -458,6 +475,7 @@ impl PartitionIndex {
         let payload = serde_json::to_string(&CommitPayload {
             next_offset,
             generation: self.generation,
+            newest_ms: self.buckets.last().and_then(|b| b.newest_ms),
         })?;
         let mut prepared = writer.prepare_commit()?;
         prepared.set_payload(&payload);
@@ -487,20 +505,35 @@ impl PartitionIndex {
             }
         }
         let horizon = now_ms - self.settings.retention_ms;
-        let keep_from = self
-            .buckets
-            .iter()
-            .take(self.buckets.len().saturating_sub(1))
-            .take_while(|b| b.start_ms + self.settings.bucket_ms <= horizon)
-            .count();
-        for bucket in self.buckets.drain(..keep_from) {
+        // The last bucket stays: its commit holds the partition's offset. A bucket cut with a
+        // wider width than the ones after it may outlive them.
+        let next_starts: Vec<i64> = self.buckets.iter().skip(1).map(|b| b.start_ms).collect();
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buckets)
+            .into_iter()
+            .enumerate()
+            .partition(|(i, b)| {
+                next_starts
+                    .get(*i)
+                    .is_some_and(|&next| b.ends_ms(next, self.settings.bucket_ms) <= horizon)
+            });
+        self.buckets = kept.into_iter().map(|(_, b)| b).collect();
+        let deleted = expired.len();
+        for (_, bucket) in expired {
             let dir = bucket.dir.clone();
+            let newest_ms = bucket.newest_ms;
             drop(bucket);
             layout::delete_bucket(&dir).map_err(|e| {
                 anyhow::anyhow!("index bucket {}: cannot delete: {e}", dir.display())
             })?;
+            tracing::info!(
+                partition = self.partition,
+                bucket = %dir.display(),
+                newest_ms,
+                retention_ms = self.settings.retention_ms,
+                "indexer: index bucket older than the retention deleted"
+            );
         }
-        Ok(keep_from)
+        Ok(deleted)
     }
 
     /// Commits what is pending and lets the partition go.

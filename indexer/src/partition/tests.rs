@@ -288,6 +288,38 @@ fn retention_deletes_whole_old_buckets_and_keeps_the_offset() {
     assert_eq!(open(tmp.path()).committed_next_offset(), Some(2));
 }
 
+/// Buckets made narrower on a running data dir: the wide bucket's records stay until their own
+/// time is past the retention, not until the narrow width after its start is.
+#[test]
+fn retention_after_a_narrower_bucket_width_waits_for_the_records_own_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut index = open(tmp.path());
+    index.add(&record(0, 1_500, b"wide"), 1_500).unwrap();
+    index.close().unwrap();
+    let narrow = WriterSettings {
+        bucket_ms: 100,
+        ..settings()
+    };
+    let mut index = PartitionIndex::open(tmp.path(), 0, LogSchema::new(), narrow).unwrap();
+    index.add(&record(1, 1_600, b"narrow"), 1_600).unwrap();
+    index.commit().unwrap();
+    let starts = |dir: &std::path::Path| -> Vec<i64> {
+        layout::buckets(&dir.join("0"))
+            .into_iter()
+            .map(|(start, _)| start)
+            .collect()
+    };
+    assert_eq!(starts(tmp.path()), vec![1_000, 1_600]);
+    // At 4.4 s the 3 s retention reaches back to 1.4 s: [1 s, 1.1 s) would be past it, but the
+    // bucket holds a record of 1.5 s.
+    assert_eq!(index.apply_retention(4_400).unwrap(), 0);
+    assert_eq!(starts(tmp.path()), vec![1_000, 1_600, 4_400]);
+    // Then it goes, with the empty bucket the idle partition moved to at 4.4 s.
+    assert_eq!(index.apply_retention(4_501).unwrap(), 2);
+    assert_eq!(starts(tmp.path()), vec![1_600, 4_500]);
+    index.close().unwrap();
+}
+
 #[test]
 fn a_second_owner_waits_then_gives_up() {
     let tmp = tempfile::tempdir().unwrap();
