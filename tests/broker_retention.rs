@@ -181,6 +181,17 @@ fn free_disk_floor_refuses_produce_and_recovers() {
             .unwrap()
             >= 1.0
     );
+    // Consumer groups keep committing their offsets meanwhile.
+    let commit = run(
+        python().args(["-c", COMMIT_AND_READ_BACK, &sluice.kafka]),
+        T,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&commit.stdout).trim(),
+        "7",
+        "{}",
+        String::from_utf8_lossy(&commit.stderr)
+    );
 
     std::fs::remove_file(&filler).unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -197,6 +208,17 @@ fn free_disk_floor_refuses_produce_and_recovers() {
         .contains("refusing produce until space returns"));
     assert!(sluice.log_text().contains("accepting produce"));
 }
+
+/// confluent-kafka commits offset 7 of `floor` partition 0 for a group and prints what the
+/// broker then says the group committed.
+const COMMIT_AND_READ_BACK: &str = r#"
+import sys
+from confluent_kafka import Consumer, TopicPartition
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "floor-readers"})
+c.commit(offsets=[TopicPartition("floor", 0, 7)], asynchronous=False)
+print(c.committed([TopicPartition("floor", 0)], timeout=20)[0].offset)
+c.close()
+"#;
 
 /// Free bytes on the file system holding `path`.
 fn free_bytes(path: &Path) -> u64 {

@@ -89,7 +89,8 @@ pub struct BrokerConfig {
     pub retention_bytes: i64,
     /// How often retention and the free-disk guard run (milliseconds).
     pub retention_check_interval_ms: u64,
-    /// Refuse produce while the data directory's file system has less free space than this.
+    /// Refuse produce while the data directory's file system has less free space than this
+    /// (offset commits are still taken).
     pub min_free_bytes: u64,
     /// Default `compression.type` of new topics: producer | zstd | lz4 | none.
     pub compression_type: CompressionType,

@@ -477,7 +477,9 @@ impl Storage {
         if self.io.failed() {
             return Err(AppendError::Failed);
         }
-        if self.disk_low.load(Ordering::Acquire) {
+        // Offset commits are small and compacted, and refusing them costs every consumer group
+        // its place (the commits fail, the members rejoin and read again what they had read).
+        if self.disk_low.load(Ordering::Acquire) && !is_internal(&topic.name) {
             return Err(AppendError::DiskFull);
         }
         let settings = topic.settings();
