@@ -182,6 +182,29 @@ fn second_process_on_the_same_data_dir_is_refused() {
     assert!(line.contains("in use by another sluice process"), "{line}");
 }
 
+/// Two agents on one state dir would each send every line and race on the checkpoints.
+#[test]
+fn second_agent_on_the_same_state_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[agent]\nbrokers = \"127.0.0.1:{}\"\n[agent.files]\ninclude = [\"{}/*.log\"]\n",
+        free_port(),
+        tmp.path().display()
+    );
+    let _first = AgentProcess::start(tmp.path(), &config, std::process::Stdio::null());
+    let out = run(
+        Command::new(SLUICE_AGENT)
+            .arg("--config")
+            .arg(tmp.path().join("agent.toml"))
+            .arg("--state-dir")
+            .arg(tmp.path().join("agent-state"))
+            .args(["--http", &format!("127.0.0.1:{}", free_port())]),
+        Duration::from_secs(30),
+    );
+    let line = one_line_error(&out);
+    assert!(line.contains("in use by another agent"), "{line}");
+}
+
 #[test]
 fn port_in_use_names_the_port() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -96,6 +96,8 @@ pub struct Agent {
     /// Offers again the records the cluster refused (`KafkaOutput::resend_refused`).
     resend: JoinHandle<anyhow::Result<()>>,
     listeners: Listeners,
+    /// Held while this agent may write its state dir (`state_dir::claim`).
+    _state_lock: Option<std::fs::File>,
 }
 
 impl Agent {
@@ -131,15 +133,16 @@ impl Agent {
         };
         // Everything that can fail comes before the first task is spawned: a start that fails
         // (a port taken) leaves nothing running, so the previous configuration can start again.
-        let output = Arc::new(KafkaOutput::new(&config, metrics.clone())?);
         let cannot_replay = config.stdin
             || !(config.syslog.udp.is_empty()
                 && config.syslog.tcp.is_empty()
                 && config.gelf.udp.is_empty()
                 && config.gelf.tcp.is_empty());
-        if follows_files || cannot_replay {
-            state_dir::check(std::path::Path::new(&config.state_dir))?;
-        }
+        let state_lock = match follows_files || cannot_replay {
+            true => Some(state_dir::claim(std::path::Path::new(&config.state_dir))?),
+            false => None,
+        };
+        let output = Arc::new(KafkaOutput::new(&config, metrics.clone())?);
         let spool = match cannot_replay {
             true => Some(Arc::new(Spool::open(
                 &std::path::Path::new(&config.state_dir).join("spool"),
@@ -217,6 +220,7 @@ impl Agent {
             drain,
             resend,
             listeners,
+            _state_lock: state_lock,
         })
     }
 

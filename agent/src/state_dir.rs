@@ -1,12 +1,35 @@
 //! The agent's state directory, where the file checkpoints and the spool live. It is checked at
 //! start: an agent that cannot keep its place would send every file again after each restart.
+//! One agent owns it at a time: two would each send every line, and race on the checkpoints.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
+/// Checks `dir` (`check`) and locks it for this agent until the returned file is dropped (or the
+/// process dies: the kernel lets go of the lock).
+pub fn claim(dir: &Path) -> anyhow::Result<File> {
+    check(dir)?;
+    let path = dir.join(".lock");
+    let lock = File::create(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "agent state dir {}: cannot create its lock: {e}",
+            path.display()
+        )
+    })?;
+    lock.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "agent state dir {}: in use by another agent; give each agent its own \
+             ([agent] state_dir, --state-dir)",
+            dir.display()
+        )
+    })?;
+    Ok(lock)
+}
+
 /// Creates `dir` if needed and proves the agent can write state there as it will (a file
 /// written, synced and renamed into place).
-pub fn check(dir: &Path) -> anyhow::Result<()> {
+fn check(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() && !dir.is_dir() {
         anyhow::bail!(
             "agent state dir {}: is not a directory; the file checkpoints and the spool need \
@@ -67,5 +90,15 @@ mod tests {
         assert!(refused.contains("state_dir"), "{refused}");
         let refused = check(&file).unwrap_err().to_string();
         assert!(refused.contains("is not a directory"), "{refused}");
+    }
+
+    #[test]
+    fn one_agent_at_a_time_holds_the_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = claim(tmp.path()).unwrap();
+        let refused = claim(tmp.path()).unwrap_err().to_string();
+        assert!(refused.contains("in use by another agent"), "{refused}");
+        drop(first);
+        claim(tmp.path()).unwrap();
     }
 }
