@@ -446,6 +446,41 @@ fn lines_wait_for_a_topic_that_is_not_there_yet() {
     assert_all_lines(&numbered(&logs_events(&sluice, 100)), 100);
 }
 
+/// A broker that refuses every produce (its free-disk floor above the disk's size) is retried by
+/// librdkafka without a word: the agent says records wait unacknowledged, and shows how many;
+/// once the broker takes them every line arrives.
+#[test]
+fn records_the_broker_keeps_refusing_are_said_and_arrive_once_it_takes_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(tmp.path(), "[broker]\nmin_free_bytes = 1000000000000000\n");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let text: String = (0..100).map(|n| format!("line {n} of 100\n")).collect();
+    std::fs::write(logs.join("app.log"), text).unwrap();
+    let config = agent_config(&sluice, &logs.join("*.log"), "");
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until(
+        "the agent to say records wait unacknowledged",
+        Duration::from_secs(60),
+        || agent.log_text().contains("without one acknowledgement"),
+    );
+    assert_eq!(agent.metric("sluice_agent_records_unacknowledged"), 100.0);
+    assert_eq!(agent.metric("sluice_agent_events_sent_total"), 0.0);
+    sluice.kill9();
+    std::fs::write(tmp.path().join("sluice.toml"), "").unwrap();
+    sluice.restart();
+    wait_until(
+        "all 100 lines acknowledged",
+        Duration::from_secs(60),
+        || agent.metric("sluice_agent_events_sent_total") >= 100.0,
+    );
+    assert_all_lines(&numbered(&logs_events(&sluice, 100)), 100);
+    wait_until("the agent to say so", Duration::from_secs(10), || {
+        agent.log_text().contains("acknowledge records again")
+    });
+    assert_eq!(agent.metric("sluice_agent_records_unacknowledged"), 0.0);
+}
+
 /// CPU seconds (user and system) a process has used, from /proc (clock ticks of 1/100 s).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -93,8 +93,9 @@ pub struct Agent {
     files: Option<inputs::files::FilesInput>,
     /// Sends the spool's segments; stopped last.
     drain: Option<JoinHandle<()>>,
-    /// Offers again the records the cluster refused (`KafkaOutput::resend_refused`).
-    resend: JoinHandle<anyhow::Result<()>>,
+    /// Offers again the records the cluster refused, watches acknowledgements
+    /// (`KafkaOutput::upkeep`).
+    upkeep: JoinHandle<anyhow::Result<()>>,
     listeners: Listeners,
     /// Held while this agent may write its state dir (`state_dir::claim`).
     _state_lock: Option<std::fs::File>,
@@ -171,7 +172,7 @@ impl Agent {
             true => Some(inputs::files::FilesInput::start(&config, shipper.clone())?),
             false => None,
         };
-        let (_, resend) = spawn_input("resend", output.clone().resend_refused());
+        let (_, upkeep) = spawn_input("output", output.clone().upkeep());
         let drain = shipper.spool.as_ref().map(|spool| {
             tokio::spawn(spool::drain(
                 spool.clone(),
@@ -218,7 +219,7 @@ impl Agent {
             tasks: tasks.into_iter().map(|(_, task)| Some(task)).collect(),
             files,
             drain,
-            resend,
+            upkeep,
             listeners,
             _state_lock: state_lock,
         })
@@ -275,7 +276,7 @@ impl Agent {
             let _ = task.await;
         }
         // Refused records stay where `keep_unsent` finds them.
-        self.resend.abort();
+        self.upkeep.abort();
         let checkpoints = match self.files {
             Some(files) => files.stop().await,
             None => None,
@@ -430,7 +431,7 @@ impl Listeners {
     }
 }
 
-/// Runs an input (or the resend of refused records) as a task; its error is logged and kept.
+/// Runs an input (or the output's upkeep) as a task; its error is logged and kept.
 /// The task, with the input's name.
 fn spawn_input(
     name: &'static str,

@@ -22,6 +22,7 @@ pub struct AgentMetrics {
     pub file_bytes_behind: IntGauge,
     pub checkpoint_errors: IntCounter,
     pub spool_bytes: IntGauge,
+    pub records_unacknowledged: IntGauge,
     pub spool_dropped: IntCounter,
 }
 
@@ -163,6 +164,10 @@ impl AgentMetrics {
                 "sluice_agent_spool_bytes",
                 "Bytes of events waiting in the disk spool for the broker",
             )?,
+            records_unacknowledged: IntGauge::new(
+                "sluice_agent_records_unacknowledged",
+                "Records handed to librdkafka and not acknowledged by the brokers yet (each second)",
+            )?,
             spool_dropped: IntCounter::new(
                 "sluice_agent_spool_dropped_total",
                 "Events dropped because the spool was full (when_full = drop) or torn",
@@ -184,6 +189,7 @@ impl AgentMetrics {
         registry.register(Box::new(metrics.file_bytes_behind_per_file.clone()))?;
         registry.register(Box::new(metrics.checkpoint_errors.clone()))?;
         registry.register(Box::new(metrics.spool_bytes.clone()))?;
+        registry.register(Box::new(metrics.records_unacknowledged.clone()))?;
         registry.register(Box::new(metrics.spool_dropped.clone()))?;
         for input in Self::INPUTS {
             metrics.lines_read.with_label_values(&[input]);

@@ -43,6 +43,10 @@ pub const BATCHING: [(&str, &str); 2] =
 /// How long records the cluster refused wait before they are offered again.
 const RESEND_PAUSE: Duration = Duration::from_secs(1);
 
+/// Records wait this long without a single acknowledgement before the agent says so: longer
+/// than a Kafka cluster takes to move a leader, short enough for an operator watching.
+const UNACKNOWLEDGED_FOR: Duration = Duration::from_secs(15);
+
 pub struct KafkaOutput {
     producer: ThreadedProducer<Deliveries, KeyHash>,
     metrics: AgentMetrics,
@@ -309,9 +313,53 @@ impl KafkaOutput {
             .await
     }
 
-    /// Offers the records the cluster refused again, a pause after each refusal, until stopped
-    /// (aborted) at the agent's stop. Runs once, as a task of the agent.
-    pub async fn resend_refused(self: Arc<Self>) -> anyhow::Result<()> {
+    /// What the output does beside sending, until stopped (aborted) at the agent's stop: offers
+    /// refused records again, and watches the acknowledgements. Runs once, as a task of the
+    /// agent.
+    pub async fn upkeep(self: Arc<Self>) -> anyhow::Result<()> {
+        tokio::try_join!(self.clone().resend_refused(), self.watch_acknowledgements())?;
+        Ok(())
+    }
+
+    /// Keeps `sluice_agent_records_unacknowledged`, and says when records have waited
+    /// `UNACKNOWLEDGED_FOR` with no acknowledgement at all, and when they come again. librdkafka
+    /// retries what the broker refuses as passing (its storage error below the free-disk floor,
+    /// a leader moving) without a word, and without a delivery report.
+    async fn watch_acknowledgements(self: Arc<Self>) -> anyhow::Result<()> {
+        let acknowledged = || self.metrics.events_sent.get() + self.metrics.samples_sent.get();
+        let (mut last, mut since, mut said) = (acknowledged(), Instant::now(), false);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let waiting = self.backlog();
+            self.metrics
+                .records_unacknowledged
+                .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+            let now = acknowledged();
+            if now != last || waiting == 0 {
+                if said {
+                    tracing::info!(
+                        waited_s = since.elapsed().as_secs(),
+                        "agent: the brokers acknowledge records again"
+                    );
+                    said = false;
+                }
+                (last, since) = (now, Instant::now());
+            } else if !said && since.elapsed() >= UNACKNOWLEDGED_FOR {
+                tracing::warn!(
+                    records = waiting,
+                    "agent: records have waited {} s without one acknowledgement: the brokers \
+                     are slow, away, or refusing them (their logs say why); they are kept and \
+                     sent again",
+                    UNACKNOWLEDGED_FOR.as_secs()
+                );
+                said = true;
+            }
+        }
+    }
+
+    /// Offers the records the cluster refused again, a pause after each refusal.
+    async fn resend_refused(self: Arc<Self>) -> anyhow::Result<()> {
         let refused = &self.producer.context().refused;
         loop {
             refused.arrived.notified().await;
