@@ -174,10 +174,14 @@ pub enum TopicsAction {
         #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
         configs: Vec<String>,
     },
-    /// Change a topic's configs in place (the others it has are kept).
+    /// Change a topic's configs in place (the others it has are kept), or add partitions.
     Alter {
         /// Topic name.
         name: String,
+        /// Raise the partition count to this (it cannot go down; keyed records of the partitions
+        /// there were may then go to the new ones).
+        #[arg(long, short)]
+        partitions: Option<i32>,
         /// A config to set, e.g. `--config retention.bytes=1000000000` (repeatable).
         #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
         configs: Vec<String>,

@@ -44,6 +44,27 @@ print("partitions:", len(admin.list_topics(timeout=10).topics["grow"].partitions
     let consumed = sluice.kcat_consume("grow", &["-p", "4"]);
     assert_eq!(consumed, "in the new partition\n");
     assert!(sluice.data_dir.join("broker/grow-4").is_dir());
+
+    // The same through `sluice topics alter --partitions`.
+    let grown = sluice.client(&["topics", "alter", "grow", "--partitions", "7"]);
+    assert_eq!(
+        String::from_utf8_lossy(&grown.stdout),
+        "topic grow now has 7 partitions\n",
+        "{}",
+        String::from_utf8_lossy(&grown.stderr)
+    );
+    let listed = sluice.client(&["topics", "list"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("grow\t7 partitions"),
+        "{listed:?}"
+    );
+    let shrink = sluice.client(&["topics", "alter", "grow", "--partitions", "3"]);
+    assert!(!shrink.status.success());
+    let stderr = String::from_utf8_lossy(&shrink.stderr);
+    assert!(
+        stderr.contains("it has 7; a partition count can only grow"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -388,6 +388,30 @@ fn a_topic_made_again_is_indexed_from_its_start() {
     assert!(sluice.metric("sluice_indexer_log_restarts_total").unwrap() >= 1.0);
 }
 
+/// Partitions added to the logs topic under a running appliance are indexed within seconds
+/// (librdkafka looks at the topic again every 5 minutes by default).
+#[test]
+fn partitions_added_under_the_indexer_are_indexed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::up(tmp.path(), "[indexer]\ntopic_partitions = 2\n");
+    let out = sluice.kcat_produce("logs", &["-p", "1"], b"before-growth\n");
+    assert!(out.status.success());
+    assert_eq!(
+        sluice.wait_for_hits("before-growth", 1, Duration::from_secs(30)),
+        1
+    );
+    let grown = sluice.client(&["topics", "alter", "logs", "--partitions", "4"]);
+    assert!(grown.status.success(), "{grown:?}");
+    let out = sluice.kcat_produce("logs", &["-p", "3"], b"after-growth\n");
+    assert!(out.status.success());
+    assert_eq!(
+        sluice.wait_for_hits("after-growth", 1, Duration::from_secs(40)),
+        1,
+        "{}",
+        sluice.log_tail(20)
+    );
+}
+
 /// Events a few milliseconds apart: the automatic interval is 1 ms, and every bucket starts
 /// where it should, once (starts were duplicated and the interval said 0).
 #[test]

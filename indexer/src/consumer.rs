@@ -88,6 +88,8 @@ impl Indexer {
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("session.timeout.ms", session_timeout.as_str()),
             ("statistics.interval.ms", "5000"),
+            // Partitions added to the topic are indexed within seconds, not librdkafka's 5 min.
+            ("topic.metadata.refresh.interval.ms", "10000"),
         ];
         if !config.instance_id.is_empty() {
             own.push(("group.instance.id", config.instance_id.as_str()));

@@ -5,8 +5,8 @@ use std::io::Write;
 
 use anyhow::{bail, Context as _};
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier,
-    TopicReplication,
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
+    ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,9 +28,24 @@ pub async fn run(args: TopicsArgs) -> anyhow::Result<()> {
         } => create(brokers, &name, partitions, &configs).await,
         TopicsAction::Alter {
             name,
+            partitions,
             configs,
             deletes,
-        } => alter(brokers, &name, &configs, &deletes).await,
+        } => {
+            if partitions.is_none() && configs.is_empty() && deletes.is_empty() {
+                bail!(
+                    "nothing to change: give --partitions N, --config KEY=VALUE or \
+                     --delete-config KEY"
+                );
+            }
+            if let Some(count) = partitions {
+                add_partitions(brokers, &name, count).await?;
+            }
+            match configs.is_empty() && deletes.is_empty() {
+                true => Ok(()),
+                false => alter(brokers, &name, &configs, &deletes).await,
+            }
+        }
         TopicsAction::Describe { name } => describe(brokers, &name).await,
         TopicsAction::Delete { name } => delete(brokers, &name).await,
     }
@@ -123,9 +138,6 @@ async fn alter(
     configs: &[String],
     deletes: &[String],
 ) -> anyhow::Result<()> {
-    if configs.is_empty() && deletes.is_empty() {
-        bail!("nothing to change: give --config KEY=VALUE or --delete-config KEY");
-    }
     let admin = admin(brokers)?;
     let mut wanted = overrides(&admin, name).await?;
     for entry in configs {
@@ -155,6 +167,39 @@ async fn alter(
     }
     println!("altered topic {name}");
     Ok(())
+}
+
+/// CreatePartitions: raises `name`'s partition count to `count`.
+async fn add_partitions(brokers: &str, name: &str, count: i32) -> anyhow::Result<()> {
+    let admin = admin(brokers)?;
+    let count = usize::try_from(count).context("--partitions: expected a positive count")?;
+    let results = admin
+        .create_partitions([&NewPartitions::new(name, count)], &options())
+        .await?;
+    for result in results {
+        if let Err((_, code)) = result {
+            let why = match code {
+                RDKafkaErrorCode::InvalidPartitions => {
+                    let now = partition_count(brokers, name)
+                        .map(|n| format!("it has {n}; "))
+                        .unwrap_or_default();
+                    format!(": {now}a partition count can only grow")
+                }
+                _ => String::new(),
+            };
+            bail!("cannot add partitions to topic {name}: {code}{why}");
+        }
+    }
+    println!("topic {name} now has {count} partitions");
+    Ok(())
+}
+
+/// The partition count the cluster's metadata gives `name`.
+fn partition_count(brokers: &str, name: &str) -> anyhow::Result<usize> {
+    let consumer: BaseConsumer = config(brokers).create()?;
+    let metadata = consumer.fetch_metadata(Some(name), TIMEOUT)?;
+    let topic = metadata.topics().first().context("no such topic")?;
+    Ok(topic.partitions().len())
 }
 
 /// Whether the configs a topic describes are those asked for: the same keys, and for each the
