@@ -239,6 +239,9 @@ fn loopback(mut addr: SocketAddr) -> SocketAddr {
 }
 
 fn prepare_data_dir(path: &Path) -> anyhow::Result<()> {
+    if path.exists() && !path.is_dir() {
+        anyhow::bail!("data dir {}: is not a directory", path.display());
+    }
     std::fs::create_dir_all(path)
         .map_err(|e| anyhow::anyhow!("data dir {}: cannot create: {e}", path.display()))
 }

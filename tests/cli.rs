@@ -161,6 +161,18 @@ fn unusable_data_dir_is_named() {
     let line = one_line_error(&out);
     assert!(line.contains(data_dir.to_str().unwrap()), "{line}");
     assert!(line.contains("data dir"), "{line}");
+    // The data dir given is itself a file.
+    let out = sluice(&[
+        "up",
+        "--data-dir",
+        file.to_str().unwrap(),
+        "--listen",
+        &kafka,
+        "--http",
+        &http,
+    ]);
+    let line = one_line_error(&out);
+    assert!(line.contains("is not a directory"), "{line}");
 }
 
 #[test]

@@ -500,9 +500,11 @@ impl KafkaOutput {
         }
     }
 
-    /// Records queued or in flight, not yet acknowledged.
+    /// Records not yet acknowledged: queued or in flight in librdkafka, or refused by the
+    /// cluster and waiting to be offered again.
     pub fn backlog(&self) -> u64 {
-        self.producer.in_flight_count().max(0) as u64
+        let refused = self.producer.context().refused.waiting().len() as u64;
+        self.producer.in_flight_count().max(0) as u64 + refused
     }
 
     /// Waits for everything queued to be acknowledged: up to `timeout`, and no longer than
@@ -514,7 +516,11 @@ impl KafkaOutput {
             let wait =
                 Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now()));
             if self.producer.flush(wait).is_ok() {
-                return Ok(());
+                // What the cluster refused waits for the resend task, stopped by now.
+                return match self.backlog() {
+                    0 => Ok(()),
+                    refused => Err(refused),
+                };
             }
             let now = self.backlog();
             if now < left {

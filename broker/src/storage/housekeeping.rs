@@ -190,7 +190,8 @@ impl Storage {
         match done {
             Ok(Ok(0)) => {}
             Ok(Ok(removed)) => {
-                tracing::info!(
+                // Routine (offset commits supersede each other all day): counted, not said.
+                tracing::debug!(
                     topic,
                     partition = index,
                     removed,
