@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
     ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use sluice_broker::storage::batch::testing::one_record;
+use sluice_broker::storage::batch::testing::{one_record, seal};
 
 fn send(addr: &str, bytes: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -132,17 +132,28 @@ fn bad_frames_close_only_their_connection_and_are_counted() {
     assert_eq!(i32::from_be_bytes(reply[4..8].try_into().unwrap()), 42);
     assert_eq!(i16::from_be_bytes(reply[8..10].try_into().unwrap()), 35);
 
-    // A batch whose CRC does not match gets CORRUPT_MESSAGE and is not stored.
+    // Batches that are damaged, or that no client may send, are refused and not stored.
+    let produce_error = |batch: Vec<u8>| {
+        let reply = one_reply(&sluice.kafka, &produce_request(Bytes::from(batch)));
+        let mut body = Bytes::from(reply[4..].to_vec());
+        let header = ResponseHeader::decode(&mut body, 0).unwrap();
+        assert_eq!(header.correlation_id, 9);
+        let response = ProduceResponse::decode(&mut body, 7).unwrap();
+        response.responses[0].partition_responses[0].error_code
+    };
     let mut batch = one_record(None, b"tampered");
     let last = batch.len() - 1;
     batch[last] ^= 0x55;
-    let reply = one_reply(&sluice.kafka, &produce_request(Bytes::from(batch)));
-    let mut body = Bytes::from(reply[4..].to_vec());
-    let header = ResponseHeader::decode(&mut body, 0).unwrap();
-    assert_eq!(header.correlation_id, 9);
-    let response = ProduceResponse::decode(&mut body, 7).unwrap();
-    let partition = &response.responses[0].partition_responses[0];
-    assert_eq!(partition.error_code, 2, "CORRUPT_MESSAGE");
+    assert_eq!(produce_error(batch), 2, "CORRUPT_MESSAGE");
+    // Sealed with a good CRC over attributes no consumer can read: codec 7, a control batch.
+    let with_attributes = |attributes: i16| {
+        let mut batch = one_record(None, b"odd attributes");
+        batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+        seal(&mut batch);
+        batch
+    };
+    assert_eq!(produce_error(with_attributes(7)), 2, "CORRUPT_MESSAGE");
+    assert_eq!(produce_error(with_attributes(0x20)), 87, "INVALID_RECORD");
 
     // The broker is alive, other data is intact, and real clients still work.
     let out = sluice.kcat_produce("victim", &["-p", "0"], b"after\n");

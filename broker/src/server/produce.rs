@@ -99,7 +99,8 @@ pub async fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Reply, Clos
                 Err(e) => {
                     let index = response.index;
                     tracing::debug!(topic = %name, partition = index, error = %e, "produce refused");
-                    let code = match e {
+                    let code = match &e {
+                        AppendError::Corrupt(e) if e.is_forbidden() => ResponseError::InvalidRecord,
                         AppendError::Corrupt(_) => ResponseError::CorruptMessage,
                         AppendError::TooLarge { .. } => ResponseError::MessageTooLarge,
                         AppendError::OutOfOrderSequence { .. } => {

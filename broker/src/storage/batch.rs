@@ -36,6 +36,20 @@ pub enum BatchError {
     BadCount { count: i32, delta: i32 },
     #[error("{count} records cannot fit in a {bytes}-byte batch")]
     Implausible { count: i32, bytes: usize },
+    #[error("compression codec {0} is none of Kafka's (0 none to 4 zstd)")]
+    UnknownCodec(i16),
+    #[error("clients may not write control batches")]
+    Control,
+    #[error("transactional batches are refused: this broker does not support transactions")]
+    Transactional,
+}
+
+impl BatchError {
+    /// A batch that is sound but that no client may send (Kafka's INVALID_RECORD), rather than
+    /// one damaged on the way (CORRUPT_MESSAGE).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::Control | Self::Transactional)
+    }
 }
 
 /// The fixed fields of one batch.
@@ -120,6 +134,10 @@ impl BatchHeader {
     pub fn is_control(&self) -> bool {
         self.attributes & 0x20 != 0
     }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
 }
 
 /// Writes the base offset the broker assigned and its leader epoch (always 0: one broker, one
@@ -130,7 +148,8 @@ pub fn set_base_offset(buf: &mut [u8], base_offset: i64) {
 }
 
 /// Splits a produce request's record set into its batches, validating each. A producer's batch
-/// has no gaps: one record per offset.
+/// has no gaps (one record per offset), a codec consumers can read, and is neither a control
+/// batch nor part of a transaction (consumers would skip or hold back its records).
 pub fn split_batches(
     mut buf: &[u8],
 ) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, BatchError> {
@@ -141,6 +160,15 @@ pub fn split_batches(
     let mut start = 0;
     while !buf.is_empty() {
         let header = BatchHeader::validate(buf)?;
+        if header.compression() > 4 {
+            return Err(BatchError::UnknownCodec(header.compression()));
+        }
+        if header.is_control() {
+            return Err(BatchError::Control);
+        }
+        if header.is_transactional() {
+            return Err(BatchError::Transactional);
+        }
         if header.record_count as i64 != header.last_offset_delta as i64 + 1
             || header.record_count < 1
         {
@@ -319,6 +347,29 @@ mod tests {
         b[23..27].copy_from_slice(&i32::MAX.to_be_bytes());
         super::testing::seal(&mut b);
         assert!(split_batches(&b).is_err());
+    }
+
+    #[test]
+    fn batches_no_client_may_send_are_refused() {
+        let with_attributes = |attributes: i16| {
+            let mut b = batch(1, 10, 0);
+            b[21..23].copy_from_slice(&attributes.to_be_bytes());
+            super::testing::seal(&mut b);
+            b
+        };
+        assert_eq!(
+            split_batches(&with_attributes(7)),
+            Err(BatchError::UnknownCodec(7))
+        );
+        assert_eq!(
+            split_batches(&with_attributes(0x20)),
+            Err(BatchError::Control)
+        );
+        assert_eq!(
+            split_batches(&with_attributes(0x10)),
+            Err(BatchError::Transactional)
+        );
+        assert!(split_batches(&with_attributes(4)).is_ok());
     }
 
     #[test]
