@@ -270,3 +270,29 @@ second.close()
     );
     assert!(out.contains("Static consumer fenced"), "{out}");
 }
+
+/// Offset metadata is bounded as Kafka bounds it (`offset.metadata.max.bytes`, 4096): a longer
+/// one gets OFFSET_METADATA_TOO_LARGE, which clients do not retry, and the offset committed
+/// before stays.
+#[test]
+fn offset_metadata_over_4_kb_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    sluice.create_topic("meta", 1, &[]);
+    let script = r#"
+import sys
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "meta-group"})
+def commit(offset, metadata):
+    try:
+        done = c.commit(offsets=[TopicPartition("meta", 0, offset, metadata)], asynchronous=False)
+        return done[0].error.name() if done[0].error else "ok"
+    except KafkaException as e:
+        return e.args[0].name()
+print(commit(5, "m" * 4000), commit(6, "m" * 5000))
+print(c.committed([TopicPartition("meta", 0)], timeout=10)[0].offset)
+c.close()
+"#;
+    let out = run_ok(python().args(["-c", script, &sluice.kafka]), T);
+    assert_eq!(out, "ok OFFSET_METADATA_TOO_LARGE\n5\n");
+}

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use self::group::{Group, State};
 use crate::metrics::BrokerMetrics;
 use crate::storage::batch::BatchHeader;
-use crate::storage::{Storage, Topic, TopicError};
+use crate::storage::{AppendError, Storage, Topic, TopicError};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -213,7 +213,12 @@ impl Coordinator {
             .append(topic, partition, buf.freeze())
             .await
             .map_err(|e| storage_error(&e))?
-            .map_err(|e| storage_error(&e))?;
+            .map_err(|e| match e {
+                // Kafka's answer to a commit of too many partitions for one batch: not
+                // retriable, unlike a coordinator away.
+                AppendError::TooLarge { .. } => ResponseError::InvalidCommitOffsetSize.code(),
+                e => storage_error(&e),
+            })?;
         self.storage
             .make_durable(vec![file])
             .await

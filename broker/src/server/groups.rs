@@ -245,10 +245,13 @@ pub fn leave_group(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close
     req.respond(ApiKey::LeaveGroup, &body)
 }
 
+/// Longest metadata an offset commit may carry (Kafka's `offset.metadata.max.bytes`).
+const MAX_OFFSET_METADATA_BYTES: usize = 4096;
+
 pub async fn offset_commit(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close> {
     let request: OffsetCommitRequest = req.decode()?;
     let mut known = Vec::new();
-    let mut unknown = Vec::new();
+    let mut refused = Vec::new();
     for topic in &request.topics {
         for p in &topic.partitions {
             let exists = ctx
@@ -256,8 +259,13 @@ pub async fn offset_commit(ctx: &Arc<Context>, req: &mut Request) -> Result<Byte
                 .topic(topic.name.as_str())
                 .and_then(|t| t.partition(p.partition_index))
                 .is_some();
+            let metadata_bytes = p.committed_metadata.as_ref().map_or(0, |m| m.len());
             let entry = (topic.name.clone(), p.partition_index);
-            if exists {
+            if !exists {
+                refused.push((entry, ResponseError::UnknownTopicOrPartition.code()));
+            } else if metadata_bytes > MAX_OFFSET_METADATA_BYTES {
+                refused.push((entry, ResponseError::OffsetMetadataTooLarge.code()));
+            } else {
                 known.push((
                     entry,
                     CommitRequest {
@@ -271,8 +279,6 @@ pub async fn offset_commit(ctx: &Arc<Context>, req: &mut Request) -> Result<Byte
                             .unwrap_or_default(),
                     },
                 ));
-            } else {
-                unknown.push(entry);
             }
         }
     }
@@ -301,11 +307,7 @@ pub async fn offset_commit(ctx: &Arc<Context>, req: &mut Request) -> Result<Byte
             .unwrap_or(0)
     };
     let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
-    let results = entries.into_iter().map(|e| (e, error)).chain(
-        unknown
-            .into_iter()
-            .map(|e| (e, ResponseError::UnknownTopicOrPartition.code())),
-    );
+    let results = entries.into_iter().map(|e| (e, error)).chain(refused);
     for ((name, partition), error) in results {
         let answer = OffsetCommitResponsePartition::default()
             .with_partition_index(partition)
