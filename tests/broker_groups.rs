@@ -296,3 +296,34 @@ c.close()
     let out = run_ok(python().args(["-c", script, &sluice.kafka]), T);
     assert_eq!(out, "ok OFFSET_METADATA_TOO_LARGE\n5\n");
 }
+
+/// A deleted topic's committed offsets go with it, as in Kafka, and stay gone through a restart:
+/// a group reading the topic made again starts where its reset policy says, not at the old
+/// topic's offset (it would skip the new topic's first records).
+#[test]
+fn a_deleted_topics_committed_offsets_go_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(tmp.path(), "");
+    sluice.create_topic("reborn", 1, &[]);
+    let committed = |sluice: &Sluice, commit: &str| {
+        let script = r#"
+import sys
+from confluent_kafka import Consumer, TopicPartition
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "reborn-readers"})
+if sys.argv[2] != "-":
+    c.commit(offsets=[TopicPartition("reborn", 0, int(sys.argv[2]))], asynchronous=False)
+print(c.committed([TopicPartition("reborn", 0)], timeout=10)[0].offset)
+c.close()
+"#;
+        run_ok(python().args(["-c", script, &sluice.kafka, commit]), T)
+    };
+    assert_eq!(committed(&sluice, "80"), "80\n");
+    let deleted = sluice.client(&["topics", "delete", "reborn"]);
+    assert!(deleted.status.success(), "{deleted:?}");
+    sluice.create_topic("reborn", 1, &[]);
+    // -1001: no committed offset.
+    assert_eq!(committed(&sluice, "-"), "-1001\n");
+    sluice.kill9();
+    sluice.restart();
+    assert_eq!(committed(&sluice, "-"), "-1001\n");
+}

@@ -333,22 +333,9 @@ impl Coordinator {
                 })
             })
             .collect();
-        // Batches of at most 256 KiB of keys, well under max.message.bytes (ids are unbounded).
-        let mut start = 0;
-        while start < tombstones.len() {
-            let mut bytes = 0;
-            let end = tombstones[start..]
-                .iter()
-                .position(|(key, _)| {
-                    bytes += key.group.len() + key.topic.len() + 64;
-                    bytes > 256 << 10
-                })
-                .map_or(tombstones.len(), |n| start + n.max(1));
-            if let Err(code) = self.persist(&tombstones[start..end]).await {
-                tracing::warn!(code, "expiring committed offsets: tried again in a minute");
-                return;
-            }
-            start = end;
+        if let Err(code) = self.persist_tombstones(&tombstones).await {
+            tracing::warn!(code, "expiring committed offsets: tried again in a minute");
+            return;
         }
         let mut rejoined: Vec<(OffsetKey, Option<Committed>)> = Vec::new();
         {
@@ -382,6 +369,75 @@ impl Coordinator {
                 );
             }
         }
+    }
+
+    /// Writes `tombstones` in batches of at most 256 KiB of keys, well under max.message.bytes
+    /// (ids are unbounded).
+    async fn persist_tombstones(
+        &self,
+        tombstones: &[(OffsetKey, Option<Committed>)],
+    ) -> Result<(), i16> {
+        let mut start = 0;
+        while start < tombstones.len() {
+            let mut bytes = 0;
+            let end = tombstones[start..]
+                .iter()
+                .position(|(key, _)| {
+                    bytes += key.group.len() + key.topic.len() + 64;
+                    bytes > 256 << 10
+                })
+                .map_or(tombstones.len(), |n| start + n.max(1));
+            self.persist(&tombstones[start..end]).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Forgets every group's committed offsets of a deleted topic, as Kafka does: a topic made
+    /// again under its name is read from where each group's reset policy says, not from offsets
+    /// that belonged to the old one (a group would skip the new topic's first records).
+    pub async fn forget_topic(&self, topic: &str) {
+        // No commit lands between the look and the tombstones.
+        let _alone = self.expiring.write().await;
+        let tombstones: Vec<(OffsetKey, Option<Committed>)> = {
+            let offsets = self.offsets.lock().expect("offsets lock");
+            offsets
+                .iter()
+                .flat_map(|(group, committed)| {
+                    committed
+                        .keys()
+                        .filter(|(t, _)| t == topic)
+                        .map(|(topic, partition)| {
+                            let key = OffsetKey {
+                                group: group.clone(),
+                                topic: topic.clone(),
+                                partition: *partition,
+                            };
+                            (key, None)
+                        })
+                })
+                .collect()
+        };
+        if tombstones.is_empty() {
+            return;
+        }
+        if let Err(code) = self.persist_tombstones(&tombstones).await {
+            tracing::warn!(
+                code,
+                topic,
+                "forgetting the committed offsets of a deleted topic: they stay"
+            );
+            return;
+        }
+        let mut offsets = self.offsets.lock().expect("offsets lock");
+        for committed in offsets.values_mut() {
+            committed.retain(|(t, _), _| t != topic);
+        }
+        tracing::info!(
+            topic,
+            offsets = tombstones.len(),
+            "the deleted topic's committed offsets are forgotten"
+        );
     }
 
     /// Expires offsets every minute, in a task of its own: writing tombstones must not hold up

@@ -158,7 +158,10 @@ pub async fn delete_topics(ctx: &Arc<Context>, req: &mut Request) -> Result<Byte
     for name in names {
         let result = DeletableTopicResult::default().with_name(Some(name.clone()));
         responses.push(match ctx.storage.delete_topic(name.as_str()).await {
-            Ok(()) => result,
+            Ok(()) => {
+                ctx.coordinator.forget_topic(name.as_str()).await;
+                result
+            }
             Err(e) => result
                 .with_error_code(topic_error_code(&e))
                 .with_error_message(message(&e)),
