@@ -87,8 +87,9 @@ fn unknown_topics_are_refused_when_auto_creation_is_off() {
 }
 
 /// Topics made the way tools make them, through confluent-kafka's admin client: Kafka Streams'
-/// configs that mean nothing on one broker, a name starting with `__` that is not the broker's
-/// own (then written, read and deleted like any topic), a manual replica assignment. Each is taken
+/// configs that mean nothing on one broker, a compacted table's tuning, a name starting with
+/// `__` that is not the broker's own (then written, read and deleted like any topic), a manual
+/// replica assignment, a name that collides with another's in metrics. Each is taken
 /// as Kafka takes it; what Sluice cannot honour (LogAppendTime, a replica on another broker) is
 /// refused and says why.
 #[test]
@@ -111,6 +112,9 @@ print("streams:", make(NewTopic("__app-repartition", 2, 1, config=streams)))
 print("assigned:", make(NewTopic("assigned", 3, replica_assignment=[[node], [node], [node]])))
 print("elsewhere:", make(NewTopic("elsewhere", 1, replica_assignment=[[node + 1]])))
 print("append time:", make(NewTopic("append-time", 1, 1, config={"message.timestamp.type": "LogAppendTime"})))
+table = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.01", "min.compaction.lag.ms": "0", "segment.ms": "100"}
+print("table:", make(NewTopic("app.table", 1, 1, config=table)))
+print("collision:", make(NewTopic("app_table", 1, 1)))
 topics = admin.list_topics(timeout=10).topics
 print("assigned partitions:", len(topics["assigned"].partitions))
 "#;
@@ -124,6 +128,11 @@ print("assigned partitions:", len(topics["assigned"].partitions))
     );
     assert!(
         out.contains("append time: refused") && out.contains("LogAppendTime is not supported"),
+        "{out}"
+    );
+    assert!(out.contains("table: made"), "{out}");
+    assert!(
+        out.contains("collision: refused") && out.contains("collides with the existing topic"),
         "{out}"
     );
     let produced = sluice.kcat_produce("__app-repartition", &["-p", "1"], b"repartitioned\n");

@@ -70,3 +70,25 @@ async fn a_topics_series_exist_from_its_creation_and_go_with_it() {
     storage.delete_topic("gone").await.unwrap();
     assert!(!text().contains("topic=\"gone\""), "{}", text());
 }
+
+/// Kafka refuses a name that differs from an existing one only by '.' against '_' (their
+/// metrics would be one).
+#[tokio::test]
+async fn names_that_collide_in_metrics_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = scratch(dir.path()).await;
+    storage
+        .create_topic("app.logs", 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let refused = storage
+        .create_topic("app_logs", 1, BTreeMap::new(), false)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&refused, TopicError::InvalidName(why) if why.contains("collides with the existing topic app.logs")),
+        "{refused}"
+    );
+    assert!(storage.topic("app_logs").is_none());
+}

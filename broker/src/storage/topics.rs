@@ -18,6 +18,7 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "max.message.bytes",
     "cleanup.policy",
     "delete.retention.ms",
+    "index.interval.bytes",
 ];
 
 /// Kafka topic configs that mean nothing on one broker keeping batches as their producers sent
@@ -35,6 +36,14 @@ pub const ACCEPTED_WITHOUT_EFFECT: &[&str] = &[
     "segment.index.bytes",
     "segment.jitter.ms",
     "file.delete.delay.ms",
+    "flush.messages",
+    "flush.ms",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
+    "min.cleanable.dirty.ratio",
+    "message.timestamp.difference.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.after.max.ms",
 ];
 
 /// A topic as stored in `topics.json`: its partition count and the configs set on it.
@@ -116,6 +125,13 @@ impl TopicSettings {
                 "delete.retention.ms" => {
                     s.delete_retention_ms = value.parse().map_err(|_| bad("milliseconds"))?
                 }
+                "index.interval.bytes" => {
+                    s.index_interval_bytes = value
+                        .parse()
+                        .ok()
+                        .filter(|&b| b >= 1)
+                        .ok_or_else(|| bad("bytes, at least 1"))?
+                }
                 "min.insync.replicas" => {
                     value
                         .parse::<u32>()
@@ -133,8 +149,24 @@ impl TopicSettings {
                         "CreateTime (records keep their producers' timestamps; LogAppendTime is not supported)",
                     ));
                 }
-                "segment.index.bytes" | "segment.jitter.ms" | "file.delete.delay.ms" => {
+                "segment.index.bytes"
+                | "segment.jitter.ms"
+                | "file.delete.delay.ms"
+                | "flush.messages"
+                | "flush.ms"
+                | "min.compaction.lag.ms"
+                | "max.compaction.lag.ms"
+                | "message.timestamp.difference.max.ms"
+                | "message.timestamp.before.max.ms"
+                | "message.timestamp.after.max.ms" => {
                     value.parse::<u64>().map_err(|_| bad("a number"))?;
+                }
+                "min.cleanable.dirty.ratio" => {
+                    value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| (0.0..=1.0).contains(r))
+                        .ok_or_else(|| bad("a ratio from 0 to 1"))?;
                 }
                 _ if ACCEPTED_WITHOUT_EFFECT.contains(&key.as_str()) => {}
                 _ => {
@@ -168,6 +200,10 @@ impl TopicSettings {
             ("max.message.bytes", self.max_message_bytes.to_string()),
             ("cleanup.policy", self.cleanup_policy().to_owned()),
             ("delete.retention.ms", self.delete_retention_ms.to_string()),
+            (
+                "index.interval.bytes",
+                self.index_interval_bytes.to_string(),
+            ),
         ]
     }
 
@@ -230,6 +266,17 @@ mod tests {
         assert!(TopicSettings::resolve(&defaults, &streams)
             .unwrap_err()
             .contains("LogAppendTime is not supported"));
+        // What tools set on compacted topics: accepted, checked for their kind.
+        let mut compacted = BTreeMap::new();
+        compacted.insert("min.cleanable.dirty.ratio".into(), "0.5".into());
+        compacted.insert("min.compaction.lag.ms".into(), "60000".into());
+        compacted.insert("index.interval.bytes".into(), "8192".into());
+        let s = TopicSettings::resolve(&defaults, &compacted).unwrap();
+        assert_eq!(s.index_interval_bytes, 8192);
+        compacted.insert("min.cleanable.dirty.ratio".into(), "2".into());
+        assert!(TopicSettings::resolve(&defaults, &compacted)
+            .unwrap_err()
+            .contains("a ratio from 0 to 1"));
         let mut unknown = BTreeMap::new();
         unknown.insert("flux.capacitor".into(), "1".into());
         assert!(TopicSettings::resolve(&defaults, &unknown)
