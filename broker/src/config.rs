@@ -83,7 +83,8 @@ pub struct BrokerConfig {
     pub segment_ms: u64,
     /// One offset-index entry per this many bytes of log.
     pub index_interval_bytes: u32,
-    /// Delete closed segments older than this (milliseconds); -1 keeps them forever.
+    /// Delete segments whose newest record is older than this (milliseconds; an active one is
+    /// closed first); -1 keeps them forever.
     pub retention_ms: i64,
     /// Delete the oldest closed segments while a partition is larger than this; -1: no limit.
     pub retention_bytes: i64,

@@ -91,6 +91,12 @@ impl Storage {
                     } else {
                         (-1, -1)
                     };
+                    if let Err(e) = partition
+                        .roll_if_expired(retention_ms, crate::now_ms())
+                        .await
+                    {
+                        tracing::error!(topic = %topic.name, partition = i, error = %e, "closing an expired active segment failed");
+                    }
                     // Retention deletes files by name: not those of a topic deleted since the
                     // list was taken, whose names a topic made again may own.
                     let maintenance = self.maintenance.lock().await;

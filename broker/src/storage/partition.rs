@@ -199,12 +199,43 @@ impl Partition {
         records: i64,
         settings: &LogSettings,
     ) -> Result<(), AppendError> {
+        let full =
+            self.log()
+                .active()
+                .is_full(len, records, settings.segment_bytes, settings.segment_ms);
+        match full {
+            true => self.roll(settings).await,
+            false => Ok(()),
+        }
+    }
+
+    /// Closes the active segment when every record in it is older than `retention_ms`, so that
+    /// retention may delete it, as Kafka does: a quiet partition kept expired records until its
+    /// next write. Whether it rolled.
+    pub async fn roll_if_expired(
+        &self,
+        retention_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, AppendError> {
+        let _appender = self.append_lock.lock().await;
+        let expired = {
+            let log = self.log();
+            let active = log.active();
+            active.size > 0 && active.max_timestamp < now_ms - retention_ms
+        };
+        if !expired || retention_ms < 0 || self.is_closed() {
+            return Ok(false);
+        }
+        let settings = *self.settings.lock().expect("settings lock");
+        self.roll(&settings).await?;
+        Ok(true)
+    }
+
+    /// Starts a new segment at the log's end (the caller holds the append lock).
+    async fn roll(&self, settings: &LogSettings) -> Result<(), AppendError> {
         let (old, size, base) = {
             let log = self.log();
             let active = log.active();
-            if !active.is_full(len, records, settings.segment_bytes, settings.segment_ms) {
-                return Ok(());
-            }
             (active.files(), active.size, log.next_offset)
         };
         let log = old[0].clone();

@@ -12,7 +12,8 @@ use super::Partition;
 impl Partition {
     /// Deletes closed segments that retention no longer wants: those whose newest record is older
     /// than `retention_ms`, and the oldest while the partition is larger than `retention_bytes`.
-    /// The active segment always stays. Returns how many were deleted.
+    /// The active segment stays (`roll_if_expired` closes it first when it is all expired).
+    /// Returns how many were deleted.
     pub fn enforce_retention(&self, retention_ms: i64, retention_bytes: i64) -> io::Result<usize> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
