@@ -304,3 +304,35 @@ fn alter_tuned(sluice: &Sluice, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// ListOffsets through confluent-kafka's admin client, for each spec it offers: earliest, latest,
+/// the record with the largest timestamp (not the last record), the first at or after a time.
+#[test]
+fn list_offsets_answers_every_spec() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    sluice.create_topic("stamps", 1, &[]);
+    let script = r#"
+import sys, time
+from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+bootstrap = sys.argv[1]
+base = int(time.time() * 1000)
+producer = Producer({"bootstrap.servers": bootstrap})
+for i, seconds in enumerate([5, 9, 3, 9, 1]):
+    producer.produce("stamps", value=str(i), partition=0, timestamp=base + seconds * 1000)
+producer.flush(10)
+admin = AdminClient({"bootstrap.servers": bootstrap})
+tp = TopicPartition("stamps", 0)
+specs = [("earliest", OffsetSpec.earliest()), ("latest", OffsetSpec.latest()),
+         ("max", OffsetSpec.max_timestamp()), ("at 4 s", OffsetSpec.for_timestamp(base + 4000))]
+for name, spec in specs:
+    got = admin.list_offsets({tp: spec})[tp].result(10)
+    print(name, got.offset, got.timestamp - base if got.timestamp > 0 else got.timestamp)
+"#;
+    let out = run_ok(python().args(["-c", script, &sluice.kafka]), T);
+    assert_eq!(
+        out,
+        "earliest 0 -1\nlatest 5 -1\nmax 1 9000\nat 4 s 0 5000\n"
+    );
+}

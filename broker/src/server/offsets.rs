@@ -22,6 +22,10 @@ use crate::storage::partition::Partition;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+/// KIP-734: the record with the largest timestamp (librdkafka asks at any version).
+const MAX_TIMESTAMP: i64 = -3;
+/// KIP-405: the earliest offset on local disk, which here is all of the log.
+const EARLIEST_LOCAL: i64 = -4;
 
 /// Runs in its own task: a timestamp lookup reads the log.
 pub fn list_offsets(
@@ -72,12 +76,17 @@ pub fn list_offsets(
     }))
 }
 
-/// (offset, timestamp) for a ListOffsets query: -1 latest, -2 earliest, else the first record at
-/// or after that time, or (-1, -1) when there is none.
+/// (offset, timestamp) for a ListOffsets query: -1 latest, -2 (and -4) earliest, -3 the first
+/// record of the largest timestamp, else the first record at or after that time, or (-1, -1)
+/// when there is none.
 async fn lookup(partition: &Partition, timestamp: i64) -> std::io::Result<(i64, i64)> {
     match timestamp {
         LATEST => Ok((partition.log_end_offset(), -1)),
-        EARLIEST => Ok((partition.log_start_offset(), -1)),
+        EARLIEST | EARLIEST_LOCAL => Ok((partition.log_start_offset(), -1)),
+        MAX_TIMESTAMP => match partition.max_timestamp() {
+            -1 => Ok((-1, -1)),
+            newest => Box::pin(lookup(partition, newest)).await,
+        },
         t => {
             let Some((base_offset, batch)) = partition.find_timestamp(t).await? else {
                 return Ok((-1, -1));

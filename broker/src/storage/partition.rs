@@ -184,6 +184,16 @@ impl Partition {
             .max_producer_id()
     }
 
+    /// The largest record timestamp in the log; -1 when it is empty.
+    pub fn max_timestamp(&self) -> i64 {
+        let log = self.log();
+        log.segments
+            .values()
+            .map(|s| s.max_timestamp)
+            .max()
+            .unwrap_or(-1)
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.log().segments.values().map(|s| s.size).sum()
     }
