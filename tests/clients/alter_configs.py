@@ -6,7 +6,8 @@ confluent-kafka incremental_alter_configs sets retention.ms and segment.bytes; a
 (segment.bytes=10) comes back with the broker's reason and changes nothing; a delete of
 segment.bytes keeps retention.ms; kafka-python's alter_configs sets retention.bytes; and
 confluent-kafka's alter_configs (the older request, which replaces the overrides whole) leaves
-only the retention.bytes it sets. Prints "ok" or "FAIL: ..." (exit 1).
+only the retention.bytes it sets. The broker's configs are described read-only. Prints "ok" or
+"FAIL: ..." (exit 1).
 """
 import sys
 
@@ -61,4 +62,11 @@ resource = ConfigResource(ResourceType.TOPIC, topic, set_config={"retention.byte
 admin.alter_configs([resource])[resource].result(30)
 if overrides() != {"retention.bytes": "6000000"}:
     fail(f"after confluent-kafka's alter_configs: {overrides()}")
+# The broker's own configs come from its file: described read-only, as AlterConfigs refuses them.
+node = str(next(iter(admin.list_topics(timeout=10).brokers)))
+broker = ConfigResource(ResourceType.BROKER, node)
+writable = [k for k, e in admin.describe_configs([broker])[broker].result(30).items()
+            if not e.is_read_only]
+if writable:
+    fail(f"broker configs described as writable: {writable}")
 print("ok")

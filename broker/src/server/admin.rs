@@ -258,6 +258,8 @@ pub fn describe_configs(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, 
                         .with_name(StrBytes::from_string(name))
                         .with_value(Some(StrBytes::from_string(value)))
                         .with_config_source(source)
+                        // Broker configs come from sluice.toml: AlterConfigs refuses them.
+                        .with_read_only(resource.resource_type == RESOURCE_BROKER)
                 })
                 .collect();
             result.with_configs(configs)
