@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
     ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use sluice_broker::storage::batch::testing::{one_record, seal};
+use sluice_broker::storage::batch::testing::{batch, one_record, seal};
 
 fn send(addr: &str, bytes: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -65,12 +65,12 @@ fn errors(sluice: &Sluice, kind: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn produce_request(records: Bytes) -> Vec<u8> {
+fn produce_request(topic: &'static str, records: Bytes) -> Vec<u8> {
     let request = ProduceRequest::default()
         .with_acks(-1)
         .with_timeout_ms(5000)
         .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str("victim")))
+            .with_name(TopicName(StrBytes::from_static_str(topic)))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(0)
                 .with_records(Some(records))])]);
@@ -133,18 +133,18 @@ fn bad_frames_close_only_their_connection_and_are_counted() {
     assert_eq!(i16::from_be_bytes(reply[8..10].try_into().unwrap()), 35);
 
     // Batches that are damaged, or that no client may send, are refused and not stored.
-    let produce_error = |batch: Vec<u8>| {
-        let reply = one_reply(&sluice.kafka, &produce_request(Bytes::from(batch)));
+    let produce_error = |topic: &'static str, batch: Vec<u8>| {
+        let reply = one_reply(&sluice.kafka, &produce_request(topic, Bytes::from(batch)));
         let mut body = Bytes::from(reply[4..].to_vec());
         let header = ResponseHeader::decode(&mut body, 0).unwrap();
         assert_eq!(header.correlation_id, 9);
         let response = ProduceResponse::decode(&mut body, 7).unwrap();
         response.responses[0].partition_responses[0].error_code
     };
-    let mut batch = one_record(None, b"tampered");
-    let last = batch.len() - 1;
-    batch[last] ^= 0x55;
-    assert_eq!(produce_error(batch), 2, "CORRUPT_MESSAGE");
+    let mut tampered = one_record(None, b"tampered");
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x55;
+    assert_eq!(produce_error("victim", tampered), 2, "CORRUPT_MESSAGE");
     // Sealed with a good CRC over attributes no consumer can read: codec 7, a control batch.
     let with_attributes = |attributes: i16| {
         let mut batch = one_record(None, b"odd attributes");
@@ -152,8 +152,33 @@ fn bad_frames_close_only_their_connection_and_are_counted() {
         seal(&mut batch);
         batch
     };
-    assert_eq!(produce_error(with_attributes(7)), 2, "CORRUPT_MESSAGE");
-    assert_eq!(produce_error(with_attributes(0x20)), 87, "INVALID_RECORD");
+    assert_eq!(
+        produce_error("victim", with_attributes(7)),
+        2,
+        "CORRUPT_MESSAGE"
+    );
+    assert_eq!(
+        produce_error("victim", with_attributes(0x20)),
+        87,
+        "INVALID_RECORD"
+    );
+    // A sound batch whose timestamps are -3, the code ListOffsets uses for "the largest
+    // timestamp": the log holds no real timestamp, so asking for the largest has no answer.
+    sluice.create_topic("stamped", 1, &[]);
+    assert_eq!(produce_error("stamped", batch(1, 10, -3)), 0);
+    let script = r#"
+import sys
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+tp = TopicPartition("stamped", 0)
+admin = AdminClient({"bootstrap.servers": sys.argv[1]})
+print(admin.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(10).offset)
+"#;
+    let out = run_ok(
+        python().args(["-c", script, &sluice.kafka]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out, "-1\n");
 
     // The broker is alive, other data is intact, and real clients still work.
     let out = sluice.kcat_produce("victim", &["-p", "0"], b"after\n");

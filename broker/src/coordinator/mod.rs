@@ -5,7 +5,7 @@
 
 pub mod group;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,15 @@ impl Coordinator {
                 "loaded committed offsets"
             );
         }
-        Ok(Arc::new(Self {
+        // Commits name existing topics only: offsets of a missing one are a deleted topic's,
+        // whose forgetting a stop or a crash cut short.
+        let gone: BTreeSet<String> = offsets
+            .values()
+            .flat_map(|committed| committed.keys().map(|(topic, _)| topic))
+            .filter(|topic| storage.topic(topic).is_none())
+            .cloned()
+            .collect();
+        let coordinator = Arc::new(Self {
             storage,
             metrics,
             groups: Mutex::new(HashMap::new()),
@@ -89,7 +97,11 @@ impl Coordinator {
             offsets_retention_ms,
             expiring: tokio::sync::RwLock::new(()),
             started_ms: crate::now_ms(),
-        }))
+        });
+        for topic in gone {
+            coordinator.forget_topic(&topic).await;
+        }
+        Ok(coordinator)
     }
 
     /// Runs `f` on an existing group; `None` when nobody ever joined or committed for `id`.
@@ -429,10 +441,14 @@ impl Coordinator {
             );
             return;
         }
-        let mut offsets = self.offsets.lock().expect("offsets lock");
-        for committed in offsets.values_mut() {
-            committed.retain(|(t, _), _| t != topic);
-        }
+        // A group left without offsets goes as a restart's replay would drop it.
+        self.offsets
+            .lock()
+            .expect("offsets lock")
+            .retain(|_, committed| {
+                committed.retain(|(t, _), _| t != topic);
+                !committed.is_empty()
+            });
         tracing::info!(
             topic,
             offsets = tombstones.len(),

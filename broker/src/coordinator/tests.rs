@@ -45,3 +45,38 @@ async fn offsets_of_a_group_without_members_expire_after_the_retention() {
     assert!(reopened.committed("idle").is_empty());
     assert!(reopened.committed("emptied").is_empty());
 }
+
+/// Offsets of a topic that no longer exists (deleted while a stop or a crash cut its forgetting
+/// short) are forgotten when the coordinator opens; a group left with none is gone too.
+#[tokio::test]
+async fn offsets_of_a_missing_topic_are_forgotten_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = crate::storage::scratch(dir.path()).await;
+    storage
+        .create_topic("kept", 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let metrics = BrokerMetrics::register(&prometheus::Registry::new()).unwrap();
+    let open = || Coordinator::open(storage.clone(), metrics.clone(), Duration::ZERO, 60_000);
+    let coordinator = open().await.unwrap();
+    let kept = CommitRequest {
+        topic: "kept".into(),
+        ..commit_request(0, 3)
+    };
+    coordinator
+        .commit("both", -1, "", vec![kept, commit_request(0, 5)])
+        .await
+        .unwrap();
+    coordinator
+        .commit("gone-only", -1, "", vec![commit_request(1, 7)])
+        .await
+        .unwrap();
+    let reopened = open().await.unwrap();
+    let both: Vec<_> = reopened.committed("both").into_keys().collect();
+    assert_eq!(both, vec![("kept".to_owned(), 0)]);
+    assert!(reopened.committed("gone-only").is_empty());
+    assert!(!reopened.offsets.lock().unwrap().contains_key("gone-only"));
+    // For good: the tombstones were written.
+    let again = open().await.unwrap();
+    assert_eq!(again.committed("both").len(), 1);
+}

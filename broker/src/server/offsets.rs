@@ -83,24 +83,28 @@ async fn lookup(partition: &Partition, timestamp: i64) -> std::io::Result<(i64, 
     match timestamp {
         LATEST => Ok((partition.log_end_offset(), -1)),
         EARLIEST | EARLIEST_LOCAL => Ok((partition.log_start_offset(), -1)),
+        // Batches without timestamps (or with odd negative ones) hold no largest timestamp.
         MAX_TIMESTAMP => match partition.max_timestamp() {
-            -1 => Ok((-1, -1)),
-            newest => Box::pin(lookup(partition, newest)).await,
+            newest if newest < 0 => Ok((-1, -1)),
+            newest => first_at_or_after(partition, newest).await,
         },
-        t => {
-            let Some((base_offset, batch)) = partition.find_timestamp(t).await? else {
-                return Ok((-1, -1));
-            };
-            // The batch holds a record at or after `t`; which one needs the records themselves.
-            let decoded = decode_records(&mut batch.clone())
-                .map_err(|e| std::io::Error::other(format!("decoding a stored batch: {e:#}")))?;
-            Ok(decoded
-                .records
-                .iter()
-                .find(|r| r.timestamp >= t)
-                .map_or((base_offset, t), |r| (r.offset, r.timestamp)))
-        }
+        t => first_at_or_after(partition, t).await,
     }
+}
+
+/// (offset, timestamp) of the first record whose timestamp is at least `t`, or (-1, -1).
+async fn first_at_or_after(partition: &Partition, t: i64) -> std::io::Result<(i64, i64)> {
+    let Some((base_offset, batch)) = partition.find_timestamp(t).await? else {
+        return Ok((-1, -1));
+    };
+    // The batch holds a record at or after `t`; which one needs the records themselves.
+    let decoded = decode_records(&mut batch.clone())
+        .map_err(|e| std::io::Error::other(format!("decoding a stored batch: {e:#}")))?;
+    Ok(decoded
+        .records
+        .iter()
+        .find(|r| r.timestamp >= t)
+        .map_or((base_offset, t), |r| (r.offset, r.timestamp)))
 }
 
 /// Every offset belongs to leader epoch 0, which ends at the log end.
