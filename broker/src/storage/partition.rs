@@ -227,13 +227,17 @@ impl Partition {
         retention_ms: i64,
         now_ms: i64,
     ) -> Result<bool, AppendError> {
-        let _appender = self.append_lock.lock().await;
-        let expired = {
+        let expired = || {
             let log = self.log();
             let active = log.active();
-            active.size > 0 && active.max_timestamp < now_ms - retention_ms
+            active.size > 0 && active.newest_ms() < now_ms - retention_ms
         };
-        if !expired || retention_ms < 0 || self.is_closed() {
+        // Looked at before waiting for the append lock, which most rounds need not take.
+        if retention_ms < 0 || self.io.failed() || !expired() {
+            return Ok(false);
+        }
+        let _appender = self.append_lock.lock().await;
+        if self.is_closed() || !expired() {
             return Ok(false);
         }
         let settings = *self.settings.lock().expect("settings lock");

@@ -324,9 +324,22 @@ impl Segment {
             .map_or(0, |i| self.index[i].position as u64)
     }
 
-    /// Whether appending `len` more bytes must go to a new segment.
     /// Whether `len` more bytes holding `records` more offsets must go to a new segment. Positions
     /// and offsets relative to the base are u32 in the index, so neither may outgrow that.
+    /// The time retention goes by: the newest batch timestamp, or for batches without one,
+    /// when the log file was last written (Kafka's fallback too); never, when that is unknown.
+    pub fn newest_ms(&self) -> i64 {
+        if self.max_timestamp >= 0 {
+            return self.max_timestamp;
+        }
+        self.log
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(i64::MAX, |d| d.as_millis() as i64)
+    }
+
     pub fn is_full(&self, len: u64, records: i64, segment_bytes: u64, segment_ms: u64) -> bool {
         if self.size == 0 {
             return false;

@@ -26,7 +26,7 @@ impl Partition {
             let closed: Vec<i64> = log.segments.keys().rev().skip(1).rev().copied().collect();
             for base in closed {
                 let segment = &log.segments[&base];
-                let expired = retention_ms >= 0 && segment.max_timestamp < now_ms - retention_ms;
+                let expired = retention_ms >= 0 && segment.newest_ms() < now_ms - retention_ms;
                 // As Kafka: delete only while what remains stays at least retention.bytes.
                 let oversized =
                     retention_bytes >= 0 && total - segment.size >= retention_bytes as u64;

@@ -107,3 +107,47 @@ async fn producer_state_survives_restarts_through_snapshots() {
         .count();
     assert_eq!(snapshots, 2, "the newest two are kept");
 }
+
+/// The active segment is closed for retention once its records are all past it; records without
+/// timestamps go by when their file was written, as in Kafka, not at once.
+#[tokio::test]
+async fn an_expired_active_segment_is_closed_by_its_records_time() {
+    let settings = LogSettings {
+        segment_bytes: 1 << 20,
+        segment_ms: u64::MAX,
+        index_interval_bytes: 4096,
+    };
+    let now = crate::now_ms();
+    for (timestamp, rolled_now, rolled_in_a_minute) in
+        [(now - 5_000, true, true), (-1, false, true)]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Io::start(IoBackendKind::Plain, false).unwrap();
+        let partition = Partition::open(dir.path(), io, settings, false).unwrap();
+        assert!(
+            !partition.roll_if_expired(1_000, now).await.unwrap(),
+            "empty"
+        );
+        append(&partition, batch(2, 100, timestamp)).await;
+        assert_eq!(
+            partition.roll_if_expired(1_000, now).await.unwrap(),
+            rolled_now,
+            "{timestamp}"
+        );
+        assert_eq!(
+            partition
+                .roll_if_expired(1_000, now + 60_000)
+                .await
+                .unwrap(),
+            rolled_in_a_minute && !rolled_now,
+            "{timestamp}"
+        );
+        if rolled_now {
+            // Closed, it goes with retention (which looks at the clock); the log goes on from
+            // its end.
+            assert_eq!(partition.enforce_retention(1_000, -1).unwrap(), 1);
+            assert_eq!(partition.log_start_offset(), 2);
+        }
+        assert!(!partition.roll_if_expired(-1, now + 60_000).await.unwrap());
+    }
+}
