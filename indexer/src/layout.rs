@@ -102,6 +102,16 @@ pub fn committed_payload(index: &Index) -> tantivy::Result<Option<CommitPayload>
         .and_then(|p| serde_json::from_str::<CommitPayload>(p).ok()))
 }
 
+/// When the index in `dir` last committed (its `meta.json` written), in ms since the epoch; now,
+/// when that cannot be read.
+pub fn last_commit_ms(dir: &Path) -> i64 {
+    std::fs::metadata(dir.join("meta.json"))
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| std::time::SystemTime::now())
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Bytes under `dir`, for the index-size gauge.
 pub fn disk_usage(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -93,22 +93,35 @@ fn is_damage(e: &tantivy::TantivyError) -> bool {
 }
 
 impl Bucket {
-    fn open(schema: &LogSchema, start_ms: i64, dir: PathBuf) -> tantivy::Result<Self> {
+    /// The bucket, with what its last commit recorded.
+    fn open(
+        schema: &LogSchema,
+        start_ms: i64,
+        dir: PathBuf,
+    ) -> tantivy::Result<(Self, Option<CommitPayload>)> {
         let index = schema.open_or_create(&dir)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let searcher = reader.searcher();
-        let newest_ms = layout::committed_payload(&index)?.and_then(|p| p.newest_ms);
-        Ok(Self {
+        let payload = layout::committed_payload(&index)?;
+        let newest_ms = match payload.as_ref().and_then(|p| p.newest_ms) {
+            Some(newest) => Some(newest),
+            // Written before the newest time was kept: every record's time (the clock's at
+            // most, when it was indexed) precedes the bucket's last commit.
+            None if searcher.num_docs() > 0 => Some(layout::last_commit_ms(&dir)),
+            None => None,
+        };
+        let bucket = Self {
             start_ms,
             newest_ms,
             dir,
             reader,
             searcher,
             index,
-        })
+        };
+        Ok((bucket, payload))
     }
 
     /// What the bucket holds at `offset`: a document with `source` as its `_source` and `time_ms`
@@ -143,16 +156,9 @@ impl Bucket {
         Ok(held)
     }
 
-    /// A time every record of the bucket is older than, given the next bucket's start and the
-    /// configured width. Without a recorded newest time (a bucket written before it was kept)
-    /// the bucket may have been cut with another width than today's: it lasts until both the
-    /// next bucket starts and today's width has passed.
-    fn ends_ms(&self, next_start_ms: i64, width_ms: i64) -> i64 {
-        match self.newest_ms {
-            Some(newest) => newest + 1,
-            None if self.searcher.num_docs() == 0 => i64::MIN,
-            None => next_start_ms.max(self.start_ms + width_ms),
-        }
+    /// A time every record of the bucket is older than; an empty bucket has none.
+    fn ends_ms(&self) -> i64 {
+        self.newest_ms.map_or(i64::MIN, |newest| newest + 1)
     }
 
     fn holds_id(&self, term: &Term) -> tantivy::Result<bool> {
@@ -207,11 +213,8 @@ impl PartitionIndex {
         let mut committed = None;
         for (start_ms, bucket_dir) in layout::buckets(&dir) {
             // One bucket that cannot be read must not stop the partition from being indexed.
-            let opened = Bucket::open(&schema, start_ms, bucket_dir.clone()).and_then(|bucket| {
-                let position = layout::committed_payload(&bucket.index)?
-                    .map(|p| (p.generation, p.next_offset));
-                Ok((bucket, position))
-            });
+            let opened = Bucket::open(&schema, start_ms, bucket_dir.clone())
+                .map(|(bucket, payload)| (bucket, payload.map(|p| (p.generation, p.next_offset))));
             match opened {
                 Ok((bucket, position)) => {
                     committed = committed.max(position);
@@ -425,7 +428,7 @@ impl PartitionIndex {
                 writer.wait_merging_threads()?;
             }
         }
-        let bucket = Bucket::open(
+        let (bucket, _) = Bucket::open(
             &self.schema,
             bucket_start,
             layout::bucket_dir(&self.dir, bucket_start),
@@ -507,15 +510,11 @@ impl PartitionIndex {
         let horizon = now_ms - self.settings.retention_ms;
         // The last bucket stays: its commit holds the partition's offset. A bucket cut with a
         // wider width than the ones after it may outlive them.
-        let next_starts: Vec<i64> = self.buckets.iter().skip(1).map(|b| b.start_ms).collect();
+        let last = self.buckets.len().saturating_sub(1);
         let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buckets)
             .into_iter()
             .enumerate()
-            .partition(|(i, b)| {
-                next_starts
-                    .get(*i)
-                    .is_some_and(|&next| b.ends_ms(next, self.settings.bucket_ms) <= horizon)
-            });
+            .partition(|(i, b)| *i < last && b.ends_ms() <= horizon);
         self.buckets = kept.into_iter().map(|(_, b)| b).collect();
         let deleted = expired.len();
         for (_, bucket) in expired {
@@ -525,13 +524,19 @@ impl PartitionIndex {
             layout::delete_bucket(&dir).map_err(|e| {
                 anyhow::anyhow!("index bucket {}: cannot delete: {e}", dir.display())
             })?;
-            tracing::info!(
-                partition = self.partition,
-                bucket = %dir.display(),
-                newest_ms,
-                retention_ms = self.settings.retention_ms,
-                "indexer: index bucket older than the retention deleted"
-            );
+            match newest_ms {
+                // An idle partition's empty bucket, left behind by the next one.
+                None => {
+                    tracing::debug!(partition = self.partition, bucket = %dir.display(), "indexer: empty index bucket deleted")
+                }
+                Some(newest_ms) => tracing::info!(
+                    partition = self.partition,
+                    bucket = %dir.display(),
+                    newest_ms,
+                    retention_ms = self.settings.retention_ms,
+                    "indexer: index bucket older than the retention deleted"
+                ),
+            }
         }
         Ok(deleted)
     }

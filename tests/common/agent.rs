@@ -145,11 +145,12 @@ pub struct Appliance {
     pub agent: AgentProcess,
 }
 
+/// A Prometheus target no one answers (nothing listens on tcpmux's port here).
+pub const DEAD_TARGET: &str = "http://127.0.0.1:1/metrics";
+
 /// The cgroup v2 fixture's containers: a Docker one (named by tests/data/docker) and a
 /// Kubernetes one (containerd, no Docker record; named by the kubelet's link in
 /// tests/data/kubernetes/containers).
-/// A Prometheus target no one answers (nothing listens on tcpmux's port here).
-pub const DEAD_TARGET: &str = "http://127.0.0.1:1/metrics";
 pub const WEB_CONTAINER: &str = "4a3c9f1e2b7d6c5a8e0f1d2c3b4a59687f6e5d4c3b2a1908f7e6d5c4b3a29180";
 pub const POD_CONTAINER: &str = "9b8a7c6d5e4f30211f2e3d4c5b6a79880a1b2c3d4e5f60718293a4b5c6d7e8f9";
 

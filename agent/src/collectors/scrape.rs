@@ -76,7 +76,7 @@ impl Scraper {
                         shipper.malformed("prometheus", "too_many_samples");
                     }
                 });
-                results.push((target.clone(), result));
+                results.push((shown(target), result));
             }
         }
         results
@@ -101,7 +101,20 @@ impl Scraper {
 /// `host:port` of a target URL, as Prometheus labels a target's samples with `instance`.
 fn instance_of(url: &str) -> &str {
     let rest = url.strip_prefix("http://").unwrap_or(url);
-    rest.split('/').next().unwrap_or(rest)
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit('@').next().unwrap_or(authority)
+}
+
+/// The target URL without the credentials it may carry (`http://user:password@host/`), as it
+/// may be shown: in labels, in the log.
+fn shown(url: &str) -> String {
+    match url.strip_prefix("http://") {
+        Some(rest) => {
+            let path = rest.find('/').map_or("", |at| &rest[at..]);
+            format!("http://{}{path}", instance_of(url))
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// What parsing one scrape gave: where its samples start, lines skipped, samples over the limit.
@@ -307,6 +320,11 @@ broken{label="open} 1
             instance_of("http://127.0.0.1:9100/metrics"),
             "127.0.0.1:9100"
         );
+        // Credentials in a target's URL are never shown.
+        let secret = "http://scraper:s3cret@10.0.0.1:9100/metrics";
+        assert_eq!(instance_of(secret), "10.0.0.1:9100");
+        assert_eq!(shown(secret), "http://10.0.0.1:9100/metrics");
+        assert_eq!(shown("http://10.0.0.1:9100"), "http://10.0.0.1:9100");
     }
 
     #[test]

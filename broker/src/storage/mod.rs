@@ -345,14 +345,8 @@ impl Storage {
         if self.topic(name).is_some() {
             return Err(TopicError::Exists(name.to_owned()));
         }
-        // Metric names turn '.' into '_': Kafka refuses names that differ only there.
-        let collides = |other: &str| other.replace('.', "_") == name.replace('.', "_");
-        if let Some(other) = self.topics().iter().find(|t| collides(&t.name)) {
-            return Err(TopicError::InvalidName(format!(
-                "topic {name} collides with the existing topic {} ('.' and '_' differ only there)",
-                other.name
-            )));
-        }
+        let names: Vec<String> = self.topics().iter().map(|t| t.name.clone()).collect();
+        topics::check_collision(name, &names).map_err(TopicError::InvalidName)?;
         let record = TopicRecord {
             partitions,
             configs,

@@ -71,8 +71,7 @@ async fn a_topics_series_exist_from_its_creation_and_go_with_it() {
     assert!(!text().contains("topic=\"gone\""), "{}", text());
 }
 
-/// Kafka refuses a name that differs from an existing one only by '.' against '_' (their
-/// metrics would be one).
+/// As Kafka, a name that differs from an existing one only by '.' against '_' is refused.
 #[tokio::test]
 async fn names_that_collide_in_metrics_are_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -216,6 +216,20 @@ impl TopicSettings {
     }
 }
 
+/// Kafka refuses a topic whose name differs from an existing one's only by '.' against '_' (its
+/// metric names would be the same); refused here too, so that topics move between Sluice and
+/// Kafka under the same names.
+pub fn check_collision(name: &str, existing: &[String]) -> Result<(), String> {
+    let folded = |n: &str| n.replace('.', "_");
+    match existing.iter().find(|other| folded(other) == folded(name)) {
+        Some(other) => Err(format!(
+            "topic {name} collides with the existing topic {other} (Kafka refuses names that \
+             differ only by '.' against '_')"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 249 {

@@ -320,6 +320,36 @@ fn retention_after_a_narrower_bucket_width_waits_for_the_records_own_time() {
     index.close().unwrap();
 }
 
+/// A bucket written before its newest time was kept: its records count as being as new as its
+/// last commit, so it outlives every record it may hold, whatever width cut it.
+#[test]
+fn a_bucket_without_its_newest_time_lasts_from_its_last_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut index = open(tmp.path());
+    index
+        .add(&record(0, 1_500, b"before the upgrade"), 1_500)
+        .unwrap();
+    index.close().unwrap();
+    let bucket = layout::bucket_dir(&layout::partition_dir(tmp.path(), 0), 1_000);
+    let old = tantivy::Index::open_in_dir(&bucket).unwrap();
+    let mut writer: tantivy::IndexWriter = old.writer(15_000_000).unwrap();
+    let mut commit = writer.prepare_commit().unwrap();
+    commit.set_payload(r#"{"next_offset":1,"generation":0}"#);
+    commit.commit().unwrap();
+    drop(writer);
+    let committed_ms = layout::last_commit_ms(&bucket);
+
+    let mut index = open(tmp.path());
+    // Long past the record's own time and its bucket's end, not past its last commit.
+    assert_eq!(index.apply_retention(4_400).unwrap(), 0);
+    // The next bucket's start is past the retention now; only the empty bucket in between goes.
+    assert_eq!(index.apply_retention(10_000).unwrap(), 1);
+    assert!(bucket.exists());
+    assert_eq!(index.apply_retention(committed_ms + 3_001).unwrap(), 2);
+    assert!(!bucket.exists());
+    index.close().unwrap();
+}
+
 #[test]
 fn a_second_owner_waits_then_gives_up() {
     let tmp = tempfile::tempdir().unwrap();
