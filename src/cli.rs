@@ -242,6 +242,10 @@ pub struct ProduceArgs {
     /// Batch compression.
     #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
     pub compression: String,
+    /// How long the records may wait for the broker's acknowledgement once the input ended
+    /// (seconds); those left then are not delivered, and the command fails.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ack_timeout: u64,
 }
 
 #[derive(Debug, Args)]

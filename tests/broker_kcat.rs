@@ -205,6 +205,13 @@ fn sluice_cli_topics_produce_consume() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("already exists"));
     let bad = sluice.client(&["topics", "create", "x", "-c", "retention.ms=soon"]);
     assert!(!bad.status.success());
+    assert!(ok(&["topics", "create", "invoices.v1"]).contains("created"));
+    let collides = sluice.client(&["topics", "create", "invoices_v1"]);
+    let said = String::from_utf8_lossy(&collides.stderr);
+    assert!(
+        !collides.status.success() && said.contains("collides with the existing topic invoices.v1"),
+        "{said}"
+    );
     let topics = ok(&["topics", "list"]);
     assert!(topics.contains("orders\t4 partitions"), "{topics}");
     assert!(!topics.lines().any(|t| t.starts_with("x\t")), "{topics}");

@@ -190,6 +190,24 @@ fn free_disk_floor_refuses_produce_and_recovers() {
             .unwrap()
             >= 1.0
     );
+    // `sluice produce` says the broker did not take its record, and where to look.
+    let line = tmp.path().join("line");
+    std::fs::write(&line, "while low\n").unwrap();
+    let out = sluice.client(&[
+        "produce",
+        "floor",
+        "--file",
+        line.to_str().unwrap(),
+        "--ack-timeout",
+        "3",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("1 more were not taken within 3 s")
+            && stderr.contains("sluice_broker_produce_refused_total"),
+        "{stderr}"
+    );
     // Consumer groups keep committing their offsets meanwhile.
     let commit = run(
         python().args(["-c", COMMIT_AND_READ_BACK, &sluice.kafka]),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use super::{config, send_waiting};
@@ -30,7 +31,12 @@ impl ProducerContext for Context {
         match result {
             Ok(_) => self.0.ok.fetch_add(1, Ordering::Relaxed),
             Err((e, _)) => {
-                if self.0.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                // Records purged when the wait for the broker ended: said by `wait_for_acks`.
+                let purged = matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                );
+                if self.0.failed.fetch_add(1, Ordering::Relaxed) == 0 && !purged {
                     eprintln!("error: delivery failed: {e}");
                 }
                 0
@@ -61,9 +67,11 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let sent = send_lines(&producer, &args, input);
     // What was queued before a bad line is still delivered (or reported), not purged with the
     // producer: then the line's error.
-    producer
-        .flush(Duration::from_secs(30))
-        .context("waiting for the broker to acknowledge")?;
+    wait_for_acks(
+        &producer,
+        &deliveries,
+        Duration::from_secs(args.ack_timeout),
+    )?;
     let sent = sent?;
     let failed = deliveries.failed.load(Ordering::Relaxed);
     let ok = deliveries.ok.load(Ordering::Relaxed);
@@ -77,6 +85,44 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
         anyhow::bail!("{failed} of {sent} records were not delivered");
     }
     Ok(())
+}
+
+/// After how long a wait for the broker is said.
+const ACK_NOTICE: Duration = Duration::from_secs(10);
+
+/// Waits for the broker to acknowledge what is queued. librdkafka retries a broker's refusals
+/// (below its free-disk floor, say) without a word, so a long wait is said, and one that ends
+/// says the broker is what to look at.
+fn wait_for_acks(
+    producer: &ThreadedProducer<Context>,
+    deliveries: &Deliveries,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        if producer.flush(Duration::from_secs(1)).is_ok() {
+            return Ok(());
+        }
+        let waited = started.elapsed();
+        let waiting = producer.in_flight_count();
+        if waited >= timeout {
+            anyhow::bail!(
+                "the broker acknowledged {} records; {waiting} more were not taken within {} s \
+                 (the broker away, or refusing them: its log and \
+                 sluice_broker_produce_refused_total say why)",
+                deliveries.ok.load(Ordering::Relaxed),
+                timeout.as_secs()
+            );
+        }
+        if waited >= ACK_NOTICE && !said {
+            eprintln!(
+                "waiting for the broker to acknowledge {waiting} records ({} s so far)",
+                waited.as_secs()
+            );
+            said = true;
+        }
+    }
 }
 
 /// Sends each line of `input` (bytes as they are: a line need not be UTF-8) as a record; the

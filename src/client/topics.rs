@@ -11,7 +11,9 @@ use rdkafka::admin::{
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
-use sluice_broker::storage::topics::{validate_topic_name, TopicSettings, TOPIC_CONFIG_NAMES};
+use sluice_broker::storage::topics::{
+    check_collision, validate_topic_name, TopicSettings, TOPIC_CONFIG_NAMES,
+};
 use sluice_broker::BrokerConfig;
 
 use super::{config, TIMEOUT};
@@ -97,10 +99,13 @@ async fn create(
     for result in results {
         match result {
             Ok(name) => println!("created topic {name}"),
-            Err((name, code)) => bail!(
-                "cannot create topic {name}: {code}{}",
-                reason(code, &name, &wanted)
-            ),
+            Err((name, code)) => {
+                let mut why = reason(code, &name, &wanted);
+                if why.is_empty() && code == RDKafkaErrorCode::InvalidTopic {
+                    why = collision(brokers, &name);
+                }
+                bail!("cannot create topic {name}: {code}{why}")
+            }
         }
     }
     Ok(())
@@ -119,6 +124,25 @@ fn reason(code: RDKafkaErrorCode, name: &str, configs: &BTreeMap<String, String>
         _ => None,
     };
     found.map(|why| format!(": {why}")).unwrap_or_default()
+}
+
+/// Why a sound name is refused: it collides with an existing topic's (`check_collision`).
+fn collision(brokers: &str, name: &str) -> String {
+    let names = config(brokers)
+        .create::<BaseConsumer>()
+        .and_then(|consumer| consumer.fetch_metadata(None, TIMEOUT))
+        .map(|metadata| {
+            metadata
+                .topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    check_collision(name, &names)
+        .err()
+        .map(|why| format!(": {why}"))
+        .unwrap_or_default()
 }
 
 /// `KEY=VALUE` of a `--config`.
