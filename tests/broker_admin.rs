@@ -232,9 +232,7 @@ fn topic_configs_are_altered_in_place() {
     );
     sluice.kill9();
     sluice.restart();
-    let described =
-        String::from_utf8_lossy(&sluice.client(&["topics", "describe", "tuned"]).stdout)
-            .into_owned();
+    let described = tuned_configs(&sluice);
     assert!(
         described.contains("retention.bytes\t16384\ttopic"),
         "{described}"
@@ -248,9 +246,7 @@ fn topic_configs_are_altered_in_place() {
         "{described}"
     );
     alter_tuned(&sluice, &["--delete-config", "segment.bytes"]);
-    let described =
-        String::from_utf8_lossy(&sluice.client(&["topics", "describe", "tuned"]).stdout)
-            .into_owned();
+    let described = tuned_configs(&sluice);
     assert!(
         described
             .lines()
@@ -279,9 +275,7 @@ fn topic_configs_are_altered_in_place() {
         said.contains("cleanup.policy=\"zap\": expected delete, compact or compact,delete"),
         "{said}"
     );
-    let described =
-        String::from_utf8_lossy(&sluice.client(&["topics", "describe", "tuned"]).stdout)
-            .into_owned();
+    let described = tuned_configs(&sluice);
     assert!(
         described.contains("retention.bytes\t16384\ttopic"),
         "{described}"
@@ -296,6 +290,11 @@ fn topic_configs_are_altered_in_place() {
 }
 
 /// `sluice topics alter tuned ARGS`, which must succeed.
+/// What `sluice topics describe tuned` prints.
+fn tuned_configs(sluice: &Sluice) -> String {
+    String::from_utf8_lossy(&sluice.client(&["topics", "describe", "tuned"]).stdout).into_owned()
+}
+
 fn alter_tuned(sluice: &Sluice, args: &[&str]) {
     let out = sluice.client(&[&["topics", "alter", "tuned"][..], args].concat());
     assert!(
