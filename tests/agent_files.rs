@@ -525,7 +525,8 @@ fn an_empty_file_is_waited_for_without_spinning() {
 
 /// SIGTERM while the broker is away and a file's backlog is more than librdkafka's queue holds:
 /// the agent stops within its flush time rather than waiting for the broker for ever, and once
-/// the broker is back a new agent ships every line, the unsent ones read again.
+/// the broker is back a new agent ships every line, the unsent ones read again. While the reader
+/// waits, the file's bytes-behind gauge follows what is written to it.
 #[test]
 fn sigterm_while_the_broker_is_away_stops_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -548,12 +549,12 @@ fn sigterm_while_the_broker_is_away_stops_and_loses_nothing() {
     let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
     wait_until_shipped(&agent, Duration::from_secs(60));
     sluice.kill9();
-    let total = 100_000;
+    let (backlog, total) = (100_000, 101_000);
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
         .unwrap();
-    file.write_all(lines(1000..total).as_bytes()).unwrap();
+    file.write_all(lines(1000..backlog).as_bytes()).unwrap();
     // librdkafka's queue takes some 16 000 of these events; the rest wait in the file.
     wait_until(
         "the agent stalled on the backlog",
@@ -563,7 +564,21 @@ fn sigterm_while_the_broker_is_away_stops_and_loses_nothing() {
                 && agent.metric("sluice_agent_file_bytes_behind") > 0.0
         },
     );
-    std::thread::sleep(Duration::from_secs(1));
+    let per_file = format!(
+        "sluice_agent_file_bytes_behind_per_file{{path=\"{}\"}}",
+        path.display()
+    );
+    wait_until("the file's gauge set", Duration::from_secs(10), || {
+        agent.metric(&per_file) > 0.0
+    });
+    let before = agent.metric(&per_file);
+    let more = lines(backlog..total);
+    file.write_all(more.as_bytes()).unwrap();
+    wait_until(
+        "the file's gauge following it while the reader waits",
+        Duration::from_secs(10),
+        || agent.metric(&per_file) >= before + more.len() as f64,
+    );
     let stopping = Instant::now();
     signal_pid(agent.child.id(), "TERM");
     loop {

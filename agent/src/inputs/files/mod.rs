@@ -24,7 +24,6 @@ mod tailer;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 
 use crate::config::AgentConfig;
@@ -81,7 +80,7 @@ impl FilesInput {
             move |event| notices.note(&event)
         })?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (batches, waiting) = mpsc::sync_channel(BATCHES_WAITING);
+        let (batches, waiting) = crossbeam_channel::bounded(BATCHES_WAITING);
         let runtime = tokio::runtime::Handle::current();
         let shipper_thread = std::thread::Builder::new()
             .name("sluice-agent-files-ship".into())

@@ -5,9 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::SendTimeoutError;
 use notify::{RecursiveMode, Watcher};
 
 use super::format::{Decoder, Format, Origin};
@@ -54,7 +55,7 @@ pub struct Reader {
     pub config: FilesConfig,
     pub patterns: Vec<(String, Format)>,
     pub shipper: Arc<Shipper>,
-    pub batches: mpsc::SyncSender<Batch>,
+    pub batches: crossbeam_channel::Sender<Batch>,
     pub registry: Registry,
     pub multiline: Option<regex::bytes::Regex>,
     pub docker: DockerContainers,
@@ -408,7 +409,9 @@ impl Reader {
     }
 
     /// Marks the events pending and queues them for the shipper, waiting while it is behind.
-    fn send(&self, key: (u64, u64), events: Events) -> anyhow::Result<()> {
+    /// While it waits (the broker slow or away), the files go on growing: the bytes-behind
+    /// gauges say so once a second, when an operator looks at them most.
+    fn send(&mut self, key: (u64, u64), events: Events) -> anyhow::Result<()> {
         let Some((start, end)) = events.range() else {
             return Ok(());
         };
@@ -418,16 +421,25 @@ impl Reader {
             self.shipper.malformed(input, "truncated");
         }
         let settle = Settle::queued(&followed.tailer.progress, start, end, events.len());
-        let batch = Batch::new(
+        let mut batch = Batch::new(
             input,
             followed.tailer.identity.as_str().into(),
             followed.origin.clone(),
             settle,
             events,
         );
-        self.batches
-            .send(batch)
-            .map_err(|_| anyhow::anyhow!("agent: the file shipper stopped"))
+        loop {
+            match self.batches.send_timeout(batch, Duration::from_secs(1)) {
+                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Timeout(waiting)) => {
+                    batch = waiting;
+                    self.note_behind();
+                }
+                Err(SendTimeoutError::Disconnected(_)) => {
+                    anyhow::bail!("agent: the file shipper stopped")
+                }
+            }
+        }
     }
 
     fn close(&mut self, key: (u64, u64)) {

@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::format::{Decoded, Origin};
@@ -107,13 +107,13 @@ impl Events {
 /// records (the broker away): the rest of the batch is left unsent, its lines stay pending and
 /// are read again at the next start, and the stop does not wait for the broker.
 pub fn ship_batches(
-    batches: &mpsc::Receiver<Batch>,
+    batches: &crossbeam_channel::Receiver<Batch>,
     shipper: &Shipper,
     runtime: &tokio::runtime::Handle,
     stop: &AtomicBool,
 ) {
     let mut payload = Vec::new();
-    for batch in batches {
+    for batch in batches.iter() {
         let shared = Shared::of(&batch, &shipper.host);
         let shipped = runtime.block_on(async {
             let ship = async {
