@@ -106,7 +106,12 @@ impl SluiceConfig {
                 check_kafka(&config.agent.kafka, sluice_agent::KAFKA_FIXED)
                     .map_err(|why| ("agent.kafka", why))
             })
-            .map_err(|(key, expected)| format!(", key `{key}`: {expected}"))?;
+            .map_err(|(key, expected)| {
+                let line = line_of_key(text, key)
+                    .map(|line| format!(", line {line}"))
+                    .unwrap_or_default();
+                format!("{line}, key `{key}`: {expected}")
+            })?;
         Ok(config)
     }
 }
@@ -159,6 +164,16 @@ fn readable_kafka_files(properties: &BTreeMap<String, String>) -> Result<(), Str
         }
     }
     Ok(())
+}
+
+/// The line of `key`'s value (`section.name`), when the text sets it rather than a default.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let document = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = document.as_item();
+    for part in key.split('.') {
+        item = item.as_table_like()?.get(part)?;
+    }
+    item.span().map(|span| line_of(text, span.start))
 }
 
 fn line_of(text: &str, byte: usize) -> usize {
@@ -233,10 +248,19 @@ mod tests {
     }
 
     #[test]
-    fn values_out_of_range_name_key_and_expectation() {
+    fn values_out_of_range_name_line_key_and_expectation() {
         let err = SluiceConfig::parse("[indexer]\nwriter_memory_bytes = 1000\n").unwrap_err();
-        assert!(err.contains("indexer.writer_memory_bytes"), "{err}");
+        assert!(
+            err.contains("line 2, key `indexer.writer_memory_bytes`"),
+            "{err}"
+        );
         assert!(err.contains("at least"), "{err}");
+        let err =
+            SluiceConfig::parse("[agent]\n\n[agent.files]\nread_from = \"middle\"\n").unwrap_err();
+        assert!(err.contains("line 4, key `agent.files.read_from`"), "{err}");
+        let err =
+            SluiceConfig::parse("agent = { files = { read_from = \"middle\" } }\n").unwrap_err();
+        assert!(err.contains("line 1, key `agent.files.read_from`"), "{err}");
         for (table, key) in [
             (
                 "[indexer]\nmax_search_limit = 0\n",
