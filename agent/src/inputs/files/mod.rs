@@ -151,6 +151,52 @@ impl FileCheckpoints {
     }
 }
 
+/// The files a glob pattern matches, in order. The `glob` crate passes over names that are not
+/// UTF-8 (a Latin-1 log file's, say), silently: the last part of the pattern is matched here on
+/// the name with U+FFFD for what is not UTF-8, so that `*.log` finds such a file too.
+fn matching(pattern: &str) -> Vec<PathBuf> {
+    let path = Path::new(pattern);
+    let (Some(parent), Some(last)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let last = last.to_string_lossy();
+    let Ok(name) = glob::Pattern::new(&last) else {
+        return Vec::new();
+    };
+    let dirs: Vec<PathBuf> = if last.contains("**") {
+        // Any depth: glob's own walk, whose names must be UTF-8.
+        return glob::glob(pattern)
+            .map(|paths| paths.flatten().collect())
+            .unwrap_or_default();
+    } else if parent.as_os_str().is_empty() {
+        vec![PathBuf::new()]
+    } else {
+        glob::glob(&parent.to_string_lossy())
+            .map(|dirs| dirs.flatten().collect())
+            .unwrap_or_default()
+    };
+    let mut found = Vec::new();
+    for dir in dirs {
+        let listed = if dir.as_os_str().is_empty() {
+            std::fs::read_dir(".")
+        } else {
+            std::fs::read_dir(&dir)
+        };
+        let Ok(entries) = listed else {
+            continue;
+        };
+        found.extend(
+            entries
+                .flatten()
+                .map(|entry| entry.file_name())
+                .filter(|file| name.matches(&file.to_string_lossy()))
+                .map(|file| dir.join(file)),
+        );
+    }
+    found.sort();
+    found
+}
+
 /// The directory to watch for a glob pattern, and whether below it too.
 fn watch_root(pattern: &str) -> (PathBuf, bool) {
     let mut dir = PathBuf::new();
@@ -168,6 +214,24 @@ fn watch_root(pattern: &str) -> (PathBuf, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_match_names_that_are_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("app");
+        std::fs::create_dir(&sub).unwrap();
+        let latin1 = sub.join(std::ffi::OsStr::from_bytes(b"caf\xe9.log"));
+        for file in [&latin1, &sub.join("b.log"), &sub.join("c.txt")] {
+            std::fs::write(file, "a line\n").unwrap();
+        }
+        let pattern = format!("{}/*/*.log", dir.path().display());
+        assert_eq!(matching(&pattern), vec![sub.join("b.log"), latin1]);
+        let literal = format!("{}/app/b.log", dir.path().display());
+        assert_eq!(matching(&literal), vec![sub.join("b.log")]);
+        let deep = format!("{}/**/*.txt", dir.path().display());
+        assert_eq!(matching(&deep), vec![sub.join("c.txt")]);
+    }
 
     #[test]
     fn watch_roots_of_patterns() {

@@ -191,12 +191,9 @@ impl Reader {
         self.unready = false;
         for (pattern, format) in self.patterns.clone() {
             self.watch(&pattern);
-            let Ok(paths) = glob::glob(&pattern) else {
-                continue;
-            };
             // Rotated logs compressed by their rotator are not text to follow.
-            for path in paths
-                .flatten()
+            for path in super::matching(&pattern)
+                .into_iter()
                 .filter(|p| p.extension().is_none_or(|e| e != "gz"))
             {
                 let Ok(meta) = std::fs::metadata(&path) else {
