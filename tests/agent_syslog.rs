@@ -162,27 +162,41 @@ fn malformed_syslog_is_counted_and_shipped() {
     long.extend_from_slice(b"\n<13>Nov 23 00:00:01 host app: after the long one\n");
     stream.write_all(&long).unwrap();
     drop(stream);
+    // Lines that start with digits are lines, not broken octet counts; a counted frame the
+    // connection's end cuts short is shipped as far as it came, and counted.
     let mut stream = std::net::TcpStream::connect(&tcp).unwrap();
-    stream.write_all(b"99999999999999999999 junk\n").unwrap();
+    stream
+        .write_all(b"99999999999999999999 junk\n2026-12-07 boot finished\n40 <13>Nov 23 00:00:02 host app: cut")
+        .unwrap();
     drop(stream);
     let counted = |reason: &str, input: &str| {
         agent.metric(&format!(
             r#"sluice_agent_malformed_input_total{{input="{input}",reason="{reason}"}}"#
         ))
     };
-    // Everything sent is handled before the topic is read, so a bad frame shipped by mistake
-    // would be among the events.
+    // The cut frame is the last thing sent: once it is counted, everything is handled, and an
+    // event too many would be among those read.
     wait_until("the bad TCP frame counted", Duration::from_secs(10), || {
         counted("bad_frame", "syslog_tcp") >= 1.0
     });
-    let events = logs_events(&sluice, 5);
-    assert_eq!(events.len(), 5, "{events:?}");
+    let events = logs_events(&sluice, 8);
+    assert_eq!(events.len(), 8, "{events:?}");
     let message = |e: &serde_json::Value| e["message"].as_str().unwrap().to_owned();
     assert!(events
         .iter()
         .any(|e| message(e).len() < 1000 && message(e).starts_with("yyy")));
     assert!(events.iter().any(|e| message(e) == "after the long one"));
     assert!(events.iter().any(|e| e["message"] == "no priority at all"));
+    for line in [
+        "99999999999999999999 junk",
+        "2026-12-07 boot finished",
+        "cut",
+    ] {
+        assert!(
+            events.iter().any(|e| e["message"] == line),
+            "{line}: {events:?}"
+        );
+    }
     assert!(events
         .iter()
         .any(|e| e["message"].as_str().unwrap().contains('\u{fffd}')));
@@ -196,6 +210,7 @@ fn malformed_syslog_is_counted_and_shipped() {
     assert_eq!(counted("truncated", "syslog_udp"), 1.0);
     assert_eq!(counted("bad_frame", "syslog_tcp"), 1.0);
     assert_eq!(counted("truncated", "syslog_tcp"), 1.0);
+    assert_eq!(counted("no_header", "syslog_tcp"), 2.0);
 }
 
 /// Both ways to run the agent, `sluice-agent` and `sluice agent`, ship what they read.
@@ -378,7 +393,8 @@ fn stop_keeping_unsent_events(agent: &mut AgentProcess) {
 }
 
 /// SIGTERM while the broker is away: the syslog messages librdkafka still held are kept in the
-/// spool rather than lost with the process, and the next start sends them.
+/// spool rather than lost with the process, and the next start sends them, though its
+/// configuration has no syslog input any more.
 #[test]
 fn syslog_messages_held_at_a_stop_with_the_broker_away_are_sent_after_the_next_start() {
     let tmp = tempfile::tempdir().unwrap();
@@ -400,7 +416,12 @@ fn syslog_messages_held_at_a_stop_with_the_broker_away_are_sent_after_the_next_s
     send_numbered(&port, &agent, "held", 10, 11);
     stop_keeping_unsent_events(&mut agent);
     sluice.restart();
-    let _agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let files_only = format!(
+        "[agent]\nbrokers = \"{}\"\n[agent.files]\ninclude = [\"{}/none/*.log\"]\n",
+        sluice.kafka,
+        tmp.path().display()
+    );
+    let _agent = AgentProcess::start(tmp.path(), &files_only, Stdio::null());
     assert_arrived_once(&sluice, "before the broker went", "held", 10);
 }
 
@@ -503,4 +524,58 @@ fn a_full_spool_blocks_the_sender_and_loses_nothing_with_the_block_policy() {
     assert!(status.success());
     assert_numbered_arrived(&sluice, "flood", total, total + 1);
     assert_eq!(agent.metric("sluice_agent_spool_dropped_total"), 0.0);
+}
+
+/// Out of file descriptors (a limit of 64 set on the running agent, then a hundred idle TCP
+/// connections), the connections the agent cannot accept are counted and said, and the agent
+/// goes on: once they close, a message sent over TCP arrives.
+#[test]
+fn running_out_of_file_descriptors_refuses_connections_not_the_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let config = format!(
+        "[agent]\nbrokers = \"{}\"\n[agent.syslog]\ntcp = \"{addr}\"\n",
+        sluice.kafka
+    );
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_for_port(&addr, Duration::from_secs(10)).unwrap();
+    logger(&port, &["-T", "-t", "fds", "before the limit"]);
+    wait_until("the first message sent", Duration::from_secs(20), || {
+        agent.metric("sluice_agent_events_sent_total") >= 1.0
+    });
+    let pid = agent.child.id().to_string();
+    run_ok(
+        Command::new("prlimit").args(["--pid", &pid, "--nofile=64:64"]),
+        Duration::from_secs(10),
+    );
+    let idle: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    // The connections past the limit wait in the backlog while the agent tries again.
+    std::thread::sleep(Duration::from_secs(1));
+    drop(idle);
+    wait_until(
+        "the failed accepts counted",
+        Duration::from_secs(20),
+        || agent.metric(r#"sluice_agent_connections_refused_total{input="syslog_tcp"}"#) >= 1.0,
+    );
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        agent
+            .log_text()
+            .matches("cannot accept TCP connections")
+            .count(),
+        1,
+        "{}",
+        agent.log_text()
+    );
+    logger(&port, &["-T", "-t", "fds", "after the limit"]);
+    let messages = logs_messages(&sluice, 2);
+    assert_eq!(messages, ["after the limit", "before the limit"]);
 }

@@ -139,14 +139,17 @@ impl Agent {
                 && config.syslog.tcp.is_empty()
                 && config.gelf.udp.is_empty()
                 && config.gelf.tcp.is_empty());
-        let state_lock = match follows_files || cannot_replay {
+        // Segments a run with such inputs left are sent even when none is configured now.
+        let spool_dir = std::path::Path::new(&config.state_dir).join("spool");
+        let spooling = cannot_replay || Spool::left_in(&spool_dir);
+        let state_lock = match follows_files || spooling {
             true => Some(state_dir::claim(std::path::Path::new(&config.state_dir))?),
             false => None,
         };
         let output = Arc::new(KafkaOutput::new(&config, metrics.clone())?);
-        let spool = match cannot_replay {
+        let spool = match spooling {
             true => Some(Arc::new(Spool::open(
-                &std::path::Path::new(&config.state_dir).join("spool"),
+                &spool_dir,
                 config.spool.max_bytes,
                 config.spool.when_full == "block",
                 metrics.clone(),
@@ -285,7 +288,9 @@ impl Agent {
             // What waits in the spool goes first, as far as the time allows and while the
             // broker takes it (a segment at a time); the rest stays on disk for the next start.
             if let Some(spool) = &self.shipper.spool {
-                spool.close();
+                if let Err(e) = spool.close() {
+                    tracing::warn!(error = %e, "agent: syncing the spool");
+                }
                 let deadline = tokio::time::Instant::now() + timeout;
                 let (mut left, mut moved) = (spool.bytes(), tokio::time::Instant::now());
                 while drain_spool && left > 0 && tokio::time::Instant::now() < deadline {
@@ -344,7 +349,9 @@ fn keep_unsent(shipper: &Shipper) -> usize {
             }
         }
     }
-    spool.close();
+    if let Err(e) = spool.close() {
+        tracing::warn!(error = %e, "agent: syncing the spool");
+    }
     if kept > 0 {
         tracing::warn!(
             events = kept,

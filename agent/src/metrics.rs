@@ -108,7 +108,7 @@ impl AgentMetrics {
             connections_refused: IntCounterVec::new(
                 Opts::new(
                     "sluice_agent_connections_refused_total",
-                    "TCP connections closed at once because the input served as many as it may",
+                    "TCP connections not served: the input served as many as it may, or the process could not accept them (out of file descriptors)",
                 ),
                 &["input"],
             )?,

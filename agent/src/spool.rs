@@ -6,12 +6,14 @@
 //! are sent after a restart. When the spool holds `max_bytes`, the policy decides: `block`
 //! (inputs wait, and a UDP socket's buffer overflows in the kernel) or `drop` (counted).
 //!
-//! A record is `[u32 length][u32 crc32c][u16 key length][key][payload]`; a torn or corrupt
-//! record ends its segment (what follows it is lost and counted).
+//! A record is `[u32 length][u32 crc32c][u16 key length][key][payload]`, written to its segment
+//! in one write, so a kill -9 loses none the spool took. A torn or corrupt record ends its
+//! segment (what follows it is lost and counted); a write that fails (the disk full) is cut off
+//! and ends its segment, and the caller keeps the event another way.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,8 +46,8 @@ pub struct Spool {
 struct State {
     /// Sealed segments, oldest first: (number, bytes).
     sealed: VecDeque<(u64, u64)>,
-    /// The segment being appended to: (number, writer, bytes).
-    open: Option<(u64, BufWriter<File>, u64)>,
+    /// The segment being appended to: (number, file, bytes).
+    open: Option<(u64, File, u64)>,
     next: u64,
     bytes: u64,
     /// When dropping for want of room was last said in the log.
@@ -65,6 +67,16 @@ pub enum Spooled {
 }
 
 impl Spool {
+    /// Whether a previous run left segments in `dir`: they are sent even when no input that
+    /// spools is configured any more.
+    pub fn left_in(dir: &Path) -> bool {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().as_encoded_bytes().ends_with(b".spool"))
+        })
+    }
+
     /// Opens the spool in `dir`, taking in the segments a previous run left.
     pub fn open(
         dir: &Path,
@@ -159,9 +171,9 @@ impl Spool {
             let number = state.next;
             state.next += 1;
             let file = File::create(self.path(number))?;
-            state.open = Some((number, BufWriter::new(file), 0));
+            state.open = Some((number, file, 0));
         }
-        let (_, writer, len) = state.open.as_mut().expect("opened");
+        let (_, file, len) = state.open.as_mut().expect("opened");
         let key = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
         let body_len = 2 + key.len() + payload.len();
         let mut record = Vec::with_capacity(8 + body_len);
@@ -172,14 +184,12 @@ impl Spool {
         record.extend_from_slice(payload);
         let crc = crc32c::crc32c(&record[8..]);
         record[4..8].copy_from_slice(&crc.to_le_bytes());
-        if let Err(e) = writer.write_all(&record) {
-            // Part of the record may be in the segment: the segment ends there (the drain stops
-            // at a torn record) and the next record starts a new one, rather than following
-            // the torn bytes where the drain would never find it.
-            if let Some((number, writer, len)) = state.open.take() {
-                drop(writer.into_parts());
-                state.sealed.push_back((number, len));
-            }
+        if let Err(e) = file.write_all(&record) {
+            // Part of the record may be in the segment: it is cut off, and the segment ends
+            // there (were the cut to fail too, the drain stops at the torn record); the next
+            // record starts a new one.
+            let _ = file.set_len(*len);
+            let _ = Self::seal(state);
             return Err(e);
         }
         let size = record.len() as u64;
@@ -192,11 +202,12 @@ impl Spool {
         Ok(())
     }
 
+    /// Ends the open segment: it is drained next in its turn, even when it could not be
+    /// synced (its records are in the page cache, and the error is the caller's to say).
     fn seal(state: &mut State) -> std::io::Result<()> {
-        if let Some((number, mut writer, len)) = state.open.take() {
-            writer.flush()?;
-            writer.get_ref().sync_data()?;
+        if let Some((number, file, len)) = state.open.take() {
             state.sealed.push_back((number, len));
+            file.sync_data()?;
         }
         Ok(())
     }
@@ -223,11 +234,9 @@ impl Spool {
         Ok(true)
     }
 
-    /// Writes out what is buffered, so a stop loses nothing the spool took.
-    pub fn close(&self) {
-        if let Err(e) = Self::seal(&mut self.state()) {
-            tracing::warn!(error = %e, "agent: sealing the spool");
-        }
+    /// Syncs the open segment, so a stop loses nothing the spool took, even to a power cut.
+    pub fn close(&self) -> std::io::Result<()> {
+        Self::seal(&mut self.state())
     }
 
     /// Bytes waiting in the spool.
@@ -236,6 +245,7 @@ impl Spool {
     }
 
     fn remove_oldest(&self, number: u64, bytes: u64) {
+        let _ = std::fs::remove_file(self.path(number));
         let mut state = self.state();
         if state.sealed.front().map(|(n, _)| *n) == Some(number) {
             state.sealed.pop_front();
@@ -251,13 +261,23 @@ pub async fn drain(spool: Arc<Spool>, output: Arc<KafkaOutput>, topic: String) {
     loop {
         match spool.oldest() {
             Ok(Some((number, bytes))) => {
-                if let Err(e) = send_segment(&spool, &output, &topic, number).await {
-                    tracing::warn!(error = %e, "agent: draining the spool");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                match send_segment(&spool, &output, &topic, number).await {
+                    Ok(()) => spool.remove_oldest(number, bytes),
+                    Err(e) if is_not_found(&e) => {
+                        // Removed by hand: its events are gone, and waiting for it would
+                        // hold the rest of the spool back for ever.
+                        tracing::warn!(
+                            segment = number,
+                            "agent: a spool segment was removed before it was sent"
+                        );
+                        spool.metrics.spool_dropped.inc();
+                        spool.remove_oldest(number, bytes);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "agent: draining the spool");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
-                let _ = std::fs::remove_file(spool.path(number));
-                spool.remove_oldest(number, bytes);
             }
             Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
             Err(e) => {
@@ -266,6 +286,12 @@ pub async fn drain(spool: Arc<Spool>, output: Arc<KafkaOutput>, topic: String) {
             }
         }
     }
+}
+
+fn is_not_found(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Sends every record of a segment and waits until the broker has them all.
@@ -347,6 +373,9 @@ mod tests {
             spool.offer(false, "k", b"two").await.unwrap(),
             Spooled::Kept
         ));
+        // On disk at once, not in a buffer a kill -9 would lose.
+        let written = std::fs::read(spool.path(0)).unwrap();
+        assert_eq!(records(&written).0.len(), 2);
         assert_eq!(spool.oldest().unwrap().map(|(n, _)| n), Some(0));
         drop(spool);
         let reopened = Spool::open(dir.path(), 1 << 20, false, metrics.clone()).unwrap();
@@ -368,6 +397,32 @@ mod tests {
         assert_eq!(metrics.spool_dropped.get(), 1);
     }
 
+    /// A segment removed by hand before it was sent is counted as dropped and passed over,
+    /// rather than holding the rest of the spool back for ever.
+    #[tokio::test]
+    async fn a_segment_removed_by_hand_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let shipper = crate::shipper::Shipper::testing();
+        let metrics = shipper.metrics.clone();
+        let spool = Arc::new(Spool::open(dir.path(), 1 << 20, false, metrics.clone()).unwrap());
+        assert!(matches!(
+            spool.offer(true, "k", b"one").await.unwrap(),
+            Spooled::Kept
+        ));
+        spool.close().unwrap();
+        std::fs::remove_file(spool.path(0)).unwrap();
+        let drain = tokio::spawn(drain(spool.clone(), shipper.output.clone(), "logs".into()));
+        for _ in 0..100 {
+            if spool.bytes() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drain.abort();
+        assert_eq!(spool.bytes(), 0);
+        assert_eq!(metrics.spool_dropped.get(), 1);
+    }
+
     /// A write that fails (here: a segment that is /dev/full) ends its segment; the records
     /// after it go to the next one and are all read back.
     #[tokio::test]
@@ -384,7 +439,7 @@ mod tests {
                 Spooled::Kept
             ));
         }
-        spool.close();
+        spool.close().unwrap();
         let sealed: Vec<u64> = spool.state().sealed.iter().map(|(n, _)| *n).collect();
         assert_eq!(sealed, [0, 1]);
         let expected: Vec<Record> = vec![(b"k", b"one"), (b"k", b"two")];

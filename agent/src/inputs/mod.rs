@@ -11,6 +11,7 @@ pub mod syslog;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +20,13 @@ use crate::shipper::Shipper;
 
 /// TCP connections an input serves at once; more are closed as they come, and counted.
 const MAX_CONNECTIONS: usize = 1024;
+
+/// After a failed accept (out of file descriptors, most likely), the pause before the next: the
+/// connection waits in the backlog, and accepting again at once would spin.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Failed accepts are said at most this often (the counter tells them all).
+const ACCEPT_FAILURES_SAID_EVERY: Duration = Duration::from_secs(60);
 
 /// Accepts TCP connections for ever, each served by `serve` in a task of its own. The tasks
 /// belong to this loop: when it is stopped (the agent stopping, or restarting its inputs on a
@@ -35,16 +43,29 @@ where
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let mut connections = tokio::task::JoinSet::new();
+    let mut failure_said: Option<Instant> = None;
+    let refused = shipper
+        .metrics
+        .connections_refused
+        .with_label_values(&[input]);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, peer) = accepted?;
+                // A connection the process cannot take is not a reason to stop the others.
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        refused.inc();
+                        if failure_said.is_none_or(|at| at.elapsed() >= ACCEPT_FAILURES_SAID_EVERY) {
+                            failure_said = Some(Instant::now());
+                            tracing::warn!(input, error = %e, connections = connections.len(), "agent: cannot accept TCP connections (sluice_agent_connections_refused_total counts them; out of file descriptors? raise LimitNOFILE)");
+                        }
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                        continue;
+                    }
+                };
                 if connections.len() >= MAX_CONNECTIONS {
-                    shipper
-                        .metrics
-                        .connections_refused
-                        .with_label_values(&[input])
-                        .inc();
+                    refused.inc();
                     continue;
                 }
                 let connection = serve(stream, peer);

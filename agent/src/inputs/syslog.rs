@@ -59,29 +59,13 @@ async fn connection(
     let mut reader = BufReader::new(stream);
     let connection = shipper.next_connection();
     let mut seq = 0u64;
-    loop {
-        let first = match reader.fill_buf().await?.first() {
-            Some(&b) => b,
-            None => return Ok(()),
-        };
-        let frame = if first.is_ascii_digit() {
-            match octet_counted(&mut reader, max).await? {
-                Some(frame) => frame,
-                None => {
-                    shipper.malformed("syslog_tcp", "bad_frame");
-                    return Ok(());
-                }
-            }
-        } else {
-            match read_line(&mut reader, max).await? {
-                Some(frame) => frame,
-                None => return Ok(()),
-            }
-        };
-        let (message, cut) = frame;
-        if cut {
-            shipper.malformed("syslog_tcp", "truncated");
+    while let Some(frame) = next_frame(&mut reader, max).await? {
+        match frame.cut {
+            Cut::Whole => {}
+            Cut::AtMax => shipper.malformed("syslog_tcp", "truncated"),
+            Cut::ByEnd => shipper.malformed("syslog_tcp", "bad_frame"),
         }
+        let message = frame.message;
         if message.is_empty() {
             continue;
         }
@@ -89,40 +73,89 @@ async fn connection(
         let id = shipper.connection_event_id("syslog_tcp", connection, seq);
         ship(shipper, "syslog_tcp", &message, peer.ip(), id).await?;
     }
+    Ok(())
 }
 
 /// The most digits an octet count may have (a terabyte; `max` cuts the message long before).
-const LENGTH_DIGITS: u64 = 12;
+const LENGTH_DIGITS: usize = 12;
 
-/// `LEN SP MSG` (RFC 6587 octet counting); `None` when the length is not a number.
-async fn octet_counted(
+#[derive(Debug, PartialEq)]
+struct Frame {
+    message: Vec<u8>,
+    cut: Cut,
+}
+
+#[derive(Debug, PartialEq)]
+enum Cut {
+    Whole,
+    /// Longer than `max`: the rest was skipped.
+    AtMax,
+    /// The connection ended inside an octet-counted frame.
+    ByEnd,
+}
+
+/// The next message on a connection, `None` at its end: `LEN SP <PRI>...` (RFC 6587 octet
+/// counting), or else a line. Told apart at each frame, as senders may switch; a line that
+/// merely starts with digits (a date, `200 OK`) is a line, not a broken count.
+async fn next_frame(
     reader: &mut (impl AsyncBufRead + Unpin),
     max: usize,
-) -> anyhow::Result<Option<(Vec<u8>, bool)>> {
-    let mut digits = Vec::new();
-    // At most a 12-digit length and its space: a peer that never sends the space is not buffered.
-    (&mut *reader)
-        .take(LENGTH_DIGITS + 1)
-        .read_until(b' ', &mut digits)
-        .await?;
-    if digits.last() != Some(&b' ') {
-        return Ok(None);
+) -> std::io::Result<Option<Frame>> {
+    let mut head = Vec::new();
+    while head.len() < LENGTH_DIGITS {
+        match reader.fill_buf().await?.first() {
+            Some(b) if b.is_ascii_digit() => {
+                head.push(*b);
+                reader.consume(1);
+            }
+            _ => break,
+        }
     }
-    let Some(len) = std::str::from_utf8(digits.trim_ascii())
-        .ok()
-        .and_then(|d| d.parse::<u64>().ok())
-    else {
-        return Ok(None);
-    };
-    let keep = len.min(max as u64) as usize;
-    let mut message = vec![0u8; keep];
-    reader.read_exact(&mut message).await?;
-    let skipped = tokio::io::copy(
-        &mut (&mut *reader).take(len - keep as u64),
-        &mut tokio::io::sink(),
+    if !head.is_empty() && reader.fill_buf().await?.first() == Some(&b' ') {
+        reader.consume(1);
+        if reader.fill_buf().await?.first() == Some(&b'<') {
+            let len = head.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            return octet_counted(reader, len, max).await.map(Some);
+        }
+        head.push(b' ');
+    }
+    // A line whose first bytes are read already.
+    Ok(
+        match read_line(reader, max.saturating_sub(head.len())).await? {
+            Some((rest, cut)) => {
+                head.extend_from_slice(&rest);
+                let cut = if cut { Cut::AtMax } else { Cut::Whole };
+                Some(Frame { message: head, cut })
+            }
+            None if head.is_empty() => None,
+            None => Some(Frame {
+                message: head,
+                cut: Cut::Whole,
+            }),
+        },
     )
-    .await?;
-    Ok(Some((message, skipped > 0)))
+}
+
+/// The `len` bytes of an octet-counted message, of which at most `max` are kept. Memory grows
+/// with the bytes that come, not with the length a peer claims.
+async fn octet_counted(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    len: u64,
+    max: usize,
+) -> std::io::Result<Frame> {
+    let keep = len.min(max as u64);
+    let mut message = Vec::new();
+    (&mut *reader).take(keep).read_to_end(&mut message).await?;
+    let skipped =
+        tokio::io::copy(&mut (&mut *reader).take(len - keep), &mut tokio::io::sink()).await?;
+    let cut = if (message.len() as u64) < keep || skipped < len - keep {
+        Cut::ByEnd
+    } else if skipped > 0 {
+        Cut::AtMax
+    } else {
+        Cut::Whole
+    };
+    Ok(Frame { message, cut })
 }
 
 async fn ship(
@@ -200,23 +233,42 @@ fn to_event(message: &Message<&str>, peer: IpAddr, id: String) -> Event {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn an_octet_count_without_its_space_is_refused_without_reading_on() {
-        let stream = [b"1".repeat(64 << 10), b" x".to_vec()].concat();
-        let mut reader = BufReader::new(&stream[..]);
-        assert_eq!(octet_counted(&mut reader, 1024).await.unwrap(), None);
-        let mut rest = Vec::new();
-        reader.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest.len(), stream.len() - 13, "reads no more than 13 bytes");
+    async fn frames(stream: &[u8], max: usize) -> Vec<(String, Cut)> {
+        let mut reader = BufReader::with_capacity(3, stream);
+        let mut frames = Vec::new();
+        while let Some(frame) = next_frame(&mut reader, max).await.unwrap() {
+            frames.push((String::from_utf8(frame.message).unwrap(), frame.cut));
+        }
+        frames
     }
 
     #[tokio::test]
-    async fn octet_counted_frames_are_read_and_cut_at_max() {
-        let mut reader = BufReader::new(&b"5 hello11 hello world"[..]);
-        let first = octet_counted(&mut reader, 1024).await.unwrap();
-        assert_eq!(first, Some((b"hello".to_vec(), false)));
-        let second = octet_counted(&mut reader, 5).await.unwrap();
-        assert_eq!(second, Some((b"hello".to_vec(), true)));
+    async fn octet_counted_frames_and_lines_are_told_apart_at_each_frame() {
+        let stream = b"7 <13>one2026-12-07 boot\n9 <13>two\n\n200 OK\n\
+                       99999999999999999999 digits\n20 <13>cut off";
+        assert_eq!(
+            frames(stream, 1024).await,
+            [
+                ("<13>one".to_owned(), Cut::Whole),
+                ("2026-12-07 boot".to_owned(), Cut::Whole),
+                ("<13>two\n\n".to_owned(), Cut::Whole),
+                ("200 OK".to_owned(), Cut::Whole),
+                ("99999999999999999999 digits".to_owned(), Cut::Whole),
+                ("<13>cut off".to_owned(), Cut::ByEnd),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn octet_counted_frames_are_cut_at_max() {
+        let stream = b"15 <13>hello world9 <13>again";
+        assert_eq!(
+            frames(stream, 9).await,
+            [
+                ("<13>hello".to_owned(), Cut::AtMax),
+                ("<13>again".to_owned(), Cut::Whole),
+            ]
+        );
     }
 
     /// RFC 5424's byte order mark before the message says it is UTF-8, and is not kept.
