@@ -579,3 +579,67 @@ fn running_out_of_file_descriptors_refuses_connections_not_the_agent() {
     let messages = logs_messages(&sluice, 2);
     assert_eq!(messages, ["after the limit", "before the limit"]);
 }
+
+/// stdin held open by its writer: a reload of the configuration loses none of the lines
+/// written after it (the read in progress is not left behind to take them), and SIGTERM stops
+/// the agent without waiting for another line.
+#[test]
+fn stdin_lines_survive_a_reload_and_an_open_stdin_does_not_hold_a_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let config = |host: &str| {
+        format!(
+            "[agent]\nbrokers = \"{}\"\nstdin = true\nhostname = \"{host}\"\n",
+            sluice.kafka
+        )
+    };
+    let mut agent = AgentProcess::start(tmp.path(), &config("before"), Stdio::piped());
+    let mut input = agent.child.stdin.take().unwrap();
+    let sent = |agent: &AgentProcess| agent.metric("sluice_agent_events_sent_total");
+    for n in 0..10 {
+        writeln!(input, "stdin {n}").unwrap();
+    }
+    wait_until("the first lines sent", Duration::from_secs(20), || {
+        sent(&agent) >= 10.0
+    });
+    std::fs::write(tmp.path().join("agent.toml"), config("after")).unwrap();
+    wait_until("the reload", Duration::from_secs(20), || {
+        agent.log_text().matches("agent started").count() == 2
+    });
+    for n in 10..20 {
+        writeln!(input, "stdin {n}").unwrap();
+    }
+    wait_until(
+        "the lines after the reload sent",
+        Duration::from_secs(20),
+        || sent(&agent) >= 20.0,
+    );
+    signal_pid(agent.child.id(), "TERM");
+    let mut status = None;
+    wait_until(
+        "the agent to stop, stdin still open",
+        Duration::from_secs(15),
+        || {
+            status = agent.child.try_wait().unwrap();
+            status.is_some()
+        },
+    );
+    assert!(status.unwrap().success(), "{}", agent.log_text());
+    let events = logs_events(&sluice, 20);
+    let mut messages: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["host"].as_str().unwrap(),
+                e["message"].as_str().unwrap()
+            )
+        })
+        .collect();
+    messages.sort_by_key(|m| m.split(' ').nth(2).unwrap().parse::<u32>().unwrap());
+    let expected: Vec<String> = (0..20)
+        .map(|n| format!("{} stdin {n}", if n < 10 { "before" } else { "after" }))
+        .collect();
+    assert_eq!(messages, expected);
+    drop(input);
+}

@@ -1,19 +1,31 @@
 //! Lines from standard input, one event each, until the input ends.
+//!
+//! One thread reads stdin for the whole process. A blocking read cannot be cancelled: an input
+//! of its own per start would leave the old read behind at a reload, to take the next lines
+//! and drop them, and would hold the process at a stop until the writer sent another line.
+//! Each start's input takes its lines from that thread instead.
 
-use std::sync::Arc;
+use std::io::{BufRead, Read};
+use std::sync::{Arc, OnceLock};
 
-use tokio::io::BufReader;
+use tokio::sync::{mpsc, Mutex};
 
-use super::read_line;
 use crate::event::{now_rfc3339, Event};
 use crate::shipper::Shipper;
 
 const MAX_LINE_BYTES: usize = 256 << 10;
 
+/// Lines read ahead of the input: at most this many lines wait in memory.
+const LINES_WAITING: usize = 16;
+
+/// A line without its newline, and whether it was cut at `MAX_LINE_BYTES`.
+type Line = (Vec<u8>, bool);
+
 pub async fn run(shipper: Arc<Shipper>) -> anyhow::Result<()> {
-    let mut reader = BufReader::new(tokio::io::stdin());
+    // One input at a time takes the lines (the one of a reload waits for its predecessor).
+    let mut lines = lines()?.lock().await;
     let mut line_no = 0u64;
-    while let Some((line, cut)) = read_line(&mut reader, MAX_LINE_BYTES).await? {
+    while let Some((line, cut)) = lines.recv().await {
         line_no += 1;
         shipper.read("stdin", line.len());
         if cut {
@@ -35,4 +47,89 @@ pub async fn run(shipper: Arc<Shipper>) -> anyhow::Result<()> {
     }
     tracing::info!(lines = line_no, "agent: stdin ended");
     Ok(())
+}
+
+/// The lines of stdin, from the thread that reads it (started at the first call).
+fn lines() -> std::io::Result<&'static Mutex<mpsc::Receiver<Line>>> {
+    static LINES: OnceLock<Mutex<mpsc::Receiver<Line>>> = OnceLock::new();
+    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(lines) = LINES.get() {
+        return Ok(lines);
+    }
+    let (sender, receiver) = mpsc::channel(LINES_WAITING);
+    std::thread::Builder::new()
+        .name("sluice-agent-stdin".into())
+        .spawn(move || read_stdin(&sender))?;
+    Ok(LINES.get_or_init(|| Mutex::new(receiver)))
+}
+
+fn read_stdin(lines: &mpsc::Sender<Line>) {
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        match next_line(&mut stdin, MAX_LINE_BYTES) {
+            Ok(Some(line)) => {
+                if lines.blocking_send(line).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "agent: reading stdin");
+                return;
+            }
+        }
+    }
+}
+
+/// The next line of at most `max` bytes (without its newline or a CR before it); a longer
+/// line is cut, the rest of it skipped. `None` at the end of the input.
+fn next_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Option<Line>> {
+    let mut line = Vec::new();
+    reader
+        .by_ref()
+        .take(max as u64 + 1)
+        .read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        return Ok(Some((line, false)));
+    }
+    if line.len() <= max {
+        return Ok(Some((line, false)));
+    }
+    line.truncate(max);
+    reader.skip_until(b'\n')?;
+    Ok(Some((line, true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_bounded_and_cut() {
+        let mut reader = std::io::BufReader::with_capacity(
+            4,
+            &b"short\r\n12345678\nthis one is too long\nlast"[..],
+        );
+        let mut lines = Vec::new();
+        while let Some(line) = next_line(&mut reader, 8).unwrap() {
+            lines.push(line);
+        }
+        assert_eq!(
+            lines,
+            [
+                (b"short".to_vec(), false),
+                (b"12345678".to_vec(), false),
+                (b"this one".to_vec(), true),
+                (b"last".to_vec(), false),
+            ]
+        );
+    }
 }
