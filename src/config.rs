@@ -285,6 +285,14 @@ mod tests {
             ),
             ("[broker]\nlisten = \"9092\"\n", "broker.listen"),
             (
+                "[agent.gelf]\nmax_message_bytes = 1048576\n",
+                "agent.gelf.max_message_bytes",
+            ),
+            (
+                "[agent.syslog]\nmax_message_bytes = 1000000\n",
+                "agent.syslog.max_message_bytes",
+            ),
+            (
                 "[broker]\ndefault_partitions = 0\n",
                 "broker.default_partitions",
             ),

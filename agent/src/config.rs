@@ -199,6 +199,10 @@ impl MetricsConfig {
     }
 }
 
+/// The most text an input puts in one event: with the event's other fields it stays under the
+/// 1,000,000 bytes librdkafka (`message.max.bytes`) and a Kafka broker take in a record.
+const MAX_EVENT_TEXT: usize = 900_000;
+
 /// `[agent.gelf]`: GELF listeners (what Docker's gelf logging driver and Graylog clients send).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -216,7 +220,7 @@ impl Default for GelfConfig {
         Self {
             udp: String::new(),
             tcp: String::new(),
-            max_message_bytes: 1 << 20,
+            max_message_bytes: MAX_EVENT_TEXT,
         }
     }
 }
@@ -281,10 +285,18 @@ impl AgentConfig {
                 format!("expected lz4 or zstd, got {:?}", self.compression),
             ));
         }
-        if self.syslog.max_message_bytes < 480 {
+        if !(480..=MAX_EVENT_TEXT).contains(&self.syslog.max_message_bytes) {
             return Err((
                 "agent.syslog.max_message_bytes",
-                "expected at least 480 (RFC 3164's smallest maximum)".into(),
+                "expected 480 (RFC 3164's smallest maximum) to 900000 (an event must fit a \
+                 broker's 1 MB record limit)"
+                    .into(),
+            ));
+        }
+        if !(256..=MAX_EVENT_TEXT).contains(&self.gelf.max_message_bytes) {
+            return Err((
+                "agent.gelf.max_message_bytes",
+                "expected 256 to 900000 (an event must fit a broker's 1 MB record limit)".into(),
             ));
         }
         if !matches!(self.spool.when_full.as_str(), "block" | "drop") {
@@ -328,7 +340,7 @@ impl AgentConfig {
                 ));
             }
         }
-        if !(256..=900_000).contains(&self.files.max_line_bytes) {
+        if !(256..=MAX_EVENT_TEXT).contains(&self.files.max_line_bytes) {
             return Err((
                 "agent.files.max_line_bytes",
                 "expected 256 to 900000 (an event must fit a broker's 1 MB record limit)".into(),

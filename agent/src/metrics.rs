@@ -39,7 +39,7 @@ impl AgentMetrics {
     ];
     pub const COLLECTORS: [&'static str; 3] = ["cgroup", "host", "prometheus"];
     /// Every (input, defect) the inputs count, shown from zero so a rate has a start.
-    const MALFORMED: [(&'static str, &'static str); 35] = [
+    const MALFORMED: [(&'static str, &'static str); 37] = [
         ("gelf_udp", "bad_chunk"),
         ("gelf_udp", "incomplete_chunks"),
         ("gelf_udp", "too_many_chunked_messages"),
@@ -69,9 +69,11 @@ impl AgentMetrics {
         ("syslog_udp", "truncated"),
         ("syslog_udp", "invalid_utf8"),
         ("syslog_udp", "no_header"),
+        ("syslog_udp", "bad_timestamp"),
         ("syslog_tcp", "truncated"),
         ("syslog_tcp", "invalid_utf8"),
         ("syslog_tcp", "no_header"),
+        ("syslog_tcp", "bad_timestamp"),
         ("syslog_tcp", "bad_frame"),
         ("prometheus", "bad_line"),
         ("prometheus", "too_many_samples"),

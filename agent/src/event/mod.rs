@@ -67,6 +67,9 @@ pub fn now_rfc3339() -> String {
     rfc3339_ms(now_ms())
 }
 
+/// The latest time RFC 3339 can write (the end of year 9999), in epoch milliseconds.
+pub const LATEST_MS: i64 = 253_402_300_799_999;
+
 /// Epoch milliseconds as RFC 3339 in UTC (civil-from-days, so no date crate is needed).
 pub fn rfc3339_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);

@@ -19,7 +19,7 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::read_until;
-use crate::event::{now_rfc3339, rfc3339_ms, Event};
+use crate::event::{now_rfc3339, rfc3339_ms, Event, LATEST_MS};
 use crate::shipper::Shipper;
 
 const CHUNK_MAGIC: [u8; 2] = [0x1e, 0x0f];
@@ -282,7 +282,7 @@ async fn ship(
 }
 
 /// The latest GELF timestamp an RFC 3339 time can hold (the end of year 9999), in seconds.
-const MAX_SECONDS: f64 = 253_402_300_799.0;
+const MAX_SECONDS: f64 = (LATEST_MS / 1000) as f64;
 
 /// A GELF number as senders write it: a JSON number, or one in a string.
 fn number(value: &Value) -> Option<f64> {

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::read_line;
-use crate::event::{now_rfc3339, rfc3339_ms, Event};
+use crate::event::{now_rfc3339, rfc3339_ms, Event, LATEST_MS};
 use crate::shipper::Shipper;
 
 pub async fn run_udp(
@@ -167,15 +167,34 @@ async fn ship(
 ) -> anyhow::Result<()> {
     shipper.read(input, raw.len());
     let text = shipper.text(input, raw);
-    let parsed = syslog_loose::parse_message(text.trim_end(), Variant::Either);
+    let parsed =
+        syslog_loose::parse_message_with_year(text.trim_end(), year_nearest_now, Variant::Either);
     if parsed.facility.is_none() {
         shipper.malformed(input, "no_header");
     }
-    let event = to_event(&parsed, peer, id);
+    let (event, timestamp_ok) = to_event(&parsed, peer, id);
+    if !timestamp_ok {
+        shipper.malformed(input, "bad_timestamp");
+    }
     shipper.ship(input, &event).await
 }
 
-fn to_event(message: &Message<&str>, peer: IpAddr, id: String) -> Event {
+/// The year of an RFC 3164 time, which has none: the one that puts it nearest now (in UTC),
+/// so that `Dec 31 23:59:59` arriving just after the new year is last year's, and `Jan  1
+/// 00:00:01` from a clock a little ahead arriving before it is next year's.
+fn year_nearest_now((month, ..): syslog_loose::IncompleteDate) -> i32 {
+    let now = now_rfc3339();
+    let year: i32 = now[..4].parse().unwrap_or(1970);
+    match (&now[5..7], month) {
+        ("01", 12) => year - 1,
+        ("12", 1) => year + 1,
+        _ => year,
+    }
+}
+
+/// The event, and whether its time could be taken (one past what RFC 3339 can write, year
+/// 99999 say, is replaced by the time it came).
+fn to_event(message: &Message<&str>, peer: IpAddr, id: String) -> (Event, bool) {
     let host = message
         .hostname
         .map(str::to_owned)
@@ -212,12 +231,11 @@ fn to_event(message: &Message<&str>, peer: IpAddr, id: String) -> Event {
             .collect();
         fields.insert("structured_data".into(), Value::Object(data));
     }
-    Event {
+    let given = message.timestamp.map(|t| t.timestamp_millis());
+    let timestamp = given.filter(|ms| (0..=LATEST_MS).contains(ms));
+    let event = Event {
         id,
-        timestamp: message
-            .timestamp
-            .map(|t| rfc3339_ms(t.timestamp_millis()))
-            .unwrap_or_else(now_rfc3339),
+        timestamp: timestamp.map_or_else(now_rfc3339, rfc3339_ms),
         host,
         source: message.appname.unwrap_or("syslog").to_owned(),
         container: None,
@@ -226,7 +244,8 @@ fn to_event(message: &Message<&str>, peer: IpAddr, id: String) -> Event {
         // RFC 5424's BOM says the message is UTF-8; it is not part of it.
         message: message.msg.trim_start_matches('\u{feff}').to_owned(),
         fields,
-    }
+    };
+    (event, given.is_none() || timestamp.is_some())
 }
 
 #[cfg(test)]
@@ -276,7 +295,46 @@ mod tests {
     fn the_rfc_5424_bom_is_not_part_of_the_message() {
         let raw = "<14>1 2026-12-07T16:10:00Z web-1 app - - - \u{feff}started";
         let parsed = syslog_loose::parse_message(raw, Variant::Either);
-        let event = to_event(&parsed, "127.0.0.1".parse().unwrap(), "id".into());
+        let (event, _) = to_event(&parsed, "127.0.0.1".parse().unwrap(), "id".into());
         assert_eq!(event.message, "started");
+    }
+
+    /// An RFC 3164 time has no year: it is the one nearest now, across a new year too.
+    #[test]
+    fn rfc_3164_times_take_the_year_nearest_now() {
+        let now = now_rfc3339();
+        let (year, month): (i32, u32) = (now[..4].parse().unwrap(), now[5..7].parse().unwrap());
+        let expected = |m: u32| match (month, m) {
+            (1, 12) => year - 1,
+            (12, 1) => year + 1,
+            _ => year,
+        };
+        for m in [1, month, 12] {
+            assert_eq!(year_nearest_now((m, 1, 0, 0, 0)), expected(m), "month {m}");
+        }
+        let raw = format!(
+            "<13>{} 15 10:00:00 host app: x",
+            ["Jan", "Dec"][usize::from(month == 1)]
+        );
+        let parsed = syslog_loose::parse_message_with_year(&raw, year_nearest_now, Variant::Either);
+        let (event, ok) = to_event(&parsed, "127.0.0.1".parse().unwrap(), "id".into());
+        assert!(ok);
+        let taken: i32 = event.timestamp[..4].parse().unwrap();
+        assert!((taken - year).abs() <= 1, "{}", event.timestamp);
+        assert_eq!(taken, expected(if month == 1 { 12 } else { 1 }));
+    }
+
+    /// A time RFC 3339 cannot write is replaced by the time the message came, and said.
+    #[test]
+    fn a_time_past_year_9999_is_replaced() {
+        let raw = "<13>Jan 01 99999 00:00:00 host app: far";
+        let parsed = syslog_loose::parse_message(raw, Variant::Either);
+        let (event, ok) = to_event(&parsed, "127.0.0.1".parse().unwrap(), "id".into());
+        assert!(parsed.timestamp.is_some() && !ok, "{parsed:?}");
+        assert!(
+            event.timestamp.len() == 24 && event.timestamp.ends_with('Z'),
+            "{}",
+            event.timestamp
+        );
     }
 }
