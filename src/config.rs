@@ -284,6 +284,7 @@ mod tests {
                 "broker.advertised_listener",
             ),
             ("[broker]\nlisten = \"9092\"\n", "broker.listen"),
+            ("[agent.spool]\nmax_bytes = 0\n", "agent.spool.max_bytes"),
             (
                 "[agent.gelf]\nmax_message_bytes = 1048576\n",
                 "agent.gelf.max_message_bytes",

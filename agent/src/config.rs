@@ -299,6 +299,12 @@ impl AgentConfig {
                 "expected 256 to 900000 (an event must fit a broker's 1 MB record limit)".into(),
             ));
         }
+        if self.spool.max_bytes < 65_536 {
+            return Err((
+                "agent.spool.max_bytes",
+                format!("expected at least 65536, got {}", self.spool.max_bytes),
+            ));
+        }
         if !matches!(self.spool.when_full.as_str(), "block" | "drop") {
             return Err((
                 "agent.spool.when_full",

@@ -39,7 +39,7 @@ impl AgentMetrics {
     ];
     pub const COLLECTORS: [&'static str; 3] = ["cgroup", "host", "prometheus"];
     /// Every (input, defect) the inputs count, shown from zero so a rate has a start.
-    const MALFORMED: [(&'static str, &'static str); 37] = [
+    const MALFORMED: [(&'static str, &'static str); 38] = [
         ("gelf_udp", "bad_chunk"),
         ("gelf_udp", "incomplete_chunks"),
         ("gelf_udp", "too_many_chunked_messages"),
@@ -50,6 +50,7 @@ impl AgentMetrics {
         ("gelf_udp", "bad_timestamp"),
         ("gelf_udp", "bad_level"),
         ("gelf_tcp", "too_large"),
+        ("gelf_tcp", "bad_compression"),
         ("gelf_tcp", "invalid_json"),
         ("gelf_tcp", "missing_short_message"),
         ("gelf_tcp", "bad_timestamp"),

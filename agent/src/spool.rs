@@ -128,7 +128,8 @@ impl Spool {
     }
 
     /// Keeps the event when the spool is in use or the output is `pressed`; waits for room
-    /// when full and the policy is `block`.
+    /// when full and the policy is `block` (an event larger than the whole spool is dropped:
+    /// no room would ever come).
     pub async fn offer(
         &self,
         pressed: bool,
@@ -146,7 +147,7 @@ impl Spool {
                     self.append(&mut state, key, payload)?;
                     return Ok(Spooled::Kept);
                 }
-                if !self.block {
+                if !self.block || size > self.max_bytes {
                     self.metrics.spool_dropped.inc();
                     if state
                         .drops_said
@@ -395,6 +396,12 @@ mod tests {
             Spooled::Dropped
         ));
         assert_eq!(metrics.spool_dropped.get(), 1);
+        // With `block` too: no room would ever come for it.
+        let small = Spool::open(&dir.path().join("block"), 10, true, metrics.clone()).unwrap();
+        let offered =
+            tokio::time::timeout(Duration::from_secs(5), small.offer(true, "k", b"too big"));
+        assert!(matches!(offered.await.unwrap().unwrap(), Spooled::Dropped));
+        assert_eq!(metrics.spool_dropped.get(), 2);
     }
 
     /// A segment removed by hand before it was sent is counted as dropped and passed over,
