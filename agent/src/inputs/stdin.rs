@@ -25,7 +25,8 @@ pub async fn run(shipper: Arc<Shipper>) -> anyhow::Result<()> {
     // One input at a time takes the lines (the one of a reload waits for its predecessor).
     let mut lines = lines()?.lock().await;
     let mut line_no = 0u64;
-    while let Some((line, cut)) = lines.recv().await {
+    while let Some(read) = lines.recv().await {
+        let (line, cut) = read.map_err(|e| anyhow::anyhow!("reading stdin: {e}"))?;
         line_no += 1;
         shipper.read("stdin", line.len());
         if cut {
@@ -50,8 +51,8 @@ pub async fn run(shipper: Arc<Shipper>) -> anyhow::Result<()> {
 }
 
 /// The lines of stdin, from the thread that reads it (started at the first call).
-fn lines() -> std::io::Result<&'static Mutex<mpsc::Receiver<Line>>> {
-    static LINES: OnceLock<Mutex<mpsc::Receiver<Line>>> = OnceLock::new();
+fn lines() -> std::io::Result<&'static Mutex<mpsc::Receiver<std::io::Result<Line>>>> {
+    static LINES: OnceLock<Mutex<mpsc::Receiver<std::io::Result<Line>>>> = OnceLock::new();
     static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(lines) = LINES.get() {
@@ -64,20 +65,18 @@ fn lines() -> std::io::Result<&'static Mutex<mpsc::Receiver<Line>>> {
     Ok(LINES.get_or_init(|| Mutex::new(receiver)))
 }
 
-fn read_stdin(lines: &mpsc::Sender<Line>) {
+/// Hands on every line, then a read error if one ends the input (the agent ends with it).
+fn read_stdin(lines: &mpsc::Sender<std::io::Result<Line>>) {
     let mut stdin = std::io::stdin().lock();
     loop {
-        match next_line(&mut stdin, MAX_LINE_BYTES) {
-            Ok(Some(line)) => {
-                if lines.blocking_send(line).is_err() {
-                    return;
-                }
-            }
+        let read = match next_line(&mut stdin, MAX_LINE_BYTES) {
+            Ok(Some(line)) => Ok(line),
             Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "agent: reading stdin");
-                return;
-            }
+            Err(e) => Err(e),
+        };
+        let failed = read.is_err();
+        if lines.blocking_send(read).is_err() || failed {
+            return;
         }
     }
 }
