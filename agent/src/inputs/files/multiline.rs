@@ -1,6 +1,8 @@
 //! Joining multi-line events (a stack trace and its header line): a line that matches the start
 //! pattern begins an event, any other line joins the event before it. An event is shipped when
-//! the next one starts, or `timeout` after its last line.
+//! the next one starts, or `timeout` after its last line. An event is at most `max_bytes`: a
+//! longer one is shipped in parts, each line whole in one of them (as long as the line itself
+//! fits), so that no line is lost.
 
 use std::time::{Duration, Instant};
 
@@ -28,26 +30,23 @@ impl Joiner {
     /// Takes a line; returns the event it completes, if any.
     pub fn push(&mut self, next: Decoded<'_>, now: Instant) -> Option<Decoded<'static>> {
         let line = &next.line;
-        match &mut self.pending {
-            Some((Decoded { line: event, .. }, last)) if !self.start.is_match(&line.bytes) => {
-                let room = self.max_bytes.saturating_sub(event.bytes.len() + 1);
-                if line.bytes.len() > room || line.truncated {
-                    event.truncated = true;
-                }
-                if room > 0 {
-                    let bytes = event.bytes.to_mut();
-                    bytes.push(b'\n');
-                    bytes.extend_from_slice(&line.bytes[..line.bytes.len().min(room)]);
-                }
-                event.end = line.end;
-                *last = now;
-                None
-            }
-            _ => self
-                .pending
-                .replace((next.into_owned(), now))
-                .map(|(event, _)| event),
+        let joining = self.pending.as_mut().filter(|(pending, _)| {
+            pending.line.bytes.len() + 1 + line.bytes.len() <= self.max_bytes
+                && !self.start.is_match(&line.bytes)
+        });
+        if let Some((Decoded { line: event, .. }, last)) = joining {
+            let bytes = event.bytes.to_mut();
+            bytes.push(b'\n');
+            bytes.extend_from_slice(&line.bytes);
+            event.truncated |= line.truncated;
+            event.end = line.end;
+            *last = now;
+            return None;
         }
+        // A new event; or the one held is full, and this line begins its next part.
+        self.pending
+            .replace((next.into_owned(), now))
+            .map(|(event, _)| event)
     }
 
     /// The event waiting for more lines, once `timeout` passed without one.
@@ -105,5 +104,32 @@ mod tests {
         let last = joiner.expired(now + Duration::from_secs(2)).unwrap().line;
         assert_eq!(last.bytes, &b"2026-01-01 next"[..]);
         assert_eq!(joiner.holding(), None);
+    }
+
+    /// An event longer than `max_bytes` goes in parts: no line of it is lost.
+    #[test]
+    fn an_event_too_long_is_shipped_in_parts() {
+        let mut joiner = Joiner::new(Regex::new(r"^start").unwrap(), Duration::from_secs(1), 20);
+        let now = Instant::now();
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for text in [
+            "start a", "  line 1", "  line 2", "  line 3", "  line 4", "start b",
+        ] {
+            parts.extend(joiner.push(line(at, text), now));
+            at += text.len() as u64 + 1;
+        }
+        parts.extend(joiner.flush());
+        let texts: Vec<&[u8]> = parts.iter().map(|p| &p.line.bytes[..]).collect();
+        assert_eq!(
+            texts,
+            [
+                &b"start a\n  line 1"[..],
+                b"  line 2\n  line 3",
+                b"  line 4",
+                b"start b"
+            ]
+        );
+        assert!(parts.iter().all(|p| !p.line.truncated));
     }
 }
