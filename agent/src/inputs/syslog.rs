@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
-use syslog_loose::{Message, Protocol, Variant};
+use syslog_loose::{Message, ProcId, Protocol, Variant};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -167,16 +167,82 @@ async fn ship(
 ) -> anyhow::Result<()> {
     shipper.read(input, raw.len());
     let text = shipper.text(input, raw);
-    let parsed =
-        syslog_loose::parse_message_with_year(text.trim_end(), year_nearest_now, Variant::Either);
-    if parsed.facility.is_none() {
+    let (event, header, timestamp_ok) = event_of(text.trim_end(), peer, id);
+    if !header {
         shipper.malformed(input, "no_header");
     }
-    let (event, timestamp_ok) = to_event(&parsed, peer, id);
     if !timestamp_ok {
         shipper.malformed(input, "bad_timestamp");
     }
     shipper.ship(input, &event).await
+}
+
+/// A message's event: (the event, whether it has a header, whether its time could be taken).
+/// Beside what `syslog_loose` reads, real senders send RFC 5424 without its time (`-`), and a
+/// priority without an RFC 3164 time (`<13>tag[12]: text`): read here, with the arrival time.
+fn event_of(text: &str, peer: IpAddr, id: String) -> (Event, bool, bool) {
+    let parsed = syslog_loose::parse_message_with_year(text, year_nearest_now, Variant::Either);
+    if parsed.facility.is_some() {
+        let (event, timestamp_ok) = to_event(&parsed, peer, id);
+        return (event, true, timestamp_ok);
+    }
+    match priority(text) {
+        Some((pri, rest)) if rest.starts_with("1 - ") => {
+            let timed = format!("<{pri}>1 {} {}", now_rfc3339(), &rest[4..]);
+            let parsed = syslog_loose::parse_message(&timed, Variant::RFC5424);
+            if parsed.facility.is_some() {
+                let (event, timestamp_ok) = to_event(&parsed, peer, id);
+                return (event, true, timestamp_ok);
+            }
+        }
+        Some((pri, rest)) => {
+            let (event, timestamp_ok) = to_event(&untimed_rfc3164(pri, rest), peer, id);
+            return (event, true, timestamp_ok);
+        }
+        None => {}
+    }
+    let (event, timestamp_ok) = to_event(&parsed, peer, id);
+    (event, false, timestamp_ok)
+}
+
+/// `<PRI>` (0 to 191) and what follows it.
+fn priority(text: &str) -> Option<(u8, &str)> {
+    let (digits, rest) = text.strip_prefix('<')?.split_once('>')?;
+    if !(1..=3).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let pri = digits.parse::<u8>().ok().filter(|p| *p <= 191)?;
+    Some((pri, rest))
+}
+
+/// RFC 3164 after its priority without a time or host: `tag[pid]: text`, or only text.
+fn untimed_rfc3164(pri: u8, rest: &str) -> Message<&str> {
+    let (facility, severity) = syslog_loose::decompose_pri(pri);
+    let tag_end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "_.-/".contains(c)))
+        .unwrap_or(rest.len());
+    let (tag, after) = rest.split_at(tag_end);
+    let (procid, after) = match after.strip_prefix('[').and_then(|a| a.split_once(']')) {
+        Some((pid, after)) => (Some(pid), after),
+        None => (None, after),
+    };
+    let said = after.strip_prefix(": ").or_else(|| after.strip_prefix(':'));
+    let (appname, procid, msg) = match said {
+        Some(msg) if (1..=48).contains(&tag.len()) => (Some(tag), procid, msg),
+        _ => (None, None, rest),
+    };
+    Message {
+        protocol: Protocol::RFC3164,
+        facility,
+        severity,
+        timestamp: None,
+        hostname: None,
+        appname,
+        procid: procid.map(ProcId::from),
+        msgid: None,
+        structured_data: Vec::new(),
+        msg,
+    }
 }
 
 /// The year of an RFC 3164 time, which has none: the one that puts it nearest now (in UTC),
@@ -297,6 +363,56 @@ mod tests {
         let parsed = syslog_loose::parse_message(raw, Variant::Either);
         let (event, _) = to_event(&parsed, "127.0.0.1".parse().unwrap(), "id".into());
         assert_eq!(event.message, "started");
+    }
+
+    /// RFC 5424 without its time, and a priority without an RFC 3164 time, are read: their
+    /// level, facility, app and text are the event's, and their time the arrival's.
+    #[test]
+    fn headers_without_a_time_are_read() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let read = |raw: &str| {
+            let (event, header, ok) = event_of(raw, peer, "id".into());
+            assert!(header && ok, "{raw}");
+            let fields = serde_json::Value::Object(event.fields.clone());
+            (event, fields)
+        };
+        let (event, fields) = read("<11>1 - web-1 app 42 ID7 - it failed");
+        assert_eq!(
+            (
+                event.host.as_str(),
+                event.source.as_str(),
+                event.message.as_str()
+            ),
+            ("web-1", "app", "it failed")
+        );
+        assert_eq!(event.level.as_deref(), Some("err"));
+        assert_eq!(
+            (fields["procid"].as_str(), fields["msgid"].as_str()),
+            (Some("42"), Some("ID7"))
+        );
+        let (event, _) = read("<13>1 - - - - - - bare");
+        assert_eq!(
+            (event.host.as_str(), event.message.as_str()),
+            ("10.0.0.9", "bare")
+        );
+        let (event, fields) = read("<30>cron[12]: job done");
+        assert_eq!(
+            (event.source.as_str(), event.message.as_str()),
+            ("cron", "job done")
+        );
+        assert_eq!(event.level.as_deref(), Some("info"));
+        assert_eq!(
+            (fields["facility"].as_str(), fields["procid"].as_str()),
+            (Some("daemon"), Some("12"))
+        );
+        let (event, _) = read("<13>just some words: here");
+        assert_eq!(
+            (event.source.as_str(), event.message.as_str()),
+            ("syslog", "just some words: here")
+        );
+        let (event, header, _) = event_of("<999>not a priority", peer, "id".into());
+        assert!(!header);
+        assert_eq!(event.message, "<999>not a priority");
     }
 
     /// An RFC 3164 time has no year: it is the one nearest now, across a new year too.
