@@ -43,6 +43,13 @@ fn gelf_from_graypy_and_as_docker_sends_it_arrives_whole() {
     chunk.extend_from_slice(&7u64.to_be_bytes());
     chunk.extend_from_slice(&[5, 2]); // chunk 5 of 2
     socket.send_to(&chunk, &udp).unwrap();
+    // The first of two chunks, the last datagram sent: the reassembly gives up on it after
+    // five seconds with nothing else arriving, and says so.
+    let mut lone = vec![0x1e, 0x0f];
+    lone.extend_from_slice(&8u64.to_be_bytes());
+    lone.extend_from_slice(&[0, 2]);
+    lone.extend_from_slice(b"{\"version\":");
+    socket.send_to(&lone, &udp).unwrap();
     let mut frames = br#"{"version":"1.1","host":"h","short_message":""#.to_vec();
     frames.extend(std::iter::repeat_n(b'z', 2 << 20));
     frames.extend_from_slice(b"\"}\0");
@@ -62,6 +69,7 @@ fn gelf_from_graypy_and_as_docker_sends_it_arrives_whole() {
         counted("gelf_udp", "missing_short_message") == 1.0
             && counted("gelf_udp", "bad_chunk") == 1.0
             && counted("gelf_tcp", "too_large") == 1.0
+            && counted("gelf_udp", "incomplete_chunks") == 1.0
     });
     let events = logs_events(&sluice, 7);
     let find = |prefix: &str| {

@@ -5,8 +5,10 @@
 //! Chunks are reassembled in a bounded table: at most `MAX_PENDING` messages and
 //! `MAX_PENDING_BYTES` of chunks at once (a new message makes room by dropping the oldest
 //! pending ones, counted), each dropped (and counted) when its chunks have not all come within
-//! five seconds, as the GELF specification says. Decompression stops at `max_message_bytes`, so a small datagram cannot
-//! expand into a large allocation.
+//! five seconds, as the GELF specification says (looked at every second, whether datagrams come
+//! or not). Chunks of a message already whole or refused (a duplicate, or one of 200 chunks) are
+//! passed over for as long, so that one message is counted once. Decompression stops at
+//! `max_message_bytes`, so a small datagram cannot expand into a large allocation.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -42,13 +44,20 @@ pub async fn run_udp(
     let mut buf = vec![0u8; 65_536];
     let mut chunks = Reassembly::default();
     let mut seq = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let (len, peer) = socket.recv_from(&mut buf).await?;
-        let datagram = &buf[..len];
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buf) => Some(received?),
+            _ = tick.tick() => None,
+        };
         let now = Instant::now();
         for _ in 0..chunks.expire(now) {
             shipper.malformed("gelf_udp", "incomplete_chunks");
         }
+        let Some((len, peer)) = received else {
+            continue;
+        };
+        let datagram = &buf[..len];
         let whole = if datagram.starts_with(&CHUNK_MAGIC) {
             let added = chunks.add(datagram, now, max);
             for _ in 0..chunks.take_dropped() {
@@ -129,7 +138,13 @@ struct Reassembly {
     bytes: usize,
     /// Pending messages dropped to make room, not yet counted.
     dropped: usize,
+    /// Messages whole or refused, and since when: their late chunks are passed over.
+    settled: HashMap<[u8; 8], Instant>,
 }
+
+/// Settled messages remembered at most (one more is not remembered: its late chunks would
+/// start a message that expires, counted).
+const MAX_SETTLED: usize = 4 * MAX_PENDING;
 
 struct Pending {
     first: Instant,
@@ -149,8 +164,12 @@ impl Reassembly {
             return Err("bad_chunk");
         }
         let id: [u8; 8] = datagram[2..10].try_into().expect("eight bytes");
+        if self.settled.contains_key(&id) {
+            return Ok(None);
+        }
         let (seq, count) = (datagram[10], datagram[11]);
         if count == 0 || count > MAX_CHUNKS || seq >= count {
+            self.settle(id, now);
             return Err("bad_chunk");
         }
         if !self.pending.contains_key(&id) && self.pending.len() >= MAX_PENDING {
@@ -166,6 +185,7 @@ impl Reassembly {
         if pending.parts.len() != count as usize {
             self.bytes -= pending.bytes;
             self.pending.remove(&id);
+            self.settle(id, now);
             return Err("bad_chunk");
         }
         let replaced = pending.parts[seq as usize].as_ref().map_or(0, Vec::len);
@@ -173,6 +193,7 @@ impl Reassembly {
         if grown > max {
             self.bytes -= pending.bytes;
             self.pending.remove(&id);
+            self.settle(id, now);
             return Err("too_large");
         }
         if self.bytes - pending.bytes + grown > MAX_PENDING_BYTES {
@@ -186,6 +207,7 @@ impl Reassembly {
         }
         let pending = self.pending.remove(&id).expect("present");
         self.bytes -= pending.bytes;
+        self.settle(id, now);
         Ok(Some(
             pending.parts.into_iter().flatten().flatten().collect(),
         ))
@@ -212,8 +234,16 @@ impl Reassembly {
         std::mem::take(&mut self.dropped)
     }
 
+    fn settle(&mut self, id: [u8; 8], now: Instant) {
+        if self.settled.len() < MAX_SETTLED {
+            self.settled.insert(id, now);
+        }
+    }
+
     /// Drops messages whose chunks did not all come in time; how many.
     fn expire(&mut self, now: Instant) -> usize {
+        self.settled
+            .retain(|_, at| now.duration_since(*at) < CHUNK_TIMEOUT);
         let before = self.pending.len();
         let mut freed = 0;
         self.pending.retain(|_, p| {
@@ -441,6 +471,26 @@ mod tests {
             chunks.add(&chunk(4, 0, 2, &[0; 200]), now, 100),
             Err("too_large")
         );
+        // Chunks of a message already whole or refused are passed over, not counted again,
+        // until the message's five seconds are over.
+        assert_eq!(
+            chunks.add(&chunk(6, 0, 1, b"whole"), now, 100),
+            Ok(Some(b"whole".to_vec()))
+        );
+        assert_eq!(chunks.add(&chunk(6, 0, 1, b"whole"), now, 100), Ok(None));
+        assert_eq!(chunks.add(&chunk(4, 1, 2, &[0; 200]), now, 100), Ok(None));
+        for seq in 0..200 {
+            let refused = chunks.add(&chunk(5, seq, 200, b"x"), now, 100);
+            assert_eq!(refused, if seq == 0 { Err("bad_chunk") } else { Ok(None) });
+        }
+        assert_eq!(
+            chunks.expire(now + Duration::from_secs(1)),
+            0,
+            "no duplicate pending"
+        );
+        assert!(chunks.pending.is_empty());
+        chunks.expire(now + Duration::from_secs(6));
+        assert!(chunks.settled.is_empty());
     }
 
     /// First chunks of many messages whose other chunks never come (a flood, or lost
