@@ -58,6 +58,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let _ = http_stopped.await;
     }));
     let mut failed = None;
+    // The file did not load at its last change: when it loads again, that is said.
+    let mut broken = false;
     loop {
         tokio::select! {
             _ = shutdown.clone().wait() => break,
@@ -72,9 +74,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     Ok(config) => config.agent,
                     Err(e) => {
                         tracing::error!("{e:#}; the agent keeps its running configuration");
+                        broken = true;
                         continue;
                     }
                 };
+                if std::mem::take(&mut broken) && wanted == running {
+                    tracing::info!("the configuration file loads again; it is the one running");
+                }
                 if wanted != running {
                     (agent, running) = restart(agent, running, wanted, &metrics).await?;
                 }

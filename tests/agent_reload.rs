@@ -65,6 +65,17 @@ fn config_changes_are_picked_up_without_a_restart() {
         .matches("keeps its running configuration")
         .count();
     assert_eq!(said, 1, "{}", agent.log_text());
+    // Put right, the file is said to load again (nothing changes: it is the one running).
+    std::fs::write(&path, config(&second)).unwrap();
+    wait_until(
+        "the mended file said to load",
+        Duration::from_secs(20),
+        || {
+            agent
+                .log_text()
+                .contains("the configuration file loads again")
+        },
+    );
     logger(&second, &["-T", "-t", "reload", "despite a broken file"]);
     // Another host's messages go to their own partition: compared as a set.
     let messages = logs_messages(&sluice, 4);

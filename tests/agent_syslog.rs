@@ -569,7 +569,7 @@ fn running_out_of_file_descriptors_refuses_connections_not_the_agent() {
     assert_eq!(
         agent
             .log_text()
-            .matches("cannot accept TCP connections")
+            .matches("TCP connections not served: cannot accept them")
             .count(),
         1,
         "{}",

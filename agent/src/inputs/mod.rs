@@ -25,8 +25,8 @@ const MAX_CONNECTIONS: usize = 1024;
 /// connection waits in the backlog, and accepting again at once would spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// Failed accepts are said at most this often (the counter tells them all).
-const ACCEPT_FAILURES_SAID_EVERY: Duration = Duration::from_secs(60);
+/// Connections not served are said at most this often (the counter tells them all).
+const REFUSALS_SAID_EVERY: Duration = Duration::from_secs(60);
 
 /// Accepts TCP connections for ever, each served by `serve` in a task of its own. The tasks
 /// belong to this loop: when it is stopped (the agent stopping, or restarting its inputs on a
@@ -43,11 +43,23 @@ where
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let mut connections = tokio::task::JoinSet::new();
-    let mut failure_said: Option<Instant> = None;
-    let refused = shipper
+    let counter = shipper
         .metrics
         .connections_refused
         .with_label_values(&[input]);
+    let mut said: Option<Instant> = None;
+    let mut refused = |why: &str, open: usize| {
+        counter.inc();
+        if said.is_none_or(|at| at.elapsed() >= REFUSALS_SAID_EVERY) {
+            said = Some(Instant::now());
+            tracing::warn!(
+                input,
+                connections = open,
+                "agent: TCP connections not served: {why} \
+                 (sluice_agent_connections_refused_total counts them)"
+            );
+        }
+    };
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -55,17 +67,16 @@ where
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        refused.inc();
-                        if failure_said.is_none_or(|at| at.elapsed() >= ACCEPT_FAILURES_SAID_EVERY) {
-                            failure_said = Some(Instant::now());
-                            tracing::warn!(input, error = %e, connections = connections.len(), "agent: cannot accept TCP connections (sluice_agent_connections_refused_total counts them; out of file descriptors? raise LimitNOFILE)");
-                        }
+                        let why = format!(
+                            "cannot accept them ({e}; out of file descriptors? raise LimitNOFILE)"
+                        );
+                        refused(&why, connections.len());
                         tokio::time::sleep(ACCEPT_PAUSE).await;
                         continue;
                     }
                 };
                 if connections.len() >= MAX_CONNECTIONS {
-                    refused.inc();
+                    refused("as many are open as an input serves", connections.len());
                     continue;
                 }
                 let connection = serve(stream, peer);
