@@ -286,6 +286,11 @@ mod tests {
             ("[broker]\nlisten = \"9092\"\n", "broker.listen"),
             ("[agent.spool]\nmax_bytes = 0\n", "agent.spool.max_bytes"),
             (
+                "[agent.syslog]\nudp = \"127.0.0.1:99999\"\n",
+                "agent.syslog.udp",
+            ),
+            ("[agent.gelf]\ntcp = \"nonsense\"\n", "agent.gelf.tcp"),
+            (
                 "[agent.gelf]\nmax_message_bytes = 1048576\n",
                 "agent.gelf.max_message_bytes",
             ),

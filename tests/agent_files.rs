@@ -680,6 +680,11 @@ fn a_last_line_without_its_newline_is_behind_until_it_comes() {
     );
     let events = logs_events(&sluice, 3);
     assert_eq!(events[2]["message"], "line 2 half and its end");
+    // Bytes read are the file's, newlines and all.
+    assert_eq!(
+        agent.metric("sluice_agent_bytes_read_total{input=\"file\"}"),
+        std::fs::metadata(&path).unwrap().len() as f64
+    );
 }
 
 /// A file deleted while its last line has no newline: once it is closed (`rotate_wait_ms`

@@ -311,6 +311,23 @@ impl AgentConfig {
                 format!("expected block or drop, got {:?}", self.spool.when_full),
             ));
         }
+        for (key, address) in [
+            ("agent.syslog.udp", &self.syslog.udp),
+            ("agent.syslog.tcp", &self.syslog.tcp),
+            ("agent.gelf.udp", &self.gelf.udp),
+            ("agent.gelf.tcp", &self.gelf.tcp),
+        ] {
+            let port = address
+                .rsplit_once(':')
+                .filter(|(host, _)| !host.is_empty())
+                .and_then(|(_, port)| port.parse::<u16>().ok());
+            if !address.is_empty() && port.is_none() {
+                return Err((
+                    key,
+                    format!("expected HOST:PORT or \"\" (off), got {address:?}"),
+                ));
+            }
+        }
         for (protocol, syslog, gelf) in [
             ("udp", &self.syslog.udp, &self.gelf.udp),
             ("tcp", &self.syslog.tcp, &self.gelf.tcp),

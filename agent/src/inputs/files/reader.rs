@@ -357,7 +357,7 @@ impl Reader {
         let (mut lines, mut bytes) = (0, 0);
         for line in followed.tailer.lines(self.config.max_line_bytes) {
             lines += 1;
-            bytes += line.bytes.len();
+            bytes += (line.end - line.start) as usize;
             let (decoded, defect) = decoder.push(line);
             if let Some(defect) = defect {
                 self.shipper.malformed(input, defect);
