@@ -266,13 +266,16 @@ impl Agent {
     }
 
     /// Stops the inputs and waits, as `patience` allows, for the broker to acknowledge what is
-    /// queued; then the file checkpoints take in the last acknowledgements.
+    /// queued; then the file checkpoints take in the last acknowledgements. The spool's drain
+    /// and librdkafka's flush share the one `timeout`, so that a stop fits its supervisor's
+    /// grace period (systemd's 45 s in the sample unit).
     pub async fn stop(self, patience: Patience) -> anyhow::Result<()> {
         let Patience {
             timeout,
             stalled,
             drain_spool,
         } = patience;
+        let deadline = tokio::time::Instant::now() + timeout;
         // Awaited, so the sockets they held are closed (or only the next agent's) on return.
         for task in self.tasks.into_iter().flatten() {
             task.abort();
@@ -291,7 +294,6 @@ impl Agent {
                 if let Err(e) = spool.close() {
                     tracing::warn!(error = %e, "agent: syncing the spool");
                 }
-                let deadline = tokio::time::Instant::now() + timeout;
                 let (mut left, mut moved) = (spool.bytes(), tokio::time::Instant::now());
                 while drain_spool && left > 0 && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -306,8 +308,9 @@ impl Agent {
             drain.abort();
         }
         let shipper = self.shipper;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let lost = tokio::task::spawn_blocking(move || {
-            if let Err(left) = shipper.output.flush(timeout, stalled) {
+            if let Err(left) = shipper.output.flush(left, stalled) {
                 tracing::warn!(
                     records = left,
                     "agent: the broker did not acknowledge everything before the stop: file lines are read again at the next start, syslog, GELF and stdin events are kept in the spool, metric samples are dropped"
