@@ -746,3 +746,26 @@ fn a_file_rewritten_in_place_under_the_same_first_line_is_read_from_its_start() 
         .count();
     assert_eq!(again, 300, "every line of the rewritten file");
 }
+
+/// A file renamed out of the globs that its writer goes on writing (an app that never reopens
+/// its log, a slow reload) is read until it has been quiet for `rotate_wait_ms` (1 s here):
+/// lines written to it for 3 s after the rename all arrive.
+#[test]
+fn a_file_rotated_away_is_read_while_it_is_still_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("app.log");
+    let mut file = std::fs::File::create(&path).unwrap();
+    writeln!(file, "line 0 before the rename").unwrap();
+    let config = agent_config(&sluice, &path, "");
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until_shipped(&agent, Duration::from_secs(30));
+    std::fs::rename(&path, logs.join("app.log.1")).unwrap();
+    for n in 1..=30 {
+        writeln!(file, "line {n} after the rename").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_all_lines(&numbered(&logs_events(&sluice, 31)), 31);
+}

@@ -108,7 +108,14 @@ impl Reader {
                 let followed = self.followed.get_mut(&key).expect("followed");
                 let read = followed.tailer.read(self.config.fingerprint_bytes);
                 match read {
-                    Ok(Read::Data) => busy = true,
+                    Ok(Read::Data) => {
+                        busy = true;
+                        // Rotated away but still written (a slow reload, an app that never
+                        // reopens its log): closed only once it went quiet for `rotate_wait`.
+                        if followed.tailer.orphaned.is_some() {
+                            followed.tailer.orphaned = Some(Instant::now());
+                        }
+                    }
                     Ok(Read::Idle) => {
                         if followed
                             .tailer

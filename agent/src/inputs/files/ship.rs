@@ -27,6 +27,10 @@ pub struct Batch {
 pub struct Events {
     text: Vec<u8>,
     spans: Vec<Span>,
+    /// Where the earliest event starts in the file: not always the first's, as a Docker or CRI
+    /// line put together from parts (stdout's and stderr's interleave) starts before the lines
+    /// that came whole between its parts.
+    start: u64,
     /// Where the last event ends in the file.
     end: u64,
     truncated: usize,
@@ -70,6 +74,10 @@ impl Events {
         let message = self.keep(&event.line.bytes);
         let stream = event.stream.as_ref().map(|s| self.keep(s.as_bytes()));
         let time = event.time.as_ref().map(|t| self.keep(t.as_bytes()));
+        self.start = match self.spans.is_empty() {
+            true => event.line.start,
+            false => self.start.min(event.line.start),
+        };
         self.spans.push(Span {
             start: event.line.start,
             truncated: event.line.truncated,
@@ -77,13 +85,13 @@ impl Events {
             stream,
             time,
         });
-        self.end = event.line.end;
+        self.end = self.end.max(event.line.end);
         self.truncated += usize::from(event.line.truncated);
     }
 
-    /// The part of the file the events span, from the first one's start.
+    /// The part of the file the events span.
     pub fn range(&self) -> Option<(u64, u64)> {
-        Some((self.spans.first()?.start, self.end))
+        (!self.spans.is_empty()).then_some((self.start, self.end))
     }
 
     pub fn len(&self) -> usize {
@@ -259,6 +267,20 @@ mod tests {
             stream: stream.map(Into::into),
             time: time.map(Into::into),
         }
+    }
+
+    /// A line put together from parts that began before lines which came whole between them
+    /// (stdout's and stderr's interleave): the batch's range starts at its first part, so the
+    /// checkpoint cannot pass it before the broker has it.
+    #[test]
+    fn a_batch_spans_from_its_earliest_event() {
+        let mut events = Events::default();
+        events.push(&decoded(100, b"err", Some("stderr"), None));
+        let mut joined = decoded(0, b"out", Some("stdout"), None);
+        joined.line.end = 250;
+        events.push(&joined);
+        assert_eq!(events.range(), Some((0, 250)));
+        assert_eq!(Events::default().range(), None);
     }
 
     #[test]
