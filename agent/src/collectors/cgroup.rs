@@ -195,16 +195,18 @@ fn container_samples(dir: &Path, labels: &[(&str, &str)], samples: &mut Samples)
             current,
         );
         // As cAdvisor and the kubelet count it: what the kernel could not reclaim at once.
-        let inactive = read(dir, "memory.stat")
-            .and_then(|t| keyed(&t, "inactive_file"))
-            .unwrap_or(0.0);
-        samples.push(
-            "sluice_container_memory_working_set_bytes",
-            Kind::Gauge,
-            "Memory the container uses, less inactive page cache",
-            labels,
-            (current - inactive).max(0.0),
-        );
+        // Without memory.stat (the container going away) there is none: the usage would
+        // show as a spike.
+        let inactive = read(dir, "memory.stat").and_then(|t| keyed(&t, "inactive_file"));
+        if let Some(inactive) = inactive {
+            samples.push(
+                "sluice_container_memory_working_set_bytes",
+                Kind::Gauge,
+                "Memory the container uses, less inactive page cache",
+                labels,
+                (current - inactive).max(0.0),
+            );
+        }
     }
     if let Some(io) = read(dir, "io.stat") {
         let (read_bytes, written) = io_bytes(&io);
@@ -277,6 +279,28 @@ mod tests {
         ] {
             assert_eq!(container_id(name), None, "{name}");
         }
+    }
+
+    /// Without memory.stat (a container going away) there is no working set, rather than
+    /// the whole usage shown as one.
+    #[test]
+    fn no_working_set_without_memory_stat() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("memory.current"), "1000\n").unwrap();
+        let names = |samples: &Samples| -> Vec<String> {
+            samples.out.iter().map(|s| s.name.to_string()).collect()
+        };
+        let mut samples = Samples::new(0);
+        container_samples(dir.path(), &[], &mut samples);
+        assert_eq!(names(&samples), ["sluice_container_memory_usage_bytes"]);
+        std::fs::write(dir.path().join("memory.stat"), "inactive_file 300\n").unwrap();
+        let mut samples = Samples::new(0);
+        container_samples(dir.path(), &[], &mut samples);
+        assert_eq!(
+            samples.out[1].name,
+            "sluice_container_memory_working_set_bytes"
+        );
+        assert_eq!(samples.out[1].value, 700.0);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct Scraper {
 
 /// Largest scrape body read; a bigger one is an error, as Prometheus's body_size_limit makes it.
 const MAX_BODY_BYTES: u64 = 16 << 20;
+/// The most of a HELP text kept: it goes into every sample of its family.
+const MAX_HELP_BYTES: usize = 1024;
 
 /// Targets scraped at once: each holds its body (up to `MAX_BODY_BYTES`) until it is parsed.
 const PARALLEL_SCRAPES: usize = 4;
@@ -89,12 +91,14 @@ impl Scraper {
             .header("Accept", "text/plain;version=0.0.4")
             .call()
             .map_err(|e| e.to_string())?;
-        response
+        // A byte that is not UTF-8 spoils its line, not the scrape.
+        let body = response
             .body_mut()
             .with_config()
             .limit(MAX_BODY_BYTES)
-            .read_to_string()
-            .map_err(|e| e.to_string())
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 }
 
@@ -138,7 +142,13 @@ fn parse(text: &str, max_samples: usize, samples: &mut Samples) -> Parsed {
                     types.insert(name, kind_of(kind.trim()));
                 }
                 (Some("HELP"), Some(name), help) => {
-                    helps.insert(name, unescape(help.unwrap_or("")));
+                    // Copied into every sample of its family: a long one is cut.
+                    let help = help.unwrap_or("");
+                    let cut = (0..=help.len().min(MAX_HELP_BYTES))
+                        .rev()
+                        .find(|&at| help.is_char_boundary(at))
+                        .unwrap_or(0);
+                    helps.insert(name, unescape(&help[..cut]));
                 }
                 _ => {}
             }
@@ -306,6 +316,17 @@ broken{label="open} 1
         assert!(out[6].value.is_nan());
     }
 
+    /// A HELP text is copied into every sample of its family: a long one is cut, on a
+    /// character's boundary.
+    #[test]
+    fn long_help_is_cut() {
+        let text = format!("# HELP big {}\nbig 1\nbig{{i=\"2\"}} 2\n", "é".repeat(4000));
+        let mut samples = Samples::new(0);
+        parse(&text, 10, &mut samples);
+        assert_eq!(samples.out.len(), 2);
+        assert!(samples.out.iter().all(|s| s.help.len() == MAX_HELP_BYTES));
+    }
+
     #[test]
     fn samples_past_the_limit_are_dropped_and_counted() {
         let mut samples = Samples::new(0);
@@ -333,6 +354,36 @@ broken{label="open} 1
         assert_eq!(unescape(r"two\nlines"), "two\nlines");
         assert_eq!(unescape(r"ends in \"), r"ends in \");
         assert_eq!(unescape(r"C:\temp"), r"C:\temp");
+    }
+
+    /// A byte that is not UTF-8 spoils the line it is on, not the whole scrape.
+    #[test]
+    fn a_body_that_is_not_all_utf8_is_scraped() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = MetricsConfig {
+            targets: vec![format!("http://{}/metrics", listener.local_addr().unwrap())],
+            ..Default::default()
+        };
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).unwrap();
+            let body = b"up 1\nlatin1{name=\"caf\xe9\"} 2\n";
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .unwrap();
+            stream.write_all(body).unwrap();
+        });
+        let mut samples = Samples::new(0);
+        let results = Scraper::new(&config).collect(&mut samples, &Shipper::testing());
+        server.join().unwrap();
+        assert!(results[0].1.is_ok(), "{results:?}");
+        assert_eq!(samples.out.len(), 2);
+        assert_eq!(samples.out[1].labels["name"], "caf\u{fffd}");
     }
 
     /// Targets that take the connection and never answer cost a round one timeout together,
