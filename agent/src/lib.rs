@@ -238,9 +238,16 @@ impl Agent {
     /// Kubernetes) sees the failure and restarts it, rather than it running on without the input.
     /// Cancel safe: a `select!` may drop it and call it again.
     pub async fn inputs_done(&mut self) -> anyhow::Result<()> {
+        let (tasks, files) = (&mut self.tasks, &mut self.files);
+        let files_failed = async {
+            match files {
+                Some(files) => files.failed().await.context("agent input files"),
+                None => std::future::pending().await,
+            }
+        };
         // All at once: the first failure ends the wait, whichever input it is.
-        std::future::poll_fn(|cx| {
-            for slot in &mut self.tasks {
+        let tasks_done = std::future::poll_fn(|cx| {
+            for slot in tasks.iter_mut() {
                 let Some(task) = slot else { continue };
                 if let std::task::Poll::Ready(ended) = std::pin::Pin::new(task).poll(cx) {
                     // A handle must not be polled again once it has given its result.
@@ -253,16 +260,20 @@ impl Agent {
                     }
                 }
             }
-            match self.tasks.iter().all(Option::is_none) {
+            match tasks.iter().all(Option::is_none) {
                 true => std::task::Poll::Ready(Ok(())),
                 false => std::task::Poll::Pending,
             }
-        })
-        .await?;
-        if self.files.is_some() {
-            std::future::pending::<()>().await;
+        });
+        tokio::pin!(files_failed);
+        tokio::select! {
+            done = tasks_done => {
+                done?;
+                // Files never end; they may still fail.
+                Err(files_failed.await)
+            }
+            failed = &mut files_failed => Err(failed),
         }
-        Ok(())
     }
 
     /// Stops the inputs and waits, as `patience` allows, for the broker to acknowledge what is

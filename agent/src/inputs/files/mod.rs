@@ -44,6 +44,9 @@ pub struct FilesInput {
     stop: Arc<AtomicBool>,
     reader: std::thread::JoinHandle<Registry>,
     shipper: std::thread::JoinHandle<()>,
+    /// Why the shipper stopped, if it failed (librdkafka's fatal error): the agent stops with
+    /// it, rather than running on with files no longer shipped.
+    failed: Option<tokio::sync::oneshot::Receiver<anyhow::Error>>,
 }
 
 /// The globs to follow and how their files read: `[agent.files]`, Docker's and CRI's log files.
@@ -82,11 +85,16 @@ impl FilesInput {
         let stop = Arc::new(AtomicBool::new(false));
         let (batches, waiting) = crossbeam_channel::bounded(BATCHES_WAITING);
         let runtime = tokio::runtime::Handle::current();
+        let (failed_tx, failed) = tokio::sync::oneshot::channel();
         let shipper_thread = std::thread::Builder::new()
             .name("sluice-agent-files-ship".into())
             .spawn({
                 let (shipper, stop) = (shipper.clone(), stop.clone());
-                move || ship_batches(&waiting, &shipper, &runtime, &stop)
+                move || {
+                    if let Err(e) = ship_batches(&waiting, &shipper, &runtime, &stop) {
+                        let _ = failed_tx.send(e);
+                    }
+                }
             })?;
         let mut reader = Reader {
             config: config.files.clone(),
@@ -120,7 +128,20 @@ impl FilesInput {
             stop,
             reader: reader_thread,
             shipper: shipper_thread,
+            failed: Some(failed),
         })
+    }
+
+    /// Resolves with the error the input failed of; never while it runs. Cancel safe.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        if let Some(failed) = &mut self.failed {
+            if let Ok(e) = failed.await {
+                self.failed = None;
+                return e;
+            }
+            self.failed = None;
+        }
+        std::future::pending().await
     }
 
     /// Stops reading and ships any multi-line event held back; the registry, for a last save

@@ -119,7 +119,7 @@ pub fn ship_batches(
     shipper: &Shipper,
     runtime: &tokio::runtime::Handle,
     stop: &AtomicBool,
-) {
+) -> anyhow::Result<()> {
     let mut payload = Vec::new();
     for batch in batches.iter() {
         let shared = Shared::of(&batch, &shipper.host);
@@ -154,14 +154,12 @@ pub fn ship_batches(
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!("agent: stopping while the broker takes nothing; unsent lines are read again at the next start");
-                return;
+                return Ok(());
             }
-            Err(e) => {
-                tracing::error!(error = %e, "agent: file shipper stopped");
-                return;
-            }
+            Err(e) => return Err(e.context("the file shipper stopped")),
         }
     }
+    Ok(())
 }
 
 /// What a batch's events share, encoded once.
