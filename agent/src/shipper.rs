@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::acks::Settle;
 use crate::event::{now_ms, Event};
 use crate::metrics::AgentMetrics;
-use crate::output::KafkaOutput;
+use crate::output::{KafkaOutput, MAX_RECORD_BYTES};
 use crate::spool::{self, Spool, Spooled};
 
 /// What every input needs: the output, the metrics, and the names ids are made of.
@@ -83,7 +83,7 @@ impl Shipper {
     /// queue full or long), so the input never waits for the broker.
     pub async fn ship(&self, input: &str, event: &Event) -> anyhow::Result<()> {
         let key = format!("{}/{}", event.host, event.source);
-        let payload = event.to_json();
+        let payload = self.fitting(input, event, MAX_RECORD_BYTES.saturating_sub(key.len()));
         let shipped = async {
             if let Some(spool) = &self.spool {
                 loop {
@@ -115,6 +115,30 @@ impl Shipper {
             tracing::warn!(input, error = %e, "agent: shipping an event");
             e
         })
+    }
+
+    /// The event's JSON, its message cut (and the event marked `fields.truncated`, and counted)
+    /// until it is at most `budget` bytes.
+    fn fitting(&self, input: &str, event: &Event, budget: usize) -> Vec<u8> {
+        let mut payload = event.to_json();
+        if payload.len() <= budget {
+            return payload;
+        }
+        self.malformed(input, "truncated");
+        let mut cut = event.clone();
+        cut.fields.insert("truncated".into(), true.into());
+        while payload.len() > budget && !cut.message.is_empty() {
+            // In proportion, and a tenth less, so that it takes a pass or two.
+            let keep =
+                (cut.message.len() as u128 * budget as u128 / payload.len() as u128) as usize;
+            let keep = (0..=keep * 9 / 10)
+                .rev()
+                .find(|&at| cut.message.is_char_boundary(at))
+                .unwrap_or(0);
+            cut.message.truncate(keep);
+            payload = cut.to_json();
+        }
+        payload
     }
 
     /// Queues a file's event, already encoded, to `partition` where known (see
@@ -164,6 +188,45 @@ impl Shipper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event that escaping makes too large for a record (control bytes become six) is cut
+    /// to fit, marked and counted, rather than refused by librdkafka and lost.
+    #[test]
+    fn an_event_too_large_once_escaped_is_cut_to_fit() {
+        let shipper = Shipper::testing();
+        let event = Event {
+            id: "id".into(),
+            timestamp: "2026-12-07T00:00:00.000Z".into(),
+            host: "h".into(),
+            source: "syslog".into(),
+            container: None,
+            stream: None,
+            level: None,
+            message: "\u{1}".repeat(300_000),
+            fields: Default::default(),
+        };
+        let payload = shipper.fitting("syslog_tcp", &event, 100_000);
+        assert!(
+            payload.len() <= 100_000 && payload.len() > 50_000,
+            "{}",
+            payload.len()
+        );
+        let json: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(json["fields"]["truncated"], true);
+        let counted = shipper
+            .metrics
+            .malformed
+            .with_label_values(&["syslog_tcp", "truncated"]);
+        assert_eq!(counted.get(), 1);
+        let small = Event {
+            message: "fits".into(),
+            ..event
+        };
+        assert_eq!(
+            shipper.fitting("syslog_tcp", &small, 100_000),
+            small.to_json()
+        );
+    }
 
     /// A peer that reconnects from the same port (or another host from the same port) starts
     /// its messages at 1 again: their ids must still differ, or the indexer drops them as repeats.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::format::{Decoded, Origin};
 use crate::acks::Settle;
 use crate::event::{json, now_ms, rfc3339_ms};
+use crate::output::MAX_RECORD_BYTES;
 use crate::shipper::Shipper;
 
 /// Events of one file, read and not shipped yet; their range is already pending.
@@ -128,8 +129,12 @@ pub fn ship_batches(
                 // The partitioner places the batch's first line; the others follow it.
                 let mut partition = None;
                 for span in &batch.events.spans {
-                    if !shared.write(&mut payload, &batch.events.text, span) {
+                    let (valid, cut) = shared.write(&mut payload, &batch.events.text, span);
+                    if !valid {
                         shipper.malformed(batch.input, "invalid_utf8");
+                    }
+                    if cut {
+                        shipper.malformed(batch.input, "truncated");
                     }
                     let (key, settle) = (&shared.key, &batch.settle);
                     shipper
@@ -208,9 +213,32 @@ impl Shared {
         }
     }
 
-    /// Writes the event of `span` into `out` (cleared first); whether its text was valid UTF-8.
+    /// Writes the event of `span` into `out` (cleared first); whether its text was valid UTF-8,
+    /// and whether its message had to be cut to fit a record (`MAX_RECORD_BYTES`): escaping can
+    /// make a line six times its length (a control byte becomes `\u0001`), and librdkafka
+    /// refuses a record over its limit, which would lose the line.
+    fn write(&self, out: &mut Vec<u8>, text: &[u8], span: &Span) -> (bool, bool) {
+        let valid = self.encode(out, text, span, span.message.clone(), span.truncated);
+        let budget = MAX_RECORD_BYTES.saturating_sub(self.key.len());
+        let mut message = span.message.clone();
+        while out.len() > budget && !message.is_empty() {
+            // In proportion, and a tenth less, so that it takes a pass or two.
+            let keep = (message.len() as u128 * budget as u128 / out.len() as u128) as usize;
+            message.end = message.start + keep * 9 / 10;
+            self.encode(out, text, span, message.clone(), true);
+        }
+        (valid, message != span.message)
+    }
+
     /// The keys are literals here: this runs for every line.
-    fn write(&self, out: &mut Vec<u8>, text: &[u8], span: &Span) -> bool {
+    fn encode(
+        &self,
+        out: &mut Vec<u8>,
+        text: &[u8],
+        span: &Span,
+        message: Range<usize>,
+        truncated: bool,
+    ) -> bool {
         out.clear();
         out.extend_from_slice(&self.id_prefix);
         let offset = out.len();
@@ -230,10 +258,10 @@ impl Shared {
             json::push_str(out, &text[stream.clone()]);
         }
         out.extend_from_slice(b",\"message\":");
-        let valid = json::push_str(out, &text[span.message.clone()]);
+        let valid = json::push_str(out, &text[message]);
         out.extend_from_slice(b",\"fields\":{\"offset\":");
         out.extend_from_within(offset);
-        if span.truncated {
+        if truncated {
             out.extend_from_slice(b",\"truncated\":true");
         }
         out.extend_from_slice(b"}}");
@@ -281,6 +309,38 @@ mod tests {
         assert_eq!(Events::default().range(), None);
     }
 
+    /// A line that escaping makes too large for a record (250 000 control bytes become
+    /// 1.5 MB of `\u0001`) is cut until its event fits, and marked, rather than refused.
+    #[test]
+    fn an_event_that_escaping_makes_too_large_is_cut_to_fit() {
+        let line = vec![1u8; 250_000];
+        let mut events = Events::default();
+        events.push(&decoded(0, &line, None, None));
+        let settle = Settle::queued(&Progress::new(0), 0, 250_001, 1);
+        let origin = Arc::new(Origin {
+            source: "/var/log/x.log".into(),
+            container: None,
+        });
+        let batch = Batch::new("file", "1.2.3".into(), origin, settle, events);
+        let shared = Shared::of(&batch, "h");
+        let mut out = Vec::new();
+        let written = shared.write(&mut out, &batch.events.text, &batch.events.spans[0]);
+        assert_eq!(written, (true, true));
+        assert!(
+            out.len() + shared.key.len() <= MAX_RECORD_BYTES,
+            "{}",
+            out.len()
+        );
+        assert!(out.len() > MAX_RECORD_BYTES / 2, "{}", out.len());
+        let event: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(event["fields"]["truncated"], true);
+        assert!(event["message"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .all(|c| c == '\u{1}'));
+    }
+
     #[test]
     fn events_of_a_batch_follow_the_contract() {
         let origin = Origin {
@@ -314,7 +374,7 @@ mod tests {
         assert_eq!(shared.key, b"node-1//var/log/a \"b\".log");
         let mut out = Vec::new();
         let (text, spans) = (&batch.events.text, &batch.events.spans);
-        assert!(shared.write(&mut out, text, &spans[0]));
+        assert_eq!(shared.write(&mut out, text, &spans[0]), (true, false));
         let first: Value = serde_json::from_slice(&out).unwrap();
         let read_at = rfc3339_ms(shared.read_at);
         assert_eq!(
@@ -329,8 +389,9 @@ mod tests {
                 "fields": {"offset": 0},
             })
         );
-        assert!(
-            !shared.write(&mut out, text, &spans[1]),
+        assert_eq!(
+            shared.write(&mut out, text, &spans[1]),
+            (false, false),
             "invalid UTF-8 is reported"
         );
         let second: Value = serde_json::from_slice(&out).unwrap();
