@@ -111,7 +111,7 @@ impl AgentMetrics {
             connections_refused: IntCounterVec::new(
                 Opts::new(
                     "sluice_agent_connections_refused_total",
-                    "TCP connections not served: the input served as many as it may, or the process could not accept them (out of file descriptors)",
+                    "TCP connections closed at once because the input served as many as it may",
                 ),
                 &["input"],
             )?,

@@ -48,15 +48,17 @@ where
         .connections_refused
         .with_label_values(&[input]);
     let mut said: Option<Instant> = None;
-    let mut refused = |why: &str, open: usize| {
-        counter.inc();
+    // `closed`: a connection closed unserved (counted); else one left waiting in the backlog.
+    let mut not_served = |why: &str, open: usize, closed: bool| {
+        if closed {
+            counter.inc();
+        }
         if said.is_none_or(|at| at.elapsed() >= REFUSALS_SAID_EVERY) {
             said = Some(Instant::now());
             tracing::warn!(
                 input,
                 connections = open,
-                "agent: TCP connections not served: {why} \
-                 (sluice_agent_connections_refused_total counts them)"
+                "agent: TCP connections not served: {why}"
             );
         }
     };
@@ -68,15 +70,21 @@ where
                     Ok(accepted) => accepted,
                     Err(e) => {
                         let why = format!(
-                            "cannot accept them ({e}; out of file descriptors? raise LimitNOFILE)"
+                            "cannot accept them ({e}; out of file descriptors? raise \
+                             LimitNOFILE); they wait in the backlog"
                         );
-                        refused(&why, connections.len());
+                        not_served(&why, connections.len(), false);
                         tokio::time::sleep(ACCEPT_PAUSE).await;
                         continue;
                     }
                 };
                 if connections.len() >= MAX_CONNECTIONS {
-                    refused("as many are open as an input serves", connections.len());
+                    not_served(
+                        "as many are open as an input serves; closed \
+                         (sluice_agent_connections_refused_total counts them)",
+                        connections.len(),
+                        true,
+                    );
                     continue;
                 }
                 let connection = serve(stream, peer);

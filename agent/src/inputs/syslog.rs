@@ -63,7 +63,7 @@ async fn connection(
         match frame.cut {
             Cut::Whole => {}
             Cut::AtMax => shipper.malformed("syslog_tcp", "truncated"),
-            Cut::ByEnd => shipper.malformed("syslog_tcp", "bad_frame"),
+            Cut::BadFrame => shipper.malformed("syslog_tcp", "bad_frame"),
         }
         let message = frame.message;
         if message.is_empty() {
@@ -79,6 +79,10 @@ async fn connection(
 /// The most digits an octet count may have (a terabyte; `max` cuts the message long before).
 const LENGTH_DIGITS: usize = 12;
 
+/// The largest octet count believed (64 MiB; `max` cuts a message long before): a larger one is
+/// a sender's mistake, and the frame is read as a line.
+const MAX_COUNTED_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, PartialEq)]
 struct Frame {
     message: Vec<u8>,
@@ -90,8 +94,8 @@ enum Cut {
     Whole,
     /// Longer than `max`: the rest was skipped.
     AtMax,
-    /// The connection ended inside an octet-counted frame.
-    ByEnd,
+    /// The connection ended inside an octet-counted frame, or its count was past belief.
+    BadFrame,
 }
 
 /// The next message on a connection, `None` at its end: `LEN SP <PRI>...` (RFC 6587 octet
@@ -111,29 +115,35 @@ async fn next_frame(
             _ => break,
         }
     }
+    let mut bad = false;
     if !head.is_empty() && reader.fill_buf().await?.first() == Some(&b' ') {
         reader.consume(1);
         if reader.fill_buf().await?.first() == Some(&b'<') {
             let len = head.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            return octet_counted(reader, len, max).await.map(Some);
+            if len <= MAX_COUNTED_BYTES {
+                return octet_counted(reader, len, max).await.map(Some);
+            }
+            // No syslog message is that long: a sender's mistake, which would swallow
+            // everything after it on the connection. Read as a line instead.
+            bad = true;
         }
         head.push(b' ');
     }
     // A line whose first bytes are read already.
-    Ok(
-        match read_line(reader, max.saturating_sub(head.len())).await? {
-            Some((rest, cut)) => {
-                head.extend_from_slice(&rest);
-                let cut = if cut { Cut::AtMax } else { Cut::Whole };
-                Some(Frame { message: head, cut })
-            }
-            None if head.is_empty() => None,
-            None => Some(Frame {
-                message: head,
-                cut: Cut::Whole,
-            }),
-        },
-    )
+    let line = read_line(reader, max.saturating_sub(head.len())).await?;
+    if line.is_none() && head.is_empty() {
+        return Ok(None);
+    }
+    let cut = line.as_ref().is_some_and(|(_, cut)| *cut);
+    if let Some((rest, _)) = line {
+        head.extend_from_slice(&rest);
+    }
+    let cut = match (bad, cut) {
+        (true, _) => Cut::BadFrame,
+        (false, true) => Cut::AtMax,
+        (false, false) => Cut::Whole,
+    };
+    Ok(Some(Frame { message: head, cut }))
 }
 
 /// The `len` bytes of an octet-counted message, of which at most `max` are kept. Memory grows
@@ -149,7 +159,7 @@ async fn octet_counted(
     let skipped =
         tokio::io::copy(&mut (&mut *reader).take(len - keep), &mut tokio::io::sink()).await?;
     let cut = if (message.len() as u64) < keep || skipped < len - keep {
-        Cut::ByEnd
+        Cut::BadFrame
     } else if skipped > 0 {
         Cut::AtMax
     } else {
@@ -330,7 +340,8 @@ mod tests {
     #[tokio::test]
     async fn octet_counted_frames_and_lines_are_told_apart_at_each_frame() {
         let stream = b"7 <13>one2026-12-07 boot\n9 <13>two\n\n200 OK\n\
-                       99999999999999999999 digits\n20 <13>cut off";
+                       99999999999999999999 digits\n99999999999 <13>past belief\n\
+                       12 <13>after it20 <13>cut off";
         assert_eq!(
             frames(stream, 1024).await,
             [
@@ -339,7 +350,9 @@ mod tests {
                 ("<13>two\n\n".to_owned(), Cut::Whole),
                 ("200 OK".to_owned(), Cut::Whole),
                 ("99999999999999999999 digits".to_owned(), Cut::Whole),
-                ("<13>cut off".to_owned(), Cut::ByEnd),
+                ("99999999999 <13>past belief".to_owned(), Cut::BadFrame),
+                ("<13>after it".to_owned(), Cut::Whole),
+                ("<13>cut off".to_owned(), Cut::BadFrame),
             ]
         );
     }
