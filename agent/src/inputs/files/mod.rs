@@ -173,46 +173,43 @@ impl FileCheckpoints {
 }
 
 /// The files a glob pattern matches, in order. The `glob` crate passes over names that are not
-/// UTF-8 (a Latin-1 log file's, say), silently: the last part of the pattern is matched here on
-/// the name with U+FFFD for what is not UTF-8, so that `*.log` finds such a file too.
+/// UTF-8 (a Latin-1 log file's or directory's, say), silently: each wild part of the pattern is
+/// matched here on the names with U+FFFD for what is not UTF-8, so that `*.log` finds such a
+/// file too. Patterns with `**` keep glob's own walk.
 fn matching(pattern: &str) -> Vec<PathBuf> {
-    let path = Path::new(pattern);
-    let (Some(parent), Some(last)) = (path.parent(), path.file_name()) else {
-        return Vec::new();
-    };
-    let last = last.to_string_lossy();
-    let Ok(name) = glob::Pattern::new(&last) else {
-        return Vec::new();
-    };
-    let dirs: Vec<PathBuf> = if last.contains("**") {
-        // Any depth: glob's own walk, whose names must be UTF-8.
+    if pattern.contains("**") {
         return glob::glob(pattern)
             .map(|paths| paths.flatten().collect())
             .unwrap_or_default();
-    } else if parent.as_os_str().is_empty() {
-        vec![PathBuf::new()]
-    } else {
-        glob::glob(&parent.to_string_lossy())
-            .map(|dirs| dirs.flatten().collect())
-            .unwrap_or_default()
-    };
-    let mut found = Vec::new();
-    for dir in dirs {
-        let listed = if dir.as_os_str().is_empty() {
-            std::fs::read_dir(".")
-        } else {
-            std::fs::read_dir(&dir)
-        };
-        let Ok(entries) = listed else {
+    }
+    let mut found = vec![PathBuf::new()];
+    for part in Path::new(pattern).components() {
+        let text = part.as_os_str().to_string_lossy();
+        if !text.contains(['*', '?', '[']) {
+            for path in &mut found {
+                path.push(part);
+            }
             continue;
+        }
+        let Ok(wild) = glob::Pattern::new(&text) else {
+            return Vec::new();
         };
-        found.extend(
-            entries
-                .flatten()
-                .map(|entry| entry.file_name())
-                .filter(|file| name.matches(&file.to_string_lossy()))
-                .map(|file| dir.join(file)),
-        );
+        found = found
+            .iter()
+            .filter_map(|dir| {
+                let listed = std::fs::read_dir(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                });
+                Some(listed.ok()?.flatten().filter_map(|entry| {
+                    let name = entry.file_name();
+                    wild.matches(&name.to_string_lossy())
+                        .then(|| dir.join(name))
+                }))
+            })
+            .flatten()
+            .collect();
     }
     found.sort();
     found
@@ -247,7 +244,14 @@ mod tests {
             std::fs::write(file, "a line\n").unwrap();
         }
         let pattern = format!("{}/*/*.log", dir.path().display());
-        assert_eq!(matching(&pattern), vec![sub.join("b.log"), latin1]);
+        assert_eq!(matching(&pattern), vec![sub.join("b.log"), latin1.clone()]);
+        let latin1_dir = dir.path().join(std::ffi::OsStr::from_bytes(b"d\xe9r"));
+        std::fs::create_dir(&latin1_dir).unwrap();
+        std::fs::write(latin1_dir.join("c.log"), "a line\n").unwrap();
+        assert_eq!(
+            matching(&pattern),
+            vec![sub.join("b.log"), latin1, latin1_dir.join("c.log")]
+        );
         let literal = format!("{}/app/b.log", dir.path().display());
         assert_eq!(matching(&literal), vec![sub.join("b.log")]);
         let deep = format!("{}/**/*.txt", dir.path().display());
