@@ -9,7 +9,7 @@
 //! that can never be sent (too large, malformed) is let go, and counted.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,8 +83,16 @@ struct Deliveries {
 #[derive(Default)]
 struct Refusals {
     waiting: Mutex<VecDeque<Refused>>,
+    /// The keys' and payloads' bytes of `waiting`.
+    bytes: AtomicUsize,
     arrived: Notify,
 }
+
+/// Refused records held at most (their bytes, as librdkafka's queue holds at most 4 MiB): new
+/// records wait at the door while they do. Each refused record frees room in librdkafka's queue,
+/// so without this a cluster refusing every batch for good (a timestamp out of its bounds, say)
+/// would have the file input read its whole backlog into memory.
+const MAX_REFUSED_BYTES: usize = 4 << 20;
 
 impl Refusals {
     fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<Refused>> {
@@ -92,8 +100,38 @@ impl Refusals {
     }
 
     fn push(&self, refused: Refused) {
-        self.waiting().push_back(refused);
+        self.push_front_or_back(refused, false);
         self.arrived.notify_one();
+    }
+
+    fn push_front(&self, refused: Refused) {
+        self.push_front_or_back(refused, true);
+    }
+
+    fn push_front_or_back(&self, refused: Refused, front: bool) {
+        self.bytes.fetch_add(refused.bytes(), Ordering::Relaxed);
+        let mut waiting = self.waiting();
+        match front {
+            true => waiting.push_front(refused),
+            false => waiting.push_back(refused),
+        }
+    }
+
+    fn pop_front(&self) -> Option<Refused> {
+        let refused = self.waiting().pop_front()?;
+        self.bytes.fetch_sub(refused.bytes(), Ordering::Relaxed);
+        Some(refused)
+    }
+
+    fn take_all(&self) -> VecDeque<Refused> {
+        let mut waiting = self.waiting();
+        self.bytes.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *waiting)
+    }
+
+    /// New records wait: the refused hold `MAX_REFUSED_BYTES`.
+    fn full(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) >= MAX_REFUSED_BYTES
     }
 }
 
@@ -104,6 +142,12 @@ struct Refused {
     payload: Vec<u8>,
     timestamp: i64,
     settle: Arc<Settle>,
+}
+
+impl Refused {
+    fn bytes(&self) -> usize {
+        self.key.len() + self.payload.len()
+    }
 }
 
 /// A record's partition is a hash of its key: one source stays on one partition. CRC-32C (one
@@ -370,10 +414,7 @@ impl KafkaOutput {
         loop {
             refused.arrived.notified().await;
             tokio::time::sleep(RESEND_PAUSE).await;
-            loop {
-                let Some(again) = refused.waiting().pop_front() else {
-                    break;
-                };
+            while let Some(again) = refused.pop_front() {
                 let record = self.record(
                     &again.topic,
                     &again.key,
@@ -385,7 +426,7 @@ impl KafkaOutput {
                 if !matches!(waits, Ok(false)) {
                     // Not taken (yet, or the producer failed): it stays first in line, where a
                     // stop finds it.
-                    refused.waiting().push_front(again);
+                    refused.push_front(again);
                 }
                 if waits? {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -409,6 +450,10 @@ impl KafkaOutput {
     }
 
     async fn send_record(&self, mut record: Record<'_>) -> anyhow::Result<()> {
+        while self.producer.context().refused.full() {
+            self.stalled.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         while let Some(back) = self.queue(record)? {
             record = back;
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -437,6 +482,10 @@ impl KafkaOutput {
         payload: &[u8],
         timestamp: i64,
     ) -> anyhow::Result<bool> {
+        if self.producer.context().refused.full() {
+            self.stalled.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
         let record = self.record(topic, key, payload, timestamp, None);
         Ok(self.queue(record)?.is_none())
     }
@@ -552,7 +601,7 @@ impl KafkaOutput {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        let unsent = std::mem::take(&mut *self.producer.context().refused.waiting());
+        let unsent = self.producer.context().refused.take_all();
         let mut kept = Vec::new();
         for record in unsent {
             if record.topic == topic && record.settle.is_untracked() {
@@ -568,6 +617,31 @@ impl KafkaOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The refused records' bytes are kept as they come and go; past `MAX_REFUSED_BYTES` new
+    /// records wait.
+    #[test]
+    fn refused_records_are_bounded_by_their_bytes() {
+        let refusals = Refusals::default();
+        let refused = |bytes: usize| Refused {
+            topic: "logs".into(),
+            key: b"k".to_vec(),
+            payload: vec![0; bytes - 1],
+            timestamp: 0,
+            settle: Settle::untracked(),
+        };
+        refusals.push(refused(MAX_REFUSED_BYTES / 2));
+        assert!(!refusals.full());
+        refusals.push(refused(MAX_REFUSED_BYTES / 2));
+        assert!(refusals.full());
+        let first = refusals.pop_front().unwrap();
+        assert!(!refusals.full());
+        refusals.push_front(first);
+        assert!(refusals.full());
+        assert_eq!(refusals.take_all().len(), 2);
+        assert!(!refusals.full());
+        assert_eq!(refusals.bytes.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn agent_kafka_properties_go_over_the_agents_own() {
