@@ -239,6 +239,7 @@ impl Agent {
     /// Cancel safe: a `select!` may drop it and call it again.
     pub async fn inputs_done(&mut self) -> anyhow::Result<()> {
         let (tasks, files) = (&mut self.tasks, &mut self.files);
+        let follows_files = files.is_some();
         let files_failed = async {
             match files {
                 Some(files) => files.failed().await.context("agent input files"),
@@ -270,7 +271,10 @@ impl Agent {
             done = tasks_done => {
                 done?;
                 // Files never end; they may still fail.
-                Err(files_failed.await)
+                match follows_files {
+                    true => Err(files_failed.await),
+                    false => Ok(()),
+                }
             }
             failed = &mut files_failed => Err(failed),
         }
