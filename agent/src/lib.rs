@@ -95,7 +95,7 @@ pub struct Agent {
     drain: Option<JoinHandle<()>>,
     /// Offers again the records the cluster refused, watches acknowledgements
     /// (`KafkaOutput::upkeep`).
-    upkeep: JoinHandle<anyhow::Result<()>>,
+    upkeep: Option<JoinHandle<anyhow::Result<()>>>,
     listeners: Listeners,
     /// Held while this agent may write its state dir (`state_dir::claim`).
     _state_lock: Option<std::fs::File>,
@@ -222,7 +222,7 @@ impl Agent {
             tasks: tasks.into_iter().map(|(_, task)| Some(task)).collect(),
             files,
             drain,
-            upkeep,
+            upkeep: Some(upkeep),
             listeners,
             _state_lock: state_lock,
         })
@@ -238,8 +238,22 @@ impl Agent {
     /// Kubernetes) sees the failure and restarts it, rather than it running on without the input.
     /// Cancel safe: a `select!` may drop it and call it again.
     pub async fn inputs_done(&mut self) -> anyhow::Result<()> {
-        let (tasks, files) = (&mut self.tasks, &mut self.files);
+        let (tasks, files, upkeep) = (&mut self.tasks, &mut self.files, &mut self.upkeep);
         let follows_files = files.is_some();
+        // The output's upkeep never ends but by failing (librdkafka's fatal error): the agent
+        // ends with it, or nothing would ever send what is refused again.
+        let upkeep_failed = async {
+            let Some(task) = upkeep.as_mut() else {
+                return std::future::pending().await;
+            };
+            let ended = task.await;
+            *upkeep = None;
+            match ended {
+                Ok(Ok(())) => std::future::pending().await,
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("agent: the output's upkeep panicked: {e}"),
+            }
+        };
         let files_failed = async {
             match files {
                 Some(files) => files.failed().await.context("agent input files"),
@@ -277,6 +291,7 @@ impl Agent {
                 }
             }
             failed = &mut files_failed => Err(failed),
+            failed = upkeep_failed => Err(failed),
         }
     }
 
@@ -297,7 +312,9 @@ impl Agent {
             let _ = task.await;
         }
         // Refused records stay where `keep_unsent` finds them.
-        self.upkeep.abort();
+        if let Some(upkeep) = &self.upkeep {
+            upkeep.abort();
+        }
         let checkpoints = match self.files {
             Some(files) => files.stop().await,
             None => None,

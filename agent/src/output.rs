@@ -450,8 +450,7 @@ impl KafkaOutput {
     }
 
     async fn send_record(&self, mut record: Record<'_>) -> anyhow::Result<()> {
-        while self.producer.context().refused.full() {
-            self.stalled.store(true, Ordering::Relaxed);
+        while self.refused_full()? {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         while let Some(back) = self.queue(record)? {
@@ -482,12 +481,24 @@ impl KafkaOutput {
         payload: &[u8],
         timestamp: i64,
     ) -> anyhow::Result<bool> {
-        if self.producer.context().refused.full() {
-            self.stalled.store(true, Ordering::Relaxed);
+        if self.refused_full()? {
             return Ok(false);
         }
         let record = self.record(topic, key, payload, timestamp, None);
         Ok(self.queue(record)?.is_none())
+    }
+
+    /// Whether new records wait at the door for the refused ones to be taken; an error once
+    /// librdkafka failed for good (nothing would take them any more).
+    fn refused_full(&self) -> anyhow::Result<bool> {
+        if !self.producer.context().refused.full() {
+            return Ok(false);
+        }
+        if let Some((code, why)) = self.producer.client().fatal_error() {
+            anyhow::bail!("agent: the Kafka producer failed for good: {code}: {why}");
+        }
+        self.stalled.store(true, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Whether the last record offered was not taken (librdkafka's queue full, or the topic

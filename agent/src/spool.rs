@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -185,12 +185,14 @@ impl Spool {
         record.extend_from_slice(payload);
         let crc = crc32c::crc32c(&record[8..]);
         record[4..8].copy_from_slice(&crc.to_le_bytes());
-        if let Err(e) = file.write_all(&record) {
-            // Part of the record may be in the segment: it is cut off, and the segment ends
-            // there (were the cut to fail too, the drain stops at the torn record); the next
-            // record starts a new one.
-            let _ = file.set_len(*len);
-            let _ = Self::seal(state);
+        // At its place, whatever a failed write before it left behind.
+        if let Err(e) = file.write_all_at(&record, *len) {
+            // Part of the record may be in the segment: it is cut off, and the next record
+            // tries the same place (a full disk makes no file per event). Were the cut to
+            // fail too, the segment ends there (the drain stops at the torn record).
+            if file.set_len(*len).is_err() {
+                let _ = Self::seal(state);
+            }
             return Err(e);
         }
         let size = record.len() as u64;
@@ -198,7 +200,11 @@ impl Spool {
         state.bytes += size;
         self.metrics.spool_bytes.set(state.bytes as i64);
         if *len >= SEGMENT_BYTES {
-            Self::seal(state)?;
+            // The record is in the segment: a failed sync is said, not the record's failure
+            // (that would send it a second time).
+            if let Err(e) = Self::seal(state) {
+                tracing::warn!(error = %e, "agent: syncing a spool segment");
+            }
         }
         Ok(())
     }

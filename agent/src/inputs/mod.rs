@@ -68,13 +68,18 @@ where
                 // A connection the process cannot take is not a reason to stop the others.
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
-                    Err(e) => {
+                    Err(e) if out_of_resources(&e) => {
                         let why = format!(
                             "cannot accept them ({e}; out of file descriptors? raise \
                              LimitNOFILE); they wait in the backlog"
                         );
                         not_served(&why, connections.len(), false);
                         tokio::time::sleep(ACCEPT_PAUSE).await;
+                        continue;
+                    }
+                    // A peer gone before it was accepted, say: the next one is served at once.
+                    Err(e) => {
+                        tracing::debug!(input, error = %e, "agent: accepting a TCP connection");
                         continue;
                     }
                 };
@@ -97,6 +102,13 @@ where
             Some(_) = connections.join_next() => {}
         }
     }
+}
+
+/// An accept that failed for want of descriptors or memory: the next would fail too at once.
+fn out_of_resources(error: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    Errno::from_io_error(error)
+        .is_some_and(|e| [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&e))
 }
 
 /// One line of at most `max` bytes (without its newline or a CR before it); a longer line is

@@ -85,9 +85,10 @@ fn read_stdin(lines: &mpsc::Sender<std::io::Result<Line>>) {
 /// line is cut, the rest of it skipped. `None` at the end of the input.
 fn next_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Option<Line>> {
     let mut line = Vec::new();
+    // Room for the line, a CR and its newline.
     reader
         .by_ref()
-        .take(max as u64 + 1)
+        .take(max as u64 + 2)
         .read_until(b'\n', &mut line)?;
     if line.is_empty() {
         return Ok(None);
@@ -97,14 +98,12 @@ fn next_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Option<Li
         if line.last() == Some(&b'\r') {
             line.pop();
         }
-        return Ok(Some((line, false)));
+    } else if line.len() > max {
+        reader.skip_until(b'\n')?;
     }
-    if line.len() <= max {
-        return Ok(Some((line, false)));
-    }
+    let cut = line.len() > max;
     line.truncate(max);
-    reader.skip_until(b'\n')?;
-    Ok(Some((line, true)))
+    Ok(Some((line, cut)))
 }
 
 #[cfg(test)]
@@ -115,7 +114,7 @@ mod tests {
     fn lines_are_bounded_and_cut() {
         let mut reader = std::io::BufReader::with_capacity(
             4,
-            &b"short\r\n12345678\nthis one is too long\nlast"[..],
+            &b"short\r\n12345678\n12345678\r\n123456789\r\nthis one is too long\nlast"[..],
         );
         let mut lines = Vec::new();
         while let Some(line) = next_line(&mut reader, 8).unwrap() {
@@ -126,6 +125,8 @@ mod tests {
             [
                 (b"short".to_vec(), false),
                 (b"12345678".to_vec(), false),
+                (b"12345678".to_vec(), false),
+                (b"12345678".to_vec(), true),
                 (b"this one".to_vec(), true),
                 (b"last".to_vec(), false),
             ]

@@ -255,15 +255,16 @@ fn untimed_rfc3164(pri: u8, rest: &str) -> Message<&str> {
     }
 }
 
-/// The year of an RFC 3164 time, which has none: the one that puts it nearest now (in UTC),
-/// so that `Dec 31 23:59:59` arriving just after the new year is last year's, and `Jan  1
-/// 00:00:01` from a clock a little ahead arriving before it is next year's.
+/// The year of an RFC 3164 time, which has none: the one that puts its month nearest now's (in
+/// UTC), so that `Dec 31 23:59:59` (or a late `Nov 30`) arriving just after the new year is last
+/// year's, and `Jan  1 00:00:01` from a clock a little ahead arriving before it is next year's.
 fn year_nearest_now((month, ..): syslog_loose::IncompleteDate) -> i32 {
     let now = now_rfc3339();
     let year: i32 = now[..4].parse().unwrap_or(1970);
-    match (&now[5..7], month) {
-        ("01", 12) => year - 1,
-        ("12", 1) => year + 1,
+    let now_month: i64 = now[5..7].parse().unwrap_or(1);
+    match i64::from(month) - now_month {
+        ahead if ahead > 6 => year - 1,
+        behind if behind < -6 => year + 1,
         _ => year,
     }
 }
@@ -433,12 +434,12 @@ mod tests {
     fn rfc_3164_times_take_the_year_nearest_now() {
         let now = now_rfc3339();
         let (year, month): (i32, u32) = (now[..4].parse().unwrap(), now[5..7].parse().unwrap());
-        let expected = |m: u32| match (month, m) {
-            (1, 12) => year - 1,
-            (12, 1) => year + 1,
+        let expected = |m: u32| match i64::from(m) - i64::from(month) {
+            ahead if ahead > 6 => year - 1,
+            behind if behind < -6 => year + 1,
             _ => year,
         };
-        for m in [1, month, 12] {
+        for m in 1..=12 {
             assert_eq!(year_nearest_now((m, 1, 0, 0, 0)), expected(m), "month {m}");
         }
         let raw = format!(

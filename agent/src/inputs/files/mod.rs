@@ -44,8 +44,9 @@ pub struct FilesInput {
     stop: Arc<AtomicBool>,
     reader: std::thread::JoinHandle<Registry>,
     shipper: std::thread::JoinHandle<()>,
-    /// Why the shipper stopped, if it failed (librdkafka's fatal error): the agent stops with
-    /// it, rather than running on with files no longer shipped.
+    /// Why the shipper stopped, if it failed (librdkafka's fatal error); closed unsent when
+    /// either thread ended otherwise (a panic) while not stopping. The agent stops with it,
+    /// rather than running on with files no longer shipped.
     failed: Option<tokio::sync::oneshot::Receiver<anyhow::Error>>,
 }
 
@@ -135,11 +136,15 @@ impl FilesInput {
     /// Resolves with the error the input failed of; never while it runs. Cancel safe.
     pub async fn failed(&mut self) -> anyhow::Error {
         if let Some(failed) = &mut self.failed {
-            if let Ok(e) = failed.await {
-                self.failed = None;
-                return e;
-            }
+            let ended = failed.await;
             self.failed = None;
+            match ended {
+                Ok(e) => return e,
+                Err(_) if !self.stop.load(Ordering::Relaxed) => {
+                    return anyhow::anyhow!("the file input's threads ended unexpectedly");
+                }
+                Err(_) => {}
+            }
         }
         std::future::pending().await
     }

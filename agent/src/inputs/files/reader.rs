@@ -361,10 +361,11 @@ impl Reader {
         let input = followed.format.input();
         let (decoder, joiner) = (&mut followed.decoder, &mut followed.joiner);
         let mut events = Events::default();
-        let (mut lines, mut bytes) = (0, 0);
+        let mut lines = 0;
+        // Bytes read: blank lines and the skipped rest of a cut line too.
+        let from = followed.tailer.handed_out();
         for line in followed.tailer.lines(self.config.max_line_bytes) {
             lines += 1;
-            bytes += (line.end - line.start) as usize;
             let (decoded, defect) = decoder.push(line);
             if let Some(defect) = defect {
                 self.shipper.malformed(input, defect);
@@ -381,7 +382,8 @@ impl Reader {
                 None => events.push(&decoded),
             }
         }
-        self.shipper.read_many(input, lines, bytes);
+        let bytes = followed.tailer.handed_out().saturating_sub(from);
+        self.shipper.read_many(input, lines, bytes as usize);
         followed.hold();
         self.send(key, events)
     }

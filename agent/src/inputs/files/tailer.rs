@@ -123,10 +123,15 @@ impl Tailer {
     /// Bytes of the file not handed out as lines yet: not read, or a last line still waiting
     /// for its newline (shipped when it comes, or when the file is closed).
     pub fn behind(&self) -> u64 {
-        let handed_out = self.buf_start + self.used as u64;
+        let handed_out = self.handed_out();
         self.file
             .metadata()
             .map_or(0, |m| m.len().saturating_sub(handed_out))
+    }
+
+    /// Where the lines handed out so far end: what follows is not read into lines yet.
+    pub fn handed_out(&self) -> u64 {
+        self.buf_start + self.used as u64
     }
 
     /// Reads what is new (its whole lines are then in `lines`). `fingerprint_bytes` is how the
