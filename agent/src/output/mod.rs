@@ -8,13 +8,12 @@
 //! until the cluster takes them, or handed to the spool at a stop (`take_unsent`). Only a record
 //! that can never be sent (too large, malformed) is let go, and counted.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::message::Message;
-use tokio::sync::Notify;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
@@ -27,6 +26,9 @@ use rdkafka::{ClientConfig, ClientContext};
 use crate::acks::Settle;
 use crate::config::AgentConfig;
 use crate::metrics::AgentMetrics;
+use refusals::{Refusals, Refused};
+
+mod refusals;
 
 /// The producer's batching, in librdkafka's words (`sluice bench agent` gives kcat the same).
 ///
@@ -73,81 +75,6 @@ struct Deliveries {
     said: Said,
     /// `[agent.kafka]` asks librdkafka for its logs (`debug`, `log_level`): all of them are said.
     verbose: bool,
-}
-
-/// Records librdkafka gave back, waiting to be offered again (`resend_refused`) or, at a stop,
-/// to be kept (`take_unsent`). Here rather than in the resend task, so that stopping the task
-/// at any point loses none of them. Unbounded, but it only ever holds records that were in
-/// librdkafka's bounded queue: while a topic is refused, new records wait at the door
-/// (`KafkaOutput::queue`).
-#[derive(Default)]
-struct Refusals {
-    waiting: Mutex<VecDeque<Refused>>,
-    /// The keys' and payloads' bytes of `waiting`.
-    bytes: AtomicUsize,
-    arrived: Notify,
-}
-
-/// Refused records held at most (their bytes, as librdkafka's queue holds at most 4 MiB): new
-/// records wait at the door while they do. Each refused record frees room in librdkafka's queue,
-/// so without this a cluster refusing every batch for good (a timestamp out of its bounds, say)
-/// would have the file input read its whole backlog into memory.
-const MAX_REFUSED_BYTES: usize = 4 << 20;
-
-impl Refusals {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<Refused>> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn push(&self, refused: Refused) {
-        self.push_front_or_back(refused, false);
-        self.arrived.notify_one();
-    }
-
-    fn push_front(&self, refused: Refused) {
-        self.push_front_or_back(refused, true);
-    }
-
-    fn push_front_or_back(&self, refused: Refused, front: bool) {
-        self.bytes.fetch_add(refused.bytes(), Ordering::Relaxed);
-        let mut waiting = self.waiting();
-        match front {
-            true => waiting.push_front(refused),
-            false => waiting.push_back(refused),
-        }
-    }
-
-    fn pop_front(&self) -> Option<Refused> {
-        let refused = self.waiting().pop_front()?;
-        self.bytes.fetch_sub(refused.bytes(), Ordering::Relaxed);
-        Some(refused)
-    }
-
-    fn take_all(&self) -> VecDeque<Refused> {
-        let mut waiting = self.waiting();
-        self.bytes.store(0, Ordering::Relaxed);
-        std::mem::take(&mut *waiting)
-    }
-
-    /// New records wait: the refused hold `MAX_REFUSED_BYTES`.
-    fn full(&self) -> bool {
-        self.bytes.load(Ordering::Relaxed) >= MAX_REFUSED_BYTES
-    }
-}
-
-/// A record librdkafka gave up on that may yet be taken.
-struct Refused {
-    topic: String,
-    key: Vec<u8>,
-    payload: Vec<u8>,
-    timestamp: i64,
-    settle: Arc<Settle>,
-}
-
-impl Refused {
-    fn bytes(&self) -> usize {
-        self.key.len() + self.payload.len()
-    }
 }
 
 /// A record's partition is a hash of its key: one source stays on one partition. CRC-32C (one
@@ -628,31 +555,6 @@ impl KafkaOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The refused records' bytes are kept as they come and go; past `MAX_REFUSED_BYTES` new
-    /// records wait.
-    #[test]
-    fn refused_records_are_bounded_by_their_bytes() {
-        let refusals = Refusals::default();
-        let refused = |bytes: usize| Refused {
-            topic: "logs".into(),
-            key: b"k".to_vec(),
-            payload: vec![0; bytes - 1],
-            timestamp: 0,
-            settle: Settle::untracked(),
-        };
-        refusals.push(refused(MAX_REFUSED_BYTES / 2));
-        assert!(!refusals.full());
-        refusals.push(refused(MAX_REFUSED_BYTES / 2));
-        assert!(refusals.full());
-        let first = refusals.pop_front().unwrap();
-        assert!(!refusals.full());
-        refusals.push_front(first);
-        assert!(refusals.full());
-        assert_eq!(refusals.take_all().len(), 2);
-        assert!(!refusals.full());
-        assert_eq!(refusals.bytes.load(Ordering::Relaxed), 0);
-    }
 
     #[test]
     fn agent_kafka_properties_go_over_the_agents_own() {
