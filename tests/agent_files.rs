@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -746,6 +747,94 @@ fn a_file_rewritten_in_place_under_the_same_first_line_is_read_from_its_start() 
         .filter(|e| e["message"].as_str().unwrap().ends_with("again"))
         .count();
     assert_eq!(again, 300, "every line of the rewritten file");
+}
+
+/// The same, while the agent was stopped: the file, same inode and first line, is longer than
+/// the checkpoint but no longer holds what was read. Every line of the new run is shipped (it was
+/// read on from the old offset, and the new run's lines before it were lost).
+#[test]
+fn a_file_rewritten_while_the_agent_was_stopped_is_read_from_its_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("job.log");
+    let run = |n: usize, lines: usize| -> String {
+        let body: String = (0..lines)
+            .map(|i| format!("line {} of run {n}\n", n * 1000 + i))
+            .collect();
+        format!("line 999 banner\n{body}")
+    };
+    std::fs::write(&path, run(1, 100)).unwrap();
+    let config = agent_config(&sluice, &logs.join("*.log"), "");
+    let mut agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let len = std::fs::metadata(&path).unwrap().len();
+    wait_until(
+        "the first run checkpointed",
+        Duration::from_secs(30),
+        || saved_checkpoint(tmp.path(), &path) == len,
+    );
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    std::fs::write(&path, run(2, 300)).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until_shipped(&agent, Duration::from_secs(30));
+    let events = logs_events(&sluice, 402);
+    let second: HashSet<u64> = events
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().ends_with("of run 2"))
+        .map(line_number)
+        .collect();
+    assert_eq!(second.len(), 300, "every line of the rewritten file");
+    assert!(
+        agent
+            .log_text()
+            .contains("no longer holds what was read of it"),
+        "the agent says why it read the file again"
+    );
+}
+
+/// A file truncated under the agent is continued by a copy of it (copytruncate): a new file that
+/// only starts like it (a shared banner) is not one, and is read from its start (it was read on
+/// from where the truncated file had been read to, and its lines before that were lost).
+#[test]
+fn a_new_file_that_only_starts_like_a_truncated_one_is_read_from_its_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let first = logs.join("worker-1.log");
+    let lines = |name: &str, n: usize| -> String {
+        let body: String = (0..n).map(|i| format!("line {i} of {name}\n")).collect();
+        format!("line 999 banner\n{body}")
+    };
+    std::fs::write(&first, lines("worker-1", 100)).unwrap();
+    let config = agent_config(&sluice, &logs.join("*.log"), "");
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until("the first file sent", Duration::from_secs(30), || {
+        agent.metric("sluice_agent_events_sent_total") >= 101.0
+    });
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    wait_until("the truncation seen", Duration::from_secs(30), || {
+        agent.log_text().contains("file truncated")
+    });
+    std::fs::write(logs.join("worker-2.log"), lines("worker-2", 300)).unwrap();
+    wait_until("the second file sent", Duration::from_secs(30), || {
+        agent.metric("sluice_agent_events_sent_total") >= 402.0
+    });
+    let events = logs_events(&sluice, 402);
+    let second = events
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().ends_with("of worker-2"))
+        .count();
+    assert_eq!(second, 300, "every line of the new file");
 }
 
 /// A file renamed out of the globs that its writer goes on writing (an app that never reopens

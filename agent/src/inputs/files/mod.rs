@@ -13,6 +13,7 @@
 //! file truncated under the agent (copytruncate) has almost always been read to its end already,
 //! unless the broker is slow or away.
 
+mod content;
 mod format;
 mod multiline;
 mod notices;

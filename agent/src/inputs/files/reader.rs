@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::SendTimeoutError;
 use notify::{RecursiveMode, Watcher};
 
+use super::content::Tail;
 use super::format::{Decoder, Format, Origin};
 use super::multiline::Joiner;
 use super::notices::Notices;
@@ -103,6 +104,7 @@ impl Reader {
             }
             let mut busy = false;
             let mut closed = Vec::new();
+            let mut failed = Vec::new();
             let keys: Vec<(u64, u64)> = self.followed.keys().copied().collect();
             for key in keys {
                 let followed = self.followed.get_mut(&key).expect("followed");
@@ -134,7 +136,7 @@ impl Reader {
                             identity = %tailer.identity,
                             "agent: file truncated"
                         );
-                        self.registry.release(&tailer.identity);
+                        self.registry.release(&tailer.identity, tailer.tails());
                         closed.push(key);
                         rescan = true;
                     }
@@ -151,8 +153,14 @@ impl Reader {
                         rescan = true;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "agent: reading a file");
-                        closed.push(key);
+                        // A failure of the moment (EIO, ESTALE): the file found again at a scan
+                        // is read on, not taken for a new one and sent again from its start.
+                        tracing::warn!(
+                            path = %followed.tailer.path.display(),
+                            error = %e,
+                            "agent: reading a file failed; it is tried again at the next scan"
+                        );
+                        failed.push(key);
                     }
                 }
                 if self.hand_on(key).is_err() {
@@ -161,6 +169,9 @@ impl Reader {
             }
             for key in closed {
                 self.close(key);
+            }
+            for key in failed {
+                self.set_aside(key);
             }
             self.passes += 1;
             if self.hand_on_expired().is_err() {
@@ -300,9 +311,10 @@ impl Reader {
             .get(&key)
             .is_some_and(|(since, pass)| since.elapsed() >= wait && self.passes >= pass + 2);
         let fresh = if from_end { len } else { 0 };
-        let Some(placement) = self
-            .registry
-            .place(&path, fp, key, len, fresh, !waited_enough)
+        let holds = |tail: &Tail| tail.held_by(&file).unwrap_or(false);
+        let Some(placement) =
+            self.registry
+                .place(&path, fp, key, len, fresh, !waited_enough, &holds)
         else {
             let pass = self.passes;
             self.waiting
@@ -339,6 +351,7 @@ impl Reader {
             fp,
             placement.start,
             placement.progress,
+            &placement.tails,
         );
         self.followed.insert(
             key,
@@ -449,6 +462,22 @@ impl Reader {
     }
 
     fn close(&mut self, key: (u64, u64)) {
+        if let Some(tailer) = self.hand_on_last(key) {
+            tracing::debug!(path = %tailer.path.display(), "agent: file closed");
+            self.registry.closed(&tailer.identity);
+        }
+    }
+
+    /// Stops reading `key`'s file after a failed read; it is found again at the next scan.
+    fn set_aside(&mut self, key: (u64, u64)) {
+        if let Some(tailer) = self.hand_on_last(key) {
+            self.registry.read(&tailer.identity, tailer.tails());
+            self.registry.set_aside(&tailer.identity);
+        }
+    }
+
+    /// Stops following `key`'s file: hands on what its joiner and decoder hold.
+    fn hand_on_last(&mut self, key: (u64, u64)) -> Option<Tailer> {
         let _ = self.flush(key);
         if let Some(followed) = self.followed.get_mut(&key) {
             let mut cut = Events::default();
@@ -457,14 +486,14 @@ impl Reader {
             }
             let _ = self.send(key, cut);
         }
-        if let Some(followed) = self.followed.remove(&key) {
-            let tailer = followed.tailer;
-            tracing::debug!(path = %tailer.path.display(), "agent: file closed");
-            self.registry.closed(&tailer.identity);
-        }
+        self.followed.remove(&key).map(|followed| followed.tailer)
     }
 
     fn save(&mut self) {
+        for followed in self.followed.values() {
+            let tailer = &followed.tailer;
+            self.registry.read(&tailer.identity, tailer.tails());
+        }
         if let Err(e) = self.registry.save() {
             tracing::warn!(error = %e, "agent: writing file checkpoints");
             self.shipper.metrics.checkpoint_errors.inc();

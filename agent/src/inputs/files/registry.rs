@@ -1,10 +1,11 @@
 //! Which file is which, and how far each has been acknowledged: the checkpoint file.
 //!
-//! A file is known by the checksum of its first line, with device and inode as a hint. The same
-//! inode with the same fingerprint is the same file wherever it was renamed. A file truncated
-//! under the agent (copytruncate) is released: a copy with the same fingerprint and another inode
-//! (the rotated copy, `app.log.1`) continues it from its checkpoint, and the truncated inode gets a
-//! new identity. An identity names the time it was made, so lines of a new file never reuse an
+//! A file is known by the checksum of its first line, with device and inode as a hint, and
+//! checked against the checksums of what was read of it (`content`). The same inode with the same
+//! fingerprint, still holding what was read, is the same file wherever it was renamed. A file
+//! truncated under the agent (copytruncate) is released: a copy with the same fingerprint and
+//! another inode (the rotated copy, `app.log.1`) that holds what was read continues it from its
+//! checkpoint, and the truncated inode gets a new identity. An identity names the time it was made, so lines of a new file never reuse an
 //! old file's ids, even on a reused inode; a file read out and gone is closed, never resumed.
 //!
 //! Entries are written to `<state_dir>/file-checkpoints.json` atomically (write, fsync, rename,
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::content::{self, Tail};
 use crate::acks::Progress;
 
 /// A released entry no copy took over within this long is forgotten.
@@ -41,6 +43,10 @@ struct Entry {
     /// another file.
     #[serde(default)]
     closed: bool,
+    /// Checksums of what was read, newest first (`content`); none in checkpoints of older
+    /// versions, whose files are taken on their first line alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tails: Vec<Tail>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -75,6 +81,8 @@ pub struct Placement {
     pub identity: String,
     pub start: u64,
     pub progress: Arc<Progress>,
+    /// What is known to have been read of it.
+    pub tails: Vec<Tail>,
 }
 
 impl Registry {
@@ -132,10 +140,11 @@ impl Registry {
         self.first_start
     }
 
-    /// Where to read a file found at `path` (fingerprint `fp`, inode `(dev, ino)`, `len` bytes):
-    /// `None` while it looks like a copy of a file still being read (copytruncate before the
-    /// truncation) and `wait_for_copies`, so it is looked at again. `fresh` is where an unknown
-    /// file starts.
+    /// Where to read a file found at `path` (fingerprint `fp`, inode `(dev, ino)`, `len` bytes,
+    /// holding a tail if `holds` says so): `None` while it looks like a copy of a file still
+    /// being read (copytruncate before the truncation) and `wait_for_copies`, so it is looked at
+    /// again. `fresh` is where an unknown file starts.
+    #[allow(clippy::too_many_arguments)]
     pub fn place(
         &mut self,
         path: &Path,
@@ -144,6 +153,7 @@ impl Registry {
         len: u64,
         fresh: u64,
         wait_for_copies: bool,
+        holds: &dyn Fn(&Tail) -> bool,
     ) -> Option<Placement> {
         // The inode holds another first line now: truncated and written again while the agent
         // was away (copytruncate), or reused. Its entry's lines, if anywhere, are in a copy.
@@ -159,23 +169,44 @@ impl Registry {
             .iter_mut()
             .find(|(_, t)| same(&t.entry) && !t.entry.released && !t.entry.closed)
         {
-            if len >= t.entry.offset {
+            // Read on from where reading stopped (a restart, a read that failed), if the file
+            // still holds the last bytes read: it grew, or is as it was.
+            let start = t.progress.read_to();
+            let holds_read = t
+                .entry
+                .tails
+                .first()
+                .is_none_or(|newest| newest.at <= len && holds(newest));
+            if len >= start && holds_read {
                 t.entry.path = path.to_string_lossy().into_owned();
                 t.idle_since = None;
                 return Some(Placement {
                     identity: id.clone(),
-                    start: t.entry.offset,
+                    start,
                     progress: t.progress.clone(),
+                    tails: t.entry.tails.clone(),
                 });
             }
-            // Truncated while the agent was away.
+            // Truncated, or rewritten under the same first line, while nobody read it: what
+            // was read, if anywhere, is in a copy.
+            tracing::info!(
+                path = %path.display(),
+                identity = %id,
+                "agent: a file no longer holds what was read of it: read again from its start"
+            );
             t.entry.released = true;
         }
-        // A copy of a truncated file (not the truncated inode itself) continues it.
+        // A copy of a truncated file (not the truncated inode itself) continues it, if it holds
+        // what was read: the newest tail it is long enough for, as lines may have been read from
+        // the original after logrotate's copy. A file that only starts alike, or is shorter
+        // than every tail, is read from its start.
+        let continues =
+            |tails: &[Tail]| tails.is_empty() || content::checkable(tails, len).is_some_and(holds);
         if let Some((id, t)) = self.tracked.iter_mut().find(|(_, t)| {
             t.entry.released
                 && t.entry.fingerprint == fp
                 && (t.entry.dev, t.entry.ino) != (dev, ino)
+                && continues(&t.entry.tails)
         }) {
             t.entry.released = false;
             t.entry.dev = dev;
@@ -186,10 +217,13 @@ impl Registry {
             // shorter than that has nothing new.
             let read_to = t.progress.read_to();
             t.copy_len = (len < read_to).then_some(len);
+            let start = read_to.min(len);
+            t.entry.tails.retain(|tail| tail.at <= start);
             return Some(Placement {
                 identity: id.clone(),
-                start: read_to.min(len),
+                start,
                 progress: t.progress.clone(),
+                tails: t.entry.tails.clone(),
             });
         }
         let copy_of_live = self
@@ -217,6 +251,7 @@ impl Registry {
                     path: path.to_string_lossy().into_owned(),
                     released: false,
                     closed: false,
+                    tails: Vec::new(),
                 },
                 progress: progress.clone(),
                 idle_since: None,
@@ -227,13 +262,31 @@ impl Registry {
             identity,
             start: fresh,
             progress,
+            tails: Vec::new(),
         })
     }
 
-    /// The file of `identity` was truncated: a copy may continue it.
-    pub fn release(&mut self, identity: &str) {
+    /// What was read of `identity`'s file so far (`Tailer::tails`).
+    pub fn read(&mut self, identity: &str, tails: Vec<Tail>) {
+        if let Some(t) = self.tracked.get_mut(identity) {
+            t.entry.tails = tails;
+        }
+    }
+
+    /// The file of `identity` was truncated after `tails` were read of it: a copy may continue
+    /// it.
+    pub fn release(&mut self, identity: &str, tails: Vec<Tail>) {
         if let Some(t) = self.tracked.get_mut(identity) {
             t.entry.released = true;
+            t.entry.tails = tails;
+            t.idle_since = Some(Instant::now());
+        }
+    }
+
+    /// No tailer reads `identity` for now (a read failed): the file, found again and still
+    /// holding what was read, is read on.
+    pub fn set_aside(&mut self, identity: &str) {
+        if let Some(t) = self.tracked.get_mut(identity) {
             t.idle_since = Some(Instant::now());
         }
     }
@@ -270,7 +323,9 @@ impl Registry {
             .iter_mut()
             .map(|(id, t)| {
                 t.entry.offset = t.progress.checkpoint().min(t.copy_len.unwrap_or(u64::MAX));
-                (id.clone(), t.entry.clone())
+                let mut entry = t.entry.clone();
+                entry.tails = kept_tails(&entry.tails, entry.offset);
+                (id.clone(), entry)
             })
             .collect();
         let bytes = serde_json::to_vec(&CheckpointFile { version: 1, files })
@@ -289,9 +344,27 @@ impl Registry {
     }
 }
 
+/// The tails a restart needs (newest first): the newest, which the same file holds, and the
+/// newest within the checkpoint, which a copy of the file holds even if it was made before the
+/// last lines were read.
+fn kept_tails(tails: &[Tail], checkpoint: u64) -> Vec<Tail> {
+    let mut kept: Vec<Tail> = tails.first().into_iter().copied().collect();
+    if let Some(within) = content::checkable(tails, checkpoint) {
+        if kept.first() != Some(within) {
+            kept.push(*within);
+        }
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every file holds every tail (the tests of tails are below).
+    fn held(_: &Tail) -> bool {
+        true
+    }
 
     /// Checkpoints are saved whatever a path's bytes (glob's `**` goes into any directory).
     #[test]
@@ -300,7 +373,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
         let path = Path::new(std::ffi::OsStr::from_bytes(b"logs/\xff.log"));
-        registry.place(path, 7, (1, 10), 100, 0, true).unwrap();
+        registry
+            .place(path, 7, (1, 10), 100, 0, true, &held)
+            .unwrap();
         registry.save().unwrap();
         assert_eq!(Registry::load(dir.path()).unwrap().len(), 1);
     }
@@ -313,10 +388,10 @@ mod tests {
         let file = dir.path().join("file-checkpoints.json");
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("a.log"), 7, (1, 10), 100, 0, true)
+            .place(Path::new("a.log"), 7, (1, 10), 100, 0, true, &held)
             .unwrap();
         registry
-            .place(Path::new("b.log"), 8, (1, 11), 100, 0, true)
+            .place(Path::new("b.log"), 8, (1, 11), 100, 0, true, &held)
             .unwrap();
         registry.save().unwrap();
         let inode = || std::fs::metadata(&file).unwrap().ino();
@@ -334,24 +409,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true)
+            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
             .unwrap();
         assert_eq!(a.start, 0);
         a.progress.queued(0, 60);
         a.progress.acknowledged(0);
         // Renamed: same inode, same fingerprint, another path.
         let renamed = registry
-            .place(Path::new("app.log.1"), 7, (1, 10), 100, 0, true)
+            .place(Path::new("app.log.1"), 7, (1, 10), 100, 0, true, &held)
             .unwrap();
         assert_eq!(renamed.identity, a.identity);
         // A copy appears while the original is still read: not yet.
         assert!(registry
-            .place(Path::new("copy"), 7, (1, 11), 100, 0, true)
+            .place(Path::new("copy"), 7, (1, 11), 100, 0, true, &held)
             .is_none());
         // The original is truncated: the copy continues where it was.
-        registry.release(&a.identity);
+        registry.release(&a.identity, Vec::new());
         let copy = registry
-            .place(Path::new("copy"), 7, (1, 11), 100, 0, true)
+            .place(Path::new("copy"), 7, (1, 11), 100, 0, true, &held)
             .unwrap();
         assert_eq!(
             (copy.identity.as_str(), copy.start),
@@ -360,17 +435,17 @@ mod tests {
         // The truncated inode, same first line again: like two files that start alike, it waits
         // (rotate_wait) in case it is a copy, then starts a new generation from its start.
         assert!(registry
-            .place(Path::new("app.log"), 7, (1, 10), 5, 0, true)
+            .place(Path::new("app.log"), 7, (1, 10), 5, 0, true, &held)
             .is_none());
         let again = registry
-            .place(Path::new("app.log"), 7, (1, 10), 5, 0, false)
+            .place(Path::new("app.log"), 7, (1, 10), 5, 0, false, &held)
             .unwrap();
         assert_ne!(again.identity, a.identity);
         assert_eq!(again.start, 0);
         // Read out and deleted; its inode reused by a file that starts alike: read from 0.
         registry.closed(&again.identity);
         let reused = registry
-            .place(Path::new("new.log"), 7, (1, 10), 50, 0, false)
+            .place(Path::new("new.log"), 7, (1, 10), 50, 0, false, &held)
             .unwrap();
         assert_ne!(reused.identity, again.identity);
         assert_eq!(reused.start, 0);
@@ -378,7 +453,7 @@ mod tests {
         let mut reloaded = Registry::load(dir.path()).unwrap();
         assert_eq!(reloaded.len(), 3);
         let resumed = reloaded
-            .place(Path::new("copy"), 7, (1, 11), 100, 0, true)
+            .place(Path::new("copy"), 7, (1, 11), 100, 0, true, &held)
             .unwrap();
         assert_eq!((resumed.identity, resumed.start), (a.identity, 60));
     }
@@ -391,19 +466,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true)
+            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
             .unwrap();
         a.progress.queued(0, 60);
         a.progress.acknowledged(0);
         registry.save().unwrap();
         let mut reloaded = Registry::load(dir.path()).unwrap();
         let live = reloaded
-            .place(Path::new("app.log"), 8, (1, 10), 5, 0, true)
+            .place(Path::new("app.log"), 8, (1, 10), 5, 0, true, &held)
             .unwrap();
         assert_ne!(live.identity, a.identity);
         assert_eq!(live.start, 0);
         let copy = reloaded
-            .place(Path::new("app.log.1"), 7, (1, 11), 100, 0, true)
+            .place(Path::new("app.log.1"), 7, (1, 11), 100, 0, true, &held)
             .unwrap();
         assert_eq!((copy.identity, copy.start), (a.identity, 60));
     }
@@ -416,14 +491,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true)
+            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
             .unwrap();
         a.progress.queued(0, 100);
         a.progress.acknowledged(0);
-        registry.release(&a.identity);
+        registry.release(&a.identity, Vec::new());
         registry.save().unwrap();
         let copy = registry
-            .place(Path::new("app.log.1"), 7, (1, 11), 90, 0, true)
+            .place(Path::new("app.log.1"), 7, (1, 11), 90, 0, true, &held)
             .unwrap();
         assert_eq!(
             (copy.identity.as_str(), copy.start),
@@ -432,9 +507,114 @@ mod tests {
         registry.save().unwrap();
         let mut reloaded = Registry::load(dir.path()).unwrap();
         let resumed = reloaded
-            .place(Path::new("app.log.1"), 7, (1, 11), 90, 0, true)
+            .place(Path::new("app.log.1"), 7, (1, 11), 90, 0, true, &held)
             .unwrap();
         assert_eq!((resumed.identity, resumed.start), (a.identity, 90));
+    }
+
+    fn tail(at: u64) -> Tail {
+        Tail::of(at, format!("bytes before {at}").as_bytes())
+    }
+
+    /// Truncated and written again under the same first line while the agent was away, past
+    /// the checkpoint: read from its start under a new identity (it was read on from the old
+    /// offset, and the new lines before it were lost). As it was: read on.
+    #[test]
+    fn a_file_rewritten_while_away_under_the_same_first_line_is_read_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        let a = registry
+            .place(Path::new("job.log"), 7, (1, 10), 100, 0, true, &held)
+            .unwrap();
+        a.progress.queued(0, 100);
+        a.progress.acknowledged(0);
+        registry.read(&a.identity, vec![tail(100)]);
+        registry.save().unwrap();
+        let same = |t: &Tail| *t == tail(100);
+        let mut reloaded = Registry::load(dir.path()).unwrap();
+        let resumed = reloaded
+            .place(Path::new("job.log"), 7, (1, 10), 150, 0, true, &same)
+            .unwrap();
+        assert_eq!((resumed.identity, resumed.start), (a.identity.clone(), 100));
+        let other = |_: &Tail| false;
+        let mut reloaded = Registry::load(dir.path()).unwrap();
+        let rewritten = reloaded
+            .place(Path::new("job.log"), 7, (1, 10), 150, 0, true, &other)
+            .unwrap();
+        assert_ne!(rewritten.identity, a.identity);
+        assert_eq!(rewritten.start, 0);
+    }
+
+    /// A new file that only starts like a truncated one (a shared banner) is read from its
+    /// start; a copy that holds what was read continues it, checked against the newest tail it
+    /// is long enough for when it is shorter than what was read of the original.
+    #[test]
+    fn only_a_copy_holding_what_was_read_continues_a_truncated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        let a = registry
+            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
+            .unwrap();
+        a.progress.queued(0, 100);
+        registry.release(&a.identity, vec![tail(100), tail(60), tail(30)]);
+        let not_a_copy = registry
+            .place(Path::new("other.log"), 7, (1, 11), 500, 0, true, &|_| false)
+            .unwrap();
+        assert_ne!(not_a_copy.identity, a.identity);
+        assert_eq!(not_a_copy.start, 0);
+        let checked = std::cell::Cell::new(None);
+        let holds = |t: &Tail| {
+            checked.set(Some(t.at));
+            true
+        };
+        let copy = registry
+            .place(Path::new("app.log.1"), 7, (1, 12), 90, 0, true, &holds)
+            .unwrap();
+        assert_eq!(checked.get(), Some(60));
+        assert_eq!(
+            (copy.identity.as_str(), copy.start),
+            (a.identity.as_str(), 90)
+        );
+        assert_eq!(copy.tails, [tail(60), tail(30)]);
+    }
+
+    /// A restart needs the newest tail (the same file) and the newest within the checkpoint (a
+    /// copy made before the last lines were read): those two are saved.
+    #[test]
+    fn the_newest_tail_and_the_newest_within_the_checkpoint_are_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        let a = registry
+            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
+            .unwrap();
+        a.progress.queued(0, 50);
+        a.progress.acknowledged(0);
+        a.progress.queued(50, 100);
+        registry.read(&a.identity, vec![tail(100), tail(80), tail(50), tail(20)]);
+        registry.save().unwrap();
+        let reloaded = Registry::load(dir.path()).unwrap();
+        assert_eq!(
+            reloaded.tracked[&a.identity].entry.tails,
+            [tail(100), tail(50)]
+        );
+    }
+
+    /// A read that failed (EIO, ESTALE) sets the file aside: found again, it is read on where
+    /// reading stopped, under the same identity.
+    #[test]
+    fn a_file_set_aside_after_a_failed_read_is_read_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        let a = registry
+            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
+            .unwrap();
+        a.progress.queued(0, 70);
+        registry.read(&a.identity, vec![tail(70)]);
+        registry.set_aside(&a.identity);
+        let again = registry
+            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
+            .unwrap();
+        assert_eq!((again.identity, again.start), (a.identity, 70));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::content::{self, Tail, Tails};
 use crate::acks::Progress;
 
 /// Bytes read from one file in one turn, so one busy file cannot starve the others.
@@ -82,6 +83,8 @@ pub struct Tailer {
     /// in the file, it was rewritten in place past where it was read (truncated and written
     /// again, with the same first line).
     last_read: Vec<u8>,
+    /// Checksums of what was read, for telling this file from one that starts alike.
+    tails: Tails,
 }
 
 /// How many of the last bytes read are checked again before reading on.
@@ -95,6 +98,7 @@ impl Tailer {
         fingerprint: u32,
         start: u64,
         progress: Arc<Progress>,
+        tails: &[Tail],
     ) -> Self {
         Self {
             identity,
@@ -111,7 +115,13 @@ impl Tailer {
             orphaned: None,
             ended: false,
             last_read: Vec::new(),
+            tails: Tails::new(tails),
         }
+    }
+
+    /// Checksums of what was read, newest first.
+    pub fn tails(&self) -> Vec<Tail> {
+        self.tails.to_vec()
     }
 
     /// The file is done with (deleted or rotated away, and idle since): the next `lines`
@@ -165,24 +175,17 @@ impl Tailer {
         self.last_read.drain(..self.last_read.len() - keep);
         self.last_read
             .extend_from_slice(&new[new.len().saturating_sub(TAIL_CHECK)..]);
+        if n > 0 {
+            self.tails.read(self.read_at, &self.last_read);
+        }
         Ok(if n == 0 { Read::Idle } else { Read::Data })
     }
 
     /// Whether the last bytes read are still where they were read.
     fn still_there(&self) -> std::io::Result<bool> {
-        if self.last_read.is_empty() {
-            return Ok(true);
-        }
-        let mut now = vec![0u8; self.last_read.len()];
-        let at = self.read_at - now.len() as u64;
-        let mut len = 0;
-        while len < now.len() {
-            match self.file.read_at(&mut now[len..], at + len as u64)? {
-                0 => return Ok(false),
-                n => len += n,
-            }
-        }
-        Ok(now == self.last_read)
+        let at = self.read_at - self.last_read.len() as u64;
+        Ok(content::bytes_at(&self.file, at, self.last_read.len())?
+            .is_some_and(|now| now == self.last_read))
     }
 
     /// The whole lines read and not handed out yet, each cut at `max_line` bytes.
@@ -296,7 +299,15 @@ mod tests {
     fn tailer(file: &std::path::Path) -> Tailer {
         let f = File::open(file).unwrap();
         let fp = fingerprint(&f, 64).unwrap().unwrap();
-        Tailer::new("t".into(), file.to_path_buf(), f, fp, 0, Progress::new(0))
+        Tailer::new(
+            "t".into(),
+            file.to_path_buf(),
+            f,
+            fp,
+            0,
+            Progress::new(0),
+            &[],
+        )
     }
 
     /// A last line without its newline is handed out once the file is ended, not before.
