@@ -367,6 +367,34 @@ fn multiline_events_long_lines_and_invalid_utf8() {
     );
 }
 
+/// `[agent.kafka] message.max.bytes` lowered under a line's size: the line arrives cut to fit
+/// and marked, rather than refused by librdkafka and lost; the lines after it arrive whole.
+#[test]
+fn a_lowered_message_max_bytes_cuts_events_to_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut text = b"line 0 ".to_vec();
+    text.extend(std::iter::repeat_n(b'x', 200_000));
+    text.extend_from_slice(b"\nline 1 after\n");
+    std::fs::write(logs.join("app.log"), &text).unwrap();
+    let extra = "\n[agent.kafka]\n\"message.max.bytes\" = \"65536\"\n";
+    let config = agent_config(&sluice, &logs.join("*.log"), extra);
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    wait_until_shipped(&agent, Duration::from_secs(30));
+    let events = logs_events(&sluice, 2);
+    let sizes: Vec<usize> = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap().len())
+        .collect();
+    assert!(sizes[0] <= 65536, "{sizes:?}");
+    assert!(sizes[0] > 32768, "cut to fit, not to nothing: {sizes:?}");
+    assert_eq!(events[0]["fields"]["truncated"], true);
+    assert_eq!(events[1]["message"], "line 1 after");
+    assert_eq!(agent.metric("sluice_agent_send_errors_total"), 0.0);
+}
+
 /// `read_from = "end"`: a file found at the first start is followed from its end; a file that
 /// appears later is read from its beginning.
 #[test]

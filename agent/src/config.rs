@@ -200,7 +200,8 @@ impl MetricsConfig {
 }
 
 /// The most text an input puts in one event: with the event's other fields it stays under the
-/// 1,000,000 bytes librdkafka (`message.max.bytes`) and a Kafka broker take in a record.
+/// 1,000,000 bytes librdkafka (`message.max.bytes`) and a Kafka broker take in a record (a
+/// lower `message.max.bytes` cuts events to fit: `max_record_bytes`).
 const MAX_EVENT_TEXT: usize = 900_000;
 
 /// `[agent.gelf]`: GELF listeners (what Docker's gelf logging driver and Graylog clients send).
@@ -276,9 +277,42 @@ impl Default for SyslogConfig {
     }
 }
 
+/// librdkafka's `message.max.bytes` unless `[agent.kafka]` lowers it: the most a record may be.
+const KAFKA_MESSAGE_MAX: usize = 1_000_000;
+/// What `message.max.bytes` may be lowered to: a record still holds a cut event.
+const KAFKA_MESSAGE_MAX_LEAST: usize = 16_384;
+
 impl AgentConfig {
+    /// The most a record (key and event) may be: librdkafka refuses a record over its
+    /// `message.max.bytes` (1,000,000, unless `[agent.kafka]` lowers it), less room for its own
+    /// framing. Escaping can make an event several times its text (a control byte becomes
+    /// `\u0001`): the inputs cut a message to fit rather than see the record refused and the
+    /// line lost. A larger setting does not raise it: a Kafka topic takes about 1 MB by default.
+    pub fn max_record_bytes(&self) -> usize {
+        let limit = self
+            .kafka
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(KAFKA_MESSAGE_MAX);
+        limit.min(KAFKA_MESSAGE_MAX) - 1_000
+    }
+
     /// Checks what the types cannot say; the error is `(key, what was expected)`.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if let Some(limit) = self.kafka.get("message.max.bytes") {
+            if !limit
+                .parse::<usize>()
+                .is_ok_and(|limit| limit >= KAFKA_MESSAGE_MAX_LEAST)
+            {
+                return Err((
+                    "agent.kafka",
+                    format!(
+                        "expected message.max.bytes to be a number of bytes, at least \
+                         {KAFKA_MESSAGE_MAX_LEAST}, got {limit:?}"
+                    ),
+                ));
+            }
+        }
         if !matches!(self.compression.as_str(), "lz4" | "zstd") {
             return Err((
                 "agent.compression",
@@ -408,6 +442,32 @@ mod tests {
         assert!(said.contains("syslog's too"), "{said}");
         config.gelf.udp = "127.0.0.1:12201".into();
         assert!(config.check().is_ok());
+    }
+
+    /// Records are cut to librdkafka's `message.max.bytes` when it is lowered, never past the
+    /// 1 MB a Kafka topic takes by default; a value that is not a size is refused.
+    #[test]
+    fn the_record_limit_follows_a_lowered_message_max_bytes() {
+        let mut config = AgentConfig::default();
+        assert_eq!(config.max_record_bytes(), 999_000);
+        config
+            .kafka
+            .insert("message.max.bytes".into(), "100000".into());
+        assert_eq!(config.max_record_bytes(), 99_000);
+        config
+            .kafka
+            .insert("message.max.bytes".into(), "5000000".into());
+        assert_eq!(config.max_record_bytes(), 999_000);
+        assert!(config.check().is_ok());
+        for bad in ["1000", "1MB"] {
+            config.kafka.insert("message.max.bytes".into(), bad.into());
+            let (key, said) = config.check().unwrap_err();
+            assert_eq!(key, "agent.kafka");
+            assert!(
+                said.contains("message.max.bytes") && said.contains(bad),
+                "{said}"
+            );
+        }
     }
 
     /// A pattern glob cannot read is refused with glob's reason.

@@ -170,6 +170,7 @@ impl Agent {
             host,
             run: event::now_ms(),
             connections: Default::default(),
+            max_record_bytes: config.max_record_bytes(),
         });
         let files = match follows_files {
             true => Some(inputs::files::FilesInput::start(&config, shipper.clone())?),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::acks::Settle;
 use crate::event::{now_ms, Event};
 use crate::metrics::AgentMetrics;
-use crate::output::{KafkaOutput, MAX_RECORD_BYTES};
+use crate::output::KafkaOutput;
 use crate::spool::{self, Spool, Spooled};
 
 /// What every input needs: the output, the metrics, and the names ids are made of.
@@ -24,6 +24,8 @@ pub struct Shipper {
     pub run: i64,
     /// TCP connections accepted this run, by every input: each has its own ids.
     pub connections: AtomicU64,
+    /// The most a record may be (`AgentConfig::max_record_bytes`): larger events are cut.
+    pub max_record_bytes: usize,
 }
 
 impl Shipper {
@@ -83,7 +85,11 @@ impl Shipper {
     /// queue full or long), so the input never waits for the broker.
     pub async fn ship(&self, input: &str, event: &Event) -> anyhow::Result<()> {
         let key = format!("{}/{}", event.host, event.source);
-        let payload = self.fitting(input, event, MAX_RECORD_BYTES.saturating_sub(key.len()));
+        let payload = self.fitting(
+            input,
+            event,
+            self.max_record_bytes.saturating_sub(key.len()),
+        );
         let shipped = async {
             if let Some(spool) = &self.spool {
                 loop {
@@ -172,7 +178,8 @@ impl Shipper {
     /// A shipper on host `h` whose producer has no broker to reach.
     pub(crate) fn testing() -> Self {
         let metrics = AgentMetrics::register(&prometheus::Registry::new()).unwrap();
-        let output = KafkaOutput::new(&crate::config::AgentConfig::default(), metrics.clone());
+        let config = crate::config::AgentConfig::default();
+        let output = KafkaOutput::new(&config, metrics.clone());
         Shipper {
             output: Arc::new(output.unwrap()),
             spool: None,
@@ -181,6 +188,7 @@ impl Shipper {
             host: "h".into(),
             run: 1,
             connections: Default::default(),
+            max_record_bytes: config.max_record_bytes(),
         }
     }
 }

@@ -42,12 +42,6 @@ mod refusals;
 pub const BATCHING: [(&str, &str); 2] =
     [("queue.buffering.max.kbytes", "4096"), ("linger.ms", "20")];
 
-/// The most a record (key and event) may be: librdkafka's `message.max.bytes`, 1,000,000 by
-/// default, less room for its own framing. Escaping can make an event several times its text
-/// (a control byte becomes `\u0001`): the inputs cut a message to fit rather than see the
-/// record refused and the line lost.
-pub const MAX_RECORD_BYTES: usize = 999_000;
-
 /// How long records the cluster refused wait before they are offered again.
 const RESEND_PAUSE: Duration = Duration::from_secs(1);
 

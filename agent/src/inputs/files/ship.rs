@@ -10,7 +10,6 @@ use std::time::Duration;
 use super::format::{Decoded, Origin};
 use crate::acks::Settle;
 use crate::event::{json, now_ms, rfc3339_ms};
-use crate::output::MAX_RECORD_BYTES;
 use crate::shipper::Shipper;
 
 /// Events of one file, read and not shipped yet; their range is already pending.
@@ -123,7 +122,7 @@ pub fn ship_batches(
 ) -> anyhow::Result<()> {
     let mut payload = Vec::new();
     for batch in batches.iter() {
-        let shared = Shared::of(&batch, &shipper.host);
+        let shared = Shared::of(&batch, &shipper.host, shipper.max_record_bytes);
         let shipped = runtime.block_on(async {
             let ship = async {
                 // The partitioner places the batch's first line; the others follow it.
@@ -180,10 +179,13 @@ struct Shared {
     read_at_json: Vec<u8>,
     /// `,"host":…,"source":…` and the container where known.
     origin: Vec<u8>,
+    /// The most an event may be: a record's, less the key.
+    budget: usize,
 }
 
 impl Shared {
-    fn of(batch: &Batch, host: &str) -> Self {
+    /// `max_record` is the most a record may be (`AgentConfig::max_record_bytes`).
+    fn of(batch: &Batch, host: &str, max_record: usize) -> Self {
         let source = &batch.origin.source;
         let read_at = now_ms();
         let mut id_prefix = b"{".to_vec();
@@ -204,8 +206,10 @@ impl Shared {
             json::push_key(&mut origin, "container");
             json::push_value(&mut origin, container);
         }
+        let key = format!("{host}/{source}").into_bytes();
         Self {
-            key: format!("{host}/{source}").into_bytes(),
+            budget: max_record.saturating_sub(key.len()),
+            key,
             read_at,
             id_prefix,
             read_at_json,
@@ -214,12 +218,12 @@ impl Shared {
     }
 
     /// Writes the event of `span` into `out` (cleared first); whether its text was valid UTF-8,
-    /// and whether its message had to be cut to fit a record (`MAX_RECORD_BYTES`): escaping can
+    /// and whether its message had to be cut to fit a record (`budget`): escaping can
     /// make a line six times its length (a control byte becomes `\u0001`), and librdkafka
     /// refuses a record over its limit, which would lose the line.
     fn write(&self, out: &mut Vec<u8>, text: &[u8], span: &Span) -> (bool, bool) {
         let valid = self.encode(out, text, span, span.message.clone(), span.truncated);
-        let budget = MAX_RECORD_BYTES.saturating_sub(self.key.len());
+        let budget = self.budget;
         let mut message = span.message.clone();
         while out.len() > budget && !message.is_empty() {
             // In proportion, and a tenth less, so that it takes a pass or two.
@@ -322,16 +326,13 @@ mod tests {
             container: None,
         });
         let batch = Batch::new("file", "1.2.3".into(), origin, settle, events);
-        let shared = Shared::of(&batch, "h");
+        let max_record = 999_000;
+        let shared = Shared::of(&batch, "h", max_record);
         let mut out = Vec::new();
         let written = shared.write(&mut out, &batch.events.text, &batch.events.spans[0]);
         assert_eq!(written, (true, true));
-        assert!(
-            out.len() + shared.key.len() <= MAX_RECORD_BYTES,
-            "{}",
-            out.len()
-        );
-        assert!(out.len() > MAX_RECORD_BYTES / 2, "{}", out.len());
+        assert!(out.len() + shared.key.len() <= max_record, "{}", out.len());
+        assert!(out.len() > max_record / 2, "{}", out.len());
         let event: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(event["fields"]["truncated"], true);
         assert!(event["message"]
@@ -370,7 +371,7 @@ mod tests {
             settle,
             decoded,
         );
-        let shared = Shared::of(&batch, "node-1");
+        let shared = Shared::of(&batch, "node-1", 999_000);
         assert_eq!(shared.key, b"node-1//var/log/a \"b\".log");
         let mut out = Vec::new();
         let (text, spans) = (&batch.events.text, &batch.events.spans);
