@@ -124,7 +124,8 @@ impl Shipper {
     }
 
     /// The event's JSON, its message cut (and the event marked `fields.truncated`, and counted)
-    /// until it is at most `budget` bytes.
+    /// until it is at most `budget` bytes; when its fields are what is too large, they go
+    /// (`fields.fields_dropped`) and the message stays.
     fn fitting(&self, input: &str, event: &Event, budget: usize) -> Vec<u8> {
         let mut payload = event.to_json();
         if payload.len() <= budget {
@@ -133,16 +134,32 @@ impl Shipper {
         self.malformed(input, "truncated");
         let mut cut = event.clone();
         cut.fields.insert("truncated".into(), true.into());
-        while payload.len() > budget && !cut.message.is_empty() {
+        payload = Self::shortened(&mut cut, budget);
+        if payload.len() > budget {
+            // The fields are what is too large (a GELF message's additional fields): the
+            // message goes whole, without them.
+            cut.message.clone_from(&event.message);
+            cut.fields.clear();
+            cut.fields.insert("truncated".into(), true.into());
+            cut.fields.insert("fields_dropped".into(), true.into());
+            payload = Self::shortened(&mut cut, budget);
+        }
+        payload
+    }
+
+    /// `event` with its message cut until it fits `budget`, or is empty.
+    fn shortened(event: &mut Event, budget: usize) -> Vec<u8> {
+        let mut payload = event.to_json();
+        while payload.len() > budget && !event.message.is_empty() {
             // In proportion, and a tenth less, so that it takes a pass or two.
             let keep =
-                (cut.message.len() as u128 * budget as u128 / payload.len() as u128) as usize;
+                (event.message.len() as u128 * budget as u128 / payload.len() as u128) as usize;
             let keep = (0..=keep * 9 / 10)
                 .rev()
-                .find(|&at| cut.message.is_char_boundary(at))
+                .find(|&at| event.message.is_char_boundary(at))
                 .unwrap_or(0);
-            cut.message.truncate(keep);
-            payload = cut.to_json();
+            event.message.truncate(keep);
+            payload = event.to_json();
         }
         payload
     }
@@ -234,6 +251,34 @@ mod tests {
             shipper.fitting("syslog_tcp", &small, 100_000),
             small.to_json()
         );
+    }
+
+    /// An event whose fields are what is too large (a GELF message's additional fields) keeps
+    /// its message and loses its fields, marked, rather than being refused and lost.
+    #[test]
+    fn an_event_whose_fields_are_too_large_keeps_its_message() {
+        let shipper = Shipper::testing();
+        let mut fields = serde_json::Map::new();
+        fields.insert("blob".into(), "x".repeat(200_000).into());
+        fields.insert("user".into(), "alice".into());
+        let event = Event {
+            id: "id".into(),
+            timestamp: "2026-12-07T00:00:00.000Z".into(),
+            host: "h".into(),
+            source: "gelf".into(),
+            container: None,
+            stream: None,
+            level: None,
+            message: "disk full".into(),
+            fields,
+        };
+        let payload = shipper.fitting("gelf_udp", &event, 65_000);
+        assert!(payload.len() <= 65_000, "{}", payload.len());
+        let json: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(json["message"], "disk full");
+        assert_eq!(json["fields"]["truncated"], true);
+        assert_eq!(json["fields"]["fields_dropped"], true);
+        assert!(json["fields"].get("blob").is_none());
     }
 
     /// A peer that reconnects from the same port (or another host from the same port) starts
