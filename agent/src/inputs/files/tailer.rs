@@ -100,6 +100,13 @@ impl Tailer {
         progress: Arc<Progress>,
         tails: &[Tail],
     ) -> Self {
+        // A checkpoint inside a line: a cut line's rest was being skipped when the agent
+        // stopped. The rest is skipped again, not shipped as a line of its own.
+        let inside_a_line = start > 0
+            && content::bytes_at(&file, start - 1, 1)
+                .ok()
+                .flatten()
+                .is_some_and(|before| before[0] != b'\n');
         Self {
             identity,
             path,
@@ -111,7 +118,7 @@ impl Tailer {
             buf_start: start,
             used: 0,
             spans: Vec::new(),
-            skipping: false,
+            skipping: inside_a_line,
             orphaned: None,
             ended: false,
             last_read: Vec::new(),
@@ -385,6 +392,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.read(64).unwrap(), Read::Rewritten);
+    }
+
+    /// Started inside a line (the checkpoint of a cut line whose rest was being skipped): the
+    /// rest is skipped, not handed out as a line.
+    #[test]
+    fn a_start_inside_a_line_skips_its_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, b"first\n0123456789abcdef\nnext\n").unwrap();
+        let f = File::open(&path).unwrap();
+        let fp = fingerprint(&f, 64).unwrap().unwrap();
+        let mut t = Tailer::new("t".into(), path.clone(), f, fp, 16, Progress::new(16), &[]);
+        t.read(64).unwrap();
+        let out: Vec<Line<'_>> = t.lines(100).collect();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].bytes, &b"next"[..]);
+        let f = File::open(&path).unwrap();
+        let mut at_a_line = Tailer::new("t".into(), path, f, fp, 6, Progress::new(6), &[]);
+        at_a_line.read(64).unwrap();
+        assert_eq!(at_a_line.lines(100).count(), 2);
     }
 
     /// A last line without its newline is waited for, and counted as behind until it comes.
