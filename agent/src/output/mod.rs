@@ -56,6 +56,9 @@ pub struct KafkaOutput {
     untracked: Arc<Settle>,
     /// The last record offered was not taken: the queue was full, or the topic refused.
     stalled: AtomicBool,
+    /// A topic refuses records: said once, and again when records are taken (a full queue,
+    /// which comes and goes all through a flood, is not said).
+    topic_refused: AtomicBool,
 }
 
 type Record<'a> = BaseRecord<'a, [u8], [u8], Arc<Settle>>;
@@ -267,6 +270,7 @@ impl KafkaOutput {
             metrics,
             untracked: Settle::untracked(),
             stalled: AtomicBool::new(false),
+            topic_refused: AtomicBool::new(false),
         })
     }
 
@@ -371,7 +375,7 @@ impl KafkaOutput {
     }
 
     async fn send_record(&self, mut record: Record<'_>) -> anyhow::Result<()> {
-        while self.refused_full()? {
+        while self.refused_full(record.topic)? {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         while let Some(back) = self.queue(record)? {
@@ -402,17 +406,17 @@ impl KafkaOutput {
         payload: &[u8],
         timestamp: i64,
     ) -> anyhow::Result<bool> {
-        if self.refused_full()? {
+        if self.refused_full(topic)? {
             return Ok(false);
         }
         let record = self.record(topic, key, payload, timestamp, None);
         Ok(self.queue(record)?.is_none())
     }
 
-    /// Whether new records wait at the door for the refused ones to be taken; an error once
-    /// librdkafka failed for good (nothing would take them any more).
-    fn refused_full(&self) -> anyhow::Result<bool> {
-        if !self.producer.context().refused.full() {
+    /// Whether new records of `topic` wait at the door for its refused ones to be taken; an
+    /// error once librdkafka failed for good (nothing would take them any more).
+    fn refused_full(&self, topic: &str) -> anyhow::Result<bool> {
+        if !self.producer.context().refused.full(topic) {
             return Ok(false);
         }
         if let Some((code, why)) = self.producer.client().fatal_error() {
@@ -448,7 +452,8 @@ impl KafkaOutput {
         let (topic, bytes) = (record.topic, record.payload.map_or(0, <[u8]>::len));
         match self.producer.send(record) {
             Ok(()) => {
-                if self.stalled.swap(false, Ordering::Relaxed) {
+                self.stalled.store(false, Ordering::Relaxed);
+                if self.topic_refused.swap(false, Ordering::Relaxed) {
                     tracing::info!(%topic, "agent: records are taken again");
                 }
                 Ok(None)
@@ -477,7 +482,8 @@ impl KafkaOutput {
                 // The topic is unknown (not made yet, auto-creation off) or not ours to write:
                 // librdkafka remembers the topic's error and refuses at once. The record waits,
                 // and its input with it, until the cluster takes it; nothing is let go.
-                if !self.stalled.swap(true, Ordering::Relaxed) {
+                self.stalled.store(true, Ordering::Relaxed);
+                if !self.topic_refused.swap(true, Ordering::Relaxed) {
                     tracing::warn!(%topic, error = %code, "agent: the cluster refuses records for the topic; inputs wait until it takes them");
                     self.metrics.send_errors.inc();
                 }
@@ -490,7 +496,7 @@ impl KafkaOutput {
     /// Records not yet acknowledged: queued or in flight in librdkafka, or refused by the
     /// cluster and waiting to be offered again.
     pub fn backlog(&self) -> u64 {
-        let refused = self.producer.context().refused.waiting().len() as u64;
+        let refused = self.producer.context().refused.len() as u64;
         self.producer.in_flight_count().max(0) as u64 + refused
     }
 

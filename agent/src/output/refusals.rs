@@ -1,7 +1,7 @@
 //! Records librdkafka gave up on that the cluster may yet take: held, bounded by their bytes,
 //! until the output offers them again or a stop keeps them.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -11,26 +11,51 @@ use crate::acks::Settle;
 
 /// Records librdkafka gave back, waiting to be offered again (`resend_refused`) or, at a stop,
 /// to be kept (`take_unsent`). Here rather than in the resend task, so that stopping the task
-/// at any point loses none of them. Bounded by their bytes (`MAX_REFUSED_BYTES`): new records
-/// wait at the door while it is full, as they do while a topic is refused
-/// (`KafkaOutput::queue`).
+/// at any point loses none of them. Bounded by their bytes per topic (`MAX_REFUSED_BYTES`): new
+/// records of a topic wait at the door while its refused ones fill it, as they do while a topic
+/// is refused (`KafkaOutput::queue`). Per topic, so that a metrics topic a cluster lacks never
+/// holds up the logs.
 #[derive(Default)]
 pub struct Refusals {
-    waiting: Mutex<VecDeque<Refused>>,
-    /// The keys' and payloads' bytes of `waiting`.
+    waiting: Mutex<Waiting>,
+    /// The keys' and payloads' bytes of every topic's waiting records: while this is under the
+    /// bound, no topic's needs looking at (a record sent looks at it).
     bytes: AtomicUsize,
     pub arrived: Notify,
 }
 
-/// Refused records held at most (their bytes, as librdkafka's queue holds at most 4 MiB): new
-/// records wait at the door while they do. Each refused record frees room in librdkafka's queue,
-/// so without this a cluster refusing every batch for good (a timestamp out of its bounds, say)
-/// would have the file input read its whole backlog into memory.
+#[derive(Default)]
+struct Waiting {
+    records: VecDeque<Refused>,
+    /// Bytes of `records`, by topic.
+    by_topic: HashMap<String, usize>,
+}
+
+impl Waiting {
+    fn count(&mut self, refused: &Refused, added: bool) {
+        let bytes = self.by_topic.entry(refused.topic.clone()).or_default();
+        match added {
+            true => *bytes += refused.bytes(),
+            false => *bytes -= refused.bytes(),
+        }
+    }
+}
+
+/// Refused records held at most per topic (their bytes, as librdkafka's queue holds at most 4
+/// MiB): new records of the topic wait at the door while they do. Each refused record frees
+/// room in librdkafka's queue, so without this a cluster refusing every batch for good (a
+/// timestamp out of its bounds, say) would have the file input read its whole backlog into
+/// memory.
 const MAX_REFUSED_BYTES: usize = 4 << 20;
 
 impl Refusals {
-    pub fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<Refused>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records waiting.
+    pub fn len(&self) -> usize {
+        self.waiting().records.len()
     }
 
     pub fn push(&self, refused: Refused) {
@@ -45,14 +70,17 @@ impl Refusals {
     fn push_front_or_back(&self, refused: Refused, front: bool) {
         self.bytes.fetch_add(refused.bytes(), Ordering::Relaxed);
         let mut waiting = self.waiting();
+        waiting.count(&refused, true);
         match front {
-            true => waiting.push_front(refused),
-            false => waiting.push_back(refused),
+            true => waiting.records.push_front(refused),
+            false => waiting.records.push_back(refused),
         }
     }
 
     pub fn pop_front(&self) -> Option<Refused> {
-        let refused = self.waiting().pop_front()?;
+        let mut waiting = self.waiting();
+        let refused = waiting.records.pop_front()?;
+        waiting.count(&refused, false);
         self.bytes.fetch_sub(refused.bytes(), Ordering::Relaxed);
         Some(refused)
     }
@@ -60,12 +88,18 @@ impl Refusals {
     pub fn take_all(&self) -> VecDeque<Refused> {
         let mut waiting = self.waiting();
         self.bytes.store(0, Ordering::Relaxed);
-        std::mem::take(&mut *waiting)
+        waiting.by_topic.clear();
+        std::mem::take(&mut waiting.records)
     }
 
-    /// New records wait: the refused hold `MAX_REFUSED_BYTES`.
-    pub fn full(&self) -> bool {
+    /// New records of `topic` wait: its refused ones hold `MAX_REFUSED_BYTES`.
+    pub fn full(&self, topic: &str) -> bool {
         self.bytes.load(Ordering::Relaxed) >= MAX_REFUSED_BYTES
+            && self
+                .waiting()
+                .by_topic
+                .get(topic)
+                .is_some_and(|&bytes| bytes >= MAX_REFUSED_BYTES)
     }
 }
 
@@ -88,28 +122,31 @@ impl Refused {
 mod tests {
     use super::*;
 
-    /// The refused records' bytes are kept as they come and go; past `MAX_REFUSED_BYTES` new
-    /// records wait.
+    /// The refused records' bytes are kept per topic as they come and go; past
+    /// `MAX_REFUSED_BYTES` new records of that topic wait, and only of that topic.
     #[test]
-    fn refused_records_are_bounded_by_their_bytes() {
+    fn refused_records_are_bounded_by_their_bytes_per_topic() {
         let refusals = Refusals::default();
-        let refused = |bytes: usize| Refused {
-            topic: "logs".into(),
+        let refused = |topic: &str, bytes: usize| Refused {
+            topic: topic.into(),
             key: b"k".to_vec(),
             payload: vec![0; bytes - 1],
             timestamp: 0,
             settle: Settle::untracked(),
         };
-        refusals.push(refused(MAX_REFUSED_BYTES / 2));
-        assert!(!refusals.full());
-        refusals.push(refused(MAX_REFUSED_BYTES / 2));
-        assert!(refusals.full());
+        refusals.push(refused("metrics", MAX_REFUSED_BYTES / 2));
+        refusals.push(refused("logs", MAX_REFUSED_BYTES / 2));
+        assert!(!refusals.full("metrics") && !refusals.full("logs"));
+        refusals.push(refused("metrics", MAX_REFUSED_BYTES / 2));
+        assert!(refusals.full("metrics"));
+        assert!(!refusals.full("logs"), "the logs wait for no other topic");
         let first = refusals.pop_front().unwrap();
-        assert!(!refusals.full());
+        assert!(!refusals.full("metrics"));
         refusals.push_front(first);
-        assert!(refusals.full());
-        assert_eq!(refusals.take_all().len(), 2);
-        assert!(!refusals.full());
+        assert!(refusals.full("metrics"));
+        assert_eq!(refusals.len(), 3);
+        assert_eq!(refusals.take_all().len(), 3);
+        assert!(!refusals.full("metrics"));
         assert_eq!(refusals.bytes.load(Ordering::Relaxed), 0);
     }
 }
