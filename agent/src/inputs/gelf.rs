@@ -21,6 +21,7 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::read_until;
+use super::unfinished::Unfinished;
 use crate::event::{now_rfc3339, rfc3339_ms, Event, LATEST_MS};
 use crate::shipper::Shipper;
 
@@ -90,9 +91,9 @@ pub async fn run_tcp(
         listener,
         "gelf_tcp",
         &shipper.clone(),
-        move |stream, peer| {
+        move |stream, peer, unfinished| {
             let shipper = shipper.clone();
-            async move { connection(stream, peer, &shipper, max).await }
+            async move { connection(stream, peer, &shipper, max, &unfinished).await }
         },
     )
     .await
@@ -103,12 +104,14 @@ async fn connection(
     peer: SocketAddr,
     shipper: &Shipper,
     max: usize,
+    unfinished: &Unfinished,
 ) -> anyhow::Result<()> {
     let mut reader = BufReader::new(stream);
     let connection = shipper.next_connection();
     let mut seq = 0u64;
-    // Bounded: a frame longer than `max` is cut there and the rest skipped.
-    while let Some((frame, cut)) = read_until(&mut reader, 0, max).await? {
+    // Bounded: a frame longer than `max`, or than the memory the connections share allows, is
+    // cut there and the rest skipped.
+    while let Some((frame, cut)) = read_until(&mut reader, 0, max, unfinished).await? {
         let text = frame.trim_ascii();
         if text.is_empty() {
             continue;

@@ -7,6 +7,7 @@ pub mod files;
 pub mod gelf;
 pub mod stdin;
 pub mod syslog;
+mod unfinished;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::shipper::Shipper;
+use unfinished::Unfinished;
 
 /// TCP connections an input serves at once; more are closed as they come, and counted.
 const MAX_CONNECTIONS: usize = 1024;
@@ -28,10 +30,11 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Connections not served are said at most this often (the counter tells them all).
 const REFUSALS_SAID_EVERY: Duration = Duration::from_secs(60);
 
-/// Accepts TCP connections for ever, each served by `serve` in a task of its own. The tasks
-/// belong to this loop: when it is stopped (the agent stopping, or restarting its inputs on a
-/// new configuration) its connections end with it, rather than living on with the old
-/// configuration and the old spool beside the new one.
+/// Accepts TCP connections for ever, each served by `serve` in a task of its own, with the
+/// memory the input's unfinished messages share. The tasks belong to this loop: when it is
+/// stopped (the agent stopping, or restarting its inputs on a new configuration) its connections
+/// end with it, rather than living on with the old configuration and the old spool beside the
+/// new one.
 pub async fn accept<S, F>(
     listener: Arc<TcpListener>,
     input: &'static str,
@@ -39,10 +42,11 @@ pub async fn accept<S, F>(
     serve: S,
 ) -> anyhow::Result<()>
 where
-    S: Fn(TcpStream, SocketAddr) -> F,
+    S: Fn(TcpStream, SocketAddr, Unfinished) -> F,
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let mut connections = tokio::task::JoinSet::new();
+    let unfinished = Unfinished::new(unfinished::SHARED);
     let counter = shipper
         .metrics
         .connections_refused
@@ -92,7 +96,7 @@ where
                     );
                     continue;
                 }
-                let connection = serve(stream, peer);
+                let connection = serve(stream, peer, unfinished.clone());
                 connections.spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(input, %peer, error = %e, "agent: TCP connection ended");
@@ -111,13 +115,15 @@ fn out_of_resources(error: &std::io::Error) -> bool {
         .is_some_and(|e| [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&e))
 }
 
-/// One line of at most `max` bytes (without its newline or a CR before it); a longer line is
-/// cut, the rest of it skipped, and `cut` set. `None` at the end of the input.
+/// One line of at most `max` bytes (without its newline or a CR before it); a longer line, or
+/// one the input's connections have no memory left for, is cut, the rest of it skipped, and
+/// `cut` set. `None` at the end of the input.
 pub async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     max: usize,
+    unfinished: &Unfinished,
 ) -> std::io::Result<Option<(Vec<u8>, bool)>> {
-    let mut line = read_until(reader, b'\n', max).await?;
+    let mut line = read_until(reader, b'\n', max, unfinished).await?;
     if let Some((text, _)) = &mut line {
         if text.last() == Some(&b'\r') {
             text.pop();
@@ -127,31 +133,30 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
 }
 
 /// One record ended by `delim` (not included; the input's end also ends one) of at most `max`
-/// bytes; a longer record is cut, the rest of it skipped, and `cut` set. `None` at the end of
-/// the input.
+/// bytes; a longer record, or one the input's connections have no memory left for, is cut, the
+/// rest of it skipped, and `cut` set. `None` at the end of the input.
 pub async fn read_until<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     delim: u8,
     max: usize,
+    unfinished: &Unfinished,
 ) -> std::io::Result<Option<(Vec<u8>, bool)>> {
-    let mut record = Vec::new();
+    let mut record = unfinished.message();
     let mut cut = false;
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
-            return Ok((!record.is_empty() || cut).then_some((record, cut)));
+            return Ok((!record.is_empty() || cut).then(|| (record.into_bytes(), cut)));
         }
         let (chunk, done) = match memchr::memchr(delim, available) {
             Some(end) => (&available[..end], Some(end + 1)),
             None => (available, None),
         };
-        let room = max.saturating_sub(record.len());
-        cut |= chunk.len() > room;
-        record.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        cut |= !record.push(chunk, max);
         let used = done.unwrap_or(available.len());
         reader.consume(used);
         if done.is_some() {
-            return Ok(Some((record, cut)));
+            return Ok(Some((record.into_bytes(), cut)));
         }
     }
 }
@@ -164,27 +169,29 @@ mod tests {
     async fn lines_are_bounded_and_cut() {
         let input = b"short\r\nthis one is too long\nlast".to_vec();
         let mut reader = tokio::io::BufReader::with_capacity(4, &input[..]);
+        let pool = Unfinished::new(0);
         assert_eq!(
-            read_line(&mut reader, 8).await.unwrap(),
+            read_line(&mut reader, 8, &pool).await.unwrap(),
             Some((b"short".to_vec(), false))
         );
         assert_eq!(
-            read_line(&mut reader, 8).await.unwrap(),
+            read_line(&mut reader, 8, &pool).await.unwrap(),
             Some((b"this one".to_vec(), true))
         );
         assert_eq!(
-            read_line(&mut reader, 8).await.unwrap(),
+            read_line(&mut reader, 8, &pool).await.unwrap(),
             Some((b"last".to_vec(), false))
         );
-        assert_eq!(read_line(&mut reader, 8).await.unwrap(), None);
+        assert_eq!(read_line(&mut reader, 8, &pool).await.unwrap(), None);
     }
 
     #[tokio::test]
     async fn null_delimited_frames_are_bounded_and_cut() {
         let input = b"{\"a\":1}\0{\"too\":\"long\"}\0\0{\"b\":2}\0".to_vec();
         let mut reader = tokio::io::BufReader::with_capacity(4, &input[..]);
+        let pool = Unfinished::new(0);
         let mut frames = Vec::new();
-        while let Some(frame) = read_until(&mut reader, 0, 9).await.unwrap() {
+        while let Some(frame) = read_until(&mut reader, 0, 9, &pool).await.unwrap() {
             frames.push(frame);
         }
         assert_eq!(

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use syslog_loose::{Message, ProcId, Protocol, Variant};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::read_line;
+use super::unfinished::Unfinished;
 use crate::event::{now_rfc3339, rfc3339_ms, Event, LATEST_MS};
 use crate::shipper::Shipper;
 
@@ -42,9 +43,9 @@ pub async fn run_tcp(
         listener,
         "syslog_tcp",
         &shipper.clone(),
-        move |stream, peer| {
+        move |stream, peer, unfinished| {
             let shipper = shipper.clone();
-            async move { connection(stream, peer, &shipper, max).await }
+            async move { connection(stream, peer, &shipper, max, &unfinished).await }
         },
     )
     .await
@@ -55,11 +56,12 @@ async fn connection(
     peer: SocketAddr,
     shipper: &Shipper,
     max: usize,
+    unfinished: &Unfinished,
 ) -> anyhow::Result<()> {
     let mut reader = BufReader::new(stream);
     let connection = shipper.next_connection();
     let mut seq = 0u64;
-    while let Some(frame) = next_frame(&mut reader, max).await? {
+    while let Some(frame) = next_frame(&mut reader, max, unfinished).await? {
         match frame.cut {
             Cut::Whole => {}
             Cut::AtMax => shipper.malformed("syslog_tcp", "truncated"),
@@ -104,6 +106,7 @@ enum Cut {
 async fn next_frame(
     reader: &mut (impl AsyncBufRead + Unpin),
     max: usize,
+    unfinished: &Unfinished,
 ) -> std::io::Result<Option<Frame>> {
     let mut head = Vec::new();
     while head.len() < LENGTH_DIGITS {
@@ -121,7 +124,7 @@ async fn next_frame(
         if reader.fill_buf().await?.first() == Some(&b'<') {
             let len = head.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
             if len <= MAX_COUNTED_BYTES {
-                return octet_counted(reader, len, max).await.map(Some);
+                return octet_counted(reader, len, max, unfinished).await.map(Some);
             }
             // No syslog message is that long: a sender's mistake, which would swallow
             // everything after it on the connection. Read as a line instead.
@@ -130,7 +133,7 @@ async fn next_frame(
         head.push(b' ');
     }
     // A line whose first bytes are read already.
-    let line = read_line(reader, max.saturating_sub(head.len())).await?;
+    let line = read_line(reader, max.saturating_sub(head.len()), unfinished).await?;
     if line.is_none() && head.is_empty() {
         return Ok(None);
     }
@@ -146,26 +149,38 @@ async fn next_frame(
     Ok(Some(Frame { message: head, cut }))
 }
 
-/// The `len` bytes of an octet-counted message, of which at most `max` are kept. Memory grows
-/// with the bytes that come, not with the length a peer claims.
+/// The `len` bytes of an octet-counted message, of which at most `max` are kept (fewer when
+/// the input's connections have no memory left). Memory grows with the bytes that come, not
+/// with the length a peer claims.
 async fn octet_counted(
     reader: &mut (impl AsyncBufRead + Unpin),
     len: u64,
     max: usize,
+    unfinished: &Unfinished,
 ) -> std::io::Result<Frame> {
-    let keep = len.min(max as u64);
-    let mut message = Vec::new();
-    (&mut *reader).take(keep).read_to_end(&mut message).await?;
-    let skipped =
-        tokio::io::copy(&mut (&mut *reader).take(len - keep), &mut tokio::io::sink()).await?;
-    let cut = if (message.len() as u64) < keep || skipped < len - keep {
-        Cut::BadFrame
-    } else if skipped > 0 {
-        Cut::AtMax
-    } else {
-        Cut::Whole
-    };
-    Ok(Frame { message, cut })
+    let mut message = unfinished.message();
+    let mut left = len;
+    let mut cut = Cut::Whole;
+    while left > 0 {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            cut = Cut::BadFrame;
+            break;
+        }
+        let part = &available[..available
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX))];
+        if !message.push(part, max) {
+            cut = Cut::AtMax;
+        }
+        let used = part.len();
+        reader.consume(used);
+        left -= used as u64;
+    }
+    Ok(Frame {
+        message: message.into_bytes(),
+        cut,
+    })
 }
 
 async fn ship(
@@ -337,7 +352,8 @@ mod tests {
     async fn frames(stream: &[u8], max: usize) -> Vec<(String, Cut)> {
         let mut reader = BufReader::with_capacity(3, stream);
         let mut frames = Vec::new();
-        while let Some(frame) = next_frame(&mut reader, max).await.unwrap() {
+        let unfinished = Unfinished::new(usize::MAX);
+        while let Some(frame) = next_frame(&mut reader, max, &unfinished).await.unwrap() {
             frames.push((String::from_utf8(frame.message).unwrap(), frame.cut));
         }
         frames
@@ -371,6 +387,29 @@ mod tests {
             [
                 ("<13>hello".to_owned(), Cut::AtMax),
                 ("<13>again".to_owned(), Cut::Whole),
+            ]
+        );
+    }
+
+    /// With no shared memory left, a message is cut at its own 64 KiB, in either framing, and
+    /// the next one is read whole.
+    #[tokio::test]
+    async fn messages_are_cut_when_the_connections_memory_is_taken() {
+        let body = "x".repeat(100 << 10);
+        let counted = format!("<13>{body}");
+        let stream = format!("{} {counted}<13>{body}\n9 <13>", counted.len());
+        let mut reader = BufReader::new(stream.as_bytes());
+        let taken = Unfinished::new(0);
+        let mut cuts = Vec::new();
+        while let Some(frame) = next_frame(&mut reader, usize::MAX, &taken).await.unwrap() {
+            cuts.push((frame.message.len(), frame.cut));
+        }
+        assert_eq!(
+            cuts,
+            [
+                (64 << 10, Cut::AtMax),
+                (64 << 10, Cut::AtMax),
+                (4, Cut::BadFrame)
             ]
         );
     }
