@@ -111,7 +111,12 @@ async fn connection(
     let mut seq = 0u64;
     // Bounded: a frame longer than `max`, or than the memory the connections share allows, is
     // cut there and the rest skipped.
-    while let Some((frame, cut)) = read_until(&mut reader, 0, max, unfinished).await? {
+    loop {
+        // Held until shipped: its bytes count against the connections' memory until then.
+        let mut frame = unfinished.message();
+        let Some(cut) = read_until(&mut reader, 0, max, &mut frame).await? else {
+            break;
+        };
         let text = frame.trim_ascii();
         if text.is_empty() {
             continue;

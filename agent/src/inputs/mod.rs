@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::shipper::Shipper;
-use unfinished::Unfinished;
+use unfinished::{Incoming, Unfinished};
 
 /// TCP connections an input serves at once; more are closed as they come, and counted.
 const MAX_CONNECTIONS: usize = 1024;
@@ -121,32 +121,29 @@ fn out_of_resources(error: &std::io::Error) -> bool {
 pub async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     max: usize,
-    unfinished: &Unfinished,
-) -> std::io::Result<Option<(Vec<u8>, bool)>> {
-    let mut line = read_until(reader, b'\n', max, unfinished).await?;
-    if let Some((text, _)) = &mut line {
-        if text.last() == Some(&b'\r') {
-            text.pop();
-        }
+    line: &mut Incoming,
+) -> std::io::Result<Option<bool>> {
+    let cut = read_until(reader, b'\n', max, line).await?;
+    if line.last() == Some(&b'\r') {
+        line.pop();
     }
-    Ok(line)
+    Ok(cut)
 }
 
-/// One record ended by `delim` (not included; the input's end also ends one) of at most `max`
-/// bytes; a longer record, or one the input's connections have no memory left for, is cut, the
-/// rest of it skipped, and `cut` set. `None` at the end of the input.
+/// Reads into `record` one record ended by `delim` (not included; the input's end also ends
+/// one) of at most `max` bytes; a longer record, or one the input's connections have no memory
+/// left for, is cut, the rest of it skipped. Whether it was cut; `None` at the end of the input.
 pub async fn read_until<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     delim: u8,
     max: usize,
-    unfinished: &Unfinished,
-) -> std::io::Result<Option<(Vec<u8>, bool)>> {
-    let mut record = unfinished.message();
+    record: &mut Incoming,
+) -> std::io::Result<Option<bool>> {
     let mut cut = false;
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
-            return Ok((!record.is_empty() || cut).then(|| (record.into_bytes(), cut)));
+            return Ok((!record.is_empty() || cut).then_some(cut));
         }
         let (chunk, done) = match memchr::memchr(delim, available) {
             Some(end) => (&available[..end], Some(end + 1)),
@@ -156,7 +153,7 @@ pub async fn read_until<R: AsyncBufRead + Unpin>(
         let used = done.unwrap_or(available.len());
         reader.consume(used);
         if done.is_some() {
-            return Ok(Some((record.into_bytes(), cut)));
+            return Ok(Some(cut));
         }
     }
 }
@@ -170,19 +167,22 @@ mod tests {
         let input = b"short\r\nthis one is too long\nlast".to_vec();
         let mut reader = tokio::io::BufReader::with_capacity(4, &input[..]);
         let pool = Unfinished::new(0);
+        let mut lines = Vec::new();
+        loop {
+            let mut line = pool.message();
+            let Some(cut) = read_line(&mut reader, 8, &mut line).await.unwrap() else {
+                break;
+            };
+            lines.push((line.to_vec(), cut));
+        }
         assert_eq!(
-            read_line(&mut reader, 8, &pool).await.unwrap(),
-            Some((b"short".to_vec(), false))
+            lines,
+            [
+                (b"short".to_vec(), false),
+                (b"this one".to_vec(), true),
+                (b"last".to_vec(), false),
+            ]
         );
-        assert_eq!(
-            read_line(&mut reader, 8, &pool).await.unwrap(),
-            Some((b"this one".to_vec(), true))
-        );
-        assert_eq!(
-            read_line(&mut reader, 8, &pool).await.unwrap(),
-            Some((b"last".to_vec(), false))
-        );
-        assert_eq!(read_line(&mut reader, 8, &pool).await.unwrap(), None);
     }
 
     #[tokio::test]
@@ -191,8 +191,12 @@ mod tests {
         let mut reader = tokio::io::BufReader::with_capacity(4, &input[..]);
         let pool = Unfinished::new(0);
         let mut frames = Vec::new();
-        while let Some(frame) = read_until(&mut reader, 0, 9, &pool).await.unwrap() {
-            frames.push(frame);
+        loop {
+            let mut frame = pool.message();
+            let Some(cut) = read_until(&mut reader, 0, 9, &mut frame).await.unwrap() else {
+                break;
+            };
+            frames.push((frame.to_vec(), cut));
         }
         assert_eq!(
             frames,

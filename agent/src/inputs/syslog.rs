@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::read_line;
-use super::unfinished::Unfinished;
+use super::unfinished::{Incoming, Unfinished};
 use crate::event::{now_rfc3339, rfc3339_ms, Event, LATEST_MS};
 use crate::shipper::Shipper;
 
@@ -85,9 +85,9 @@ const LENGTH_DIGITS: usize = 12;
 /// a sender's mistake, and the frame is read as a line.
 const MAX_COUNTED_BYTES: u64 = 64 << 20;
 
-#[derive(Debug, PartialEq)]
 struct Frame {
-    message: Vec<u8>,
+    /// Held until shipped: its bytes count against the connections' memory until then.
+    message: Incoming,
     cut: Cut,
 }
 
@@ -119,12 +119,13 @@ async fn next_frame(
         }
     }
     let mut bad = false;
+    let mut message = unfinished.message();
     if !head.is_empty() && reader.fill_buf().await?.first() == Some(&b' ') {
         reader.consume(1);
         if reader.fill_buf().await?.first() == Some(&b'<') {
             let len = head.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
             if len <= MAX_COUNTED_BYTES {
-                return octet_counted(reader, len, max, unfinished).await.map(Some);
+                return octet_counted(reader, len, max, message).await.map(Some);
             }
             // No syslog message is that long: a sender's mistake, which would swallow
             // everything after it on the connection. Read as a line instead.
@@ -133,20 +134,17 @@ async fn next_frame(
         head.push(b' ');
     }
     // A line whose first bytes are read already.
-    let line = read_line(reader, max.saturating_sub(head.len()), unfinished).await?;
+    let head_cut = !message.push(&head, max);
+    let line = read_line(reader, max, &mut message).await?;
     if line.is_none() && head.is_empty() {
         return Ok(None);
     }
-    let cut = line.as_ref().is_some_and(|(_, cut)| *cut);
-    if let Some((rest, _)) = line {
-        head.extend_from_slice(&rest);
-    }
-    let cut = match (bad, cut) {
+    let cut = match (bad, head_cut || line == Some(true)) {
         (true, _) => Cut::BadFrame,
         (false, true) => Cut::AtMax,
         (false, false) => Cut::Whole,
     };
-    Ok(Some(Frame { message: head, cut }))
+    Ok(Some(Frame { message, cut }))
 }
 
 /// The `len` bytes of an octet-counted message, of which at most `max` are kept (fewer when
@@ -156,9 +154,8 @@ async fn octet_counted(
     reader: &mut (impl AsyncBufRead + Unpin),
     len: u64,
     max: usize,
-    unfinished: &Unfinished,
+    mut message: Incoming,
 ) -> std::io::Result<Frame> {
-    let mut message = unfinished.message();
     let mut left = len;
     let mut cut = Cut::Whole;
     while left > 0 {
@@ -177,10 +174,7 @@ async fn octet_counted(
         reader.consume(used);
         left -= used as u64;
     }
-    Ok(Frame {
-        message: message.into_bytes(),
-        cut,
-    })
+    Ok(Frame { message, cut })
 }
 
 async fn ship(
@@ -354,7 +348,10 @@ mod tests {
         let mut frames = Vec::new();
         let unfinished = Unfinished::new(usize::MAX);
         while let Some(frame) = next_frame(&mut reader, max, &unfinished).await.unwrap() {
-            frames.push((String::from_utf8(frame.message).unwrap(), frame.cut));
+            frames.push((
+                String::from_utf8(frame.message.to_vec()).unwrap(),
+                frame.cut,
+            ));
         }
         frames
     }

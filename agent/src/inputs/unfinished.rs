@@ -1,8 +1,10 @@
-//! The memory of messages a TCP input's connections are still receiving, bounded for all of them
-//! together: at up to `max_message_bytes` each, 1024 connections could hold 900 MB. Each
-//! connection's unfinished message may hold `OWN` bytes; past that it draws on what the input's
-//! connections share (`SHARED`), and once that is taken it is cut, as a message past
-//! `max_message_bytes` is, and counted the same way. At most 1024 × 64 KiB + 64 MiB in all.
+//! The memory of the messages a TCP input's connections are receiving or shipping, bounded for
+//! all of them together: at up to `max_message_bytes` each, 1024 connections could hold 900 MB
+//! (more while the output makes them wait). Each connection's message may hold `OWN` bytes; past
+//! that it draws on what the input's connections share (`SHARED`), and once that is taken it is
+//! cut, as a message past `max_message_bytes` is, and counted the same way. A message gives its
+//! shared bytes back when it is dropped, after it was shipped. At most 1024 × 64 KiB + 64 MiB of
+//! messages in all.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,11 +32,12 @@ impl Unfinished {
     }
 
     /// A message to receive.
-    pub fn message(&self) -> Message<'_> {
-        Message {
-            pool: self,
+    pub fn message(&self) -> Incoming {
+        Incoming {
+            pool: self.clone(),
             bytes: Vec::new(),
             drawn: 0,
+            cut: false,
         }
     }
 
@@ -59,17 +62,22 @@ impl Unfinished {
     }
 }
 
-/// A message being received; its shared bytes are given back when it is dropped.
-pub struct Message<'a> {
-    pool: &'a Unfinished,
+/// A message being received, then shipped; its shared bytes are given back when it is dropped.
+pub struct Incoming {
+    pool: Unfinished,
     bytes: Vec<u8>,
     drawn: usize,
+    /// Cut: nothing more is added, so its bytes stay one stretch of the input.
+    cut: bool,
 }
 
-impl Message<'_> {
+impl Incoming {
     /// Appends what of `chunk` fits in `max` bytes and the memory the input has left; whether
-    /// all of it did.
+    /// all of it did. Once it did not, the message is cut and takes nothing more.
     pub fn push(&mut self, chunk: &[u8], max: usize) -> bool {
+        if self.cut {
+            return chunk.is_empty();
+        }
         let mut take = chunk.len().min(max.saturating_sub(self.bytes.len()));
         let own = OWN.saturating_sub(self.bytes.len());
         if take > own {
@@ -78,20 +86,25 @@ impl Message<'_> {
             take = own + got;
         }
         self.bytes.extend_from_slice(&chunk[..take]);
-        take == chunk.len()
+        self.cut = take < chunk.len();
+        !self.cut
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
-    /// The message's bytes: received, its shared bytes are given back.
-    pub fn into_bytes(mut self) -> Vec<u8> {
-        std::mem::take(&mut self.bytes)
+    /// Drops the last byte (a line's CR).
+    pub fn pop(&mut self) -> Option<u8> {
+        self.bytes.pop()
     }
 }
 
-impl Drop for Message<'_> {
+impl std::ops::Deref for Incoming {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Incoming {
     fn drop(&mut self) {
         self.pool.drawn.fetch_sub(self.drawn, Ordering::Relaxed);
     }
@@ -114,9 +127,13 @@ mod tests {
             !other.push(&vec![b'b'; 20 << 10], usize::MAX),
             "14 KiB left"
         );
+        assert_eq!(other.len(), OWN + (14 << 10));
         assert!(!pool.message().push(&[b'c'; 16], 8), "max still cuts");
-        assert_eq!(big.into_bytes().len(), 150 << 10);
-        assert_eq!(other.into_bytes().len(), OWN + (14 << 10));
+        assert_eq!(big.len(), 150 << 10);
+        drop(big);
+        assert!(!other.push(b"more", usize::MAX), "cut: nothing more");
+        assert_eq!(other.len(), OWN + (14 << 10));
+        drop(other);
         assert_eq!(pool.drawn.load(Ordering::Relaxed), 0);
         let mut again = pool.message();
         assert!(again.push(&vec![b'd'; OWN + (100 << 10)], usize::MAX));
