@@ -78,6 +78,15 @@ impl Progress {
         self.state().read_to
     }
 
+    /// Where reading picks up again in a file set aside: the start of a record that was being
+    /// assembled (dropped with its reader), or where reading got to.
+    pub fn resume_from(&self) -> u64 {
+        let state = self.state();
+        state
+            .held
+            .map_or(state.read_to, |held| held.min(state.read_to))
+    }
+
     /// Records queued and not yet acknowledged.
     pub fn pending(&self) -> usize {
         self.state().pending.len()

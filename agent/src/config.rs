@@ -294,7 +294,7 @@ impl AgentConfig {
             .get("message.max.bytes")
             .and_then(|v| v.parse().ok())
             .unwrap_or(KAFKA_MESSAGE_MAX);
-        limit.min(KAFKA_MESSAGE_MAX) - 1_000
+        limit.min(KAFKA_MESSAGE_MAX).saturating_sub(1_000)
     }
 
     /// Checks what the types cannot say; the error is `(key, what was expected)`.

@@ -29,31 +29,63 @@ impl Tail {
         }
     }
 
-    /// Whether `file` holds these bytes where they were.
+    /// Whether `file` holds these bytes where they were (a tail longer than any taken, from a
+    /// damaged checkpoint file, is held by none).
     pub fn held_by(&self, file: &File) -> std::io::Result<bool> {
+        let len = self.len as usize;
+        if len > TAIL_BYTES {
+            return Ok(false);
+        }
         let start = self.at.saturating_sub(u64::from(self.len));
-        Ok(bytes_at(file, start, self.len as usize)?
-            .is_some_and(|bytes| crc32c::crc32c(&bytes) == self.crc))
+        Ok(bytes_at(file, start, len)?.is_some_and(|bytes| crc32c::crc32c(&bytes) == self.crc))
     }
 }
+
+/// The most bytes a tail is taken of.
+pub const TAIL_BYTES: usize = 64;
 
 /// The `len` bytes of `file` at `at`; `None` when the file ends before them.
 pub fn bytes_at(file: &File, at: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
     let mut bytes = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match file.read_at(&mut bytes[got..], at + got as u64)? {
-            0 => return Ok(None),
-            n => got += n,
-        }
+    match file.read_exact_at(&mut bytes, at) {
+        Ok(()) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(Some(bytes))
 }
 
 /// Of `tails` (newest first), the one a file of `len` bytes can be checked against: the newest it
 /// is long enough for.
 pub fn checkable(tails: &[Tail], len: u64) -> Option<&Tail> {
     tails.iter().find(|tail| tail.at <= len)
+}
+
+/// Whether a copy `len` bytes long continues the file of `tails`: it holds the newest tail it is
+/// long enough for (none known: it is taken on its first line).
+pub fn continued(
+    tails: &[Tail],
+    len: u64,
+    holds: &dyn Fn(&Tail) -> std::io::Result<bool>,
+) -> std::io::Result<bool> {
+    match checkable(tails, len) {
+        Some(tail) => holds(tail),
+        None => Ok(tails.is_empty()),
+    }
+}
+
+/// Whether a file `len` bytes long, the same inode, holds any of `tails`, newest first (none
+/// known: it is taken on its first line).
+pub fn any_held(
+    tails: &[Tail],
+    len: u64,
+    holds: &dyn Fn(&Tail) -> std::io::Result<bool>,
+) -> std::io::Result<bool> {
+    for tail in tails.iter().filter(|tail| tail.at <= len) {
+        if holds(tail)? {
+            return Ok(true);
+        }
+    }
+    Ok(tails.is_empty())
 }
 
 /// Tails older than the newest are kept at least this far apart in time.

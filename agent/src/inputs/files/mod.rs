@@ -116,6 +116,7 @@ impl FilesInput {
             unready: false,
             unreadable: HashSet::new(),
             behind_shown: (HashSet::new(), std::time::Instant::now()),
+            read_failure_said: None,
         };
         let reader_thread = std::thread::Builder::new()
             .name("sluice-agent-files".into())

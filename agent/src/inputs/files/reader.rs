@@ -15,7 +15,7 @@ use super::content::Tail;
 use super::format::{Decoder, Format, Origin};
 use super::multiline::Joiner;
 use super::notices::Notices;
-use super::registry::Registry;
+use super::registry::{Found, Registry};
 use super::ship::{Batch, Events};
 use super::tailer::{self, Read, Tailer};
 use super::watch_root;
@@ -25,6 +25,8 @@ use crate::containers::{DockerContainers, KubeletLinks};
 use crate::shipper::Shipper;
 
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// A file whose reads keep failing is tried at every scan, and said this often.
+const READ_FAILURE_SAID_EVERY: Duration = Duration::from_secs(60);
 /// How long the thread sleeps when no file had anything new and no notice came.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -79,6 +81,8 @@ pub struct Reader {
     pub unreadable: HashSet<(u64, u64)>,
     /// The paths `sluice_agent_file_bytes_behind_per_file` shows, and when it was last set.
     pub behind_shown: (HashSet<String>, Instant),
+    /// When a failed read was last said.
+    pub read_failure_said: Option<Instant>,
 }
 
 impl Reader {
@@ -155,12 +159,7 @@ impl Reader {
                     Err(e) => {
                         // A failure of the moment (EIO, ESTALE): the file found again at a scan
                         // is read on, not taken for a new one and sent again from its start.
-                        tracing::warn!(
-                            path = %followed.tailer.path.display(),
-                            error = %e,
-                            "agent: reading a file failed; it is tried again at the next scan"
-                        );
-                        failed.push(key);
+                        failed.push((key, e));
                     }
                 }
                 if self.hand_on(key).is_err() {
@@ -170,7 +169,11 @@ impl Reader {
             for key in closed {
                 self.close(key);
             }
-            for key in failed {
+            for (key, error) in failed {
+                if let Some(followed) = self.followed.get(&key) {
+                    let path = followed.tailer.path.clone();
+                    self.read_failed(&path, &error);
+                }
                 self.set_aside(key);
             }
             self.passes += 1;
@@ -311,16 +314,27 @@ impl Reader {
             .get(&key)
             .is_some_and(|(since, pass)| since.elapsed() >= wait && self.passes >= pass + 2);
         let fresh = if from_end { len } else { 0 };
-        let holds = |tail: &Tail| tail.held_by(&file).unwrap_or(false);
-        let Some(placement) =
-            self.registry
-                .place(&path, fp, key, len, fresh, !waited_enough, &holds)
-        else {
-            let pass = self.passes;
-            self.waiting
-                .entry(key)
-                .or_insert_with(|| (Instant::now(), pass));
-            return false;
+        let holds = |tail: &Tail| tail.held_by(&file);
+        let found = Found {
+            path: &path,
+            fp,
+            key,
+            len,
+        };
+        let placed = self.registry.place(&found, fresh, !waited_enough, &holds);
+        let placement = match placed {
+            Ok(Some(placement)) => placement,
+            Ok(None) => {
+                let pass = self.passes;
+                self.waiting
+                    .entry(key)
+                    .or_insert_with(|| (Instant::now(), pass));
+                return false;
+            }
+            Err(e) => {
+                self.read_failed(&path, &e);
+                return false;
+            }
         };
         self.waiting.remove(&key);
         tracing::debug!(
@@ -461,23 +475,8 @@ impl Reader {
         }
     }
 
-    fn close(&mut self, key: (u64, u64)) {
-        if let Some(tailer) = self.hand_on_last(key) {
-            tracing::debug!(path = %tailer.path.display(), "agent: file closed");
-            self.registry.closed(&tailer.identity);
-        }
-    }
-
-    /// Stops reading `key`'s file after a failed read; it is found again at the next scan.
-    fn set_aside(&mut self, key: (u64, u64)) {
-        if let Some(tailer) = self.hand_on_last(key) {
-            self.registry.read(&tailer.identity, tailer.tails());
-            self.registry.set_aside(&tailer.identity);
-        }
-    }
-
     /// Stops following `key`'s file: hands on what its joiner and decoder hold.
-    fn hand_on_last(&mut self, key: (u64, u64)) -> Option<Tailer> {
+    fn close(&mut self, key: (u64, u64)) {
         let _ = self.flush(key);
         if let Some(followed) = self.followed.get_mut(&key) {
             let mut cut = Events::default();
@@ -486,7 +485,37 @@ impl Reader {
             }
             let _ = self.send(key, cut);
         }
-        self.followed.remove(&key).map(|followed| followed.tailer)
+        if let Some(followed) = self.followed.remove(&key) {
+            let tailer = followed.tailer;
+            tracing::debug!(path = %tailer.path.display(), "agent: file closed");
+            self.registry.closed(&tailer.identity);
+        }
+    }
+
+    /// Stops reading `key`'s file after a failed read; found again at the next scan, it is read
+    /// on from where it was, a multi-line event or a partial line being assembled from its
+    /// start (its reader's state goes with it).
+    fn set_aside(&mut self, key: (u64, u64)) {
+        if let Some(followed) = self.followed.remove(&key) {
+            let tailer = followed.tailer;
+            self.registry.read(&tailer.identity, tailer.tails());
+            self.registry.set_aside(&tailer.identity);
+        }
+    }
+
+    /// A read of the file at `path` failed: said once a minute (it is tried at every scan).
+    fn read_failed(&mut self, path: &std::path::Path, error: &std::io::Error) {
+        if self
+            .read_failure_said
+            .is_none_or(|at| at.elapsed() >= READ_FAILURE_SAID_EVERY)
+        {
+            self.read_failure_said = Some(Instant::now());
+            tracing::warn!(
+                path = %path.display(),
+                %error,
+                "agent: reading a file failed; it is tried again at each scan"
+            );
+        }
     }
 
     fn save(&mut self) {

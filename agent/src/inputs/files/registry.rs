@@ -1,11 +1,12 @@
 //! Which file is which, and how far each has been acknowledged: the checkpoint file.
 //!
 //! A file is known by the checksum of its first line, with device and inode as a hint, and
-//! checked against the checksums of what was read of it (`content`). The same inode with the same
-//! fingerprint, still holding what was read, is the same file wherever it was renamed. A file
-//! truncated under the agent (copytruncate) is released: a copy with the same fingerprint and
-//! another inode (the rotated copy, `app.log.1`) that holds what was read continues it from its
-//! checkpoint, and the truncated inode gets a new identity. An identity names the time it was made, so lines of a new file never reuse an
+//! checked against the checksums of what was read of it (`content`). The same inode with the
+//! same fingerprint, still holding what was read, is the same file wherever it was renamed. A
+//! file truncated under the agent (copytruncate) is released: a copy with the same fingerprint
+//! and another inode (the rotated copy, `app.log.1`) that holds what was read continues it from
+//! where it was read to (from its checkpoint after a restart), and the truncated inode gets a
+//! new identity. An identity names the time it was made, so lines of a new file never reuse an
 //! old file's ids, even on a reused inode; a file read out and gone is closed, never resumed.
 //!
 //! Entries are written to `<state_dir>/file-checkpoints.json` atomically (write, fsync, rename,
@@ -76,6 +77,16 @@ pub struct Registry {
     written: Vec<u8>,
 }
 
+/// A file the globs found.
+pub struct Found<'a> {
+    pub path: &'a Path,
+    /// The checksum of its first line (`tailer::fingerprint`).
+    pub fp: u32,
+    /// Its device and inode.
+    pub key: (u64, u64),
+    pub len: u64,
+}
+
 /// How a found file is to be read.
 pub struct Placement {
     pub identity: String,
@@ -140,21 +151,24 @@ impl Registry {
         self.first_start
     }
 
-    /// Where to read a file found at `path` (fingerprint `fp`, inode `(dev, ino)`, `len` bytes,
-    /// holding a tail if `holds` says so): `None` while it looks like a copy of a file still
-    /// being read (copytruncate before the truncation) and `wait_for_copies`, so it is looked at
-    /// again. `fresh` is where an unknown file starts.
-    #[allow(clippy::too_many_arguments)]
+    /// Where to read `found`, which holds a tail if `holds` says so: `None` while it looks like
+    /// a copy of a file still being read (copytruncate before the truncation) and
+    /// `wait_for_copies`, so it is looked at again. `fresh` is where an unknown file starts. An
+    /// error reading the file for a tail is returned before anything is decided: the file is
+    /// looked at again at the next scan.
     pub fn place(
         &mut self,
-        path: &Path,
-        fp: u32,
-        (dev, ino): (u64, u64),
-        len: u64,
+        found: &Found<'_>,
         fresh: u64,
         wait_for_copies: bool,
-        holds: &dyn Fn(&Tail) -> bool,
-    ) -> Option<Placement> {
+        holds: &dyn Fn(&Tail) -> std::io::Result<bool>,
+    ) -> std::io::Result<Option<Placement>> {
+        let &Found {
+            path,
+            fp,
+            key: (dev, ino),
+            len,
+        } = found;
         // The inode holds another first line now: truncated and written again while the agent
         // was away (copytruncate), or reused. Its entry's lines, if anywhere, are in a copy.
         for t in self.tracked.values_mut() {
@@ -170,22 +184,18 @@ impl Registry {
             .find(|(_, t)| same(&t.entry) && !t.entry.released && !t.entry.closed)
         {
             // Read on from where reading stopped (a restart, a read that failed), if the file
-            // still holds the last bytes read: it grew, or is as it was.
-            let start = t.progress.read_to();
-            let holds_read = t
-                .entry
-                .tails
-                .first()
-                .is_none_or(|newest| newest.at <= len && holds(newest));
-            if len >= start && holds_read {
+            // still holds what was read: the newest tail, or an older one when the end of what
+            // was read did not survive (a host crash before the page cache reached the disk).
+            let start = t.progress.resume_from();
+            if len >= start && content::any_held(&t.entry.tails, len, holds)? {
                 t.entry.path = path.to_string_lossy().into_owned();
                 t.idle_since = None;
-                return Some(Placement {
+                return Ok(Some(Placement {
                     identity: id.clone(),
                     start,
                     progress: t.progress.clone(),
                     tails: t.entry.tails.clone(),
-                });
+                }));
             }
             // Truncated, or rewritten under the same first line, while nobody read it: what
             // was read, if anywhere, is in a copy.
@@ -200,14 +210,20 @@ impl Registry {
         // what was read: the newest tail it is long enough for, as lines may have been read from
         // the original after logrotate's copy. A file that only starts alike, or is shorter
         // than every tail, is read from its start.
-        let continues =
-            |tails: &[Tail]| tails.is_empty() || content::checkable(tails, len).is_some_and(holds);
-        if let Some((id, t)) = self.tracked.iter_mut().find(|(_, t)| {
-            t.entry.released
-                && t.entry.fingerprint == fp
-                && (t.entry.dev, t.entry.ino) != (dev, ino)
-                && continues(&t.entry.tails)
-        }) {
+        let mut copy_of = None;
+        for (id, t) in &self.tracked {
+            let e = &t.entry;
+            if e.released
+                && e.fingerprint == fp
+                && (e.dev, e.ino) != (dev, ino)
+                && content::continued(&e.tails, len, holds)?
+            {
+                copy_of = Some(id.clone());
+                break;
+            }
+        }
+        if let Some(id) = copy_of {
+            let t = self.tracked.get_mut(&id).expect("just found");
             t.entry.released = false;
             t.entry.dev = dev;
             t.entry.ino = ino;
@@ -219,19 +235,19 @@ impl Registry {
             t.copy_len = (len < read_to).then_some(len);
             let start = read_to.min(len);
             t.entry.tails.retain(|tail| tail.at <= start);
-            return Some(Placement {
-                identity: id.clone(),
+            return Ok(Some(Placement {
+                identity: id,
                 start,
                 progress: t.progress.clone(),
                 tails: t.entry.tails.clone(),
-            });
+            }));
         }
         let copy_of_live = self
             .tracked
             .values()
             .any(|t| t.entry.fingerprint == fp && !t.entry.released && t.idle_since.is_none());
         if copy_of_live && wait_for_copies {
-            return None;
+            return Ok(None);
         }
         let mut made = crate::event::now_ms();
         let mut identity = format!("{fp:08x}.{dev:x}.{ino:x}.{made:x}");
@@ -258,12 +274,12 @@ impl Registry {
                 copy_len: None,
             },
         );
-        Some(Placement {
+        Ok(Some(Placement {
             identity,
             start: fresh,
             progress,
             tails: Vec::new(),
-        })
+        }))
     }
 
     /// What was read of `identity`'s file so far (`Tailer::tails`).
@@ -324,7 +340,11 @@ impl Registry {
             .map(|(id, t)| {
                 t.entry.offset = t.progress.checkpoint().min(t.copy_len.unwrap_or(u64::MAX));
                 let mut entry = t.entry.clone();
-                entry.tails = kept_tails(&entry.tails, entry.offset);
+                // A closed file is never continued: nothing to check a file against.
+                entry.tails = match entry.closed {
+                    true => Vec::new(),
+                    false => kept_tails(&entry.tails, entry.offset),
+                };
                 (id.clone(), entry)
             })
             .collect();
@@ -344,14 +364,19 @@ impl Registry {
     }
 }
 
-/// The tails a restart needs (newest first): the newest, which the same file holds, and the
-/// newest within the checkpoint, which a copy of the file holds even if it was made before the
-/// last lines were read.
+/// The tails a restart needs: the newest, which the same file holds; the newest within the
+/// checkpoint, which a copy of the file holds even if it was made before the last lines were
+/// read; and the oldest, for a copy made before that.
 fn kept_tails(tails: &[Tail], checkpoint: u64) -> Vec<Tail> {
-    let mut kept: Vec<Tail> = tails.first().into_iter().copied().collect();
-    if let Some(within) = content::checkable(tails, checkpoint) {
-        if kept.first() != Some(within) {
-            kept.push(*within);
+    let mut kept: Vec<Tail> = Vec::with_capacity(3);
+    let wanted = [
+        tails.first(),
+        content::checkable(tails, checkpoint),
+        tails.last(),
+    ];
+    for tail in wanted.into_iter().flatten() {
+        if !kept.contains(tail) {
+            kept.push(*tail);
         }
     }
     kept
@@ -362,8 +387,12 @@ mod tests {
     use super::*;
 
     /// Every file holds every tail (the tests of tails are below).
-    fn held(_: &Tail) -> bool {
-        true
+    fn held(_: &Tail) -> std::io::Result<bool> {
+        Ok(true)
+    }
+
+    fn found(path: &Path, fp: u32, key: (u64, u64), len: u64) -> Found<'_> {
+        Found { path, fp, key, len }
     }
 
     /// Checkpoints are saved whatever a path's bytes (glob's `**` goes into any directory).
@@ -374,7 +403,8 @@ mod tests {
         let mut registry = Registry::load(dir.path()).unwrap();
         let path = Path::new(std::ffi::OsStr::from_bytes(b"logs/\xff.log"));
         registry
-            .place(path, 7, (1, 10), 100, 0, true, &held)
+            .place(&found(path, 7, (1, 10), 100), 0, true, &held)
+            .unwrap()
             .unwrap();
         registry.save().unwrap();
         assert_eq!(Registry::load(dir.path()).unwrap().len(), 1);
@@ -388,10 +418,12 @@ mod tests {
         let file = dir.path().join("file-checkpoints.json");
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("a.log"), 7, (1, 10), 100, 0, true, &held)
+            .place(&found(Path::new("a.log"), 7, (1, 10), 100), 0, true, &held)
+            .unwrap()
             .unwrap();
         registry
-            .place(Path::new("b.log"), 8, (1, 11), 100, 0, true, &held)
+            .place(&found(Path::new("b.log"), 8, (1, 11), 100), 0, true, &held)
+            .unwrap()
             .unwrap();
         registry.save().unwrap();
         let inode = || std::fs::metadata(&file).unwrap().ino();
@@ -409,24 +441,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         assert_eq!(a.start, 0);
         a.progress.queued(0, 60);
         a.progress.acknowledged(0);
         // Renamed: same inode, same fingerprint, another path.
         let renamed = registry
-            .place(Path::new("app.log.1"), 7, (1, 10), 100, 0, true, &held)
+            .place(
+                &found(Path::new("app.log.1"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         assert_eq!(renamed.identity, a.identity);
         // A copy appears while the original is still read: not yet.
         assert!(registry
-            .place(Path::new("copy"), 7, (1, 11), 100, 0, true, &held)
+            .place(&found(Path::new("copy"), 7, (1, 11), 100), 0, true, &held)
+            .unwrap()
             .is_none());
         // The original is truncated: the copy continues where it was.
         registry.release(&a.identity, Vec::new());
         let copy = registry
-            .place(Path::new("copy"), 7, (1, 11), 100, 0, true, &held)
+            .place(&found(Path::new("copy"), 7, (1, 11), 100), 0, true, &held)
+            .unwrap()
             .unwrap();
         assert_eq!(
             (copy.identity.as_str(), copy.start),
@@ -435,17 +481,25 @@ mod tests {
         // The truncated inode, same first line again: like two files that start alike, it waits
         // (rotate_wait) in case it is a copy, then starts a new generation from its start.
         assert!(registry
-            .place(Path::new("app.log"), 7, (1, 10), 5, 0, true, &held)
+            .place(&found(Path::new("app.log"), 7, (1, 10), 5), 0, true, &held)
+            .unwrap()
             .is_none());
         let again = registry
-            .place(Path::new("app.log"), 7, (1, 10), 5, 0, false, &held)
+            .place(&found(Path::new("app.log"), 7, (1, 10), 5), 0, false, &held)
+            .unwrap()
             .unwrap();
         assert_ne!(again.identity, a.identity);
         assert_eq!(again.start, 0);
         // Read out and deleted; its inode reused by a file that starts alike: read from 0.
         registry.closed(&again.identity);
         let reused = registry
-            .place(Path::new("new.log"), 7, (1, 10), 50, 0, false, &held)
+            .place(
+                &found(Path::new("new.log"), 7, (1, 10), 50),
+                0,
+                false,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         assert_ne!(reused.identity, again.identity);
         assert_eq!(reused.start, 0);
@@ -453,7 +507,8 @@ mod tests {
         let mut reloaded = Registry::load(dir.path()).unwrap();
         assert_eq!(reloaded.len(), 3);
         let resumed = reloaded
-            .place(Path::new("copy"), 7, (1, 11), 100, 0, true, &held)
+            .place(&found(Path::new("copy"), 7, (1, 11), 100), 0, true, &held)
+            .unwrap()
             .unwrap();
         assert_eq!((resumed.identity, resumed.start), (a.identity, 60));
     }
@@ -466,19 +521,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         a.progress.queued(0, 60);
         a.progress.acknowledged(0);
         registry.save().unwrap();
         let mut reloaded = Registry::load(dir.path()).unwrap();
         let live = reloaded
-            .place(Path::new("app.log"), 8, (1, 10), 5, 0, true, &held)
+            .place(&found(Path::new("app.log"), 8, (1, 10), 5), 0, true, &held)
+            .unwrap()
             .unwrap();
         assert_ne!(live.identity, a.identity);
         assert_eq!(live.start, 0);
         let copy = reloaded
-            .place(Path::new("app.log.1"), 7, (1, 11), 100, 0, true, &held)
+            .place(
+                &found(Path::new("app.log.1"), 7, (1, 11), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         assert_eq!((copy.identity, copy.start), (a.identity, 60));
     }
@@ -491,14 +559,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         a.progress.queued(0, 100);
         a.progress.acknowledged(0);
         registry.release(&a.identity, Vec::new());
         registry.save().unwrap();
         let copy = registry
-            .place(Path::new("app.log.1"), 7, (1, 11), 90, 0, true, &held)
+            .place(
+                &found(Path::new("app.log.1"), 7, (1, 11), 90),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         assert_eq!(
             (copy.identity.as_str(), copy.start),
@@ -507,7 +587,13 @@ mod tests {
         registry.save().unwrap();
         let mut reloaded = Registry::load(dir.path()).unwrap();
         let resumed = reloaded
-            .place(Path::new("app.log.1"), 7, (1, 11), 90, 0, true, &held)
+            .place(
+                &found(Path::new("app.log.1"), 7, (1, 11), 90),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         assert_eq!((resumed.identity, resumed.start), (a.identity, 90));
     }
@@ -524,22 +610,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("job.log"), 7, (1, 10), 100, 0, true, &held)
+            .place(
+                &found(Path::new("job.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         a.progress.queued(0, 100);
         a.progress.acknowledged(0);
         registry.read(&a.identity, vec![tail(100)]);
         registry.save().unwrap();
-        let same = |t: &Tail| *t == tail(100);
+        let same = |t: &Tail| Ok(*t == tail(100));
         let mut reloaded = Registry::load(dir.path()).unwrap();
         let resumed = reloaded
-            .place(Path::new("job.log"), 7, (1, 10), 150, 0, true, &same)
+            .place(
+                &found(Path::new("job.log"), 7, (1, 10), 150),
+                0,
+                true,
+                &same,
+            )
+            .unwrap()
             .unwrap();
         assert_eq!((resumed.identity, resumed.start), (a.identity.clone(), 100));
-        let other = |_: &Tail| false;
+        let other = |_: &Tail| Ok(false);
         let mut reloaded = Registry::load(dir.path()).unwrap();
         let rewritten = reloaded
-            .place(Path::new("job.log"), 7, (1, 10), 150, 0, true, &other)
+            .place(
+                &found(Path::new("job.log"), 7, (1, 10), 150),
+                0,
+                true,
+                &other,
+            )
+            .unwrap()
             .unwrap();
         assert_ne!(rewritten.identity, a.identity);
         assert_eq!(rewritten.start, 0);
@@ -553,22 +657,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         a.progress.queued(0, 100);
         registry.release(&a.identity, vec![tail(100), tail(60), tail(30)]);
         let not_a_copy = registry
-            .place(Path::new("other.log"), 7, (1, 11), 500, 0, true, &|_| false)
+            .place(
+                &found(Path::new("other.log"), 7, (1, 11), 500),
+                0,
+                true,
+                &|_| Ok(false),
+            )
+            .unwrap()
             .unwrap();
         assert_ne!(not_a_copy.identity, a.identity);
         assert_eq!(not_a_copy.start, 0);
         let checked = std::cell::Cell::new(None);
         let holds = |t: &Tail| {
             checked.set(Some(t.at));
-            true
+            Ok(true)
         };
         let copy = registry
-            .place(Path::new("app.log.1"), 7, (1, 12), 90, 0, true, &holds)
+            .place(
+                &found(Path::new("app.log.1"), 7, (1, 12), 90),
+                0,
+                true,
+                &holds,
+            )
+            .unwrap()
             .unwrap();
         assert_eq!(checked.get(), Some(60));
         assert_eq!(
@@ -578,14 +700,20 @@ mod tests {
         assert_eq!(copy.tails, [tail(60), tail(30)]);
     }
 
-    /// A restart needs the newest tail (the same file) and the newest within the checkpoint (a
-    /// copy made before the last lines were read): those two are saved.
+    /// A restart needs the newest tail (the same file), the newest within the checkpoint (a
+    /// copy made before the last lines were read) and the oldest (a copy made before that).
     #[test]
-    fn the_newest_tail_and_the_newest_within_the_checkpoint_are_saved() {
+    fn the_newest_the_newest_within_the_checkpoint_and_the_oldest_tails_are_saved() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         a.progress.queued(0, 50);
         a.progress.acknowledged(0);
@@ -595,7 +723,7 @@ mod tests {
         let reloaded = Registry::load(dir.path()).unwrap();
         assert_eq!(
             reloaded.tracked[&a.identity].entry.tails,
-            [tail(100), tail(50)]
+            [tail(100), tail(50), tail(20)]
         );
     }
 
@@ -606,15 +734,102 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
         let a = registry
-            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         a.progress.queued(0, 70);
-        registry.read(&a.identity, vec![tail(70)]);
+        // A multi-line event from 70 was being assembled: it is read again from its start.
+        a.progress.hold(Some(70));
+        a.progress.skipped(90);
+        registry.read(&a.identity, vec![tail(90)]);
         registry.set_aside(&a.identity);
         let again = registry
-            .place(Path::new("app.log"), 7, (1, 10), 100, 0, true, &held)
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
             .unwrap();
         assert_eq!((again.identity, again.start), (a.identity, 70));
+    }
+
+    /// After a host crash the end of what was read may not have reached the disk: the same
+    /// inode holding an older tail is read on from its checkpoint, not sent again.
+    #[test]
+    fn the_same_file_holding_an_older_tail_is_read_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        let a = registry
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
+            .unwrap();
+        a.progress.queued(0, 50);
+        a.progress.acknowledged(0);
+        registry.read(&a.identity, vec![tail(100), tail(50)]);
+        registry.save().unwrap();
+        let mut reloaded = Registry::load(dir.path()).unwrap();
+        let older = |t: &Tail| Ok(t.at == 50);
+        let resumed = reloaded
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 80),
+                0,
+                true,
+                &older,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!((resumed.identity, resumed.start), (a.identity, 50));
+    }
+
+    /// A tail that cannot be read now (EIO) decides nothing: the entry stays as it was, and the
+    /// file is looked at again.
+    #[test]
+    fn a_failed_check_decides_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::load(dir.path()).unwrap();
+        let a = registry
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
+            .unwrap();
+        a.progress.queued(0, 100);
+        registry.read(&a.identity, vec![tail(100)]);
+        registry.set_aside(&a.identity);
+        let failing = |_: &Tail| Err(std::io::Error::other("EIO"));
+        assert!(registry
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &failing
+            )
+            .is_err());
+        let again = registry
+            .place(
+                &found(Path::new("app.log"), 7, (1, 10), 100),
+                0,
+                true,
+                &held,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!((again.identity, again.start), (a.identity, 100));
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub struct Tailer {
 }
 
 /// How many of the last bytes read are checked again before reading on.
-const TAIL_CHECK: usize = 64;
+const TAIL_CHECK: usize = content::TAIL_BYTES;
 
 impl Tailer {
     pub fn new(
