@@ -480,6 +480,42 @@ fn lines_wait_for_a_topic_that_is_not_there_yet() {
     assert!(log.matches("records are taken again").count() <= 1, "{log}");
 }
 
+/// Neither the logs nor the metrics topic is there; the logs topic is made, the metrics topic
+/// never: every line arrives while the metric samples go on waiting (their refused records held
+/// up the logs' behind them).
+#[test]
+fn a_missing_metrics_topic_holds_up_no_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "[broker]\nauto_create_topics = false\n");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let extra = "[agent.metrics]\nhost = true\ninterval_ms = 200\n\
+                 [agent.kafka]\n\"topic.metadata.propagation.max.ms\" = \"100\"\n\
+                 \"topic.metadata.refresh.interval.ms\" = \"1000\"\n";
+    let config = agent_config(&sluice, &logs.join("*.log"), extra);
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    // The samples' refused records first in line, the lines' after them.
+    wait_until("the agent says the metrics topic refuses", Duration::from_secs(30), || {
+        agent.log_text().contains("refuses records")
+    });
+    let text: String = (0..100).map(|n| format!("line {n} of 100\n")).collect();
+    std::fs::write(logs.join("app.log"), text).unwrap();
+    wait_until(
+        "the agent says both topics refuse",
+        Duration::from_secs(30),
+        || agent.log_text().matches("refuses records").count() >= 2,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    sluice.create_topic("logs", 3, &[]);
+    wait_until(
+        "all 100 lines acknowledged",
+        Duration::from_secs(60),
+        || agent.metric("sluice_agent_events_sent_total") >= 100.0,
+    );
+    assert_all_lines(&numbered(&logs_events(&sluice, 100)), 100);
+    assert!(agent.metric("sluice_agent_records_unacknowledged") > 0.0, "samples wait");
+}
+
 /// A broker that refuses every produce (its free-disk floor above the disk's size) is retried by
 /// librdkafka without a word: the agent says records wait unacknowledged, and shows how many;
 /// once the broker takes them every line arrives.

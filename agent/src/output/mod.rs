@@ -8,7 +8,7 @@
 //! until the cluster takes them, or handed to the spool at a stop (`take_unsent`). Only a record
 //! that can never be sent (too large, malformed) is let go, and counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,9 +56,11 @@ pub struct KafkaOutput {
     untracked: Arc<Settle>,
     /// The last record offered was not taken: the queue was full, or the topic refused.
     stalled: AtomicBool,
-    /// A topic refuses records: said once, and again when records are taken (a full queue,
-    /// which comes and goes all through a flood, is not said).
-    topic_refused: AtomicBool,
+    /// Topics that refuse records: each said once, and again when it takes records (a full
+    /// queue, which comes and goes all through a flood, is not said).
+    refusing: Mutex<HashSet<String>>,
+    /// Whether `refusing` has any: the path of every record looks at this alone.
+    any_refusing: AtomicBool,
 }
 
 type Record<'a> = BaseRecord<'a, [u8], [u8], Arc<Settle>>;
@@ -270,7 +272,8 @@ impl KafkaOutput {
             metrics,
             untracked: Settle::untracked(),
             stalled: AtomicBool::new(false),
-            topic_refused: AtomicBool::new(false),
+            refusing: Mutex::default(),
+            any_refusing: AtomicBool::new(false),
         })
     }
 
@@ -333,31 +336,52 @@ impl KafkaOutput {
         }
     }
 
-    /// Offers the records the cluster refused again, a pause after each refusal.
+    /// Offers the records the cluster refused again, a pause between passes over them.
     async fn resend_refused(self: Arc<Self>) -> anyhow::Result<()> {
         let refused = &self.producer.context().refused;
         loop {
-            refused.arrived.notified().await;
+            if refused.len() == 0 {
+                refused.arrived.notified().await;
+            }
             tokio::time::sleep(RESEND_PAUSE).await;
-            while let Some(again) = refused.pop_front() {
-                let record = self.record(
-                    &again.topic,
-                    &again.key,
-                    &again.payload,
-                    again.timestamp,
-                    Some(&again.settle),
-                );
-                let waits = self.queue(record).map(|back| back.is_some());
-                if !matches!(waits, Ok(false)) {
-                    // Not taken (yet, or the producer failed): it stays first in line, where a
-                    // stop finds it.
-                    refused.push_front(again);
+            self.resend_pass(refused).await?;
+        }
+    }
+
+    /// One pass over the refused records. A topic still refused is passed over, its records
+    /// left where they are (where a stop finds them), so that it holds up no other topic's; a
+    /// full queue is waited for.
+    async fn resend_pass(&self, refused: &Refusals) -> anyhow::Result<()> {
+        let mut passed_over = HashSet::new();
+        while let Some((at, again)) = refused.take_first_but(&passed_over) {
+            let record = self.record(
+                &again.topic,
+                &again.key,
+                &again.payload,
+                again.timestamp,
+                Some(&again.settle),
+            );
+            match self.queue(record).map(|back| back.is_some()) {
+                Ok(false) => {}
+                Ok(true) if self.refusing().contains(&again.topic) => {
+                    passed_over.insert(again.topic.clone());
+                    refused.put_back(at, again);
                 }
-                if waits? {
+                Ok(true) => {
+                    refused.put_back(at, again);
                     tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => {
+                    refused.put_back(at, again);
+                    return Err(e);
                 }
             }
         }
+        Ok(())
+    }
+
+    fn refusing(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.refusing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// As `send`, to `partition` (what `logs_partition` gave for `key`).
@@ -453,8 +477,13 @@ impl KafkaOutput {
         match self.producer.send(record) {
             Ok(()) => {
                 self.stalled.store(false, Ordering::Relaxed);
-                if self.topic_refused.swap(false, Ordering::Relaxed) {
-                    tracing::info!(%topic, "agent: records are taken again");
+                if self.any_refusing.load(Ordering::Relaxed) {
+                    let mut refusing = self.refusing();
+                    if refusing.remove(topic) {
+                        tracing::info!(%topic, "agent: records are taken again");
+                    }
+                    self.any_refusing
+                        .store(!refusing.is_empty(), Ordering::Relaxed);
                 }
                 Ok(None)
             }
@@ -483,7 +512,8 @@ impl KafkaOutput {
                 // librdkafka remembers the topic's error and refuses at once. The record waits,
                 // and its input with it, until the cluster takes it; nothing is let go.
                 self.stalled.store(true, Ordering::Relaxed);
-                if !self.topic_refused.swap(true, Ordering::Relaxed) {
+                if self.refusing().insert(topic.to_owned()) {
+                    self.any_refusing.store(true, Ordering::Relaxed);
                     tracing::warn!(%topic, error = %code, "agent: the cluster refuses records for the topic; inputs wait until it takes them");
                     self.metrics.send_errors.inc();
                 }

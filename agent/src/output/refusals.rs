@@ -1,7 +1,7 @@
 //! Records librdkafka gave up on that the cluster may yet take: held, bounded by their bytes,
 //! until the output offers them again or a stop keeps them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,8 +18,8 @@ use crate::acks::Settle;
 #[derive(Default)]
 pub struct Refusals {
     waiting: Mutex<Waiting>,
-    /// The keys' and payloads' bytes of every topic's waiting records: while this is under the
-    /// bound, no topic's needs looking at (a record sent looks at it).
+    /// The keys' and payloads' bytes of every topic's waiting records (changed under the lock):
+    /// while this is under the bound, no topic's needs looking at (a record sent looks at it).
     bytes: AtomicUsize,
     pub arrived: Notify,
 }
@@ -32,11 +32,16 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn count(&mut self, refused: &Refused, added: bool) {
-        let bytes = self.by_topic.entry(refused.topic.clone()).or_default();
-        match added {
-            true => *bytes += refused.bytes(),
-            false => *bytes -= refused.bytes(),
+    fn add(&mut self, refused: &Refused) {
+        *self.by_topic.entry(refused.topic.clone()).or_default() += refused.bytes();
+    }
+
+    fn remove(&mut self, refused: &Refused) {
+        if let Some(bytes) = self.by_topic.get_mut(&refused.topic) {
+            *bytes -= refused.bytes();
+            if *bytes == 0 {
+                self.by_topic.remove(&refused.topic);
+            }
         }
     }
 }
@@ -59,30 +64,38 @@ impl Refusals {
     }
 
     pub fn push(&self, refused: Refused) {
-        self.push_front_or_back(refused, false);
+        self.put(None, refused);
         self.arrived.notify_one();
     }
 
-    pub fn push_front(&self, refused: Refused) {
-        self.push_front_or_back(refused, true);
-    }
-
-    fn push_front_or_back(&self, refused: Refused, front: bool) {
-        self.bytes.fetch_add(refused.bytes(), Ordering::Relaxed);
+    /// Adds `refused` at `at`, or at the back.
+    fn put(&self, at: Option<usize>, refused: Refused) {
         let mut waiting = self.waiting();
-        waiting.count(&refused, true);
-        match front {
-            true => waiting.records.push_front(refused),
-            false => waiting.records.push_back(refused),
+        self.bytes.fetch_add(refused.bytes(), Ordering::Relaxed);
+        waiting.add(&refused);
+        let len = waiting.records.len();
+        match at {
+            Some(at) => waiting.records.insert(at.min(len), refused),
+            None => waiting.records.push_back(refused),
         }
     }
 
-    pub fn pop_front(&self) -> Option<Refused> {
+    /// The first record whose topic is not in `skip`, and where it was.
+    pub fn take_first_but(&self, skip: &HashSet<String>) -> Option<(usize, Refused)> {
         let mut waiting = self.waiting();
-        let refused = waiting.records.pop_front()?;
-        waiting.count(&refused, false);
+        let at = waiting
+            .records
+            .iter()
+            .position(|refused| !skip.contains(&refused.topic))?;
+        let refused = waiting.records.remove(at)?;
+        waiting.remove(&refused);
         self.bytes.fetch_sub(refused.bytes(), Ordering::Relaxed);
-        Some(refused)
+        Some((at, refused))
+    }
+
+    /// Puts back a record `take_first_but` gave, where it was.
+    pub fn put_back(&self, at: usize, refused: Refused) {
+        self.put(Some(at), refused);
     }
 
     pub fn take_all(&self) -> VecDeque<Refused> {
@@ -140,10 +153,22 @@ mod tests {
         refusals.push(refused("metrics", MAX_REFUSED_BYTES / 2));
         assert!(refusals.full("metrics"));
         assert!(!refusals.full("logs"), "the logs wait for no other topic");
-        let first = refusals.pop_front().unwrap();
+        let none = HashSet::new();
+        let (at, first) = refusals.take_first_but(&none).unwrap();
+        assert_eq!((at, first.topic.as_str()), (0, "metrics"));
         assert!(!refusals.full("metrics"));
-        refusals.push_front(first);
+        refusals.put_back(at, first);
         assert!(refusals.full("metrics"));
+        // A topic passed over keeps its place; the others are taken past it.
+        let metrics = HashSet::from(["metrics".to_owned()]);
+        let (at, logs) = refusals.take_first_but(&metrics).unwrap();
+        assert_eq!((at, logs.topic.as_str()), (1, "logs"));
+        refusals.put_back(at, logs);
+        let topics: Vec<String> = refusals.take_all().into_iter().map(|r| r.topic).collect();
+        assert_eq!(topics, ["metrics", "logs", "metrics"]);
+        refusals.push(refused("metrics", 10));
+        refusals.push(refused("metrics", 10));
+        refusals.push(refused("logs", 10));
         assert_eq!(refusals.len(), 3);
         assert_eq!(refusals.take_all().len(), 3);
         assert!(!refusals.full("metrics"));
