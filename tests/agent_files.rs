@@ -495,9 +495,11 @@ fn a_missing_metrics_topic_holds_up_no_line() {
     let config = agent_config(&sluice, &logs.join("*.log"), extra);
     let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
     // The samples' refused records first in line, the lines' after them.
-    wait_until("the agent says the metrics topic refuses", Duration::from_secs(30), || {
-        agent.log_text().contains("refuses records")
-    });
+    wait_until(
+        "the agent says the metrics topic refuses",
+        Duration::from_secs(30),
+        || agent.log_text().contains("refuses records"),
+    );
     let text: String = (0..100).map(|n| format!("line {n} of 100\n")).collect();
     std::fs::write(logs.join("app.log"), text).unwrap();
     wait_until(
@@ -513,7 +515,10 @@ fn a_missing_metrics_topic_holds_up_no_line() {
         || agent.metric("sluice_agent_events_sent_total") >= 100.0,
     );
     assert_all_lines(&numbered(&logs_events(&sluice, 100)), 100);
-    assert!(agent.metric("sluice_agent_records_unacknowledged") > 0.0, "samples wait");
+    assert!(
+        agent.metric("sluice_agent_records_unacknowledged") > 0.0,
+        "samples wait"
+    );
 }
 
 /// A broker that refuses every produce (its free-disk floor above the disk's size) is retried by

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::acks::Settle;
-use crate::event::{now_ms, Event};
+use crate::event::{message_kept, now_ms, Event};
 use crate::metrics::AgentMetrics;
 use crate::output::KafkaOutput;
 use crate::spool::{self, Spool, Spooled};
@@ -151,10 +151,8 @@ impl Shipper {
     fn shortened(event: &mut Event, budget: usize) -> Vec<u8> {
         let mut payload = event.to_json();
         while payload.len() > budget && !event.message.is_empty() {
-            // In proportion, and a tenth less, so that it takes a pass or two.
-            let keep =
-                (event.message.len() as u128 * budget as u128 / payload.len() as u128) as usize;
-            let keep = (0..=keep * 9 / 10)
+            let keep = message_kept(event.message.len(), payload.len(), budget);
+            let keep = (0..=keep)
                 .rev()
                 .find(|&at| event.message.is_char_boundary(at))
                 .unwrap_or(0);

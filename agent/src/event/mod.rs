@@ -55,6 +55,13 @@ impl Event {
     }
 }
 
+/// How many of a message's `message` bytes to keep so that its event, `event` bytes now, fits
+/// in `budget`: in proportion, and a tenth less (escaping makes some bytes longer than others),
+/// so that cutting takes a pass or two.
+pub fn message_kept(message: usize, event: usize, budget: usize) -> usize {
+    (message as u128 * budget as u128 / event.max(1) as u128) as usize * 9 / 10
+}
+
 /// Now, in milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::format::{Decoded, Origin};
 use crate::acks::Settle;
-use crate::event::{json, now_ms, rfc3339_ms};
+use crate::event::{json, message_kept, now_ms, rfc3339_ms};
 use crate::shipper::Shipper;
 
 /// Events of one file, read and not shipped yet; their range is already pending.
@@ -226,9 +226,7 @@ impl Shared {
         let budget = self.budget;
         let mut message = span.message.clone();
         while out.len() > budget && !message.is_empty() {
-            // In proportion, and a tenth less, so that it takes a pass or two.
-            let keep = (message.len() as u128 * budget as u128 / out.len() as u128) as usize;
-            message.end = message.start + keep * 9 / 10;
+            message.end = message.start + message_kept(message.len(), out.len(), budget);
             self.encode(out, text, span, message.clone(), true);
         }
         (valid, message != span.message)
