@@ -395,6 +395,14 @@ mod tests {
         Found { path, fp, key, len }
     }
 
+    /// Places a file that holds every tail, not waiting for copies.
+    fn place(registry: &mut Registry, path: &str, fp: u32, key: (u64, u64), len: u64) -> Placement {
+        registry
+            .place(&found(Path::new(path), fp, key, len), 0, true, &held)
+            .unwrap()
+            .unwrap()
+    }
+
     /// Checkpoints are saved whatever a path's bytes (glob's `**` goes into any directory).
     #[test]
     fn a_path_that_is_not_utf8_is_saved() {
@@ -417,14 +425,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file-checkpoints.json");
         let mut registry = Registry::load(dir.path()).unwrap();
-        let a = registry
-            .place(&found(Path::new("a.log"), 7, (1, 10), 100), 0, true, &held)
-            .unwrap()
-            .unwrap();
-        registry
-            .place(&found(Path::new("b.log"), 8, (1, 11), 100), 0, true, &held)
-            .unwrap()
-            .unwrap();
+        let a = place(&mut registry, "a.log", 7, (1, 10), 100);
+        place(&mut registry, "b.log", 8, (1, 11), 100);
         registry.save().unwrap();
         let inode = || std::fs::metadata(&file).unwrap().ino();
         let first = inode();
@@ -440,28 +442,12 @@ mod tests {
     fn rename_copytruncate_and_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        let a = registry
-            .place(
-                &found(Path::new("app.log"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let a = place(&mut registry, "app.log", 7, (1, 10), 100);
         assert_eq!(a.start, 0);
         a.progress.queued(0, 60);
         a.progress.acknowledged(0);
         // Renamed: same inode, same fingerprint, another path.
-        let renamed = registry
-            .place(
-                &found(Path::new("app.log.1"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let renamed = place(&mut registry, "app.log.1", 7, (1, 10), 100);
         assert_eq!(renamed.identity, a.identity);
         // A copy appears while the original is still read: not yet.
         assert!(registry
@@ -470,10 +456,7 @@ mod tests {
             .is_none());
         // The original is truncated: the copy continues where it was.
         registry.release(&a.identity, Vec::new());
-        let copy = registry
-            .place(&found(Path::new("copy"), 7, (1, 11), 100), 0, true, &held)
-            .unwrap()
-            .unwrap();
+        let copy = place(&mut registry, "copy", 7, (1, 11), 100);
         assert_eq!(
             (copy.identity.as_str(), copy.start),
             (a.identity.as_str(), 60)
@@ -506,10 +489,7 @@ mod tests {
         registry.save().unwrap();
         let mut reloaded = Registry::load(dir.path()).unwrap();
         assert_eq!(reloaded.len(), 3);
-        let resumed = reloaded
-            .place(&found(Path::new("copy"), 7, (1, 11), 100), 0, true, &held)
-            .unwrap()
-            .unwrap();
+        let resumed = place(&mut reloaded, "copy", 7, (1, 11), 100);
         assert_eq!((resumed.identity, resumed.start), (a.identity, 60));
     }
 
@@ -520,34 +500,15 @@ mod tests {
     fn a_copytruncate_while_away_continues_in_the_copy() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        let a = registry
-            .place(
-                &found(Path::new("app.log"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let a = place(&mut registry, "app.log", 7, (1, 10), 100);
         a.progress.queued(0, 60);
         a.progress.acknowledged(0);
         registry.save().unwrap();
         let mut reloaded = Registry::load(dir.path()).unwrap();
-        let live = reloaded
-            .place(&found(Path::new("app.log"), 8, (1, 10), 5), 0, true, &held)
-            .unwrap()
-            .unwrap();
+        let live = place(&mut reloaded, "app.log", 8, (1, 10), 5);
         assert_ne!(live.identity, a.identity);
         assert_eq!(live.start, 0);
-        let copy = reloaded
-            .place(
-                &found(Path::new("app.log.1"), 7, (1, 11), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let copy = place(&mut reloaded, "app.log.1", 7, (1, 11), 100);
         assert_eq!((copy.identity, copy.start), (a.identity, 60));
     }
 
@@ -558,43 +519,19 @@ mod tests {
     fn a_copy_shorter_than_what_was_read_continues_from_its_end() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        let a = registry
-            .place(
-                &found(Path::new("app.log"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let a = place(&mut registry, "app.log", 7, (1, 10), 100);
         a.progress.queued(0, 100);
         a.progress.acknowledged(0);
         registry.release(&a.identity, Vec::new());
         registry.save().unwrap();
-        let copy = registry
-            .place(
-                &found(Path::new("app.log.1"), 7, (1, 11), 90),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let copy = place(&mut registry, "app.log.1", 7, (1, 11), 90);
         assert_eq!(
             (copy.identity.as_str(), copy.start),
             (a.identity.as_str(), 90)
         );
         registry.save().unwrap();
         let mut reloaded = Registry::load(dir.path()).unwrap();
-        let resumed = reloaded
-            .place(
-                &found(Path::new("app.log.1"), 7, (1, 11), 90),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let resumed = place(&mut reloaded, "app.log.1", 7, (1, 11), 90);
         assert_eq!((resumed.identity, resumed.start), (a.identity, 90));
     }
 
@@ -609,15 +546,7 @@ mod tests {
     fn a_file_rewritten_while_away_under_the_same_first_line_is_read_from_its_start() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        let a = registry
-            .place(
-                &found(Path::new("job.log"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let a = place(&mut registry, "job.log", 7, (1, 10), 100);
         a.progress.queued(0, 100);
         a.progress.acknowledged(0);
         registry.read(&a.identity, vec![tail(100)]);
@@ -656,15 +585,7 @@ mod tests {
     fn only_a_copy_holding_what_was_read_continues_a_truncated_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        let a = registry
-            .place(
-                &found(Path::new("app.log"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let a = place(&mut registry, "app.log", 7, (1, 10), 100);
         a.progress.queued(0, 100);
         registry.release(&a.identity, vec![tail(100), tail(60), tail(30)]);
         let not_a_copy = registry
@@ -706,15 +627,7 @@ mod tests {
     fn the_newest_the_newest_within_the_checkpoint_and_the_oldest_tails_are_saved() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        let a = registry
-            .place(
-                &found(Path::new("app.log"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let a = place(&mut registry, "app.log", 7, (1, 10), 100);
         a.progress.queued(0, 50);
         a.progress.acknowledged(0);
         a.progress.queued(50, 100);
@@ -733,30 +646,14 @@ mod tests {
     fn a_file_set_aside_after_a_failed_read_is_read_on() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        let a = registry
-            .place(
-                &found(Path::new("app.log"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let a = place(&mut registry, "app.log", 7, (1, 10), 100);
         a.progress.queued(0, 70);
         // A multi-line event from 70 was being assembled: it is read again from its start.
         a.progress.hold(Some(70));
         a.progress.skipped(90);
         registry.read(&a.identity, vec![tail(90)]);
         registry.set_aside(&a.identity);
-        let again = registry
-            .place(
-                &found(Path::new("app.log"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let again = place(&mut registry, "app.log", 7, (1, 10), 100);
         assert_eq!((again.identity, again.start), (a.identity, 70));
     }
 
@@ -766,15 +663,7 @@ mod tests {
     fn the_same_file_holding_an_older_tail_is_read_on() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        let a = registry
-            .place(
-                &found(Path::new("app.log"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let a = place(&mut registry, "app.log", 7, (1, 10), 100);
         a.progress.queued(0, 50);
         a.progress.acknowledged(0);
         registry.read(&a.identity, vec![tail(100), tail(50)]);
@@ -799,15 +688,7 @@ mod tests {
     fn a_failed_check_decides_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::load(dir.path()).unwrap();
-        let a = registry
-            .place(
-                &found(Path::new("app.log"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let a = place(&mut registry, "app.log", 7, (1, 10), 100);
         a.progress.queued(0, 100);
         registry.read(&a.identity, vec![tail(100)]);
         registry.set_aside(&a.identity);
@@ -820,15 +701,7 @@ mod tests {
                 &failing
             )
             .is_err());
-        let again = registry
-            .place(
-                &found(Path::new("app.log"), 7, (1, 10), 100),
-                0,
-                true,
-                &held,
-            )
-            .unwrap()
-            .unwrap();
+        let again = place(&mut registry, "app.log", 7, (1, 10), 100);
         assert_eq!((again.identity, again.start), (a.identity, 100));
     }
 
