@@ -162,6 +162,20 @@ fn bad_frames_close_only_their_connection_and_are_counted() {
         87,
         "INVALID_RECORD"
     );
+    // A good CRC over records that do not decode: filler where the records should be, and
+    // plain records under gzip's codec bits. Stored, either would stop every consumer of the
+    // partition at it.
+    let mut garbage = one_record(None, b"garbage in the records");
+    for byte in &mut garbage[61..] {
+        *byte = 0xee;
+    }
+    seal(&mut garbage);
+    assert_eq!(produce_error("victim", garbage), 2, "CORRUPT_MESSAGE");
+    assert_eq!(
+        produce_error("victim", with_attributes(1)),
+        2,
+        "CORRUPT_MESSAGE"
+    );
     // A sound batch whose timestamps are -3, the code ListOffsets uses for "the largest
     // timestamp": the log holds no real timestamp, so asking for the largest has no answer.
     sluice.create_topic("stamped", 1, &[]);

@@ -1,5 +1,5 @@
 //! Kafka RecordBatch v2 headers: reading the fixed fields, checking the CRC-32C and assigning the
-//! base offset. The records themselves are never touched here; batches are stored as sent.
+//! base offset. The records themselves are checked by `records` and stored as sent.
 //!
 //! Layout (big-endian): baseOffset i64 @0, batchLength i32 @8, partitionLeaderEpoch i32 @12,
 //! magic i8 @16, crc u32 @17, attributes i16 @21, lastOffsetDelta i32 @23, baseTimestamp i64 @27,
@@ -42,6 +42,8 @@ pub enum BatchError {
     Control,
     #[error("transactional batches are refused: this broker does not support transactions")]
     Transactional,
+    #[error("records do not decode: {0}")]
+    BadRecords(String),
 }
 
 impl BatchError {
@@ -148,8 +150,9 @@ pub fn set_base_offset(buf: &mut [u8], base_offset: i64) {
 }
 
 /// Splits a produce request's record set into its batches, validating each. A producer's batch
-/// has no gaps (one record per offset), a codec consumers can read, and is neither a control
-/// batch nor part of a transaction (consumers would skip or hold back its records).
+/// has no gaps (one record per offset), a codec consumers can read, records that decode
+/// (`records`), and is neither a control batch nor part of a transaction (consumers would skip
+/// or hold back its records).
 pub fn split_batches(
     mut buf: &[u8],
 ) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, BatchError> {
@@ -190,6 +193,7 @@ pub fn split_batches(
                 bytes: header.size,
             });
         }
+        super::records::check_records(buf, &header)?;
         batches.push((header, start..start + header.size));
         start += header.size;
         buf = &buf[header.size..];
@@ -209,13 +213,36 @@ fn i64_at(buf: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Builds valid batches for tests and benchmarks (records are opaque bytes to the broker).
+/// Builds valid batches for tests and benchmarks.
 #[doc(hidden)]
 pub mod testing {
     use super::*;
 
-    /// An uncompressed batch of `count` records whose body is `payload_len` filler bytes.
+    /// An uncompressed batch of `count` records whose values, filler bytes, add up to
+    /// `payload_len`.
     pub fn batch(count: i32, payload_len: usize, timestamp: i64) -> Vec<u8> {
+        let mut buf = header(count, timestamp);
+        let each = payload_len / count.max(1) as usize;
+        for i in 0..count {
+            let len = match i == count - 1 {
+                true => payload_len - each * (count as usize - 1),
+                false => each,
+            };
+            let mut record = vec![0u8, 0];
+            put_varint(&mut record, i64::from(i));
+            put_varint(&mut record, -1);
+            put_varint(&mut record, len as i64);
+            record.extend((0..len).map(|j| (j * 31 % 251) as u8));
+            record.push(0);
+            put_varint(&mut buf, record.len() as i64);
+            buf.extend_from_slice(&record);
+        }
+        seal(&mut buf);
+        buf
+    }
+
+    /// A batch header for `count` records, without them.
+    pub fn header(count: i32, timestamp: i64) -> Vec<u8> {
         let mut buf = vec![0u8; HEADER_LEN];
         buf[16] = 2;
         buf[23..27].copy_from_slice(&(count - 1).to_be_bytes());
@@ -225,9 +252,18 @@ pub mod testing {
         buf[51..53].copy_from_slice(&(-1i16).to_be_bytes());
         buf[53..57].copy_from_slice(&(-1i32).to_be_bytes());
         buf[57..61].copy_from_slice(&count.to_be_bytes());
-        buf.extend((0..payload_len).map(|i| (i * 31 % 251) as u8));
         seal(&mut buf);
         buf
+    }
+
+    /// A zigzag varint, as records are written.
+    fn put_varint(out: &mut Vec<u8>, value: i64) {
+        let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+        while raw >= 0x80 {
+            out.push(raw as u8 | 0x80);
+            raw >>= 7;
+        }
+        out.push(raw as u8);
     }
 
     /// A batch of one record with `key` and `value`, encoded by kafka-protocol as a client
@@ -338,7 +374,9 @@ mod tests {
 
     #[test]
     fn counts_the_bytes_cannot_hold_are_refused() {
-        let mut b = batch(1000, 10, 0);
+        let mut b = super::testing::header(1000, 0);
+        b.extend_from_slice(&[0; 10]);
+        super::testing::seal(&mut b);
         assert!(matches!(
             split_batches(&b),
             Err(BatchError::Implausible { count: 1000, .. })
@@ -369,7 +407,11 @@ mod tests {
             split_batches(&with_attributes(0x10)),
             Err(BatchError::Transactional)
         );
-        assert!(split_batches(&with_attributes(4)).is_ok());
+        // A codec consumers read, over records that are not in it.
+        assert!(matches!(
+            split_batches(&with_attributes(4)),
+            Err(BatchError::BadRecords(_))
+        ));
     }
 
     #[test]

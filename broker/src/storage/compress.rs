@@ -59,7 +59,7 @@ pub fn decode_records(batch: &mut Bytes) -> anyhow::Result<RecordSet> {
     RecordBatchDecoder::decode_with_custom_compression(batch, Some(decompress_bounded))
 }
 
-fn decompress_bounded(records: &mut Bytes, compression: Compression) -> anyhow::Result<Bytes> {
+pub fn decompress_bounded(records: &mut Bytes, compression: Compression) -> anyhow::Result<Bytes> {
     let compressed = std::mem::take(records);
     let reader: Box<dyn Read> = match compression {
         Compression::None => return Ok(compressed),

@@ -20,6 +20,7 @@ mod housekeeping;
 pub mod io;
 pub mod partition;
 pub mod producers;
+mod records;
 pub mod segment;
 pub mod topics;
 
