@@ -200,3 +200,48 @@ print(admin.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(10).offset
     let consumed = sluice.kcat_consume("victim", &["-p", "0"]);
     assert_eq!(consumed, "before\nafter\n");
 }
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A request's announced size costs nothing until its bytes come: twenty connections that each
+/// announce 100 MiB and send nothing more leave the broker's memory as it was (it set aside the
+/// whole size at once: 2 GB). They are closed once they idle past `connections_max_idle_ms`, as
+/// is a connection that starts no request; real clients go on working throughout.
+#[test]
+fn announced_sizes_cost_no_memory_and_idle_connections_are_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "[broker]\nconnections_max_idle_ms = 3000\n");
+    let before = rss(sluice.pid());
+    let announced = (100i32 << 20).to_be_bytes();
+    let held: Vec<TcpStream> = (0..20).map(|_| send(&sluice.kafka, &announced)).collect();
+    let idle = TcpStream::connect(&sluice.kafka).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss(sluice.pid()).saturating_sub(before);
+    assert!(grown < 50 << 20, "the broker grew by {grown} bytes");
+    let out = sluice.kcat_produce("alive", &["-p", "0"], b"still served\n");
+    assert!(out.status.success());
+    for mut stream in held.into_iter().chain([idle]) {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed = match stream.read_to_end(&mut rest) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        };
+        assert!(closed, "a connection idle past 3 s was closed");
+    }
+    assert_eq!(errors(&sluice, "slow_request"), 20.0);
+    assert_eq!(sluice.kcat_consume("alive", &["-p", "0"]), "still served\n");
+}

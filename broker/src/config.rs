@@ -72,6 +72,12 @@ pub struct BrokerConfig {
     pub max_message_bytes: u32,
     /// Largest request frame; a larger one closes the connection.
     pub max_request_bytes: u32,
+    /// The most bytes of requests being received at once, over every connection (Kafka's
+    /// `queued.max.request.bytes`): a request waits to be read while they are taken.
+    pub queued_max_request_bytes: u64,
+    /// A connection that starts no request for this long is closed (Kafka's
+    /// `connections.max.idle.ms`); clients reconnect when they need to.
+    pub connections_max_idle_ms: u64,
     /// The most record bytes one Fetch response carries, whatever the client asks (Kafka's
     /// `fetch.max.bytes`); a single larger batch still goes out whole.
     pub fetch_max_bytes: u32,
@@ -138,6 +144,24 @@ impl BrokerConfig {
                 ),
             ));
         }
+        if self.queued_max_request_bytes < self.max_request_bytes as u64 {
+            return Err((
+                "broker.queued_max_request_bytes",
+                format!(
+                    "expected at least max_request_bytes ({}): a request is read whole",
+                    self.max_request_bytes
+                ),
+            ));
+        }
+        if self.node_id < 0 {
+            return Err((
+                "broker.node_id",
+                format!(
+                    "expected 0 or more (clients take a negative id for no broker), got {}",
+                    self.node_id
+                ),
+            ));
+        }
         if self.segment_bytes < 1024 {
             return Err(("broker.segment_bytes", "expected at least 1024".into()));
         }
@@ -153,6 +177,10 @@ impl BrokerConfig {
                 self.max_in_flight_per_connection as u64,
             ),
             ("broker.flush_max_pending", self.flush_max_pending as u64),
+            (
+                "broker.connections_max_idle_ms",
+                self.connections_max_idle_ms,
+            ),
             ("broker.flush_interval_ms", self.flush_interval_ms),
             ("broker.offsets_retention_ms", self.offsets_retention_ms),
             (
@@ -200,6 +228,8 @@ impl Default for BrokerConfig {
             default_partitions: 3,
             max_message_bytes: 1_048_588,
             max_request_bytes: 104_857_600,
+            queued_max_request_bytes: 536_870_912,
+            connections_max_idle_ms: 600_000,
             fetch_max_bytes: 52_428_800,
             max_in_flight_per_connection: 32,
             segment_bytes: 268_435_456,

@@ -89,14 +89,8 @@ impl Broker {
             cluster_id: self.cluster_id.clone(),
             fetch_max_bytes: self.config.fetch_max_bytes as usize,
         });
-        server::serve(
-            ctx,
-            listener,
-            shutdown,
-            self.config.max_request_bytes,
-            self.config.max_in_flight_per_connection,
-        )
-        .await?;
+        let limits = server::Limits::of(&self.config);
+        server::serve(ctx, listener, shutdown, limits).await?;
         Ok(())
     }
 

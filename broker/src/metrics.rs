@@ -166,6 +166,7 @@ impl BrokerMetrics {
             "unsupported_version",
             "bad_frame_size",
             "encode",
+            "slow_request",
             "io",
             "acks0_refused",
         ] {

@@ -15,14 +15,14 @@ mod produce;
 mod versions;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::coordinator::Coordinator;
@@ -70,8 +70,7 @@ pub async fn serve(
     ctx: Arc<Context>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
-    max_frame: u32,
-    max_in_flight: usize,
+    limits: Limits,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
     let mut connections = tokio::task::JoinSet::new();
@@ -94,10 +93,11 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
+                let limits = limits.clone();
                 connections.spawn(async move {
                     let gauge = ctx.metrics.connections.with_label_values(&["kafka"]);
                     gauge.inc();
-                    connection(ctx.clone(), stream, peer, max_frame, max_in_flight).await;
+                    connection(ctx.clone(), stream, peer, limits).await;
                     gauge.dec();
                 });
             }
@@ -105,17 +105,48 @@ pub async fn serve(
     }
 }
 
+/// What bounds the connections: a request's size, the bytes of requests being received over all
+/// of them, the requests one has in flight, and how long one may idle or take to send a request.
+#[derive(Clone)]
+pub struct Limits {
+    max_frame: u32,
+    /// `queued_max_request_bytes`, in bytes.
+    receiving: Arc<Semaphore>,
+    max_in_flight: usize,
+    idle: Duration,
+}
+
+impl Limits {
+    pub fn of(config: &crate::config::BrokerConfig) -> Self {
+        let queued = usize::try_from(config.queued_max_request_bytes).unwrap_or(usize::MAX);
+        Self {
+            max_frame: config.max_request_bytes,
+            receiving: Arc::new(Semaphore::new(queued.min(Semaphore::MAX_PERMITS))),
+            max_in_flight: config.max_in_flight_per_connection.max(1),
+            idle: Duration::from_millis(config.connections_max_idle_ms),
+        }
+    }
+}
+
+/// A request whose size has come must come whole within this long (or `connections_max_idle_ms`
+/// when shorter): a client that announces a large request and sends it slowly, or not at all,
+/// holds that much of the receiving budget.
+const REQUEST_ARRIVAL: Duration = Duration::from_secs(60);
+
+/// What is set aside for a request before its bytes come; more as they do.
+const FIRST_READ: usize = 64 << 10;
+
 /// Serves one connection until the client leaves or sends something that closes it.
 async fn connection(
     ctx: Arc<Context>,
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    max_frame: u32,
-    max_in_flight: usize,
+    limits: Limits,
 ) {
+    let max_frame = limits.max_frame;
     let (mut reader, mut writer) = stream.into_split();
     let (queue, mut replies) =
-        mpsc::channel::<(Reply, &'static str, Instant)>(max_in_flight.max(1));
+        mpsc::channel::<(Reply, &'static str, Instant)>(limits.max_in_flight);
     let metrics = ctx.metrics.clone();
     let write_task = tokio::spawn(async move {
         while let Some((reply, api, started)) = replies.recv().await {
@@ -145,11 +176,15 @@ async fn connection(
     let result: Result<(), Close> = async {
         loop {
             let mut size = [0u8; 4];
-            match reader.read_exact(&mut size).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
-                Err(e) => return Err(Close::new("io", e.to_string())),
+            match tokio::time::timeout(limits.idle, reader.read_exact(&mut size)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+                Ok(Err(e)) => return Err(Close::new("io", e.to_string())),
+                Err(_) => {
+                    tracing::debug!(%peer, "closing a connection idle for connections_max_idle_ms");
+                    return Ok(());
+                }
             }
             let size = i32::from_be_bytes(size);
             if size < 8 || size as u32 > max_frame {
@@ -164,13 +199,36 @@ async fn connection(
                     },
                 ));
             }
-            let mut frame = BytesMut::zeroed(size as usize);
-            reader
-                .read_exact(&mut frame)
+            // Memory follows the bytes that come, not the size announced; what is being
+            // received over all connections is bounded (a request waits for its share, as
+            // Kafka mutes a connection), and a request must come in time once its share is had.
+            let _permit = limits
+                .receiving
+                .acquire_many(size as u32)
                 .await
-                .map_err(|e| Close::new("io", e.to_string()))?;
+                .map_err(|_| Close::new("io", "the broker is stopping"))?;
+            let mut frame = Vec::with_capacity((size as usize).min(FIRST_READ));
+            let arrival = REQUEST_ARRIVAL.min(limits.idle);
+            let read = tokio::time::timeout(
+                arrival,
+                (&mut reader).take(size as u64).read_to_end(&mut frame),
+            )
+            .await
+            .map_err(|_| {
+                Close::new(
+                    "slow_request",
+                    format!("a {size}-byte request did not arrive within {arrival:?}"),
+                )
+            })?
+            .map_err(|e| Close::new("io", e.to_string()))?;
+            if read < size as usize {
+                return Err(Close::new(
+                    "io",
+                    format!("the connection ended {read} bytes into a {size}-byte request"),
+                ));
+            }
             let started = Instant::now();
-            let (api, reply) = dispatch(&ctx, frame.freeze(), peer).await?;
+            let (api, reply) = dispatch(&ctx, Bytes::from(frame), peer).await?;
             if queue.send((reply, api, started)).await.is_err() {
                 return Ok(());
             }
