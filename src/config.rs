@@ -310,6 +310,15 @@ mod tests {
                 "[broker]\nflush_interval_ms = 0\n",
                 "broker.flush_interval_ms",
             ),
+            ("[broker]\nnode_id = -1\n", "broker.node_id"),
+            (
+                "[broker]\nqueued_max_request_bytes = 1000\n",
+                "broker.queued_max_request_bytes",
+            ),
+            (
+                "[agent.kafka]\n\"message.max.bytes\" = \"1000\"\n",
+                "agent.kafka",
+            ),
         ] {
             let err = SluiceConfig::parse(table).unwrap_err();
             assert!(
