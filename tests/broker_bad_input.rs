@@ -245,3 +245,53 @@ fn announced_sizes_cost_no_memory_and_idle_connections_are_closed() {
     assert_eq!(errors(&sluice, "slow_request"), 20.0);
     assert_eq!(sluice.kcat_consume("alive", &["-p", "0"]), "still served\n");
 }
+
+/// A batch damaged on the disk (one flipped byte) is never served: consumers get
+/// CORRUPT_MESSAGE, which reaches the application (a storage error was retried in silence), and
+/// the broker says so once, however often they ask; the batch before it is read as ever.
+#[test]
+fn a_batch_damaged_on_disk_is_refused_to_consumers_who_are_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    for message in ["first-message\n", "second-message\n"] {
+        let out = sluice.kcat_produce("damaged", &["-p", "0"], message.as_bytes());
+        assert!(out.status.success());
+    }
+    let log = sluice.data_dir.join("broker/damaged-0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let at = bytes
+        .windows(6)
+        .position(|w| w == b"second")
+        .expect("the second message in the log");
+    bytes[at] = b'S';
+    std::fs::write(&log, &bytes).unwrap();
+    let script = r#"
+import sys, time
+from confluent_kafka import Consumer
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "g", "auto.offset.reset": "earliest"})
+c.subscribe(["damaged"])
+end = time.time() + 6
+while time.time() < end:
+    m = c.poll(0.5)
+    if m is None:
+        continue
+    print("error %d" % m.error().code() if m.error() else "message %s" % m.value().decode())
+c.close()
+"#;
+    let out = run_ok(
+        python().args(["-c", script, &sluice.kafka]),
+        Duration::from_secs(60),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"message first-message"), "{out}");
+    assert!(lines.contains(&"error 2"), "CORRUPT_MESSAGE reaches the consumer: {out}");
+    assert!(!out.contains("second-message"), "{out}");
+    assert!(
+        sluice
+            .metric("sluice_broker_corrupt_batches_total{topic=\"damaged\"}")
+            .unwrap_or(0.0)
+            >= 2.0
+    );
+    let said = sluice.log_text().matches("corrupt batch in the log").count();
+    assert_eq!(said, 1, "said once a minute");
+}

@@ -4,11 +4,13 @@
 //! with sparse indexes), written through io_uring or plain I/O and made durable by group commit;
 //! `server` decodes Kafka requests with the `kafka-protocol` codecs and answers them from storage;
 //! `coordinator` runs consumer groups and keeps their committed offsets in `__consumer_offsets`;
-//! `metrics` is what all of them export to Prometheus; `config` is the `[broker]` section.
+//! `metrics` is what all of them export to Prometheus (`quiet` keeps their log lines few);
+//! `config` is the `[broker]` section.
 
 mod config;
 pub mod coordinator;
 pub mod metrics;
+mod quiet;
 mod server;
 pub mod storage;
 
@@ -88,6 +90,7 @@ impl Broker {
             advertised_port: port,
             cluster_id: self.cluster_id.clone(),
             fetch_max_bytes: self.config.fetch_max_bytes as usize,
+            quiet: Default::default(),
         });
         let limits = server::Limits::of(&self.config);
         server::serve(ctx, listener, shutdown, limits).await?;

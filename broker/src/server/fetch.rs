@@ -101,12 +101,21 @@ async fn read_all(
                     errors = true;
                     let code = match e {
                         ReadError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
-                        ReadError::Corrupt => {
+                        ReadError::Corrupt(position) => {
                             ctx.metrics
                                 .corrupt_reads
                                 .with_label_values(&[fetch_topic.topic.as_str()])
                                 .inc();
-                            ResponseError::KafkaStorageError
+                            let (topic, index) = (fetch_topic.topic.as_str(), wanted.partition);
+                            if ctx
+                                .quiet
+                                .first_in_a_while(&format!("corrupt {topic}-{index}"))
+                            {
+                                tracing::error!(%topic, partition = index, position, "corrupt batch in the log; not serving it (said once a minute; sluice_broker_corrupt_batches_total counts every read)");
+                            }
+                            // What Kafka says of a batch that fails its checks: the consumer
+                            // is told, rather than retrying in silence as for a storage error.
+                            ResponseError::CorruptMessage
                         }
                         ReadError::Io(e) => {
                             tracing::error!(topic = %fetch_topic.topic.as_str(), partition = wanted.partition,

@@ -40,6 +40,8 @@ pub struct Context {
     pub cluster_id: String,
     /// The most record bytes one Fetch response carries (beyond a first oversized batch).
     pub fetch_max_bytes: usize,
+    /// Connections closed and corrupt reads are said once a minute each.
+    pub quiet: crate::quiet::Quiet,
 }
 
 /// A request's answer: ready now, still being worked on, or none (acks=0).
@@ -237,7 +239,16 @@ async fn connection(
     .await;
     // Counted while the socket is still open, so whoever sees it close sees the count too.
     if let Err(close) = result {
-        tracing::warn!(%peer, kind = close.kind, detail = %close.detail, "closing connection");
+        // A client retrying what was refused comes back within milliseconds: said once a
+        // minute for each kind and peer host, all counted.
+        if ctx
+            .quiet
+            .first_in_a_while(&format!("{} {}", close.kind, peer.ip()))
+        {
+            tracing::warn!(%peer, kind = close.kind, detail = %close.detail, "closing connection (said once a minute for this kind and host; sluice_broker_protocol_errors_total counts them all)");
+        } else {
+            tracing::debug!(%peer, kind = close.kind, detail = %close.detail, "closing connection");
+        }
         ctx.metrics
             .protocol_errors
             .with_label_values(&[close.kind])

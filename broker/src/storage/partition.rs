@@ -43,8 +43,9 @@ pub struct Appended {
 #[derive(Debug)]
 pub enum ReadError {
     OffsetOutOfRange,
-    /// A torn or corrupt batch where the read had to go; it is never served.
-    Corrupt,
+    /// A torn or corrupt batch where the read had to go (its position in the segment); it is
+    /// never served.
+    Corrupt(u64),
     Io(io::Error),
 }
 
@@ -492,15 +493,10 @@ impl Partition {
                 }
                 Cut::NeedMore { more, .. } if !at_end => want = buf.len() + more,
                 // Less than a header left before the end, or a batch claiming to run past it.
-                Cut::Skip(_) | Cut::NeedMore { .. } => return Err(self.corrupt(position)),
-                Cut::Corrupt(at) => return Err(self.corrupt(position + at as u64)),
+                Cut::Skip(_) | Cut::NeedMore { .. } => return Err(ReadError::Corrupt(position)),
+                Cut::Corrupt(at) => return Err(ReadError::Corrupt(position + at as u64)),
             }
         }
-    }
-
-    fn corrupt(&self, position: u64) -> ReadError {
-        tracing::error!(dir = %self.dir.display(), position, "corrupt batch in the log; not serving it");
-        ReadError::Corrupt
     }
 
     /// The first offset whose batch holds a record at or after `timestamp` (ms), with the batch
