@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -334,4 +335,47 @@ for name, spec in specs:
         out,
         "earliest 0 -1\nlatest 5 -1\nmax 1 9000\nat 4 s 0 5000\n"
     );
+}
+
+/// A topic of more partitions than the broker has file descriptors for is refused with what to
+/// do (it came back as a bare storage error, logged nowhere, its directories left behind), and
+/// nothing of it is left; topics that fit are still made.
+#[test]
+fn a_topic_past_the_open_files_limit_is_refused_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    run_ok(
+        Command::new("prlimit").args(["--pid", &sluice.pid().to_string(), "--nofile=300:300"]),
+        Duration::from_secs(10),
+    );
+    let script = r#"
+import sys
+from confluent_kafka.admin import AdminClient, NewTopic
+admin = AdminClient({"bootstrap.servers": sys.argv[1]})
+try:
+    admin.create_topics([NewTopic("wide", 500, 1)])["wide"].result(30)
+    print("made")
+except Exception as e:
+    print(e)
+"#;
+    let out = run_ok(
+        python().args(["-c", script, &sluice.kafka]),
+        Duration::from_secs(60),
+    );
+    assert!(out.contains("open-files limit"), "{out}");
+    let left = std::fs::read_dir(sluice.data_dir.join("broker"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("wide-")
+        })
+        .count();
+    assert_eq!(left, 0, "partition directories left behind");
+    assert!(sluice
+        .log_text()
+        .contains("new partitions could not be opened"));
+    sluice.create_topic("narrow", 2, &[]);
 }

@@ -257,7 +257,9 @@ fn a_batch_damaged_on_disk_is_refused_to_consumers_who_are_told() {
         let out = sluice.kcat_produce("damaged", &["-p", "0"], message.as_bytes());
         assert!(out.status.success());
     }
-    let log = sluice.data_dir.join("broker/damaged-0/00000000000000000000.log");
+    let log = sluice
+        .data_dir
+        .join("broker/damaged-0/00000000000000000000.log");
     let mut bytes = std::fs::read(&log).unwrap();
     let at = bytes
         .windows(6)
@@ -284,7 +286,10 @@ c.close()
     );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.first(), Some(&"message first-message"), "{out}");
-    assert!(lines.contains(&"error 2"), "CORRUPT_MESSAGE reaches the consumer: {out}");
+    assert!(
+        lines.contains(&"error 2"),
+        "CORRUPT_MESSAGE reaches the consumer: {out}"
+    );
     assert!(!out.contains("second-message"), "{out}");
     assert!(
         sluice
@@ -292,6 +297,9 @@ c.close()
             .unwrap_or(0.0)
             >= 2.0
     );
-    let said = sluice.log_text().matches("corrupt batch in the log").count();
+    let said = sluice
+        .log_text()
+        .matches("corrupt batch in the log")
+        .count();
     assert_eq!(said, 1, "said once a minute");
 }

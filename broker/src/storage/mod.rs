@@ -95,6 +95,21 @@ pub enum TopicError {
     Io(#[from] std::io::Error),
 }
 
+/// New partitions of `topic` could not be opened: said, and told the client with what to do
+/// when the broker is out of file descriptors (each partition keeps its log and index open).
+fn not_opened(topic: &str, error: std::io::Error) -> TopicError {
+    let out_of_files = matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    let why = match out_of_files {
+        true => format!(
+            "{error}: each partition keeps 2 files open; raise the broker's open-files limit \
+             (LimitNOFILE in its systemd unit, ulimit -n) or make fewer partitions"
+        ),
+        false => error.to_string(),
+    };
+    tracing::warn!(topic, error = %why, "new partitions could not be opened; none were made");
+    TopicError::Io(std::io::Error::new(error.kind(), why))
+}
+
 /// Why a produce to one partition was refused; each maps to one Kafka error code.
 #[derive(Debug, Error)]
 pub enum AppendError {
@@ -360,14 +375,18 @@ impl Storage {
                 partitions: RwLock::new(Vec::new()),
             }));
         }
-        let topic = self.open_topic(name, record.clone(), settings, false)?;
+        let topic = match self.open_topic(name, record.clone(), settings, false) {
+            Ok(topic) => topic,
+            Err(e) => {
+                self.remove_partition_dirs(name, 0..partitions);
+                return Err(not_opened(name, e));
+            }
+        };
         if let Err(e) = self.save_topics(|records| {
             records.insert(name.to_owned(), record);
         }) {
             // Never seen by a client; the next start would remove the directories anyway.
-            for i in 0..partitions {
-                let _ = std::fs::remove_dir_all(self.partition_dir(name, i));
-            }
+            self.remove_partition_dirs(name, 0..partitions);
             return Err(e.into());
         }
         self.topics
@@ -394,6 +413,13 @@ impl Storage {
         Ok((admin, topic))
     }
 
+    /// Removes the directories of partitions that were being made and that no client saw.
+    fn remove_partition_dirs(&self, name: &str, partitions: std::ops::Range<u32>) {
+        for i in partitions {
+            let _ = std::fs::remove_dir_all(self.partition_dir(name, i));
+        }
+    }
+
     /// Grows a topic to `total` partitions (Kafka never shrinks one).
     pub async fn add_partitions(
         &self,
@@ -412,24 +438,27 @@ impl Storage {
             return Ok(());
         }
         let settings = topic.settings();
-        let mut added = Vec::new();
-        for i in current..total {
-            let dir = self.partition_dir(name, i as u32);
-            added.push(Arc::new(Partition::open(
-                &dir,
-                self.io.clone(),
-                settings.log_settings(),
-                false,
-            )?));
-        }
+        let new = current as u32..total as u32;
+        let added = new
+            .clone()
+            .map(|i| {
+                let dir = self.partition_dir(name, i);
+                Partition::open(&dir, self.io.clone(), settings.log_settings(), false).map(Arc::new)
+            })
+            .collect::<std::io::Result<Vec<_>>>();
+        let added = match added {
+            Ok(added) => added,
+            Err(e) => {
+                self.remove_partition_dirs(name, new);
+                return Err(not_opened(name, e));
+            }
+        };
         if let Err(e) = self.save_topics(|records| {
             if let Some(record) = records.get_mut(name) {
                 record.partitions = total as u32;
             }
         }) {
-            for i in current..total {
-                let _ = std::fs::remove_dir_all(self.partition_dir(name, i as u32));
-            }
+            self.remove_partition_dirs(name, new);
             return Err(e.into());
         }
         topic.partitions.write().expect("topic lock").extend(added);
