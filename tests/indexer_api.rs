@@ -194,6 +194,35 @@ fn histogram_and_fields() {
     assert_eq!(level["values"][0]["count"], 10);
     assert_eq!(level["values"][1]["count"], 5);
     assert!(fields.iter().any(|f| f["name"] == "fields.user.id"));
+    assert_eq!(body["complete"], true);
+
+    // One event with 3000 keys: the fields every event has are still answered (the list was
+    // cut alphabetically across the whole index, and fields.user.id fell out of every answer).
+    let keys: Vec<String> = (0..3000).map(|k| format!(r#""k{k:04}":{k}"#)).collect();
+    let wide = format!(
+        r#"{{"id":"wide","timestamp":"2026-01-01T00:45:00Z","host":"batch-1","message":"wide","fields":{{{}}}}}"#,
+        keys.join(",")
+    );
+    let out = sluice.kcat_produce("logs", &[], format!("{wide}\n").as_bytes());
+    assert!(out.status.success());
+    assert_eq!(sluice.wait_for_hits("*", 31, Duration::from_secs(30)), 31);
+    let (status, body) = sluice.api("/api/v1/fields", &[("q", "host:web-1")]);
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"fields.user.id"), "{names:?}");
+    assert!(body["known"].as_u64().unwrap() > 3000, "{body}");
+    let (status, body) = sluice.api("/api/v1/fields", &[("q", "host:batch-1"), ("limit", "100")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["fields"].as_array().unwrap().len(), 100);
+    assert_eq!(body["complete"], false, "more are there: {body}");
+    let (status, body) = sluice.api("/api/v1/fields", &[("limit", "0")]);
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("limit"), "{body}");
 }
 
 #[test]

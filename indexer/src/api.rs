@@ -85,11 +85,17 @@ struct HistogramParams {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RangeParams {
+struct FieldsParams {
     q: Option<String>,
     start: Option<String>,
     end: Option<String>,
+    /// Fields answered at most (default `FIELDS_DEFAULT`, at most `FIELDS_MOST`).
+    limit: Option<usize>,
 }
+
+/// Fields `/fields` answers unless asked for another number, and the most it answers.
+const FIELDS_DEFAULT: usize = 50;
+const FIELDS_MOST: usize = 500;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,17 +275,26 @@ async fn histogram(
 
 async fn fields(
     State(api): State<Api>,
-    params: Result<Query<RangeParams>, QueryRejection>,
+    params: Result<Query<FieldsParams>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let spec = api.accept("fields", params, |p| {
-        spec(p.q, p.start.as_deref(), p.end.as_deref())
+    let (spec, limit) = api.accept("fields", params, |p| {
+        let limit = p.limit.unwrap_or(FIELDS_DEFAULT);
+        if !(1..=FIELDS_MOST).contains(&limit) {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("limit: expected 1 to {FIELDS_MOST}, got {limit}"),
+            ));
+        }
+        Ok((spec(p.q, p.start.as_deref(), p.end.as_deref())?, limit))
     })?;
     let started = Instant::now();
-    let (total, fields) = api.run("fields", move |s| s.fields(&spec)).await?;
+    let found = api.run("fields", move |s| s.fields(&spec, limit)).await?;
     Ok(Json(json!({
-        "total": total,
+        "total": found.total,
         "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-        "fields": fields,
+        "complete": found.complete,
+        "known": found.known,
+        "fields": found.fields,
     })))
 }
 

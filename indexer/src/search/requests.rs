@@ -1,7 +1,7 @@
 //! The four questions the API asks of the indexes: hits, counts over time, field values, and
 //! what arrived since the last look (the live tail).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use serde::Serialize;
@@ -54,6 +54,19 @@ pub struct TopValue {
     pub count: u64,
 }
 
+/// What `fields` found.
+#[derive(Debug, Serialize)]
+pub struct Fields {
+    /// Matching documents.
+    pub total: u64,
+    /// Whether every field the index knows was looked at and every one the matching documents
+    /// have is here (false: ask for more with a larger limit, or narrow the query).
+    pub complete: bool,
+    /// Fields the index knows.
+    pub known: usize,
+    pub fields: Vec<FieldSummary>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct FieldSummary {
     pub name: String,
@@ -69,8 +82,11 @@ pub struct TailCursor(BTreeMap<i32, u64>, i32);
 const MAX_BUCKETS: i64 = 10_000;
 /// Buckets an automatic interval aims for.
 const AUTO_BUCKETS: i64 = 100;
-/// Fields `fields` reports; JSON events can carry many keys.
-const MAX_FIELDS: usize = 50;
+/// Fields one aggregation request summarises.
+const FIELDS_AT_ONCE: usize = 50;
+/// Fields `fields` looks at, at most, for ones the matching documents have: JSON events can
+/// carry thousands of keys.
+const MAX_FIELDS_LOOKED_AT: usize = 1000;
 const TOP_VALUES: usize = 10;
 /// Documents one tail poll returns per partition.
 const TAIL_BATCH: usize = 1000;
@@ -229,49 +245,57 @@ impl SearchService {
         Ok((first <= last).then_some((first, last)))
     }
 
-    /// Field names with their most frequent values among the matching documents.
-    pub fn fields(&self, spec: &QuerySpec) -> Result<(u64, Vec<FieldSummary>), SearchError> {
+    /// Up to `limit` field names with their most frequent values among the matching documents:
+    /// the contract's own fields first, then JSON paths, the most common first (by the size of
+    /// their columns), so that one event with thousands of keys does not push out the fields
+    /// every event has. Fields no matching document has are left out and the next are looked
+    /// at, up to `MAX_FIELDS_LOOKED_AT`.
+    pub fn fields(&self, spec: &QuerySpec, limit: usize) -> Result<Fields, SearchError> {
         let query = self.build_query(spec)?;
         let views = self.views()?;
-        let mut names: HashSet<String> = HashSet::new();
+        let mut weights: HashMap<String, u64> = HashMap::new();
         for segment in views.iter().flat_map(|v| v.searcher.segment_readers()) {
             for field in segment.fields_metadata()? {
-                let summarised = field.fast_size.is_some()
-                    && matches!(
-                        field.typ,
-                        Type::Str | Type::U64 | Type::I64 | Type::F64 | Type::Bool
-                    )
-                    && !matches!(field.field_name.as_str(), "partition" | "offset");
-                if summarised {
-                    names.insert(field.field_name);
+                let summarised = matches!(
+                    field.typ,
+                    Type::Str | Type::U64 | Type::I64 | Type::F64 | Type::Bool
+                ) && !matches!(field.field_name.as_str(), "partition" | "offset");
+                if let (true, Some(size)) = (summarised, field.fast_size) {
+                    *weights.entry(field.field_name).or_default() += size.get_bytes();
                 }
             }
         }
-        // The contract's own fields first, then JSON paths, each by name.
-        let mut names: Vec<String> = names.into_iter().collect();
-        names.sort_by(|a, b| (a.contains('.'), a).cmp(&(b.contains('.'), b)));
-        names.truncate(MAX_FIELDS);
+        let mut names: Vec<(String, u64)> = weights.into_iter().collect();
+        names.sort_by(|(a, wa), (b, wb)| {
+            (a.contains('.'), std::cmp::Reverse(*wa), a).cmp(&(
+                b.contains('.'),
+                std::cmp::Reverse(*wb),
+                b,
+            ))
+        });
         let mut total = 0;
         for view in &views {
             total += view.searcher.search(&query, &Count)? as u64;
         }
-        if names.is_empty() {
-            return Ok((total, Vec::new()));
-        }
-        let request: serde_json::Map<String, Value> = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let agg = serde_json::json!({ "terms": { "field": name, "size": TOP_VALUES } });
-                (format!("f{i}"), agg)
-            })
-            .collect();
-        let result = self.aggregate(&views, &query, Value::Object(request))?;
-        let summaries = names
-            .into_iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let values = result[format!("f{i}")]["buckets"]
+        let known = names.len();
+        let mut summaries = Vec::new();
+        let mut looked_at = 0;
+        for chunk in names.chunks(FIELDS_AT_ONCE) {
+            if summaries.len() >= limit || looked_at >= MAX_FIELDS_LOOKED_AT {
+                break;
+            }
+            looked_at += chunk.len();
+            let request: serde_json::Map<String, Value> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| {
+                    let agg = serde_json::json!({ "terms": { "field": name, "size": TOP_VALUES } });
+                    (format!("f{i}"), agg)
+                })
+                .collect();
+            let result = self.aggregate(&views, &query, Value::Object(request))?;
+            for (i, (name, _)) in chunk.iter().enumerate() {
+                let values: Vec<TopValue> = result[format!("f{i}")]["buckets"]
                     .as_array()
                     .map(|buckets| {
                         buckets
@@ -283,11 +307,20 @@ impl SearchService {
                             .collect()
                     })
                     .unwrap_or_default();
-                FieldSummary { name, values }
-            })
-            .filter(|summary| !summary.values.is_empty())
-            .collect();
-        Ok((total, summaries))
+                if !values.is_empty() && summaries.len() < limit {
+                    summaries.push(FieldSummary {
+                        name: name.clone(),
+                        values,
+                    });
+                }
+            }
+        }
+        Ok(Fields {
+            total,
+            complete: looked_at == known && summaries.len() < limit,
+            known,
+            fields: summaries,
+        })
     }
 
     /// Runs a Tantivy aggregation request over every view and merges the results.
