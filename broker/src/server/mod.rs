@@ -88,7 +88,10 @@ pub async fn serve(
                 let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        // Out of descriptors, most likely: every accept fails until some close.
+                        if ctx.quiet.first_in_a_while("accept") {
+                            tracing::warn!(error = %e, "accept failed; connections wait in the backlog (said once a minute; out of file descriptors? raise LimitNOFILE)");
+                        }
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
