@@ -270,7 +270,8 @@ pub struct ConsumeArgs {
     /// Stop after this many records.
     #[arg(long, short = 'n')]
     pub max: Option<u64>,
-    /// Print one JSON object per record (partition, offset, timestamp, key, value, headers).
+    /// Print one JSON object per record (partition, offset, timestamp, key, value, headers);
+    /// bytes that are not UTF-8 come as {"base64": ...}.
     #[arg(long)]
     pub json: bool,
 }

@@ -403,3 +403,24 @@ fn sluice_produce_sends_bytes_and_names_the_line_it_stops_at() {
     );
     assert_eq!(consumed.stdout, b"first\ncaf\xe9 latin-1\n");
 }
+
+/// `sluice consume` gives bytes back as they were: as they are in plain output (kcat's way),
+/// and as base64 in JSON when they are not UTF-8 (they were replaced by U+FFFD).
+#[test]
+fn consume_gives_bytes_that_are_not_text_back_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let value = b"\xff\xfe\x01bin";
+    let mut line = value.to_vec();
+    line.push(b'\n');
+    assert!(sluice
+        .kcat_produce("bin", &["-p", "0"], &line)
+        .status
+        .success());
+    let plain = sluice.client(&["consume", "bin"]);
+    assert!(plain.status.success());
+    assert_eq!(plain.stdout, line);
+    let json = sluice.client(&["consume", "bin", "--json"]);
+    let record: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(record["value"]["base64"], "//4BYmlu");
+}

@@ -143,10 +143,23 @@ fn assignment_at(topic: &str, partitions: &[i32], ms: i64) -> anyhow::Result<Top
     Ok(list)
 }
 
+/// Bytes as JSON: their text when they are UTF-8, else `{"base64": …}`, so that nothing is lost.
+fn bytes_json(bytes: &[u8]) -> serde_json::Value {
+    use base64::Engine;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.into(),
+        Err(_) => {
+            serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+        }
+    }
+}
+
 fn print_record(out: &mut impl Write, message: &impl Message, json: bool) -> anyhow::Result<()> {
-    let value = String::from_utf8_lossy(message.payload().unwrap_or_default());
+    let value = message.payload().unwrap_or_default();
     if !json {
-        writeln!(out, "{value}")?;
+        // The bytes as they are, as kcat prints them.
+        out.write_all(value)?;
+        out.write_all(b"\n")?;
         return Ok(());
     }
     let headers: Vec<serde_json::Value> = message
@@ -156,7 +169,7 @@ fn print_record(out: &mut impl Write, message: &impl Message, json: bool) -> any
                 .map(|header| {
                     serde_json::json!({
                         "key": header.key,
-                        "value": header.value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                        "value": header.value.map(bytes_json),
                     })
                 })
                 .collect()
@@ -166,8 +179,8 @@ fn print_record(out: &mut impl Write, message: &impl Message, json: bool) -> any
         "partition": message.partition(),
         "offset": message.offset(),
         "timestamp": message.timestamp().to_millis(),
-        "key": message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-        "value": value,
+        "key": message.key().map(bytes_json),
+        "value": bytes_json(value),
         "headers": headers,
     });
     writeln!(out, "{record}")?;
