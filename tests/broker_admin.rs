@@ -281,6 +281,19 @@ fn topic_configs_are_altered_in_place() {
         described.contains("retention.bytes\t16384\ttopic"),
         "{described}"
     );
+    // A config the topic does not set, and a topic that is not there, are said as such.
+    let refused = sluice.client(&["topics", "alter", "tuned", "--delete-config", "nonexistent"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("topic tuned does not set it"), "{said}");
+    let refused = sluice.client(&["topics", "alter", "nosuch", "--config", "retention.ms=1"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("topic nosuch not found"), "{said}");
+    assert!(!sluice
+        .client(&["topics", "list"])
+        .stdout
+        .windows(6)
+        .any(|w| w == b"nosuch"));
     let refused = sluice.client(&["topics", "create", "other", "--config", "retention.ms=soon"]);
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{said}");

@@ -10,6 +10,7 @@ use rdkafka::admin::{
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::metadata::Metadata;
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_broker::storage::topics::{
     check_collision, validate_topic_name, TopicSettings, TOPIC_CONFIG_NAMES,
@@ -162,6 +163,7 @@ async fn alter(
     configs: &[String],
     deletes: &[String],
 ) -> anyhow::Result<()> {
+    topic_metadata(&config(brokers).create()?, brokers, name)?;
     let admin = admin(brokers)?;
     let mut wanted = overrides(&admin, name).await?;
     for entry in configs {
@@ -169,7 +171,9 @@ async fn alter(
         wanted.insert(key.to_owned(), value.to_owned());
     }
     for key in deletes {
-        wanted.remove(key);
+        if wanted.remove(key).is_none() {
+            bail!("--delete-config {key}: topic {name} does not set it");
+        }
     }
     let mut change = AlterConfig::new(ResourceSpecifier::Topic(name));
     for (key, value) in &wanted {
@@ -220,8 +224,7 @@ async fn add_partitions(brokers: &str, name: &str, count: i32) -> anyhow::Result
 
 /// The partition count the cluster's metadata gives `name`.
 fn partition_count(brokers: &str, name: &str) -> anyhow::Result<usize> {
-    let consumer: BaseConsumer = config(brokers).create()?;
-    let metadata = consumer.fetch_metadata(Some(name), TIMEOUT)?;
+    let metadata = topic_metadata(&config(brokers).create()?, brokers, name)?;
     let topic = metadata.topics().first().context("no such topic")?;
     Ok(topic.partitions().len())
 }
@@ -282,8 +285,8 @@ async fn delete(brokers: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn describe(brokers: &str, name: &str) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = config(brokers).create()?;
+/// The cluster's metadata with topic `name` in it; "not found" when it has none.
+fn topic_metadata(consumer: &BaseConsumer, brokers: &str, name: &str) -> anyhow::Result<Metadata> {
     let metadata = consumer
         .fetch_metadata(Some(name), TIMEOUT)
         .with_context(|| format!("reading metadata from {brokers}"))?;
@@ -297,6 +300,17 @@ async fn describe(brokers: &str, name: &str) -> anyhow::Result<()> {
         }
         bail!("topic {name}: {code}");
     }
+    Ok(metadata)
+}
+
+async fn describe(brokers: &str, name: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = config(brokers).create()?;
+    let metadata = topic_metadata(&consumer, brokers, name)?;
+    let topic = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == name)
+        .expect("topic_metadata found it");
     let mut out = std::io::stdout().lock();
     writeln!(out, "topic {name}: {} partitions", topic.partitions().len())?;
     writeln!(out, "partition\tleader\tlow\thigh")?;
