@@ -128,6 +128,22 @@ fn bad_requests_say_why() {
     assert!(body["error"].as_str().unwrap().contains("nest"));
     let (status, body) = sluice.api("/api/v1/search", &[("end", "9999-12-31T00:00:00Z")]);
     assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("between the years"),
+        "{body}"
+    );
+    let (status, body) = sluice.api("/api/v1/search", &[("limit", "-1")]);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("limit: expected a whole number"),
+        "{body}"
+    );
     let (status, body) = sluice.api("/api/v1/search", &[("q", "message:user_*")]);
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("one word"));

@@ -123,7 +123,12 @@ impl From<SearchError> for ApiError {
 
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> Self {
-        ApiError(StatusCode::BAD_REQUEST, e.body_text())
+        // serde's words for a negative or non-numeric count.
+        let text = e.body_text().replace(
+            "invalid digit found in string",
+            "expected a whole number, 0 or more",
+        );
+        ApiError(StatusCode::BAD_REQUEST, text)
     }
 }
 

@@ -299,10 +299,13 @@ pub fn epoch_number_ms(n: f64) -> Option<i64> {
 }
 
 pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    rfc3339_ms_any_year(text).filter(|&ms| in_range(ms))
+}
+
+/// An RFC 3339 time in milliseconds whatever its year (`i64::MAX` past what that holds).
+pub fn rfc3339_ms_any_year(text: &str) -> Option<i64> {
     let time = OffsetDateTime::parse(text, &Rfc3339).ok()?;
-    i64::try_from(time.unix_timestamp_nanos() / 1_000_000)
-        .ok()
-        .filter(|&ms| in_range(ms))
+    Some(i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
 }
 
 /// How far an event's own time may be past its Kafka record's and the indexer's clock; further

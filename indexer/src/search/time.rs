@@ -2,7 +2,7 @@
 
 use tantivy::time::OffsetDateTime;
 
-use crate::mapping::{epoch_number_ms, in_range, parse_rfc3339_ms};
+use crate::mapping::{epoch_number_ms, in_range, rfc3339_ms_any_year};
 
 /// Parses a point in time; a bare duration (`15m`, `-15m`) means that long before `now_ms`.
 /// An epoch number is read by its size, as event times are (seconds below 10^11, then
@@ -12,7 +12,8 @@ pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
     let text = text.trim();
     let ms = if text.eq_ignore_ascii_case("now") {
         Some(now_ms)
-    } else if let Some(ms) = parse_rfc3339_ms(text) {
+    } else if let Some(ms) = rfc3339_ms_any_year(text) {
+        // Read whatever its year, so that one past what the index holds is said to be so.
         Some(ms)
     } else if let Ok(n) = text.parse::<i64>() {
         Some(epoch_number_ms(n as f64).ok_or_else(out_of_range)?)
@@ -96,7 +97,9 @@ mod tests {
             Ok(1_700_000_000_000),
             "seconds"
         );
-        assert!(parse_time("9999-12-31T00:00:00Z", NOW).is_err());
+        // A time the index cannot hold is said to be out of range, not "not a time".
+        let err = parse_time("9999-12-31T00:00:00Z", NOW).unwrap_err();
+        assert!(err.contains("between the years"), "{err}");
         assert!(parse_time("-999999d", NOW).is_err());
         let err = parse_time("yesterday", NOW).unwrap_err();
         assert!(err.contains("RFC 3339"), "{err}");
