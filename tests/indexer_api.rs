@@ -304,6 +304,15 @@ fn sluice_search_prints_for_people_and_json() {
         "oldest first, so the newest is beside the prompt"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("5 of 5 hits"));
+    let out = Command::new(SLUICE)
+        .args(["search", "*", "-n", "5000", "--server", &sluice.http])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("-n 5000 is more than the server gives: 1000"),
+        "{stderr}"
+    );
 
     let out = Command::new(SLUICE)
         .args(["search", "level:error", "--json", "-n", "2"])

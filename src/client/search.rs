@@ -59,8 +59,18 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
         use std::io::Write;
         writeln!(out, "{}", line_for_people(hit))?;
     }
+    let capped = body["limit"]
+        .as_u64()
+        .filter(|&limit| limit < args.limit as u64)
+        .map(|limit| {
+            format!(
+                " (-n {} is more than the server gives: {limit})",
+                args.limit
+            )
+        })
+        .unwrap_or_default();
     eprintln!(
-        "{} of {} hits, {:.1} ms",
+        "{} of {} hits, {:.1} ms{capped}",
         hits.len(),
         body["total"],
         body["elapsed_ms"].as_f64().unwrap_or(0.0)
