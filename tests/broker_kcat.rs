@@ -424,3 +424,39 @@ fn consume_gives_bytes_that_are_not_text_back_whole() {
     let record: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(record["value"]["base64"], "//4BYmlu");
 }
+
+/// `sluice consume --follow` waits for a topic that is not made yet (it said "not found" and
+/// exited), and prints its records once a producer makes it.
+#[test]
+fn consume_follow_waits_for_a_topic_to_be_made() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let mut follower = Command::new(SLUICE)
+        .args(["consume", "later", "--follow"])
+        .env("SLUICE_BROKERS", &sluice.kafka)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    BufReader::new(follower.stderr.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert!(said.contains("waiting for topic later"), "{said}");
+    assert!(sluice
+        .kcat_produce("later", &[], b"made at last\n")
+        .status
+        .success());
+    let (line, read) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = line.send(first);
+    });
+    let first = read.recv_timeout(Duration::from_secs(30));
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    assert_eq!(first.unwrap(), "made at last\n");
+}

@@ -27,19 +27,7 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         .set("enable.partition.eof", "false")
         .create()
         .context("creating the consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(&args.topic), TIMEOUT)
-        .with_context(|| format!("reading metadata of {}", args.topic))?;
-    let Some(topic) = metadata.topics().iter().find(|t| t.name() == args.topic) else {
-        bail!("topic {} not found", args.topic);
-    };
-    let partitions: Vec<i32> = match args.partition {
-        Some(p) => vec![p],
-        None => topic.partitions().iter().map(|p| p.id()).collect(),
-    };
-    if partitions.is_empty() {
-        bail!("topic {} not found", args.topic);
-    }
+    let partitions = partitions_of(&consumer, &args)?;
     let start = start_offset(&args)?;
     let mut assignment = TopicPartitionList::new();
     for &p in &partitions {
@@ -116,6 +104,36 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// The partitions to read: the one asked for, or all of the topic's. A topic not made yet is
+/// waited for when following (said once), and not found otherwise.
+fn partitions_of(consumer: &BaseConsumer, args: &ConsumeArgs) -> anyhow::Result<Vec<i32>> {
+    let mut said = false;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(&args.topic), TIMEOUT)
+            .with_context(|| format!("reading metadata of {}", args.topic))?;
+        let found: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == args.topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if !found.is_empty() {
+            return Ok(match args.partition {
+                Some(p) => vec![p],
+                None => found,
+            });
+        }
+        if !args.follow {
+            bail!("topic {} not found", args.topic);
+        }
+        if !std::mem::replace(&mut said, true) {
+            eprintln!("waiting for topic {} to be made", args.topic);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }
 
 fn start_offset(args: &ConsumeArgs) -> anyhow::Result<Offset> {
