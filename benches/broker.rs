@@ -1,13 +1,16 @@
 //! Micro-benchmarks of the broker's hot paths: batch validation (CRC-32C and header checks on
-//! every produce), the sparse index lookup (every fetch), and the append path through io_uring
-//! and through plain I/O, with and without the fdatasync that acks=all waits for.
+//! every produce), the check of a batch's records (decompressed and walked, on every produce),
+//! the sparse index lookup (every fetch), and the append path through io_uring and through plain
+//! I/O, with and without the fdatasync that acks=all waits for.
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sluice_broker::storage::batch::{split_batches, testing::batch, BatchHeader};
+use kafka_protocol::records::Compression;
+use sluice_broker::storage::batch::{split_batches, testing, testing::batch, BatchHeader};
 use sluice_broker::storage::io::Io;
 use sluice_broker::storage::partition::{LogSettings, Partition};
+use sluice_broker::storage::records::check_compressed;
 use sluice_broker::storage::segment::Segment;
 use sluice_broker::IoBackendKind;
 
@@ -18,6 +21,52 @@ fn validation(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(b.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &b, |bench, b| {
             bench.iter(|| BatchHeader::validate(std::hint::black_box(b)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+/// The Loghub samples' lines (as `benches/agent.sh` and the lz4 end-to-end runs use), as one
+/// batch of about 1 MiB before compression.
+fn loghub_batch(compression: Compression) -> Vec<u8> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/loghub");
+    let mut text = Vec::new();
+    for name in [
+        "HDFS_2k.log",
+        "Apache_2k.log",
+        "Android_2k.log",
+        "Hadoop_2k.log",
+    ] {
+        text.extend(std::fs::read(dir.join(name)).unwrap_or_default());
+    }
+    let lines: Vec<&[u8]> = text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .scan(0usize, |size, line| {
+            *size += line.len();
+            (*size <= 1 << 20).then_some(line)
+        })
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "the Loghub samples in ../shared/data/loghub"
+    );
+    testing::lines(&lines, compression)
+}
+
+fn record_check(c: &mut Criterion) {
+    let mut group = c.benchmark_group("record_check_1mib_loghub");
+    let raw: u64 = 1 << 20;
+    group.throughput(Throughput::Bytes(raw));
+    let plain = loghub_batch(Compression::None);
+    group.bench_function("none", |bench| {
+        bench.iter(|| split_batches(std::hint::black_box(&plain)).unwrap())
+    });
+    for (name, codec) in [("lz4", Compression::Lz4), ("zstd", Compression::Zstd)] {
+        let compressed = loghub_batch(codec);
+        let split = split_batches(&compressed).unwrap();
+        group.bench_function(name, |bench| {
+            bench.iter(|| check_compressed(std::hint::black_box(&compressed), &split).unwrap())
         });
     }
     group.finish();
@@ -94,5 +143,5 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, validation, index_lookup, append);
+criterion_group!(benches, validation, record_check, index_lookup, append);
 criterion_main!(benches);

@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use kafka_protocol::compression::{Decompressor, Snappy};
 use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordSet};
 
@@ -59,22 +59,43 @@ pub fn decode_records(batch: &mut Bytes) -> anyhow::Result<RecordSet> {
     RecordBatchDecoder::decode_with_custom_compression(batch, Some(decompress_bounded))
 }
 
-pub fn decompress_bounded(records: &mut Bytes, compression: Compression) -> anyhow::Result<Bytes> {
+fn decompress_bounded(records: &mut Bytes, compression: Compression) -> anyhow::Result<Bytes> {
     let compressed = std::mem::take(records);
-    let reader: Box<dyn Read> = match compression {
-        Compression::None => return Ok(compressed),
+    if compression == Compression::None {
+        return Ok(compressed);
+    }
+    let mut out = Vec::new();
+    decompress_into(&compressed, compression, &mut out)?;
+    Ok(Bytes::from(out))
+}
+
+/// Decompresses `records` into `out` (cleared first, its room kept), refusing more than
+/// `MAX_DECODED_BYTES`.
+pub fn decompress_into(
+    records: &[u8],
+    compression: Compression,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    out.clear();
+    let reader: Box<dyn Read + '_> = match compression {
+        Compression::None => {
+            out.extend_from_slice(records);
+            return Ok(());
+        }
         // Snappy cannot expand more than some 32 times: the bound is checked after.
         Compression::Snappy => {
-            let out = Snappy::decompress(&mut compressed.clone(), |b| Ok(std::mem::take(b)))?;
-            return within_bound(out);
+            let decoded = Snappy::decompress(&mut Bytes::copy_from_slice(records), |b| {
+                Ok(std::mem::take(b))
+            })?;
+            out.extend_from_slice(&decoded);
+            return within_bound(out.len());
         }
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(compressed.reader())),
-        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(compressed.reader())),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(compressed.reader())?),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(records)),
+        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(records)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(records)?),
     };
-    let mut out = Vec::new();
-    reader.take(MAX_DECODED_BYTES + 1).read_to_end(&mut out)?;
-    within_bound(Bytes::from(out))
+    reader.take(MAX_DECODED_BYTES + 1).read_to_end(out)?;
+    within_bound(out.len())
 }
 
 /// A stored batch whose records decompress to more than `MAX_DECODED_BYTES`.
@@ -82,11 +103,11 @@ pub fn decompress_bounded(records: &mut Bytes, compression: Compression) -> anyh
 #[error("a stored batch's records decompress to more than {MAX_DECODED_BYTES} bytes")]
 pub struct DecodedTooLarge;
 
-fn within_bound(out: Bytes) -> anyhow::Result<Bytes> {
-    if out.len() as u64 > MAX_DECODED_BYTES {
+fn within_bound(len: usize) -> anyhow::Result<()> {
+    if len as u64 > MAX_DECODED_BYTES {
         return Err(DecodedTooLarge.into());
     }
-    Ok(out)
+    Ok(())
 }
 
 /// LZ4 frame format (what Kafka clients read since KIP-57), without a content checksum.

@@ -20,7 +20,7 @@ mod housekeeping;
 pub mod io;
 pub mod partition;
 pub mod producers;
-mod records;
+pub mod records;
 pub mod segment;
 pub mod topics;
 
@@ -523,6 +523,13 @@ impl Storage {
                     max: settings.max_message_bytes,
                 });
             }
+        }
+        if batches.iter().any(|(header, _)| header.compression() != 0) {
+            // Decompressing takes milliseconds a batch: off the runtime's threads, which
+            // answer every connection and the group commit.
+            let (records, headers) = (records.clone(), batches.clone());
+            tokio::task::spawn_blocking(move || records::check_compressed(&records, &headers))
+                .await??;
         }
         let (batches, records) = compress_as_configured(batches, records, &settings);
         let (appended, file) = match partition.append(&batches, &records).await {
