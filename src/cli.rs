@@ -94,7 +94,7 @@ pub struct IndexerArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Kafka bootstrap servers, comma-separated [default: 127.0.0.1:9092].
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", value_parser = broker_list)]
     pub brokers: Option<String>,
 }
 
@@ -130,7 +130,7 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Kafka bootstrap servers, comma-separated [default: 127.0.0.1:9092].
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", value_parser = broker_list)]
     pub brokers: Option<String>,
     /// Where the agent keeps its file checkpoints and spool [default: /var/lib/sluice-agent].
     #[arg(long, value_name = "DIR")]
@@ -146,6 +146,7 @@ pub struct BrokersArg {
         value_name = "LIST",
         default_value = "127.0.0.1:9092",
         env = "SLUICE_BROKERS",
+        value_parser = broker_list,
         global = true
     )]
     pub brokers: String,
@@ -340,7 +341,7 @@ pub struct BenchIndexArgs {
 pub struct BenchProduceArgs {
     /// Broker to drive; without it the bench starts its own `sluice broker` on a temporary
     /// directory (needed to report the broker's CPU use).
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", value_parser = broker_list)]
     pub brokers: Option<String>,
     /// Data directory for the broker the bench starts (default: a temporary directory).
     #[arg(long, value_name = "DIR")]
@@ -378,4 +379,22 @@ pub struct BenchProduceArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Kafka bootstrap servers as librdkafka takes them, `[SCHEME://]HOST[:PORT]`, comma-separated;
+/// one it cannot read it reports only as a transport failure.
+fn broker_list(text: &str) -> Result<String, String> {
+    let readable = |entry: &str| {
+        let entry = entry.trim();
+        let entry = entry.split_once("://").map_or(entry, |(_, rest)| rest);
+        match entry.rsplit_once(':') {
+            Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+            None => !entry.is_empty(),
+        }
+    };
+    if text.split(',').all(readable) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("expected HOST:PORT, comma-separated, got {text:?}"))
+    }
 }

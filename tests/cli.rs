@@ -139,6 +139,19 @@ fn usage_errors_name_what_is_missing_or_allowed() {
         line.contains("possible values") && line.contains("all"),
         "{line}"
     );
+    // An address librdkafka cannot read, which it reports only as a transport failure.
+    for bad in ["127.0.0.1:abc", "", ","] {
+        let out = sluice(&["topics", "list", "--brokers", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let line = one_line_error(&out);
+        assert!(line.contains("expected HOST:PORT"), "{bad:?}: {line}");
+    }
+    let out = sluice(&["topics", "list", "--brokers", "127.0.0.1:1,kafka"]);
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "a host without a port is librdkafka's 9092"
+    );
 }
 
 #[test]
