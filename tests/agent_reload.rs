@@ -341,3 +341,76 @@ fn a_reload_with_the_broker_away_loses_no_datagram() {
     sluice.restart();
     assert_numbered_arrived(&sluice, "reload", total, total);
 }
+
+/// Open syslog and GELF connections outlive reloads that keep their listeners: each connection
+/// goes on between two messages under the new configuration, even with a message half sent at the
+/// moment, and no message is lost. (They were closed at every reload, and what their senders had
+/// in flight was lost: TCP syslog has no acknowledgement to resend by.)
+#[test]
+fn open_tcp_connections_are_carried_over_a_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let (syslog, gelf) = (free_port(), free_port());
+    let config = |hostname: &str| {
+        format!(
+            "[agent]\nbrokers = \"{}\"\nhostname = \"{hostname}\"\n[agent.syslog]\ntcp = \
+             \"127.0.0.1:{syslog}\"\n[agent.gelf]\ntcp = \"127.0.0.1:{gelf}\"\n",
+            sluice.kafka
+        )
+    };
+    let agent = AgentProcess::start(tmp.path(), &config("host-0"), Stdio::null());
+    wait_for_port(&format!("127.0.0.1:{syslog}"), Duration::from_secs(20)).unwrap();
+    wait_for_port(&format!("127.0.0.1:{gelf}"), Duration::from_secs(20)).unwrap();
+    let total = 1500usize;
+    let send = |port: u16, message: fn(usize) -> String| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::thread::spawn(move || {
+            for n in 0..total {
+                // In two writes: a reload may come with half a message received.
+                let message = message(n);
+                let (head, tail) = message.as_bytes().split_at(message.len() / 2);
+                stream.write_all(head).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+                stream.write_all(tail).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            stream
+        })
+    };
+    let senders = [
+        send(syslog, |n| {
+            format!("<14>1 2026-12-07T16:10:00Z h app - - - syslog-reload {n}\n")
+        }),
+        send(gelf, |n| {
+            format!(
+                "{{\"version\":\"1.1\",\"host\":\"h\",\"short_message\":\"gelf-reload {n}\"}}\0"
+            )
+        }),
+    ];
+    for reload in 1..=3 {
+        std::thread::sleep(Duration::from_millis(1000));
+        std::fs::write(
+            tmp.path().join("agent.toml"),
+            config(&format!("host-{reload}")),
+        )
+        .unwrap();
+        wait_until("the inputs restarted", Duration::from_secs(20), || {
+            agent.log_text().matches("agent started").count() == reload + 1
+        });
+    }
+    for sender in senders {
+        let mut stream = sender.join().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        match std::io::Read::read(&mut stream, &mut [0u8; 1]) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("the connection was not kept open: {other:?}"),
+        }
+    }
+    assert!(agent
+        .log_text()
+        .contains("carried over to the new configuration"));
+    assert_numbered_arrived(&sluice, "syslog-reload", total, 2 * total);
+    assert_numbered_arrived(&sluice, "gelf-reload", total, 2 * total);
+}

@@ -27,12 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{AgentConfig, KAFKA_FIXED};
 pub use metrics::AgentMetrics;
 pub use output::BATCHING;
 
+use crate::inputs::connections::{Handover, Listening};
 use crate::output::KafkaOutput;
 use crate::shipper::Shipper;
 use crate::spool::Spool;
@@ -73,16 +75,22 @@ impl Patience {
     };
 }
 
+/// How long a stop waits for the TCP inputs to stop by themselves (they give a connection two
+/// seconds to finish its message); past it they are cut short.
+const STOP_BY_THEMSELVES: Duration = Duration::from_secs(5);
+
 /// What a UDP listener asks the kernel to buffer while the agent is not reading.
 const UDP_RECEIVE_BUFFER: usize = 4 << 20;
 
-/// The agent's bound sockets by address. A reload hands them to the next agent, so a listener
-/// whose address stays is never closed: datagrams wait in its buffer and connections in its
-/// backlog while the inputs restart, instead of being refused or lost.
+/// The agent's bound sockets by address, and its TCP inputs' connections once they stopped. A
+/// reload hands them to the next agent, so a listener whose address stays is never closed:
+/// datagrams wait in its buffer, new connections in its backlog and open ones in the handover
+/// while the inputs restart, instead of being refused or lost.
 #[derive(Default, Clone)]
 pub struct Listeners {
     udp: HashMap<String, Arc<UdpSocket>>,
     tcp: HashMap<String, Arc<TcpListener>>,
+    connections: Handover,
 }
 
 /// A running agent.
@@ -90,6 +98,10 @@ pub struct Agent {
     shipper: Arc<Shipper>,
     /// The inputs' tasks; a slot is emptied once its task's result is taken.
     tasks: Vec<Option<JoinHandle<anyhow::Result<()>>>>,
+    /// How many of `tasks`, the first, end by themselves at `stopping` (the TCP inputs).
+    stop_by_themselves: usize,
+    /// Tells the TCP inputs to stop, between two messages.
+    stopping: watch::Sender<bool>,
     files: Option<inputs::files::FilesInput>,
     /// Sends the spool's segments; stopped last.
     drain: Option<JoinHandle<()>>,
@@ -184,23 +196,34 @@ impl Agent {
                 config.topic.clone(),
             ))
         });
+        let (stopping, stop) = watch::channel(false);
+        let listening = |listener: Arc<TcpListener>, addr: &str| Listening {
+            listener,
+            addr: addr.to_owned(),
+            handed: reuse.connections.take(addr),
+            handover: listeners.connections.clone(),
+            stop: stop.clone(),
+        };
         let mut tasks = Vec::new();
+        if let Some(listener) = syslog_tcp {
+            let listening = listening(listener, &syslog.tcp);
+            let input =
+                inputs::syslog::run_tcp(listening, shipper.clone(), syslog.max_message_bytes);
+            tasks.push(spawn_input("syslog_tcp", input));
+        }
+        if let Some(listener) = gelf_tcp {
+            let listening = listening(listener, &gelf.tcp);
+            let input = inputs::gelf::run_tcp(listening, shipper.clone(), gelf.max_message_bytes);
+            tasks.push(spawn_input("gelf_tcp", input));
+        }
+        let stop_by_themselves = tasks.len();
         if let Some(socket) = syslog_udp {
             let input = inputs::syslog::run_udp(socket, shipper.clone(), syslog.max_message_bytes);
             tasks.push(spawn_input("syslog_udp", input));
         }
-        if let Some(listener) = syslog_tcp {
-            let input =
-                inputs::syslog::run_tcp(listener, shipper.clone(), syslog.max_message_bytes);
-            tasks.push(spawn_input("syslog_tcp", input));
-        }
         if let Some(socket) = gelf_udp {
             let input = inputs::gelf::run_udp(socket, shipper.clone(), gelf.max_message_bytes);
             tasks.push(spawn_input("gelf_udp", input));
-        }
-        if let Some(listener) = gelf_tcp {
-            let input = inputs::gelf::run_tcp(listener, shipper.clone(), gelf.max_message_bytes);
-            tasks.push(spawn_input("gelf_tcp", input));
         }
         if config.stdin {
             tasks.push(spawn_input("stdin", inputs::stdin::run(shipper.clone())));
@@ -221,6 +244,8 @@ impl Agent {
         Ok(Self {
             shipper,
             tasks: tasks.into_iter().map(|(_, task)| Some(task)).collect(),
+            stop_by_themselves,
+            stopping,
             files,
             drain,
             upkeep: Some(upkeep),
@@ -307,10 +332,20 @@ impl Agent {
             drain_spool,
         } = patience;
         let deadline = tokio::time::Instant::now() + timeout;
-        // Awaited, so the sockets they held are closed (or only the next agent's) on return.
-        for task in self.tasks.into_iter().flatten() {
-            task.abort();
-            let _ = task.await;
+        // The TCP inputs end by themselves once their connections are between two messages (or
+        // given up on: `connections::accept` bounds it); the others are cut short. Awaited, so
+        // the sockets they held are closed (or only the next agent's) on return.
+        let _ = self.stopping.send(true);
+        for (i, task) in self.tasks.into_iter().enumerate() {
+            let Some(mut task) = task else { continue };
+            if i >= self.stop_by_themselves
+                || tokio::time::timeout(STOP_BY_THEMSELVES, &mut task)
+                    .await
+                    .is_err()
+            {
+                task.abort();
+                let _ = task.await;
+            }
         }
         // Refused records stay where `keep_unsent` finds them.
         if let Some(upkeep) = &self.upkeep {
@@ -406,6 +441,7 @@ impl Listeners {
             .retain(|addr, _| [&syslog.udp, &gelf.udp].contains(&addr));
         self.tcp
             .retain(|addr, _| [&syslog.tcp, &gelf.tcp].contains(&addr));
+        self.connections.keep_only(&[&syslog.tcp, &gelf.tcp]);
     }
 
     /// The UDP socket of a listener that is on (a non-empty address): `reuse`'s, or bound

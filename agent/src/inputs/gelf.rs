@@ -12,13 +12,15 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use tokio::io::BufReader;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use super::connections::{accept, stopping, Connection, Listening};
 
 use super::read_until;
 use super::unfinished::Unfinished;
@@ -83,39 +85,42 @@ pub async fn run_udp(
 }
 
 pub async fn run_tcp(
-    listener: Arc<TcpListener>,
+    listening: Listening,
     shipper: Arc<Shipper>,
     max: usize,
 ) -> anyhow::Result<()> {
-    super::accept(
-        listener,
+    accept(
+        listening,
         "gelf_tcp",
         &shipper.clone(),
-        move |stream, peer, unfinished| {
+        move |connection, unfinished, stop| {
             let shipper = shipper.clone();
-            async move { connection(stream, peer, &shipper, max, &unfinished).await }
+            async move { serve(connection, &shipper, max, &unfinished, stop).await }
         },
     )
     .await
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+/// Serves one connection until it ends (`None`), or until `stop`, between two messages.
+async fn serve(
+    mut connection: Connection,
     shipper: &Shipper,
     max: usize,
     unfinished: &Unfinished,
-) -> anyhow::Result<()> {
-    let mut reader = BufReader::new(stream);
-    let connection = shipper.next_connection();
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Connection>> {
+    let number = shipper.next_connection();
     let mut seq = 0u64;
     // Bounded: a frame longer than `max`, or than the memory the connections share allows, is
     // cut there and the rest skipped.
     loop {
+        if stopping(&mut connection.reader, &mut stop).await? {
+            return Ok(Some(connection));
+        }
         // Held until shipped: its bytes count against the connections' memory until then.
         let mut frame = unfinished.message();
-        let Some(cut) = read_until(&mut reader, 0, max, &mut frame).await? else {
-            break;
+        let Some(cut) = read_until(&mut connection.reader, 0, max, &mut frame).await? else {
+            return Ok(None);
         };
         let text = frame.trim_ascii();
         if text.is_empty() {
@@ -130,13 +135,12 @@ async fn connection(
             shipper,
             "gelf_tcp",
             text,
-            peer.ip(),
-            shipper.connection_event_id("gelf_tcp", connection, seq),
+            connection.peer.ip(),
+            shipper.connection_event_id("gelf_tcp", number, seq),
             max,
         )
         .await?;
     }
-    Ok(())
 }
 
 /// Messages being put together from their chunks.

@@ -1,119 +1,19 @@
 //! Where events come from. `files` follows log files (plain, Docker's, CRI's) with checkpoints;
 //! `syslog` and `gelf` listen on UDP and TCP; `stdin` reads this process's standard input. Inputs
 //! that cannot replay what they read (syslog, GELF, stdin) keep no checkpoint: what they hand the
-//! output is retried until the broker acknowledges it.
+//! output is retried until the broker acknowledges it. `connections` serves the TCP inputs'
+//! connections and hands them to the next inputs at a reload.
 
+pub mod connections;
 pub mod files;
 pub mod gelf;
 pub mod stdin;
 pub mod syslog;
 mod unfinished;
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
-use tokio::net::{TcpListener, TcpStream};
 
-use crate::shipper::Shipper;
-use unfinished::{Incoming, Unfinished};
-
-/// TCP connections an input serves at once; more are closed as they come, and counted.
-const MAX_CONNECTIONS: usize = 1024;
-
-/// After a failed accept (out of file descriptors, most likely), the pause before the next: the
-/// connection waits in the backlog, and accepting again at once would spin.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-
-/// Connections not served are said at most this often (the counter tells them all).
-const REFUSALS_SAID_EVERY: Duration = Duration::from_secs(60);
-
-/// Accepts TCP connections for ever, each served by `serve` in a task of its own, with the
-/// memory the input's unfinished messages share. The tasks belong to this loop: when it is
-/// stopped (the agent stopping, or restarting its inputs on a new configuration) its connections
-/// end with it, rather than living on with the old configuration and the old spool beside the
-/// new one.
-pub async fn accept<S, F>(
-    listener: Arc<TcpListener>,
-    input: &'static str,
-    shipper: &Shipper,
-    serve: S,
-) -> anyhow::Result<()>
-where
-    S: Fn(TcpStream, SocketAddr, Unfinished) -> F,
-    F: Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let mut connections = tokio::task::JoinSet::new();
-    let unfinished = Unfinished::new(unfinished::SHARED);
-    let counter = shipper
-        .metrics
-        .connections_refused
-        .with_label_values(&[input]);
-    let mut said: Option<Instant> = None;
-    // `closed`: a connection closed unserved (counted); else one left waiting in the backlog.
-    let mut not_served = |why: &str, open: usize, closed: bool| {
-        if closed {
-            counter.inc();
-        }
-        if said.is_none_or(|at| at.elapsed() >= REFUSALS_SAID_EVERY) {
-            said = Some(Instant::now());
-            tracing::warn!(
-                input,
-                connections = open,
-                "agent: TCP connections not served: {why}"
-            );
-        }
-    };
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                // A connection the process cannot take is not a reason to stop the others.
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) if out_of_resources(&e) => {
-                        let why = format!(
-                            "cannot accept them ({e}; out of file descriptors? raise \
-                             LimitNOFILE); they wait in the backlog"
-                        );
-                        not_served(&why, connections.len(), false);
-                        tokio::time::sleep(ACCEPT_PAUSE).await;
-                        continue;
-                    }
-                    // A peer gone before it was accepted, say: the next one is served at once.
-                    Err(e) => {
-                        tracing::debug!(input, error = %e, "agent: accepting a TCP connection");
-                        continue;
-                    }
-                };
-                if connections.len() >= MAX_CONNECTIONS {
-                    not_served(
-                        "as many are open as an input serves; closed \
-                         (sluice_agent_connections_refused_total counts them)",
-                        connections.len(),
-                        true,
-                    );
-                    continue;
-                }
-                let connection = serve(stream, peer, unfinished.clone());
-                connections.spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(input, %peer, error = %e, "agent: TCP connection ended");
-                    }
-                });
-            }
-            Some(_) = connections.join_next() => {}
-        }
-    }
-}
-
-/// An accept that failed for want of descriptors or memory: the next would fail too at once.
-fn out_of_resources(error: &std::io::Error) -> bool {
-    use rustix::io::Errno;
-    Errno::from_io_error(error)
-        .is_some_and(|e| [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&e))
-}
+use unfinished::Incoming;
 
 /// One line of at most `max` bytes (without its newline or a CR before it); a longer line, or
 /// one the input's connections have no memory left for, is cut, the rest of it skipped, and
@@ -160,6 +60,7 @@ pub async fn read_until<R: AsyncBufRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    use super::unfinished::Unfinished;
     use super::*;
 
     #[tokio::test]

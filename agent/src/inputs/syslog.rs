@@ -1,14 +1,16 @@
 //! Syslog over UDP (a datagram a message) and TCP (octet counting, RFC 6587, or one message a
 //! line), RFC 3164 and RFC 5424 alike, parsed leniently by `syslog_loose`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use syslog_loose::{Message, ProcId, Protocol, Variant};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
 
+use super::connections::{accept, stopping, Connection, Listening};
 use super::read_line;
 use super::unfinished::{Incoming, Unfinished};
 use crate::event::{now_rfc3339, rfc3339_ms, Event, LATEST_MS};
@@ -35,33 +37,39 @@ pub async fn run_udp(
 }
 
 pub async fn run_tcp(
-    listener: Arc<TcpListener>,
+    listening: Listening,
     shipper: Arc<Shipper>,
     max: usize,
 ) -> anyhow::Result<()> {
-    super::accept(
-        listener,
+    accept(
+        listening,
         "syslog_tcp",
         &shipper.clone(),
-        move |stream, peer, unfinished| {
+        move |connection, unfinished, stop| {
             let shipper = shipper.clone();
-            async move { connection(stream, peer, &shipper, max, &unfinished).await }
+            async move { serve(connection, &shipper, max, &unfinished, stop).await }
         },
     )
     .await
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+/// Serves one connection until it ends (`None`), or until `stop`, between two messages.
+async fn serve(
+    mut connection: Connection,
     shipper: &Shipper,
     max: usize,
     unfinished: &Unfinished,
-) -> anyhow::Result<()> {
-    let mut reader = BufReader::new(stream);
-    let connection = shipper.next_connection();
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Connection>> {
+    let number = shipper.next_connection();
     let mut seq = 0u64;
-    while let Some(frame) = next_frame(&mut reader, max, unfinished).await? {
+    loop {
+        if stopping(&mut connection.reader, &mut stop).await? {
+            return Ok(Some(connection));
+        }
+        let Some(frame) = next_frame(&mut connection.reader, max, unfinished).await? else {
+            return Ok(None);
+        };
         match frame.cut {
             Cut::Whole => {}
             Cut::AtMax => shipper.malformed("syslog_tcp", "truncated"),
@@ -72,10 +80,9 @@ async fn connection(
             continue;
         }
         seq += 1;
-        let id = shipper.connection_event_id("syslog_tcp", connection, seq);
-        ship(shipper, "syslog_tcp", &message, peer.ip(), id).await?;
+        let id = shipper.connection_event_id("syslog_tcp", number, seq);
+        ship(shipper, "syslog_tcp", &message, connection.peer.ip(), id).await?;
     }
-    Ok(())
 }
 
 /// The most digits an octet count may have (a terabyte; `max` cuts the message long before).
@@ -342,6 +349,7 @@ fn to_event(message: &Message<&str>, peer: IpAddr, id: String) -> (Event, bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::BufReader;
 
     async fn frames(stream: &[u8], max: usize) -> Vec<(String, Cut)> {
         let mut reader = BufReader::with_capacity(3, stream);
