@@ -191,7 +191,9 @@ impl Spool {
             // tries the same place (a full disk makes no file per event). Were the cut to
             // fail too, the segment ends there (the drain stops at the torn record).
             if file.set_len(*len).is_err() {
-                let _ = Self::seal(state);
+                if let Some(file) = Self::seal(state) {
+                    sync_off_the_runtime(file);
+                }
             }
             return Err(e);
         }
@@ -200,32 +202,30 @@ impl Spool {
         state.bytes += size;
         self.metrics.spool_bytes.set(state.bytes as i64);
         if *len >= SEGMENT_BYTES {
-            // The record is in the segment: a failed sync is said, not the record's failure
-            // (that would send it a second time).
-            if let Err(e) = Self::seal(state) {
-                tracing::warn!(error = %e, "agent: syncing a spool segment");
+            if let Some(file) = Self::seal(state) {
+                sync_off_the_runtime(file);
             }
         }
         Ok(())
     }
 
-    /// Ends the open segment: it is drained next in its turn, even when it could not be
-    /// synced (its records are in the page cache, and the error is the caller's to say).
-    fn seal(state: &mut State) -> std::io::Result<()> {
-        if let Some((number, file, len)) = state.open.take() {
-            state.sealed.push_back((number, len));
-            file.sync_data()?;
-        }
-        Ok(())
+    /// Ends the open segment, which is drained next in its turn (synced or not: its records
+    /// are in the page cache); the file, for the caller to sync.
+    fn seal(state: &mut State) -> Option<File> {
+        let (number, file, len) = state.open.take()?;
+        state.sealed.push_back((number, len));
+        Some(file)
     }
 
     /// The oldest segment, sealed first if it is the one being written.
-    fn oldest(&self) -> std::io::Result<Option<(u64, u64)>> {
+    fn oldest(&self) -> Option<(u64, u64)> {
         let mut state = self.state();
         if state.sealed.is_empty() {
-            Self::seal(&mut state)?;
+            if let Some(file) = Self::seal(&mut state) {
+                sync_off_the_runtime(file);
+            }
         }
-        Ok(state.sealed.front().copied())
+        state.sealed.front().copied()
     }
 
     /// Keeps a record at a stop, where nothing may wait for room: appended if it fits, else
@@ -243,7 +243,8 @@ impl Spool {
 
     /// Syncs the open segment, so a stop loses nothing the spool took, even to a power cut.
     pub fn close(&self) -> std::io::Result<()> {
-        Self::seal(&mut self.state())
+        let sealed = Self::seal(&mut self.state());
+        sealed.map_or(Ok(()), |file| file.sync_data())
     }
 
     /// Bytes waiting in the spool.
@@ -267,7 +268,7 @@ impl Spool {
 pub async fn drain(spool: Arc<Spool>, output: Arc<KafkaOutput>, topic: String) {
     loop {
         match spool.oldest() {
-            Ok(Some((number, bytes))) => {
+            Some((number, bytes)) => {
                 match send_segment(&spool, &output, &topic, number).await {
                     Ok(()) => spool.remove_oldest(number, bytes),
                     Err(e) if is_not_found(&e) => {
@@ -286,12 +287,23 @@ pub async fn drain(spool: Arc<Spool>, output: Arc<KafkaOutput>, topic: String) {
                     }
                 }
             }
-            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "agent: sealing a spool segment");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    }
+}
+
+/// Syncs a sealed segment on the runtime's blocking pool: an input must not hold a worker
+/// thread, nor the other inputs at the spool's lock, for a disk flush. A failed sync is said,
+/// not made the record's failure (that would send it a second time).
+fn sync_off_the_runtime(file: File) {
+    let sync = move || {
+        if let Err(e) = file.sync_data() {
+            tracing::warn!(error = %e, "agent: syncing a spool segment");
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(sync)),
+        Err(_) => sync(),
     }
 }
 
@@ -383,7 +395,7 @@ mod tests {
         // On disk at once, not in a buffer a kill -9 would lose.
         let written = std::fs::read(spool.path(0)).unwrap();
         assert_eq!(records(&written).0.len(), 2);
-        assert_eq!(spool.oldest().unwrap().map(|(n, _)| n), Some(0));
+        assert_eq!(spool.oldest().map(|(n, _)| n), Some(0));
         drop(spool);
         let reopened = Spool::open(dir.path(), 1 << 20, false, metrics.clone()).unwrap();
         assert_eq!(reopened.state().sealed.len(), 1);
