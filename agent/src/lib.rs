@@ -75,8 +75,8 @@ impl Patience {
     };
 }
 
-/// How long a stop waits for the TCP inputs to stop by themselves (they give a connection two
-/// seconds to finish its message); past it they are cut short.
+/// How long a stop waits for the network inputs to stop by themselves (a TCP input gives a
+/// connection two seconds to finish its message); past it they are cut short.
 const STOP_BY_THEMSELVES: Duration = Duration::from_secs(5);
 
 /// What a UDP listener asks the kernel to buffer while the agent is not reading.
@@ -98,9 +98,9 @@ pub struct Agent {
     shipper: Arc<Shipper>,
     /// The inputs' tasks; a slot is emptied once its task's result is taken.
     tasks: Vec<Option<JoinHandle<anyhow::Result<()>>>>,
-    /// How many of `tasks`, the first, end by themselves at `stopping` (the TCP inputs).
+    /// How many of `tasks`, the first, end by themselves at `stopping` (the network inputs).
     stop_by_themselves: usize,
-    /// Tells the TCP inputs to stop, between two messages.
+    /// Tells the network inputs to stop, between two messages.
     stopping: watch::Sender<bool>,
     files: Option<inputs::files::FilesInput>,
     /// Sends the spool's segments; stopped last.
@@ -216,15 +216,17 @@ impl Agent {
             let input = inputs::gelf::run_tcp(listening, shipper.clone(), gelf.max_message_bytes);
             tasks.push(spawn_input("gelf_tcp", input));
         }
-        let stop_by_themselves = tasks.len();
         if let Some(socket) = syslog_udp {
-            let input = inputs::syslog::run_udp(socket, shipper.clone(), syslog.max_message_bytes);
+            let max = syslog.max_message_bytes;
+            let input = inputs::syslog::run_udp(socket, shipper.clone(), max, stop.clone());
             tasks.push(spawn_input("syslog_udp", input));
         }
         if let Some(socket) = gelf_udp {
-            let input = inputs::gelf::run_udp(socket, shipper.clone(), gelf.max_message_bytes);
+            let max = gelf.max_message_bytes;
+            let input = inputs::gelf::run_udp(socket, shipper.clone(), max, stop.clone());
             tasks.push(spawn_input("gelf_udp", input));
         }
+        let stop_by_themselves = tasks.len();
         if config.stdin {
             tasks.push(spawn_input("stdin", inputs::stdin::run(shipper.clone())));
         }
@@ -332,8 +334,9 @@ impl Agent {
             drain_spool,
         } = patience;
         let deadline = tokio::time::Instant::now() + timeout;
-        // The TCP inputs end by themselves once their connections are between two messages (or
-        // given up on: `connections::accept` bounds it); the others are cut short. Awaited, so
+        // The network inputs end by themselves between two messages (a TCP connection busy
+        // with one is given up on after a while: `connections::accept`), so none is lost
+        // half shipped; the others are cut short. Awaited, so
         // the sockets they held are closed (or only the next agent's) on return.
         let _ = self.stopping.send(true);
         for (i, task) in self.tasks.into_iter().enumerate() {

@@ -14,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::stopped;
 use super::unfinished::{self, Unfinished};
 use crate::shipper::Shipper;
 
@@ -77,12 +78,6 @@ pub async fn stopping(
         // Cancel safe: nothing is consumed until the next message is read.
         ready = reader.fill_buf() => ready.map(|_| false),
     }
-}
-
-/// Resolves once the agent stops. A sender gone counts as a stop: the agent that would have sent
-/// it is gone.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// A TCP input's listener, and its part in a reload.

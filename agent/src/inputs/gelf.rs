@@ -22,8 +22,8 @@ use tokio::sync::watch;
 
 use super::connections::{accept, stopping, Connection, Listening};
 
-use super::read_until;
 use super::unfinished::Unfinished;
+use super::{read_until, stopped};
 use crate::event::{now_rfc3339, rfc3339_ms, Event, LATEST_MS};
 use crate::shipper::Shipper;
 
@@ -39,10 +39,13 @@ const MAX_PENDING: usize = 1024;
 /// `MAX_PENDING` times `max_message_bytes`.
 const MAX_PENDING_BYTES: usize = 32 << 20;
 
+/// Ships each message until `stop` (between two datagrams: what comes after waits in the
+/// socket; the messages whose chunks have not all come are counted as incomplete).
 pub async fn run_udp(
     socket: Arc<UdpSocket>,
     shipper: Arc<Shipper>,
     max: usize,
+    mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 65_536];
     let mut chunks = Reassembly::default();
@@ -50,6 +53,13 @@ pub async fn run_udp(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let received = tokio::select! {
+            biased;
+            () = stopped(&mut stop) => {
+                for _ in 0..chunks.pending.len() {
+                    shipper.malformed("gelf_udp", "incomplete_chunks");
+                }
+                return Ok(());
+            }
             received = socket.recv_from(&mut buf) => Some(received?),
             _ = tick.tick() => None,
         };

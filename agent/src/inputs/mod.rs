@@ -12,8 +12,15 @@ pub mod syslog;
 mod unfinished;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::sync::watch;
 
 use unfinished::Incoming;
+
+/// Resolves once the agent stops its inputs: the network inputs end between two messages. A
+/// sender gone counts as a stop: the agent that would have sent it is gone.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
 
 /// One line of at most `max` bytes (without its newline or a CR before it); a longer line, or
 /// one the input's connections have no memory left for, is cut, the rest of it skipped, and

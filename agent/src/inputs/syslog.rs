@@ -11,20 +11,26 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use super::connections::{accept, stopping, Connection, Listening};
-use super::read_line;
 use super::unfinished::{Incoming, Unfinished};
+use super::{read_line, stopped};
 use crate::event::{now_rfc3339, rfc3339_ms, Event, LATEST_MS};
 use crate::shipper::Shipper;
 
+/// Ships each datagram until `stop` (between two: what comes after waits in the socket).
 pub async fn run_udp(
     socket: Arc<UdpSocket>,
     shipper: Arc<Shipper>,
     max: usize,
+    mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 65_536];
     let mut seq = 0u64;
     loop {
-        let (len, peer) = socket.recv_from(&mut buf).await?;
+        let (len, peer) = tokio::select! {
+            biased;
+            () = stopped(&mut stop) => return Ok(()),
+            received = socket.recv_from(&mut buf) => received?,
+        };
         seq += 1;
         let mut datagram = &buf[..len];
         if datagram.len() > max {
