@@ -414,3 +414,44 @@ fn open_tcp_connections_are_carried_over_a_reload() {
     assert_numbered_arrived(&sluice, "syslog-reload", total, 2 * total);
     assert_numbered_arrived(&sluice, "gelf-reload", total, 2 * total);
 }
+
+/// A target removed by a reload leaves `sluice_agent_scrape_target_up`, even when a scrape of it
+/// was still waiting at the reload: the old round reports nothing after it. (The trial saw
+/// removed targets listed for minutes, and a hanging one set again after the reload.)
+#[test]
+fn a_target_removed_by_a_reload_is_forgotten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    // Takes connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging = format!("http://{}/metrics", silent.local_addr().unwrap());
+    let answering = format!("http://{}/metrics", sluice.http);
+    let config = |targets: &[&str]| {
+        format!(
+            "[agent]\nbrokers = \"{}\"\n[agent.metrics]\ninterval_ms = 3000\ntargets = {targets:?}\n",
+            sluice.kafka
+        )
+    };
+    let agent = AgentProcess::start(tmp.path(), &config(&[&answering, &hanging]), Stdio::null());
+    let up = |target: &str| format!("sluice_agent_scrape_target_up{{target=\"{target}\"}}");
+    wait_until("the hanging target down", Duration::from_secs(20), || {
+        agent.metrics().contains(&up(&hanging))
+    });
+    // The next round's scrape of it is waiting (2.7 s) when the reload comes.
+    wait_until("a round started", Duration::from_secs(20), || {
+        agent.metric(r#"sluice_agent_collect_errors_total{collector="prometheus"}"#) >= 1.0
+    });
+    std::thread::sleep(Duration::from_millis(3300));
+    std::fs::write(tmp.path().join("agent.toml"), config(&[&answering])).unwrap();
+    wait_until("the inputs restarted", Duration::from_secs(20), || {
+        agent.log_text().matches("agent started").count() == 2
+    });
+    wait_until(
+        "the answering target scraped again",
+        Duration::from_secs(20),
+        || agent.metric(&up(&answering)) == 1.0,
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let metrics = agent.metrics();
+    assert!(!metrics.contains(&up(&hanging)), "{metrics}");
+}

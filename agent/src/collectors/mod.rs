@@ -1,7 +1,8 @@
 //! Metric collectors. Every `interval_ms` each collector that is on takes its samples (`cgroup`:
 //! containers' cgroup v2 files, `host`: procfs and the filesystems, `scrape`: Prometheus text
 //! endpoints) and the agent ships them to the metrics topic, one JSON `Sample` a record, keyed by
-//! host so one host's samples stay in order on one partition.
+//! host so one host's samples stay in order on one partition. The targets are scraped side by
+//! side with the other collectors, and each target's samples are shipped when its scrape ends.
 
 mod cgroup;
 mod host;
@@ -82,16 +83,14 @@ impl Samples {
     }
 }
 
-/// The collectors that are on, with what they keep between rounds.
-struct Collectors {
+/// The collectors of this machine (containers' cgroups, the host), with what they keep between
+/// rounds.
+struct Local {
     cgroup: Option<cgroup::CgroupCollector>,
     host: Option<host::HostCollector>,
-    scrape: Option<scrape::Scraper>,
-    /// The last error of each source, so a lasting failure is logged once, not every round.
-    last_errors: BTreeMap<String, String>,
 }
 
-impl Collectors {
+impl Local {
     fn new(config: &AgentConfig) -> Self {
         let metrics = &config.metrics;
         Self {
@@ -105,47 +104,36 @@ impl Collectors {
             host: metrics
                 .host
                 .then(|| host::HostCollector::new(&metrics.proc_root, &metrics.filesystems)),
-            scrape: (!metrics.targets.is_empty()).then(|| scrape::Scraper::new(metrics)),
-            last_errors: BTreeMap::new(),
         }
     }
 
-    /// One round: every collector's samples, labelled with `host`.
-    fn collect(&mut self, shipper: &Shipper) -> Vec<Sample> {
-        let mut samples = Samples::new(crate::event::now_ms());
+    /// One round of each collector that is on: the samples, and each collector's result.
+    fn collect(
+        &mut self,
+        timestamp: i64,
+        shipper: &Shipper,
+    ) -> (Vec<Sample>, Vec<(&'static str, Result<(), String>)>) {
+        let mut samples = Samples::new(timestamp);
         let mut results = Vec::new();
         if let Some(cgroup) = &mut self.cgroup {
             let result = counted("cgroup", &mut samples, shipper, |s| cgroup.collect(s));
-            results.push(("cgroup", "cgroup".to_owned(), result));
+            results.push(("cgroup", result));
         }
         if let Some(host) = &mut self.host {
             let result = counted("host", &mut samples, shipper, |s| host.collect(s));
-            results.push(("host", "host".to_owned(), result));
+            results.push(("host", result));
         }
-        if let Some(scrape) = &mut self.scrape {
-            let targets = counted("prometheus", &mut samples, shipper, |s| {
-                scrape.collect(s, shipper)
-            });
-            // A failing target is an error of its own.
-            for (target, result) in targets {
-                results.push(("prometheus", target, result));
-            }
-        }
-        for (collector, source, result) in results {
-            self.note(shipper, collector, source, result);
-        }
-        let mut samples = samples.out;
-        for sample in &mut samples {
-            if let Some(theirs) = sample.labels.insert("host".into(), shipper.host.clone()) {
-                // As Prometheus does with a target's label that clashes with its own.
-                sample.labels.insert("exported_host".into(), theirs);
-            }
-        }
-        samples
+        (samples.out, results)
     }
+}
 
-    /// Counts a collector's error; logs it when it is new for its source (the collector, or
-    /// one Prometheus target).
+/// The last error of each source (a collector, or one Prometheus target), so that a lasting
+/// failure is logged once, not every round.
+#[derive(Default)]
+struct Errors(BTreeMap<String, String>);
+
+impl Errors {
+    /// Counts a source's error; logs it when it is new for its source.
     fn note(
         &mut self,
         shipper: &Shipper,
@@ -153,16 +141,9 @@ impl Collectors {
         source: String,
         result: Result<(), String>,
     ) {
-        if collector == "prometheus" {
-            let up = shipper
-                .metrics
-                .scrape_target_up
-                .with_label_values(&[&source]);
-            up.set(i64::from(result.is_ok()));
-        }
         match result {
             Ok(()) => {
-                if self.last_errors.remove(&source).is_some() {
+                if self.0.remove(&source).is_some() {
                     tracing::info!(collector, %source, "agent: metrics collector works again");
                 }
             }
@@ -172,9 +153,9 @@ impl Collectors {
                     .collect_errors
                     .with_label_values(&[collector])
                     .inc();
-                if self.last_errors.get(&source) != Some(&error) {
+                if self.0.get(&source) != Some(&error) {
                     tracing::warn!(collector, %source, %error, "agent: metrics collector failed");
-                    self.last_errors.insert(source, error);
+                    self.0.insert(source, error);
                 }
             }
         }
@@ -198,31 +179,85 @@ fn counted<T>(
     result
 }
 
-/// Collects every `interval_ms` and ships the samples, until the agent stops.
+/// Collects every `interval_ms` and ships the samples, until the agent stops. This machine's
+/// samples go first; each target's follow as its scrape ends, so a slow target holds back only
+/// its own. What a round learns (a target up or down, an error) is noted here, on the task the
+/// agent stops at a reload: a scrape of the old configuration still running then reports nothing.
 pub async fn run(config: AgentConfig, shipper: Arc<Shipper>) -> anyhow::Result<()> {
     let MetricsConfig {
         interval_ms, topic, ..
     } = config.metrics.clone();
-    let mut collectors = Collectors::new(&config);
+    let mut local = Local::new(&config);
+    let scraper =
+        (!config.metrics.targets.is_empty()).then(|| scrape::Scraper::new(&config.metrics));
+    let mut errors = Errors::default();
     let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let round = shipper.clone();
-        let (back, samples) = tokio::task::spawn_blocking(move || {
-            let samples = collectors.collect(&round);
-            (collectors, samples)
-        })
-        .await?;
-        collectors = back;
-        for sample in &samples {
-            let payload = serde_json::to_vec(sample).expect("a sample serializes");
+        let timestamp = now_ms();
+        let mut scrapes = tokio::task::JoinSet::new();
+        if let Some(scraper) = &scraper {
+            scraper.start_round(timestamp, &mut scrapes);
+        }
+        if local.cgroup.is_some() || local.host.is_some() {
+            let round = shipper.clone();
+            let (back, (samples, results)) = tokio::task::spawn_blocking(move || {
+                let collected = local.collect(timestamp, &round);
+                (local, collected)
+            })
+            .await?;
+            local = back;
+            for (collector, result) in results {
+                errors.note(&shipper, collector, collector.to_owned(), result);
+            }
+            ship(&shipper, &topic, samples).await?;
+        }
+        while let Some(scraped) = scrapes.join_next().await {
+            let scrape::Scraped { target, samples } = scraped?;
+            let up = shipper
+                .metrics
+                .scrape_target_up
+                .with_label_values(&[&target]);
+            up.set(i64::from(samples.is_ok()));
+            let samples = match samples {
+                Ok(samples) => samples,
+                Err(error) => {
+                    errors.note(&shipper, "prometheus", target, Err(error));
+                    continue;
+                }
+            };
+            errors.note(&shipper, "prometheus", target, Ok(()));
+            for _ in 0..samples.bad_lines {
+                shipper.malformed("prometheus", "bad_line");
+            }
+            for _ in 0..samples.dropped {
+                shipper.malformed("prometheus", "too_many_samples");
+            }
             shipper
-                .output
-                .send(&topic, shipper.host.as_bytes(), &payload, now_ms(), None)
-                .await?;
+                .metrics
+                .samples_collected
+                .with_label_values(&["prometheus"])
+                .inc_by(samples.out.len() as u64);
+            ship(&shipper, &topic, samples.out).await?;
         }
     }
+}
+
+/// Ships samples to the metrics topic, each labelled with this agent's `host`.
+async fn ship(shipper: &Shipper, topic: &str, mut samples: Vec<Sample>) -> anyhow::Result<()> {
+    for sample in &mut samples {
+        if let Some(theirs) = sample.labels.insert("host".into(), shipper.host.clone()) {
+            // As Prometheus does with a target's label that clashes with its own.
+            sample.labels.insert("exported_host".into(), theirs);
+        }
+        let payload = serde_json::to_vec(sample).expect("a sample serializes");
+        shipper
+            .output
+            .send(topic, shipper.host.as_bytes(), &payload, now_ms(), None)
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,30 +3,43 @@
 //! it again as it was. A line that cannot be read is skipped and counted, never the whole scrape.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Kind, Samples};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{Kind, Sample, Samples};
 use crate::config::MetricsConfig;
-use crate::shipper::Shipper;
 
 pub struct Scraper {
     http: ureq::Agent,
     targets: Vec<String>,
     max_samples: usize,
+    timeout: Duration,
+    /// Scrapes running at once: each holds its body (up to `MAX_BODY_BYTES`) until it is parsed.
+    parallel: Arc<Semaphore>,
 }
 
-/// Largest scrape body read; a bigger one is an error, as Prometheus's body_size_limit makes it.
+/// Largest scrape body read (after decompression); a bigger one is an error, as Prometheus's
+/// body_size_limit makes it.
 const MAX_BODY_BYTES: u64 = 16 << 20;
 /// The most of a HELP text kept: it goes into every sample of its family.
 const MAX_HELP_BYTES: usize = 1024;
 
-/// Targets scraped at once: each holds its body (up to `MAX_BODY_BYTES`) until it is parsed.
+/// Targets scraped at once.
 const PARALLEL_SCRAPES: usize = 4;
+
+/// One target's scrape: the target as it may be shown, and its samples or why there are none.
+pub struct Scraped {
+    pub target: String,
+    pub samples: Result<Parsed, String>,
+}
 
 impl Scraper {
     pub fn new(config: &MetricsConfig) -> Self {
-        // A scrape must end before the next round starts.
-        let timeout = Duration::from_millis(config.interval_ms.min(10_000));
+        // A scrape ends before the next round is due, as Prometheus's scrape_timeout must.
+        let timeout = Duration::from_millis((config.interval_ms * 9 / 10).clamp(1, 10_000));
         let http = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .build()
@@ -35,71 +48,109 @@ impl Scraper {
             http,
             targets: config.targets.clone(),
             max_samples: config.max_samples_per_target,
+            timeout,
+            parallel: Arc::new(Semaphore::new(PARALLEL_SCRAPES)),
         }
     }
 
-    /// Scrapes every target, `PARALLEL_SCRAPES` at a time, so a target that does not answer
-    /// costs the round one timeout rather than one per target; the result of each, by target.
-    pub fn collect(
-        &mut self,
-        samples: &mut Samples,
-        shipper: &Shipper,
-    ) -> Vec<(String, Result<(), String>)> {
-        let mut results = Vec::new();
-        for targets in self.targets.chunks(PARALLEL_SCRAPES) {
-            let bodies: Vec<Result<String, String>> = std::thread::scope(|scope| {
-                let fetches: Vec<_> = targets
-                    .iter()
-                    .map(|target| scope.spawn(|| self.fetch(target)))
-                    .collect();
-                fetches
-                    .into_iter()
-                    .map(|fetch| {
-                        fetch
-                            .join()
-                            .unwrap_or_else(|_| Err("the scrape's thread panicked".into()))
+    /// Starts scraping every target, `PARALLEL_SCRAPES` at a time, into `scrapes`; the samples
+    /// carry `timestamp`, the round's.
+    pub fn start_round(&self, timestamp: i64, scrapes: &mut JoinSet<Scraped>) {
+        for target in &self.targets {
+            let (http, target) = (self.http.clone(), target.clone());
+            let (parallel, max_samples, timeout) =
+                (self.parallel.clone(), self.max_samples, self.timeout);
+            scrapes.spawn(async move {
+                let shown = shown(&target);
+                let samples = match parallel.acquire_owned().await {
+                    Ok(permit) => tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        scrape(&http, &target, timeout, max_samples, timestamp)
                     })
-                    .collect()
+                    .await
+                    .unwrap_or_else(|_| Err("the scrape's thread panicked".into())),
+                    Err(_) => Err("the agent is stopping".into()),
+                };
+                Scraped {
+                    target: shown,
+                    samples,
+                }
             });
-            for (target, body) in targets.iter().zip(bodies) {
-                let result = body.map(|body| {
-                    let instance = instance_of(target);
-                    let parsed = parse(&body, self.max_samples, samples);
-                    for sample in &mut samples.out[parsed.first..] {
-                        sample
-                            .labels
-                            .entry("instance".into())
-                            .or_insert_with(|| instance.to_owned());
-                    }
-                    for _ in 0..parsed.bad_lines {
-                        shipper.malformed("prometheus", "bad_line");
-                    }
-                    for _ in 0..parsed.dropped {
-                        shipper.malformed("prometheus", "too_many_samples");
-                    }
-                });
-                results.push((shown(target), result));
-            }
         }
-        results
     }
+}
 
-    fn fetch(&self, target: &str) -> Result<String, String> {
-        let mut response = self
-            .http
-            .get(target)
-            .header("Accept", "text/plain;version=0.0.4")
-            .call()
-            .map_err(|e| e.to_string())?;
-        // A byte that is not UTF-8 spoils its line, not the scrape.
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY_BYTES)
-            .read_to_vec()
-            .map_err(|e| e.to_string())?;
-        Ok(String::from_utf8_lossy(&body).into_owned())
+/// Fetches and reads one target. A body of which no line could be read is the scrape's failure
+/// (an HTML page, say), not a target up with no samples.
+fn scrape(
+    http: &ureq::Agent,
+    target: &str,
+    timeout: Duration,
+    max_samples: usize,
+    timestamp: i64,
+) -> Result<Parsed, String> {
+    let body = fetch(http, target, timeout)?;
+    let mut samples = Samples::new(timestamp);
+    let mut parsed = parse(&body, max_samples, &mut samples);
+    if samples.out.is_empty() && parsed.bad_lines > 0 {
+        return Err(format!(
+            "the answer is not Prometheus text: none of its {} sample lines could be read",
+            parsed.bad_lines
+        ));
     }
+    let instance = instance_of(target);
+    for sample in &mut samples.out {
+        sample
+            .labels
+            .entry("instance".into())
+            .or_insert_with(|| instance.to_owned());
+    }
+    parsed.out = samples.out;
+    Ok(parsed)
+}
+
+fn fetch(http: &ureq::Agent, target: &str, timeout: Duration) -> Result<String, String> {
+    let mut response = http
+        .get(target)
+        .header("Accept", "text/plain;version=0.0.4")
+        .header("Accept-Encoding", "gzip")
+        .call()
+        .map_err(|e| match e {
+            ureq::Error::Timeout(_) => format!("no answer within {} ms", timeout.as_millis()),
+            e => e.to_string(),
+        })?;
+    let gzip = response
+        .headers()
+        .get("content-encoding")
+        .is_some_and(|encoding| encoding.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY_BYTES)
+        .read_to_vec()
+        .map_err(|e| e.to_string())?;
+    let body = match gzip {
+        true => gunzip(&body)?,
+        false => body,
+    };
+    // A byte that is not UTF-8 spoils its line, not the scrape.
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A gzip body, decompressed up to `MAX_BODY_BYTES`.
+fn gunzip(body: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_BODY_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("the gzip body does not decompress: {e}"))?;
+    if text.len() as u64 > MAX_BODY_BYTES {
+        return Err(format!(
+            "the body decompresses to more than {MAX_BODY_BYTES} bytes"
+        ));
+    }
+    Ok(text)
 }
 
 /// `host:port` of a target URL, as Prometheus labels a target's samples with `instance`.
@@ -121,16 +172,16 @@ fn shown(url: &str) -> String {
     }
 }
 
-/// What parsing one scrape gave: where its samples start, lines skipped, samples over the limit.
-struct Parsed {
-    first: usize,
-    bad_lines: usize,
-    dropped: usize,
+/// What reading one scrape gave: its samples, lines skipped, samples over the limit.
+pub struct Parsed {
+    pub out: Vec<Sample>,
+    pub bad_lines: usize,
+    pub dropped: usize,
 }
 
+/// Reads the samples of `text` into `samples`; `out` is left empty, for the caller to fill.
 fn parse(text: &str, max_samples: usize, samples: &mut Samples) -> Parsed {
-    let first = samples.out.len();
-    let mut types: HashMap<&str, Kind> = HashMap::new();
+    let mut types: HashMap<&str, &str> = HashMap::new();
     let mut helps: HashMap<&str, String> = HashMap::new();
     let (mut bad_lines, mut dropped, mut kept) = (0, 0, 0);
     for line in text.lines() {
@@ -139,7 +190,7 @@ fn parse(text: &str, max_samples: usize, samples: &mut Samples) -> Parsed {
             let mut words = comment.trim_start().splitn(3, ' ');
             match (words.next(), words.next(), words.next()) {
                 (Some("TYPE"), Some(name), Some(kind)) => {
-                    types.insert(name, kind_of(kind.trim()));
+                    types.insert(name, kind.trim());
                 }
                 (Some("HELP"), Some(name), help) => {
                     // Copied into every sample of its family: a long one is cut.
@@ -166,56 +217,80 @@ fn parse(text: &str, max_samples: usize, samples: &mut Samples) -> Parsed {
             continue;
         }
         kept += 1;
-        let family = family_of(name, &types);
-        let kind = types.get(family).copied().unwrap_or(Kind::Untyped);
+        let (family, kind) = family_of(name, &types);
         let help = helps.get(family).map_or("", String::as_str);
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         samples.push(name, kind, help, &labels, value);
     }
     Parsed {
-        first,
+        out: Vec::new(),
         bad_lines,
         dropped,
     }
 }
 
+/// The sample names a declared family type owns beside its own name, and the type each has:
+/// a histogram's or summary's `_bucket`, `_sum` and `_count`, and OpenMetrics' counter `_total`,
+/// info `_info`, and `_created` (a time, so a gauge).
+const OWNED_SUFFIXES: [(&str, &str, Kind); 10] = [
+    ("_bucket", "histogram", Kind::Histogram),
+    ("_sum", "histogram", Kind::Histogram),
+    ("_count", "histogram", Kind::Histogram),
+    ("_created", "histogram", Kind::Gauge),
+    ("_sum", "summary", Kind::Summary),
+    ("_count", "summary", Kind::Summary),
+    ("_created", "summary", Kind::Gauge),
+    ("_total", "counter", Kind::Counter),
+    ("_created", "counter", Kind::Gauge),
+    ("_info", "info", Kind::Gauge),
+];
+
+/// The family a sample line belongs to, and the type its sample has. A `# TYPE` of the sample's
+/// own name comes first (`http_requests_total counter` in the 0.0.4 format); then a family
+/// that owns the name by its suffix (`x_bucket` of histogram `x`; OpenMetrics' `x_total` of
+/// counter `x`).
+fn family_of<'a>(name: &'a str, types: &HashMap<&str, &str>) -> (&'a str, Kind) {
+    if let Some(declared) = types.get(name) {
+        return (name, kind_of(declared));
+    }
+    for (suffix, declared, kind) in OWNED_SUFFIXES {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if types.get(base) == Some(&declared) {
+                return (base, kind);
+            }
+        }
+    }
+    (name, Kind::Untyped)
+}
+
 fn kind_of(word: &str) -> Kind {
     match word {
         "counter" => Kind::Counter,
-        "gauge" => Kind::Gauge,
+        // OpenMetrics' stateset and info are gauges of 0 and 1 to Prometheus.
+        "gauge" | "stateset" | "info" => Kind::Gauge,
         "histogram" => Kind::Histogram,
         "summary" => Kind::Summary,
         _ => Kind::Untyped,
     }
 }
 
-/// The family a sample line belongs to: `x_bucket`, `x_sum` and `x_count` belong to histogram or
-/// summary `x`.
-fn family_of<'a>(name: &'a str, types: &HashMap<&str, Kind>) -> &'a str {
-    for suffix in ["_bucket", "_sum", "_count"] {
-        if let Some(base) = name.strip_suffix(suffix) {
-            if matches!(types.get(base), Some(Kind::Histogram | Kind::Summary)) {
-                return base;
-            }
-        }
-    }
-    name
+/// A metric name as Prometheus takes it: `[a-zA-Z_:][a-zA-Z0-9_:]*`; a label name has no `:`.
+fn valid_name(name: &str, colon: bool) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':');
+    name.chars().next().is_some_and(|c| !c.is_ascii_digit()) && name.chars().all(allowed)
 }
 
 type Labels<'a> = Vec<(&'a str, String)>;
 
 /// `name{label="value",...} value [timestamp]`; the scrape's own timestamp is not kept (the
-/// sample carries the time it was scraped).
+/// sample carries the time it was scraped). A name or label name Prometheus would refuse, or a
+/// label named twice, makes the line unreadable.
 fn sample_line(line: &str) -> Option<(&str, Labels<'_>, f64)> {
     let name_end = line
         .find(|c: char| c == '{' || c.is_whitespace())
         .unwrap_or(line.len());
     let name = &line[..name_end];
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    {
+    if !valid_name(name, true) {
         return None;
     }
     let mut rest = &line[name_end..];
@@ -229,7 +304,11 @@ fn sample_line(line: &str) -> Option<(&str, Labels<'_>, f64)> {
             }
             let (label, after) = inner.split_once('=')?;
             let (value, after) = quoted(after.trim_start().strip_prefix('"')?)?;
-            labels.push((label.trim(), value));
+            let label = label.trim();
+            if !valid_name(label, false) || labels.iter().any(|(named, _)| *named == label) {
+                return None;
+            }
+            labels.push((label, value));
             inner = after;
         }
     }
@@ -356,59 +435,133 @@ broken{label="open} 1
         assert_eq!(unescape(r"C:\temp"), r"C:\temp");
     }
 
+    /// A target on a port of its own that answers every request with `head` and `body`.
+    fn target(head: &'static str, body: Vec<u8>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let _ = stream.read(&mut [0u8; 1024]).unwrap();
+                let length = body.len();
+                write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\n{head}Content-Length: {length}\r\n\r\n"
+                )
+                .unwrap();
+                stream.write_all(&body).unwrap();
+            }
+        });
+        url
+    }
+
+    fn scraped(url: &str) -> Result<Parsed, String> {
+        let config = MetricsConfig::default();
+        let scraper = Scraper::new(&config);
+        scrape(&scraper.http, url, scraper.timeout, 100, 0)
+    }
+
     /// A byte that is not UTF-8 spoils the line it is on, not the whole scrape.
     #[test]
     fn a_body_that_is_not_all_utf8_is_scraped() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let config = MetricsConfig {
-            targets: vec![format!("http://{}/metrics", listener.local_addr().unwrap())],
-            ..Default::default()
-        };
-        let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut request = [0u8; 1024];
-            let _ = stream.read(&mut request).unwrap();
-            let body = b"up 1\nlatin1{name=\"caf\xe9\"} 2\n";
-            write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .unwrap();
-            stream.write_all(body).unwrap();
-        });
-        let mut samples = Samples::new(0);
-        let results = Scraper::new(&config).collect(&mut samples, &Shipper::testing());
-        server.join().unwrap();
-        assert!(results[0].1.is_ok(), "{results:?}");
-        assert_eq!(samples.out.len(), 2);
-        assert_eq!(samples.out[1].labels["name"], "caf\u{fffd}");
+        let url = target("", b"up 1\nlatin1{name=\"caf\xe9\"} 2\n".to_vec());
+        let parsed = scraped(&url).unwrap();
+        assert_eq!(parsed.out.len(), 2);
+        assert_eq!(parsed.out[1].labels["name"], "caf\u{fffd}");
+        assert_eq!(parsed.out[1].labels["instance"], instance_of(&url));
     }
 
-    /// Targets that take the connection and never answer cost a round one timeout together,
-    /// not one each (three in a row would take 3 s here).
+    /// A gzip answer is read (the agent asks for one); an answer of which no line is a sample
+    /// (a web page) is a failed scrape, not a target up with no samples.
     #[test]
-    fn silent_targets_are_waited_for_together() {
+    fn gzip_is_read_and_a_page_is_a_failure() {
+        use std::io::Write;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(b"# TYPE gz counter\ngz 7\n").unwrap();
+        let url = target("Content-Encoding: gzip\r\n", gzip.finish().unwrap());
+        let parsed = scraped(&url).unwrap();
+        assert_eq!(
+            (parsed.out[0].name.as_str(), parsed.out[0].value),
+            ("gz", 7.0)
+        );
+        let page = b"<html>\n<body>metrics are elsewhere</body>\n</html>\n".to_vec();
+        let error = scraped(&target("Content-Type: text/html\r\n", page)).err();
+        assert!(error.unwrap().contains("not Prometheus text"));
+    }
+
+    /// OpenMetrics families own their suffixed samples: a counter `x` its `x_total`.
+    #[test]
+    fn openmetrics_families_type_their_samples() {
+        let text = "# TYPE om_requests counter\n# HELP om_requests Requests.\n\
+                    om_requests_total 17 1700000000.123\nom_requests_created 1700000000\n\
+                    # TYPE om info\nom_info{version=\"1.2\"} 1\n\
+                    # TYPE om_state stateset\nom_state{om_state=\"a\"} 1\n\
+                    # TYPE lat histogram\nlat_bucket{le=\"+Inf\"} 2\nlat_created 5\n# EOF\n";
+        let mut samples = Samples::new(0);
+        let parsed = parse(text, 100, &mut samples);
+        assert_eq!(parsed.bad_lines, 0);
+        let kinds: Vec<(&str, Kind, &str)> = samples
+            .out
+            .iter()
+            .map(|s| (s.name.as_str(), s.kind, s.help.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("om_requests_total", Kind::Counter, "Requests."),
+                ("om_requests_created", Kind::Gauge, "Requests."),
+                ("om_info", Kind::Gauge, ""),
+                ("om_state", Kind::Gauge, ""),
+                ("lat_bucket", Kind::Histogram, ""),
+                ("lat_created", Kind::Gauge, ""),
+            ]
+        );
+    }
+
+    /// Names Prometheus refuses, and a label named twice, are unreadable lines, counted.
+    #[test]
+    fn invalid_names_and_repeated_labels_are_bad_lines() {
+        let text = "0starts_with_digit 3\nbad_label{0a=\"1\"} 3\n\
+                    label_dup{a=\"1\",a=\"2\"} 3\ncolon_label{a:b=\"1\"} 1\nok:name{a=\"1\"} 1\n";
+        let mut samples = Samples::new(0);
+        let parsed = parse(text, 100, &mut samples);
+        assert_eq!(parsed.bad_lines, 4);
+        assert_eq!(samples.out.len(), 1);
+        assert_eq!(samples.out[0].name, "ok:name");
+    }
+
+    /// A target that takes the connection and never answers costs its own samples one timeout,
+    /// not the others': theirs are in while it is still waited for, and three silent ones are
+    /// waited for together.
+    #[tokio::test]
+    async fn silent_targets_hold_back_only_themselves() {
         let silent: Vec<std::net::TcpListener> = (0..3)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
+        let mut targets: Vec<String> = silent
+            .iter()
+            .map(|l| format!("http://{}/metrics", l.local_addr().unwrap()))
+            .collect();
+        let answering = target("", b"up 1\n".to_vec());
+        targets.push(answering.clone());
         let config = MetricsConfig {
             interval_ms: 1000,
-            targets: silent
-                .iter()
-                .map(|l| format!("http://{}/metrics", l.local_addr().unwrap()))
-                .collect(),
+            targets,
             ..Default::default()
         };
-        let shipper = Shipper::testing();
-        let mut samples = Samples::new(0);
+        let scraper = Scraper::new(&config);
+        let mut scrapes = JoinSet::new();
         let started = std::time::Instant::now();
-        let results = Scraper::new(&config).collect(&mut samples, &shipper);
-        assert!(
-            results.iter().all(|(_, result)| result.is_err()),
-            "{results:?}"
-        );
+        scraper.start_round(0, &mut scrapes);
+        let first = scrapes.join_next().await.unwrap().unwrap();
+        assert_eq!(first.target, answering);
+        assert!(first.samples.is_ok());
+        assert!(started.elapsed() < Duration::from_millis(500));
+        while let Some(scraped) = scrapes.join_next().await {
+            let error = scraped.unwrap().samples.err().unwrap();
+            assert_eq!(error, "no answer within 900 ms");
+        }
         assert!(
             started.elapsed() < Duration::from_millis(2500),
             "three silent targets took {:?}",
