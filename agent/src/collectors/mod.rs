@@ -83,6 +83,9 @@ impl Samples {
     }
 }
 
+/// A collector's name and whether its round worked.
+type CollectorResult = (&'static str, Result<(), String>);
+
 /// The collectors of this machine (containers' cgroups, the host), with what they keep between
 /// rounds.
 struct Local {
@@ -112,7 +115,7 @@ impl Local {
         &mut self,
         timestamp: i64,
         shipper: &Shipper,
-    ) -> (Vec<Sample>, Vec<(&'static str, Result<(), String>)>) {
+    ) -> (Vec<Sample>, Vec<CollectorResult>) {
         let mut samples = Samples::new(timestamp);
         let mut results = Vec::new();
         if let Some(cgroup) = &mut self.cgroup {
