@@ -166,6 +166,9 @@ impl SeriesStore {
             name: sample.name,
             labels: sample.labels,
         };
+        if !self.families.contains_key(&key.family) && self.clashes(&key.family, kind) {
+            return Err(Refused::TypeConflict);
+        }
         // Counter here, gauge there: Prometheus takes either as untyped, so both sources'
         // series are kept under a family that says neither, once this sample is taken (the
         // first type held took it whole, and which came first changed at every restart).
@@ -220,6 +223,22 @@ impl SeriesStore {
             }
         }
         Ok(())
+    }
+
+    /// Whether a new family would write a name that a held one writes too: histogram `x` and
+    /// counter `x_count` would both expose `x_count`, twice under two `# TYPE`s, and Prometheus
+    /// would keep one of the two values.
+    fn clashes(&self, family: &str, kind: &str) -> bool {
+        let writes_a_held_name = owned_suffixes(kind)
+            .iter()
+            .any(|suffix| self.families.contains_key(&format!("{family}{suffix}")));
+        let written_by_a_held_family = ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            family
+                .strip_suffix(suffix)
+                .and_then(|base| self.families.get(base))
+                .is_some_and(|held| owned_suffixes(held.kind).contains(suffix))
+        });
+        writes_a_held_name || written_by_a_held_family
     }
 
     /// Forgets the series not heard from for `after`; how many went.
@@ -303,13 +322,17 @@ fn valid_name(name: &str, colons: bool) -> bool {
         && chars.all(|c| ok(c, false))
 }
 
-fn family_of<'a>(name: &'a str, kind: &str) -> &'a str {
-    let suffixes: &[&str] = match kind {
+/// The names a family of `kind` writes beside its own, by their suffix.
+fn owned_suffixes(kind: &str) -> &'static [&'static str] {
+    match kind {
         "histogram" => &["_bucket", "_sum", "_count"],
         "summary" => &["_sum", "_count"],
         _ => &[],
-    };
-    suffixes
+    }
+}
+
+fn family_of<'a>(name: &'a str, kind: &str) -> &'a str {
+    owned_suffixes(kind)
         .iter()
         .find_map(|s| name.strip_suffix(s))
         .unwrap_or(name)
@@ -494,5 +517,51 @@ mod tests {
             .apply(&sample("requests", "gauge", b, "5", 2), later)
             .unwrap();
         assert!(store.render().contains("# TYPE requests gauge\n"));
+    }
+
+    /// A histogram's or summary's suffixed names are taken as much as its own: a family that
+    /// would write one of them, either way round, is refused, so no series is exposed twice.
+    #[test]
+    fn suffixed_names_are_not_written_twice() {
+        let mut store = SeriesStore::new(20);
+        let now = Instant::now();
+        store
+            .apply(
+                &sample("lat_bucket", "histogram", r#"{"le":"1"}"#, "1", 1),
+                now,
+            )
+            .unwrap();
+        store
+            .apply(&sample("lat_count", "histogram", "{}", "2", 1), now)
+            .unwrap();
+        for (name, kind) in [("lat_count", "counter"), ("lat_bucket", "gauge")] {
+            assert_eq!(
+                store.apply(&sample(name, kind, "{}", "99", 1), now),
+                Err(Refused::TypeConflict)
+            );
+        }
+        store
+            .apply(&sample("rpc_sum", "gauge", "{}", "5", 1), now)
+            .unwrap();
+        assert_eq!(
+            store.apply(
+                &sample("rpc", "summary", r#"{"quantile":"0.5"}"#, "1", 1),
+                now
+            ),
+            Err(Refused::TypeConflict)
+        );
+        // A summary writes no `_bucket`: a gauge of that name is its own family.
+        store
+            .apply(
+                &sample("q", "summary", r#"{"quantile":"0.5"}"#, "1", 1),
+                now,
+            )
+            .unwrap();
+        store
+            .apply(&sample("q_bucket", "gauge", "{}", "1", 1), now)
+            .unwrap();
+        let text = store.render();
+        assert_eq!(text.matches("lat_count").count(), 1, "{text}");
+        assert!(!text.contains("rpc{"), "{text}");
     }
 }
