@@ -174,3 +174,68 @@ rescan_interval_ms = 300
         .unwrap_or_else(|| panic!("no late second in {events:?}"));
     assert_eq!(second["container"]["id"], late_id);
 }
+
+/// A Docker container whose record is missing is named by its short id, and said so once in the
+/// log; once Docker writes the record, or rewrites it (`docker rename`), the lines read after
+/// carry what it says. (The name read first was kept until the agent restarted.)
+#[test]
+fn a_docker_record_written_late_or_rewritten_names_the_lines_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let docker = tmp.path().join("docker");
+    let id = "d4".repeat(32);
+    let container = docker.join("containers").join(&id);
+    std::fs::create_dir_all(&container).unwrap();
+    let log = container.join(format!("{id}-json.log"));
+    let line = |n: usize| {
+        format!(r#"{{"log":"line {n}\n","stream":"stdout","time":"2026-12-08T03:00:0{n}Z"}}"#)
+            + "\n"
+    };
+    std::fs::write(&log, line(1)).unwrap();
+    let config = format!(
+        "[agent]\nbrokers = \"{}\"\n[agent.docker]\nlogs = true\nroot = \"{}\"\n\
+         [agent.files]\nrescan_interval_ms = 300\n",
+        sluice.kafka,
+        docker.display()
+    );
+    let agent = AgentProcess::start(tmp.path(), &config, Stdio::null());
+    let append = |n: usize| {
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut file, line(n).as_bytes()).unwrap();
+    };
+    let sent = |n: f64| {
+        wait_until("the line sent", Duration::from_secs(30), || {
+            agent.metric("sluice_agent_events_sent_total") >= n
+        })
+    };
+    sent(1.0);
+    let record = container.join("config.v2.json");
+    std::fs::write(
+        &record,
+        r#"{"Name":"/late-comer","Config":{"Image":"alpine:3"}}"#,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    append(2);
+    sent(2.0);
+    std::fs::write(
+        &record,
+        r#"{"Name":"/renamed","Config":{"Image":"alpine:3"}}"#,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    append(3);
+    let events = logs_events(&sluice, 3);
+    let source = |message: &str| {
+        let event = events.iter().find(|e| e["message"] == message).unwrap();
+        event["source"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(source("line 1"), id[..12]);
+    assert_eq!(source("line 2"), "late-comer");
+    assert_eq!(source("line 3"), "renamed");
+    let said = agent
+        .log_text()
+        .matches("record of the container cannot be read")
+        .count();
+    assert_eq!(said, 1, "{}", agent.log_text());
+}

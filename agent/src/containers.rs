@@ -16,11 +16,17 @@ pub struct ContainerInfo {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Container metadata by id, read once per container and forgotten when it goes away.
+/// Container metadata by id, read again when Docker rewrites the record (`docker rename`, or a
+/// record written after the container's first log lines) and forgotten when it goes away.
 pub struct DockerContainers {
     root: PathBuf,
-    known: HashMap<String, Arc<ContainerInfo>>,
+    known: HashMap<String, (Written, Arc<ContainerInfo>)>,
+    /// The containers whose broken record was said in the log, and how it was written then.
+    said: HashMap<String, Option<Written>>,
 }
+
+/// When and how long a container's record was when it was read: a new one is read again.
+type Written = (std::time::SystemTime, u64);
 
 /// The part of `config.v2.json` the agent uses.
 #[derive(Deserialize)]
@@ -47,33 +53,78 @@ impl DockerContainers {
         Self {
             root: PathBuf::from(root),
             known: HashMap::new(),
+            said: HashMap::new(),
         }
     }
 
-    /// The container's metadata, or `None` when Docker has no record of it (not a Docker
-    /// container, or the file is unreadable); looked for again next time.
-    pub fn get(&mut self, id: &str) -> Option<Arc<ContainerInfo>> {
-        if let Some(info) = self.known.get(id) {
-            return Some(info.clone());
-        }
+    /// The container's metadata, or `None` when Docker has no record of it; looked for again
+    /// next time (a stat, then the file only when it changed). `docker`: the container is known
+    /// to be Docker's (its log is in Docker's root), so a missing record is said in the log too;
+    /// a record that cannot be read always is, once for each time it is written.
+    pub fn get(&mut self, id: &str, docker: bool) -> Option<Arc<ContainerInfo>> {
         let path = self.root.join("containers").join(id).join("config.v2.json");
-        let size = std::fs::metadata(&path).ok()?.len();
-        if size > MAX_CONFIG_BYTES {
-            return None;
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.known.remove(id);
+                if docker {
+                    self.say(id, None, &path, &e.to_string());
+                }
+                return None;
+            }
+        };
+        let written = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
+        match self.known.get(id) {
+            Some((held, info)) if *held == written => return Some(info.clone()),
+            _ => {}
         }
-        let config: ConfigV2 = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+        self.known.remove(id);
+        let read = match meta.len() {
+            size if size > MAX_CONFIG_BYTES => Err(format!(
+                "{size} bytes, more than the {MAX_CONFIG_BYTES} read"
+            )),
+            _ => std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    serde_json::from_slice::<ConfigV2>(&bytes).map_err(|e| e.to_string())
+                }),
+        };
+        let config = match read {
+            Ok(config) => config,
+            Err(e) => {
+                self.say(id, Some(written), &path, &e);
+                return None;
+            }
+        };
+        self.said.remove(id);
         let info = Arc::new(ContainerInfo {
             name: config.name.trim_start_matches('/').to_owned(),
             image: config.config.image,
             labels: config.config.labels.unwrap_or_default(),
         });
-        self.known.insert(id.to_owned(), info.clone());
+        self.known.insert(id.to_owned(), (written, info.clone()));
         Some(info)
+    }
+
+    /// Says once (for each way the record is written) that a container is named by its id.
+    fn say(&mut self, id: &str, written: Option<Written>, path: &Path, error: &str) {
+        if self.said.get(id) == Some(&written) {
+            return;
+        }
+        self.said.insert(id.to_owned(), written);
+        tracing::warn!(
+            container = id,
+            record = %path.display(),
+            error,
+            "agent: Docker's record of the container cannot be read: it is named by its id, \
+             without image or labels, until the record can be read"
+        );
     }
 
     /// Forgets the containers not in `alive`.
     pub fn retain(&mut self, alive: &std::collections::HashSet<String>) {
         self.known.retain(|id, _| alive.contains(id));
+        self.said.retain(|id, _| alive.contains(id));
     }
 }
 
@@ -214,10 +265,28 @@ mod tests {
         )
         .unwrap();
         let mut containers = DockerContainers::new(dir.path().to_str().unwrap());
-        let info = containers.get(&id).unwrap();
+        let info = containers.get(&id, true).unwrap();
         assert_eq!(info.name, "web");
         assert_eq!(info.image, "nginx:1.25");
         assert_eq!(info.labels["app"], "shop");
-        assert!(containers.get(&"b".repeat(64)).is_none());
+        assert!(containers.get(&"b".repeat(64), false).is_none());
+    }
+
+    /// A record rewritten (`docker rename`), broken or written late is read as it is now.
+    #[test]
+    fn a_rewritten_record_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "c".repeat(64);
+        let container = dir.path().join("containers").join(&id);
+        std::fs::create_dir_all(&container).unwrap();
+        let record = container.join("config.v2.json");
+        let mut containers = DockerContainers::new(dir.path().to_str().unwrap());
+        assert!(containers.get(&id, true).is_none(), "no record yet");
+        std::fs::write(&record, r#"{"Name": "#).unwrap();
+        assert!(containers.get(&id, true).is_none(), "a broken record");
+        std::fs::write(&record, r#"{"Name":"/web"}"#).unwrap();
+        assert_eq!(containers.get(&id, true).unwrap().name, "web");
+        std::fs::write(&record, r#"{"Name":"/renamed"}"#).unwrap();
+        assert_eq!(containers.get(&id, true).unwrap().name, "renamed");
     }
 }

@@ -45,7 +45,7 @@ impl CgroupCollector {
         self.unnamed.retain(|id, _| alive.contains(id));
         let named: Vec<_> = containers
             .iter()
-            .map(|(id, _)| self.docker.get(id))
+            .map(|(id, _)| self.docker.get(id, false))
             .collect();
         let now = Instant::now();
         let unknown: Vec<&String> = named
@@ -95,6 +95,15 @@ impl CgroupCollector {
 /// The container cgroups under `root`, as (container id, directory).
 fn find_containers(root: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     std::fs::read_dir(root).map_err(|e| format!("cgroup root {}: {e}", root.display()))?;
+    // Every cgroup v2 directory has it; cgroup v1's hierarchies (a directory per controller)
+    // and a hybrid host's top do not, and their files would give partial samples.
+    if !root.join("cgroup.controllers").exists() {
+        return Err(format!(
+            "cgroup root {}: not a cgroup v2 hierarchy (no cgroup.controllers); cgroup v1 is \
+             not read (on a hybrid host, [agent.metrics] cgroup_root = \"/sys/fs/cgroup/unified\")",
+            root.display()
+        ));
+    }
     let mut found = Vec::new();
     let mut stack = vec![(root.to_path_buf(), 0)];
     let mut visited = 0;
@@ -301,6 +310,19 @@ mod tests {
             "sluice_container_memory_working_set_bytes"
         );
         assert_eq!(samples.out[1].value, 700.0);
+    }
+
+    /// A cgroup v1 tree (a directory per controller) is refused whole, not read in part.
+    #[test]
+    fn cgroup_v1_is_said_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("cpu,cpuacct/docker").join("ab".repeat(32));
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("cpu.stat"), "nr_periods 5\nnr_throttled 1\n").unwrap();
+        let error = find_containers(dir.path()).unwrap_err();
+        assert!(error.contains("not a cgroup v2 hierarchy"), "{error}");
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu io memory\n").unwrap();
+        assert_eq!(find_containers(dir.path()).unwrap().len(), 1);
     }
 
     #[test]

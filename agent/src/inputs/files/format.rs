@@ -279,7 +279,7 @@ impl Origin {
                 let Some(id) = dir_name(path.parent()) else {
                     return Self::plain(path);
                 };
-                let info = docker.get(&id).unwrap_or_default();
+                let info = docker.get(&id, true).unwrap_or_default();
                 let name = if info.name.is_empty() {
                     id.chars().take(12).collect()
                 } else {

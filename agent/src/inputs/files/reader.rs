@@ -225,6 +225,14 @@ impl Reader {
                     continue;
                 }
                 if let Some(followed) = self.followed.get_mut(&key) {
+                    // Docker's record may come after the first lines, or change (`docker
+                    // rename`): the lines read next carry what it says now.
+                    if followed.format == Format::Docker {
+                        let origin = Origin::of(&path, format, &mut self.docker, &mut self.kubelet);
+                        if origin.container != followed.origin.container {
+                            followed.origin = Arc::new(origin);
+                        }
+                    }
                     let lacks_id = followed.format == Format::Cri
                         && followed
                             .origin
