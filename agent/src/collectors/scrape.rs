@@ -89,9 +89,9 @@ fn scrape(
     max_samples: usize,
     timestamp: i64,
 ) -> Result<Parsed, String> {
-    let body = fetch(http, target, timeout)?;
+    let (body, format) = fetch(http, target, timeout)?;
     let mut samples = Samples::new(timestamp);
-    let mut parsed = parse(&body, max_samples, &mut samples);
+    let mut parsed = parse(&body, format, max_samples, &mut samples);
     if samples.out.is_empty() && parsed.bad_lines > 0 {
         return Err(format!(
             "the answer is not Prometheus text: none of its {} sample lines could be read",
@@ -109,7 +109,7 @@ fn scrape(
     Ok(parsed)
 }
 
-fn fetch(http: &ureq::Agent, target: &str, timeout: Duration) -> Result<String, String> {
+fn fetch(http: &ureq::Agent, target: &str, timeout: Duration) -> Result<(String, Format), String> {
     let mut response = http
         .get(target)
         .header("Accept", "text/plain;version=0.0.4")
@@ -119,6 +119,12 @@ fn fetch(http: &ureq::Agent, target: &str, timeout: Duration) -> Result<String, 
             ureq::Error::Timeout(_) => format!("no answer within {} ms", timeout.as_millis()),
             e => e.to_string(),
         })?;
+    let format = match response.headers().get("content-type") {
+        Some(kind) if kind.as_bytes().starts_with(b"application/openmetrics-text") => {
+            Format::OpenMetrics
+        }
+        _ => Format::Text,
+    };
     let gzip = response
         .headers()
         .get("content-encoding")
@@ -134,7 +140,7 @@ fn fetch(http: &ureq::Agent, target: &str, timeout: Duration) -> Result<String, 
         false => body,
     };
     // A byte that is not UTF-8 spoils its line, not the scrape.
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok((String::from_utf8_lossy(&body).into_owned(), format))
 }
 
 /// A gzip body, decompressed up to `MAX_BODY_BYTES`.
@@ -180,7 +186,7 @@ pub struct Parsed {
 }
 
 /// Reads the samples of `text` into `samples`; `out` is left empty, for the caller to fill.
-fn parse(text: &str, max_samples: usize, samples: &mut Samples) -> Parsed {
+fn parse(text: &str, format: Format, max_samples: usize, samples: &mut Samples) -> Parsed {
     let mut types: HashMap<&str, &str> = HashMap::new();
     let mut helps: HashMap<&str, String> = HashMap::new();
     let (mut bad_lines, mut dropped, mut kept) = (0, 0, 0);
@@ -208,7 +214,7 @@ fn parse(text: &str, max_samples: usize, samples: &mut Samples) -> Parsed {
         if line.is_empty() {
             continue;
         }
-        let Some((name, labels, value)) = sample_line(line) else {
+        let Some((name, labels, value, timestamp)) = sample_line(line, format) else {
             bad_lines += 1;
             continue;
         };
@@ -221,6 +227,9 @@ fn parse(text: &str, max_samples: usize, samples: &mut Samples) -> Parsed {
         let help = helps.get(family).map_or("", String::as_str);
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         samples.push(name, kind, help, &labels, value);
+        if let Some(timestamp) = timestamp {
+            samples.out.last_mut().expect("pushed").timestamp = timestamp;
+        }
     }
     Parsed {
         out: Vec::new(),
@@ -282,10 +291,20 @@ fn valid_name(name: &str, colon: bool) -> bool {
 
 type Labels<'a> = Vec<(&'a str, String)>;
 
-/// `name{label="value",...} value [timestamp]`; the scrape's own timestamp is not kept (the
-/// sample carries the time it was scraped). A name or label name Prometheus would refuse, or a
-/// label named twice, makes the line unreadable.
-fn sample_line(line: &str) -> Option<(&str, Labels<'_>, f64)> {
+/// The exposition format a target answered in: they write timestamps differently.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    /// `text/plain; version=0.0.4`: a timestamp in milliseconds.
+    Text,
+    /// `application/openmetrics-text`: a timestamp in seconds, with a fraction.
+    OpenMetrics,
+}
+
+/// `name{label="value",...} value [timestamp]`, the timestamp in milliseconds where the line
+/// has one (as Prometheus honours it; else the sample carries the time it was scraped). A name
+/// or label name Prometheus would refuse, a label named twice, or a timestamp that is not one,
+/// makes the line unreadable.
+fn sample_line(line: &str, format: Format) -> Option<(&str, Labels<'_>, f64, Option<i64>)> {
     let name_end = line
         .find(|c: char| c == '{' || c.is_whitespace())
         .unwrap_or(line.len());
@@ -312,8 +331,22 @@ fn sample_line(line: &str) -> Option<(&str, Labels<'_>, f64)> {
             inner = after;
         }
     }
-    let value = rest.split_whitespace().next()?;
-    Some((name, labels, value.parse().ok()?))
+    // OpenMetrics may write an exemplar after ` # `: not kept.
+    let sample = rest.split(" # ").next().unwrap_or(rest);
+    let mut words = sample.split_whitespace();
+    let value = words.next()?.parse().ok()?;
+    let timestamp = match (words.next(), format) {
+        (None, _) => None,
+        (Some(ms), Format::Text) => Some(ms.parse::<i64>().ok()?),
+        (Some(seconds), Format::OpenMetrics) => {
+            let seconds = seconds.parse::<f64>().ok().filter(|s| s.is_finite())?;
+            Some((seconds * 1000.0).round() as i64)
+        }
+    };
+    if words.next().is_some() {
+        return None;
+    }
+    Some((name, labels, value, timestamp))
 }
 
 /// A quoted label value up to its closing quote (the opening one already taken), unescaped;
@@ -375,7 +408,7 @@ this is not a sample
 broken{label="open} 1
 "#;
         let mut samples = Samples::new(42);
-        let parsed = parse(text, 100, &mut samples);
+        let parsed = parse(text, Format::Text, 100, &mut samples);
         assert_eq!(parsed.bad_lines, 2);
         assert_eq!(parsed.dropped, 0);
         let out = &samples.out;
@@ -385,7 +418,9 @@ broken{label="open} 1
         assert_eq!(out[0].help, "Requests served.");
         assert_eq!(out[0].labels["path"], "/a \"b\"");
         assert_eq!(out[0].value, 1027.0);
-        assert_eq!(out[0].timestamp, 42);
+        // The line's own timestamp; the scrape's where a line has none.
+        assert_eq!(out[0].timestamp, 1395066363000);
+        assert_eq!(out[1].timestamp, 42);
         assert_eq!(out[1].labels["method"], "post");
         assert_eq!(out[2].kind, Kind::Histogram);
         assert_eq!(out[3].labels["le"], "+Inf");
@@ -401,7 +436,7 @@ broken{label="open} 1
     fn long_help_is_cut() {
         let text = format!("# HELP big {}\nbig 1\nbig{{i=\"2\"}} 2\n", "é".repeat(4000));
         let mut samples = Samples::new(0);
-        parse(&text, 10, &mut samples);
+        parse(&text, Format::Text, 10, &mut samples);
         assert_eq!(samples.out.len(), 2);
         assert!(samples.out.iter().all(|s| s.help.len() == MAX_HELP_BYTES));
     }
@@ -409,7 +444,7 @@ broken{label="open} 1
     #[test]
     fn samples_past_the_limit_are_dropped_and_counted() {
         let mut samples = Samples::new(0);
-        let parsed = parse("a 1\nb 2\nc 3\n", 2, &mut samples);
+        let parsed = parse("a 1\nb 2\nc 3\n", Format::Text, 2, &mut samples);
         assert_eq!(samples.out.len(), 2);
         assert_eq!(parsed.dropped, 1);
     }
@@ -497,9 +532,11 @@ broken{label="open} 1
                     om_requests_total 17 1700000000.123\nom_requests_created 1700000000\n\
                     # TYPE om info\nom_info{version=\"1.2\"} 1\n\
                     # TYPE om_state stateset\nom_state{om_state=\"a\"} 1\n\
-                    # TYPE lat histogram\nlat_bucket{le=\"+Inf\"} 2\nlat_created 5\n# EOF\n";
+                    # TYPE lat histogram\n\
+                    lat_bucket{le=\"+Inf\"} 2 # {trace_id=\"x\"} 0.5 1700000000\n\
+                    lat_created 5\n# EOF\n";
         let mut samples = Samples::new(0);
-        let parsed = parse(text, 100, &mut samples);
+        let parsed = parse(text, Format::OpenMetrics, 100, &mut samples);
         assert_eq!(parsed.bad_lines, 0);
         let kinds: Vec<(&str, Kind, &str)> = samples
             .out
@@ -517,6 +554,9 @@ broken{label="open} 1
                 ("lat_created", Kind::Gauge, ""),
             ]
         );
+        // OpenMetrics timestamps are in seconds.
+        assert_eq!(samples.out[0].timestamp, 1_700_000_000_123);
+        assert_eq!(samples.out[4].timestamp, 0);
     }
 
     /// Names Prometheus refuses, and a label named twice, are unreadable lines, counted.
@@ -525,7 +565,7 @@ broken{label="open} 1
         let text = "0starts_with_digit 3\nbad_label{0a=\"1\"} 3\n\
                     label_dup{a=\"1\",a=\"2\"} 3\ncolon_label{a:b=\"1\"} 1\nok:name{a=\"1\"} 1\n";
         let mut samples = Samples::new(0);
-        let parsed = parse(text, 100, &mut samples);
+        let parsed = parse(text, Format::Text, 100, &mut samples);
         assert_eq!(parsed.bad_lines, 4);
         assert_eq!(samples.out.len(), 1);
         assert_eq!(samples.out[0].name, "ok:name");
