@@ -25,8 +25,9 @@ pub struct DockerContainers {
     said: HashMap<String, Option<Written>>,
 }
 
-/// When and how long a container's record was when it was read: a new one is read again.
-type Written = (std::time::SystemTime, u64);
+/// Which file a container's record was, when it was written and how long it was when it was
+/// read: a new one is read again (Docker replaces the file whole, so a new inode).
+type Written = (u64, std::time::SystemTime, u64);
 
 /// The part of `config.v2.json` the agent uses.
 #[derive(Deserialize)]
@@ -58,27 +59,29 @@ impl DockerContainers {
     }
 
     /// The container's metadata, or `None` when Docker has no record of it; looked for again
-    /// next time (a stat, then the file only when it changed). `docker`: the container is known
-    /// to be Docker's (its log is in Docker's root), so a missing record is said in the log too;
-    /// a record that cannot be read always is, once for each time it is written.
+    /// next time (a stat, then the file only when it changed). What was read last stays while
+    /// the record cannot be read (`docker rm` removes it before the log, say). `docker`: the
+    /// container is known to be Docker's (its log is in Docker's root), so a record never read
+    /// is said in the log; a record that cannot be read always is, once each time it is written.
     pub fn get(&mut self, id: &str, docker: bool) -> Option<Arc<ContainerInfo>> {
+        use std::os::unix::fs::MetadataExt;
         let path = self.root.join("containers").join(id).join("config.v2.json");
+        let held = self.known.get(id).map(|(_, info)| info.clone());
         let meta = match std::fs::metadata(&path) {
             Ok(meta) => meta,
             Err(e) => {
-                self.known.remove(id);
-                if docker {
+                if docker && held.is_none() {
                     self.say(id, None, &path, &e.to_string());
                 }
-                return None;
+                return held;
             }
         };
-        let written = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
+        let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        let written = (meta.ino(), modified, meta.len());
         match self.known.get(id) {
-            Some((held, info)) if *held == written => return Some(info.clone()),
+            Some((read, info)) if *read == written => return Some(info.clone()),
             _ => {}
         }
-        self.known.remove(id);
         let read = match meta.len() {
             size if size > MAX_CONFIG_BYTES => Err(format!(
                 "{size} bytes, more than the {MAX_CONFIG_BYTES} read"
@@ -93,7 +96,7 @@ impl DockerContainers {
             Ok(config) => config,
             Err(e) => {
                 self.say(id, Some(written), &path, &e);
-                return None;
+                return held;
             }
         };
         self.said.remove(id);
@@ -272,7 +275,8 @@ mod tests {
         assert!(containers.get(&"b".repeat(64), false).is_none());
     }
 
-    /// A record rewritten (`docker rename`), broken or written late is read as it is now.
+    /// A record rewritten (`docker rename`), broken or written late is read as it is now; one
+    /// gone keeps the name it had.
     #[test]
     fn a_rewritten_record_is_read_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -287,6 +291,9 @@ mod tests {
         std::fs::write(&record, r#"{"Name":"/web"}"#).unwrap();
         assert_eq!(containers.get(&id, true).unwrap().name, "web");
         std::fs::write(&record, r#"{"Name":"/renamed"}"#).unwrap();
+        assert_eq!(containers.get(&id, true).unwrap().name, "renamed");
+        // `docker rm` may remove the record before the log is read to its end.
+        std::fs::remove_file(&record).unwrap();
         assert_eq!(containers.get(&id, true).unwrap().name, "renamed");
     }
 }

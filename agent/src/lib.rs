@@ -48,6 +48,9 @@ pub struct Patience {
     pub stalled: Duration,
     /// Whether the spool is given its chance to drain first.
     pub drain_spool: bool,
+    /// Whether the open TCP connections are left for the next agent (`Listeners`); else they
+    /// are closed as soon as they stop, so their senders see it and keep what they hold.
+    pub hand_over: bool,
 }
 
 impl Patience {
@@ -56,6 +59,7 @@ impl Patience {
         timeout: Duration::from_secs(30),
         stalled: Duration::from_secs(5),
         drain_spool: true,
+        hand_over: false,
     };
     /// For a reload, while the listeners stay open but nothing reads them (datagrams wait in
     /// the socket's buffer only so long): librdkafka's queue (at most 4 MiB) is waited for
@@ -66,17 +70,19 @@ impl Patience {
         timeout: Duration::from_secs(30),
         stalled: Duration::from_millis(200),
         drain_spool: false,
+        hand_over: true,
     };
     /// For a start that failed half way: nothing is waited for.
     pub const NONE: Patience = Patience {
         timeout: Duration::ZERO,
         stalled: Duration::ZERO,
         drain_spool: false,
+        hand_over: false,
     };
 }
 
-/// How long a stop waits for the network inputs to stop by themselves (a TCP input gives a
-/// connection two seconds to finish its message); past it they are cut short.
+/// How long a stop waits for the network inputs, all together, to stop by themselves (a TCP
+/// input gives a connection two seconds to finish its message); past it they are cut short.
 const STOP_BY_THEMSELVES: Duration = Duration::from_secs(5);
 
 /// What a UDP listener asks the kernel to buffer while the agent is not reading.
@@ -197,22 +203,22 @@ impl Agent {
             ))
         });
         let (stopping, stop) = watch::channel(false);
-        let listening = |listener: Arc<TcpListener>, addr: &str| Listening {
+        let listening = |listener: Arc<TcpListener>, input: &'static str, addr: &str| Listening {
             listener,
             addr: addr.to_owned(),
-            handed: reuse.connections.take(addr),
+            handed: reuse.connections.take(input, addr),
             handover: listeners.connections.clone(),
             stop: stop.clone(),
         };
         let mut tasks = Vec::new();
         if let Some(listener) = syslog_tcp {
-            let listening = listening(listener, &syslog.tcp);
+            let listening = listening(listener, "syslog_tcp", &syslog.tcp);
             let input =
                 inputs::syslog::run_tcp(listening, shipper.clone(), syslog.max_message_bytes);
             tasks.push(spawn_input("syslog_tcp", input));
         }
         if let Some(listener) = gelf_tcp {
-            let listening = listening(listener, &gelf.tcp);
+            let listening = listening(listener, "gelf_tcp", &gelf.tcp);
             let input = inputs::gelf::run_tcp(listening, shipper.clone(), gelf.max_message_bytes);
             tasks.push(spawn_input("gelf_tcp", input));
         }
@@ -332,23 +338,29 @@ impl Agent {
             timeout,
             stalled,
             drain_spool,
+            hand_over,
         } = patience;
         let deadline = tokio::time::Instant::now() + timeout;
         // The network inputs end by themselves between two messages (a TCP connection busy
         // with one is given up on after a while: `connections::accept`), so none is lost
-        // half shipped; the others are cut short. Awaited, so
-        // the sockets they held are closed (or only the next agent's) on return.
+        // half shipped; the others, and those still busy after `STOP_BY_THEMSELVES` (one
+        // waiting for room in a full spool), are cut short. Awaited, so the sockets they held
+        // are closed (or only the next agent's) on return.
         let _ = self.stopping.send(true);
+        let by_themselves = tokio::time::Instant::now() + STOP_BY_THEMSELVES;
         for (i, task) in self.tasks.into_iter().enumerate() {
             let Some(mut task) = task else { continue };
             if i >= self.stop_by_themselves
-                || tokio::time::timeout(STOP_BY_THEMSELVES, &mut task)
+                || tokio::time::timeout_at(by_themselves, &mut task)
                     .await
                     .is_err()
             {
                 task.abort();
                 let _ = task.await;
             }
+        }
+        if !hand_over {
+            self.listeners.connections.close_all();
         }
         // Refused records stay where `keep_unsent` finds them.
         if let Some(upkeep) = &self.upkeep {
@@ -444,7 +456,8 @@ impl Listeners {
             .retain(|addr, _| [&syslog.udp, &gelf.udp].contains(&addr));
         self.tcp
             .retain(|addr, _| [&syslog.tcp, &gelf.tcp].contains(&addr));
-        self.connections.keep_only(&[&syslog.tcp, &gelf.tcp]);
+        self.connections
+            .keep_only(&[("syslog_tcp", &syslog.tcp), ("gelf_tcp", &gelf.tcp)]);
     }
 
     /// The UDP socket of a listener that is on (a non-empty address): `reuse`'s, or bound

@@ -41,6 +41,8 @@ pub struct Spool {
     block: bool,
     metrics: AgentMetrics,
     state: Mutex<State>,
+    /// Sealed segments whose sync has not ended yet, by number: a stop syncs them itself.
+    unsynced: Arc<Mutex<Vec<(u64, Arc<File>)>>>,
 }
 
 struct State {
@@ -116,11 +118,12 @@ impl Spool {
                 bytes,
                 drops_said: None,
             }),
+            unsynced: Arc::default(),
         })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn path(&self, number: u64) -> PathBuf {
@@ -191,9 +194,7 @@ impl Spool {
             // tries the same place (a full disk makes no file per event). Were the cut to
             // fail too, the segment ends there (the drain stops at the torn record).
             if file.set_len(*len).is_err() {
-                if let Some(file) = Self::seal(state) {
-                    sync_off_the_runtime(file);
-                }
+                self.seal(state);
             }
             return Err(e);
         }
@@ -202,28 +203,40 @@ impl Spool {
         state.bytes += size;
         self.metrics.spool_bytes.set(state.bytes as i64);
         if *len >= SEGMENT_BYTES {
-            if let Some(file) = Self::seal(state) {
-                sync_off_the_runtime(file);
-            }
+            self.seal(state);
         }
         Ok(())
     }
 
     /// Ends the open segment, which is drained next in its turn (synced or not: its records
-    /// are in the page cache); the file, for the caller to sync.
-    fn seal(state: &mut State) -> Option<File> {
-        let (number, file, len) = state.open.take()?;
+    /// are in the page cache). It is synced on the runtime's blocking pool: an input must not
+    /// hold a worker thread, nor the other inputs at the spool's lock, for a disk flush. A
+    /// failed sync is said, not made the record's failure (that would send it a second time).
+    fn seal(&self, state: &mut State) {
+        let Some((number, file, len)) = state.open.take() else {
+            return;
+        };
         state.sealed.push_back((number, len));
-        Some(file)
+        let file = Arc::new(file);
+        let unsynced = self.unsynced.clone();
+        lock(&unsynced).push((number, file.clone()));
+        let sync = move || {
+            if let Err(e) = file.sync_data() {
+                tracing::warn!(error = %e, "agent: syncing a spool segment");
+            }
+            lock(&unsynced).retain(|(synced, _)| *synced != number);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(sync)),
+            Err(_) => sync(),
+        }
     }
 
     /// The oldest segment, sealed first if it is the one being written.
     fn oldest(&self) -> Option<(u64, u64)> {
         let mut state = self.state();
         if state.sealed.is_empty() {
-            if let Some(file) = Self::seal(&mut state) {
-                sync_off_the_runtime(file);
-            }
+            self.seal(&mut state);
         }
         state.sealed.front().copied()
     }
@@ -241,10 +254,15 @@ impl Spool {
         Ok(true)
     }
 
-    /// Syncs the open segment, so a stop loses nothing the spool took, even to a power cut.
+    /// Syncs the open segment and those whose sync has not ended, so a stop loses nothing the
+    /// spool took, even to a power cut.
     pub fn close(&self) -> std::io::Result<()> {
-        let sealed = Self::seal(&mut self.state());
-        sealed.map_or(Ok(()), |file| file.sync_data())
+        self.seal(&mut self.state());
+        let unsynced: Vec<Arc<File>> = lock(&self.unsynced)
+            .iter()
+            .map(|(_, file)| file.clone())
+            .collect();
+        unsynced.iter().try_for_each(|file| file.sync_data())
     }
 
     /// Bytes waiting in the spool.
@@ -292,19 +310,8 @@ pub async fn drain(spool: Arc<Spool>, output: Arc<KafkaOutput>, topic: String) {
     }
 }
 
-/// Syncs a sealed segment on the runtime's blocking pool: an input must not hold a worker
-/// thread, nor the other inputs at the spool's lock, for a disk flush. A failed sync is said,
-/// not made the record's failure (that would send it a second time).
-fn sync_off_the_runtime(file: File) {
-    let sync = move || {
-        if let Err(e) = file.sync_data() {
-            tracing::warn!(error = %e, "agent: syncing a spool segment");
-        }
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn_blocking(sync)),
-        Err(_) => sync(),
-    }
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn is_not_found(error: &anyhow::Error) -> bool {

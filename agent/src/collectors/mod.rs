@@ -201,7 +201,7 @@ pub async fn run(config: AgentConfig, shipper: Arc<Shipper>) -> anyhow::Result<(
         let timestamp = now_ms();
         let mut scrapes = tokio::task::JoinSet::new();
         if let Some(scraper) = &scraper {
-            scraper.start_round(timestamp, &mut scrapes);
+            scraper.start_round(&mut scrapes);
         }
         if local.cgroup.is_some() || local.host.is_some() {
             let round = shipper.clone();

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use super::{Kind, Sample, Samples};
 use crate::config::MetricsConfig;
+use crate::event::now_ms;
 
 pub struct Scraper {
     http: ureq::Agent,
@@ -53,24 +54,38 @@ impl Scraper {
         }
     }
 
-    /// Starts scraping every target, `PARALLEL_SCRAPES` at a time, into `scrapes`; the samples
-    /// carry `timestamp`, the round's.
-    pub fn start_round(&self, timestamp: i64, scrapes: &mut JoinSet<Scraped>) {
+    /// Starts scraping every target, `PARALLEL_SCRAPES` at a time, into `scrapes`. The round
+    /// ends within the scrape timeout, so that the next is not held up: a scrape that starts
+    /// late (others ahead of it slow) has what is left of it, and a target still waiting for its
+    /// turn then is not scraped this round, and says so.
+    pub fn start_round(&self, scrapes: &mut JoinSet<Scraped>) {
+        let round_ends = tokio::time::Instant::now() + self.timeout;
         for target in &self.targets {
             let (http, target) = (self.http.clone(), target.clone());
             let (parallel, max_samples, timeout) =
                 (self.parallel.clone(), self.max_samples, self.timeout);
             scrapes.spawn(async move {
                 let shown = shown(&target);
-                let samples = match parallel.acquire_owned().await {
-                    Ok(permit) => tokio::task::spawn_blocking(move || {
-                        let _permit = permit;
-                        scrape(&http, &target, timeout, max_samples, timestamp)
-                    })
-                    .await
-                    .unwrap_or_else(|_| Err("the scrape's thread panicked".into())),
-                    Err(_) => Err("the agent is stopping".into()),
-                };
+                let samples =
+                    match tokio::time::timeout_at(round_ends, parallel.acquire_owned()).await {
+                        Ok(Ok(permit)) => {
+                            let left =
+                                round_ends.saturating_duration_since(tokio::time::Instant::now());
+                            tokio::task::spawn_blocking(move || {
+                                let _permit = permit;
+                                // The samples' time where the target writes none: the scrape's.
+                                scrape(&http, &target, left, max_samples, now_ms())
+                            })
+                            .await
+                            .unwrap_or_else(|_| Err("the scrape's thread panicked".into()))
+                        }
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!(
+                        "not scraped within {} ms: the {PARALLEL_SCRAPES} scrapes at once were \
+                         taken by slower targets",
+                        timeout.as_millis()
+                    )),
+                    };
                 Scraped {
                     target: shown,
                     samples,
@@ -93,10 +108,7 @@ fn scrape(
     let mut samples = Samples::new(timestamp);
     let mut parsed = parse(&body, format, max_samples, &mut samples);
     if samples.out.is_empty() && parsed.bad_lines > 0 {
-        return Err(format!(
-            "the answer is not Prometheus text: none of its {} sample lines could be read",
-            parsed.bad_lines
-        ));
+        return Err("the answer is not Prometheus text: none of its lines is a sample".into());
     }
     let instance = instance_of(target);
     for sample in &mut samples.out {
@@ -112,6 +124,9 @@ fn scrape(
 fn fetch(http: &ureq::Agent, target: &str, timeout: Duration) -> Result<(String, Format), String> {
     let mut response = http
         .get(target)
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
         .header("Accept", "text/plain;version=0.0.4")
         .header("Accept-Encoding", "gzip")
         .call()
@@ -223,7 +238,7 @@ fn parse(text: &str, format: Format, max_samples: usize, samples: &mut Samples) 
             continue;
         }
         kept += 1;
-        let (family, kind) = family_of(name, &types);
+        let (family, kind) = family_of(name, &types, format);
         let help = helps.get(family).map_or("", String::as_str);
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         samples.push(name, kind, help, &labels, value);
@@ -241,28 +256,35 @@ fn parse(text: &str, format: Format, max_samples: usize, samples: &mut Samples) 
 /// The sample names a declared family type owns beside its own name, and the type each has:
 /// a histogram's or summary's `_bucket`, `_sum` and `_count`, and OpenMetrics' counter `_total`,
 /// info `_info`, and `_created` (a time, so a gauge).
+/// The last, OpenMetrics', only in an OpenMetrics answer.
 const OWNED_SUFFIXES: [(&str, &str, Kind); 10] = [
     ("_bucket", "histogram", Kind::Histogram),
     ("_sum", "histogram", Kind::Histogram),
     ("_count", "histogram", Kind::Histogram),
-    ("_created", "histogram", Kind::Gauge),
     ("_sum", "summary", Kind::Summary),
     ("_count", "summary", Kind::Summary),
+    ("_created", "histogram", Kind::Gauge),
     ("_created", "summary", Kind::Gauge),
     ("_total", "counter", Kind::Counter),
     ("_created", "counter", Kind::Gauge),
     ("_info", "info", Kind::Gauge),
 ];
+/// How many of `OWNED_SUFFIXES`, the first, the 0.0.4 text format has.
+const TEXT_SUFFIXES: usize = 5;
 
 /// The family a sample line belongs to, and the type its sample has. A `# TYPE` of the sample's
 /// own name comes first (`http_requests_total counter` in the 0.0.4 format); then a family
 /// that owns the name by its suffix (`x_bucket` of histogram `x`; OpenMetrics' `x_total` of
 /// counter `x`).
-fn family_of<'a>(name: &'a str, types: &HashMap<&str, &str>) -> (&'a str, Kind) {
+fn family_of<'a>(name: &'a str, types: &HashMap<&str, &str>, format: Format) -> (&'a str, Kind) {
     if let Some(declared) = types.get(name) {
         return (name, kind_of(declared));
     }
-    for (suffix, declared, kind) in OWNED_SUFFIXES {
+    let owned = match format {
+        Format::Text => &OWNED_SUFFIXES[..TEXT_SUFFIXES],
+        Format::OpenMetrics => &OWNED_SUFFIXES[..],
+    };
+    for &(suffix, declared, kind) in owned {
         if let Some(base) = name.strip_suffix(suffix) {
             if types.get(base) == Some(&declared) {
                 return (base, kind);
@@ -337,10 +359,14 @@ fn sample_line(line: &str, format: Format) -> Option<(&str, Labels<'_>, f64, Opt
     let value = words.next()?.parse().ok()?;
     let timestamp = match (words.next(), format) {
         (None, _) => None,
-        (Some(ms), Format::Text) => Some(ms.parse::<i64>().ok()?),
-        (Some(seconds), Format::OpenMetrics) => {
-            let seconds = seconds.parse::<f64>().ok().filter(|s| s.is_finite())?;
-            Some((seconds * 1000.0).round() as i64)
+        // Prometheus reads either as a float (`1.7e12` included).
+        (Some(time), format) => {
+            let time = time.parse::<f64>().ok().filter(|t| t.is_finite())?;
+            let ms = match format {
+                Format::Text => time,
+                Format::OpenMetrics => time * 1000.0,
+            };
+            Some(ms.round() as i64)
         }
     };
     if words.next().is_some() {
@@ -572,19 +598,21 @@ broken{label="open} 1
     }
 
     /// A target that takes the connection and never answers costs its own samples one timeout,
-    /// not the others': theirs are in while it is still waited for, and three silent ones are
-    /// waited for together.
+    /// not the others': theirs are in while it is still waited for. Silent targets are waited
+    /// for together, and the round ends within the timeout: those still waiting for their turn
+    /// then are not scraped this round.
     #[tokio::test]
     async fn silent_targets_hold_back_only_themselves() {
-        let silent: Vec<std::net::TcpListener> = (0..3)
+        let silent: Vec<std::net::TcpListener> = (0..5)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
-        let mut targets: Vec<String> = silent
-            .iter()
-            .map(|l| format!("http://{}/metrics", l.local_addr().unwrap()))
-            .collect();
         let answering = target("", b"up 1\n".to_vec());
-        targets.push(answering.clone());
+        let mut targets = vec![answering.clone()];
+        targets.extend(
+            silent
+                .iter()
+                .map(|l| format!("http://{}/metrics", l.local_addr().unwrap())),
+        );
         let config = MetricsConfig {
             interval_ms: 1000,
             targets,
@@ -593,18 +621,25 @@ broken{label="open} 1
         let scraper = Scraper::new(&config);
         let mut scrapes = JoinSet::new();
         let started = std::time::Instant::now();
-        scraper.start_round(0, &mut scrapes);
+        scraper.start_round(&mut scrapes);
         let first = scrapes.join_next().await.unwrap().unwrap();
         assert_eq!(first.target, answering);
         assert!(first.samples.is_ok());
-        assert!(started.elapsed() < Duration::from_millis(500));
+        let (mut waited, mut queued) = (0, 0);
         while let Some(scraped) = scrapes.join_next().await {
             let error = scraped.unwrap().samples.err().unwrap();
-            assert_eq!(error, "no answer within 900 ms");
+            if error.starts_with("no answer within") {
+                waited += 1;
+            } else {
+                assert!(error.starts_with("not scraped within 900 ms"), "{error}");
+                queued += 1;
+            }
         }
+        // The answering target gives its turn to a fourth silent one.
+        assert_eq!((waited, queued), (4, 1));
         assert!(
-            started.elapsed() < Duration::from_millis(2500),
-            "three silent targets took {:?}",
+            started.elapsed() < Duration::from_millis(2000),
+            "the round took {:?}",
             started.elapsed()
         );
     }

@@ -38,30 +38,41 @@ pub struct Connection {
     pub peer: SocketAddr,
 }
 
-/// Connections between two messages, by the address of the listener that accepted them, left by
-/// the inputs of one configuration for those of the next. Dropping it closes them.
+/// Connections between two messages, by the input and address of the listener that accepted
+/// them, left by the inputs of one configuration for those of the next. Dropping it closes them.
 #[derive(Default, Clone)]
-pub struct Handover(Arc<Mutex<HashMap<String, Vec<Connection>>>>);
+pub struct Handover(Arc<Mutex<HashMap<(&'static str, String), Vec<Connection>>>>);
 
 impl Handover {
-    fn put(&self, addr: &str, connections: Vec<Connection>) {
-        if connections.is_empty() {
-            return;
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(&'static str, String), Vec<Connection>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put(&self, input: &'static str, addr: &str, connections: Vec<Connection>) {
+        if !connections.is_empty() {
+            let mut held = self.held();
+            held.entry((input, addr.to_owned()))
+                .or_default()
+                .extend(connections);
         }
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        held.entry(addr.to_owned()).or_default().extend(connections);
     }
 
-    /// The connections left for `addr`.
-    pub fn take(&self, addr: &str) -> Vec<Connection> {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        held.remove(addr).unwrap_or_default()
+    /// The connections left for `input`'s listener on `addr`.
+    pub fn take(&self, input: &'static str, addr: &str) -> Vec<Connection> {
+        self.held()
+            .remove(&(input, addr.to_owned()))
+            .unwrap_or_default()
     }
 
-    /// Closes the connections of listeners other than `addrs`.
-    pub fn keep_only(&self, addrs: &[&String]) {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        held.retain(|addr, _| addrs.contains(&addr));
+    /// Closes the connections of listeners other than `kept` (input and address).
+    pub fn keep_only(&self, kept: &[(&str, &String)]) {
+        self.held()
+            .retain(|(input, addr), _| kept.contains(&(*input, addr)));
+    }
+
+    /// Closes every connection held.
+    pub fn close_all(&self) {
+        self.held().clear();
     }
 }
 
@@ -211,7 +222,7 @@ where
             "agent: TCP connections still receiving or shipping a message at the stop were closed"
         );
     }
-    handover.put(&addr, left);
+    handover.put(input, &addr, left);
     Ok(())
 }
 

@@ -60,8 +60,9 @@ pub async fn run_udp(
                 }
                 return Ok(());
             }
-            received = socket.recv_from(&mut buf) => Some(received?),
+            // Before the datagrams: a steady flow of them must not starve the expiry.
             _ = tick.tick() => None,
+            received = socket.recv_from(&mut buf) => Some(received?),
         };
         let now = Instant::now();
         // Once a second: the table may hold thousands of messages.
