@@ -42,8 +42,11 @@ pub struct Spool {
     metrics: AgentMetrics,
     state: Mutex<State>,
     /// Sealed segments whose sync has not ended yet, by number: a stop syncs them itself.
-    unsynced: Arc<Mutex<Vec<(u64, Arc<File>)>>>,
+    unsynced: Arc<Mutex<Vec<Unsynced>>>,
 }
+
+/// A sealed segment's number and file.
+type Unsynced = (u64, Arc<File>);
 
 struct State {
     /// Sealed segments, oldest first: (number, bytes).

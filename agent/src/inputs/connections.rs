@@ -41,10 +41,13 @@ pub struct Connection {
 /// Connections between two messages, by the input and address of the listener that accepted
 /// them, left by the inputs of one configuration for those of the next. Dropping it closes them.
 #[derive(Default, Clone)]
-pub struct Handover(Arc<Mutex<HashMap<(&'static str, String), Vec<Connection>>>>);
+pub struct Handover(Arc<Mutex<Held>>);
+
+/// Connections by the input and address of their listener.
+type Held = HashMap<(&'static str, String), Vec<Connection>>;
 
 impl Handover {
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(&'static str, String), Vec<Connection>>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
