@@ -11,7 +11,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use sluice_broker::storage::batch::testing::{batch, one_record, seal};
@@ -302,4 +303,43 @@ c.close()
         .matches("corrupt batch in the log")
         .count();
     assert_eq!(said, 1, "said once a minute");
+}
+
+/// InitProducerId naming a producer id the broker never issued (as a KIP-360 epoch bump does)
+/// gets a fresh id, as from Kafka: taking the named one let the next idempotent producer be
+/// issued the same id, which then failed at once with INVALID_PRODUCER_EPOCH. The next
+/// idempotent producer (librdkafka's, through kcat) works.
+#[test]
+fn a_producer_id_never_issued_is_not_taken() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let named = ProducerId(123_456_789);
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(named)
+        .with_producer_epoch(0);
+    let header = RequestHeader::default()
+        .with_request_api_key(22)
+        .with_request_api_version(4)
+        .with_correlation_id(7);
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header.encode(&mut buf, 2).unwrap();
+    request.encode(&mut buf, 4).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    let mut reply = Bytes::from(one_reply(&sluice.kafka, &buf)).slice(4..);
+    ResponseHeader::decode(&mut reply, 1).unwrap();
+    let response = InitProducerIdResponse::decode(&mut reply, 4).unwrap();
+    assert_eq!(response.error_code, 0);
+    assert_ne!(response.producer_id, named);
+    assert_eq!(response.producer_epoch, 0);
+    let out = sluice.kcat_produce("pid-check", &["-X", "enable.idempotence=true"], b"after\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sluice.kcat_consume("pid-check", &[]).trim(), "after");
 }

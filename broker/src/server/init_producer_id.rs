@@ -1,5 +1,7 @@
-//! InitProducerId for idempotent (not transactional) producers: a fresh producer id at epoch 0,
-//! or, when a producer asks to bump its epoch (KIP-360), the same id at the next epoch.
+//! InitProducerId for idempotent (not transactional) producers: always a fresh producer id at
+//! epoch 0, as Kafka gives one. A producer that asks to bump its epoch (KIP-360) gets a new id
+//! too (and starts its sequences again); taking the id it names would hand out ids this broker
+//! never issued, which the next producer to be issued one would collide with.
 
 use std::sync::Arc;
 
@@ -14,13 +16,6 @@ pub fn handle(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close> {
     let body = if request.transactional_id.is_some() {
         // Transactions are not supported: refuse plainly instead of pretending.
         InitProducerIdResponse::default().with_error_code(ResponseError::InvalidRequest.code())
-    } else if request.producer_id.0 >= 0
-        && request.producer_epoch >= 0
-        && request.producer_epoch < i16::MAX - 1
-    {
-        InitProducerIdResponse::default()
-            .with_producer_id(request.producer_id)
-            .with_producer_epoch(request.producer_epoch + 1)
     } else {
         match ctx.storage.new_producer_id() {
             Ok(id) => InitProducerIdResponse::default()
