@@ -11,10 +11,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
+    HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse,
+    JoinGroupRequest, JoinGroupResponse, ProduceRequest, ProduceResponse, ProducerId,
     RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::ResponseError;
 use sluice_broker::storage::batch::testing::{batch, one_record, seal};
 
 fn send(addr: &str, bytes: &[u8]) -> TcpStream {
@@ -319,19 +321,7 @@ fn a_producer_id_never_issued_is_not_taken() {
         .with_transaction_timeout_ms(60_000)
         .with_producer_id(named)
         .with_producer_epoch(0);
-    let header = RequestHeader::default()
-        .with_request_api_key(22)
-        .with_request_api_version(4)
-        .with_correlation_id(7);
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header.encode(&mut buf, 2).unwrap();
-    request.encode(&mut buf, 4).unwrap();
-    let len = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
-    let mut reply = Bytes::from(one_reply(&sluice.kafka, &buf)).slice(4..);
-    ResponseHeader::decode(&mut reply, 1).unwrap();
-    let response = InitProducerIdResponse::decode(&mut reply, 4).unwrap();
+    let response: InitProducerIdResponse = exchange(&sluice.kafka, (22, 4, true), &request);
     assert_eq!(response.error_code, 0);
     assert_ne!(response.producer_id, named);
     assert_eq!(response.producer_epoch, 0);
@@ -342,4 +332,45 @@ fn a_producer_id_never_issued_is_not_taken() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(sluice.kcat_consume("pid-check", &[]).trim(), "after");
+}
+
+/// One request and its response, through kafka-protocol's codecs; `flexible`: a version with
+/// tagged fields (request header v2, response header v1).
+fn exchange<Req: Encodable, Resp: Decodable>(
+    addr: &str,
+    (api, version, flexible): (i16, i16, bool),
+    request: &Req,
+) -> Resp {
+    let header = RequestHeader::default()
+        .with_request_api_key(api)
+        .with_request_api_version(version)
+        .with_correlation_id(7);
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, if flexible { 2 } else { 1 })
+        .unwrap();
+    request.encode(&mut buf, version).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    let mut reply = Bytes::from(one_reply(addr, &buf)).slice(4..);
+    ResponseHeader::decode(&mut reply, i16::from(flexible)).unwrap();
+    Resp::decode(&mut reply, version).unwrap()
+}
+
+/// A group request with an empty group id gets INVALID_GROUP_ID, as from Kafka, not an error
+/// about the member.
+#[test]
+fn an_empty_group_id_is_invalid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::broker(tmp.path(), "");
+    let join = JoinGroupRequest::default()
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"));
+    let joined: JoinGroupResponse = exchange(&sluice.kafka, (11, 5, false), &join);
+    assert_eq!(joined.error_code, ResponseError::InvalidGroupId.code());
+    let beat = HeartbeatRequest::default().with_member_id(StrBytes::from_static_str("m"));
+    let beaten: HeartbeatResponse = exchange(&sluice.kafka, (12, 3, false), &beat);
+    assert_eq!(beaten.error_code, ResponseError::InvalidGroupId.code());
 }

@@ -55,6 +55,15 @@ pub fn find_coordinator(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, 
     req.respond(ApiKey::FindCoordinator, &body)
 }
 
+/// The error for a member of a group the coordinator does not have: an empty group id is no
+/// group's (Kafka's INVALID_GROUP_ID); else the member is unknown.
+fn no_such_group(group_id: &str) -> i16 {
+    match group_id.is_empty() {
+        true => ResponseError::InvalidGroupId.code(),
+        false => ResponseError::UnknownMemberId.code(),
+    }
+}
+
 /// Answers when the rebalance completes, in its own task.
 pub fn join_group(
     ctx: &Arc<Context>,
@@ -63,7 +72,14 @@ pub fn join_group(
     let request: JoinGroupRequest = req.decode()?;
     let (version, correlation_id) = (req.version, req.header.correlation_id);
     let (tx, rx) = oneshot::channel();
-    if !SESSION_TIMEOUTS.contains(&request.session_timeout_ms) {
+    if request.group_id.is_empty() {
+        let _ = tx.send(crate::coordinator::group::JoinResult {
+            error: ResponseError::InvalidGroupId.code(),
+            generation: -1,
+            member_id: request.member_id.to_string(),
+            ..Default::default()
+        });
+    } else if !SESSION_TIMEOUTS.contains(&request.session_timeout_ms) {
         let _ = tx.send(crate::coordinator::group::JoinResult {
             error: ResponseError::InvalidSessionTimeout.code(),
             generation: -1,
@@ -169,7 +185,7 @@ pub fn sync_group(
         });
     if let Some(tx) = reply {
         let _ = tx.send(crate::coordinator::group::SyncResult {
-            error: ResponseError::UnknownMemberId.code(),
+            error: no_such_group(request.group_id.as_str()),
             ..Default::default()
         });
     }
@@ -204,7 +220,7 @@ pub fn heartbeat(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close> 
                     )
                 })
         })
-        .unwrap_or(ResponseError::UnknownMemberId.code());
+        .unwrap_or_else(|| no_such_group(request.group_id.as_str()));
     req.respond(
         ApiKey::Heartbeat,
         &HeartbeatResponse::default().with_error_code(error),

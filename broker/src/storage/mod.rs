@@ -110,10 +110,19 @@ fn not_opened(topic: &str, error: std::io::Error) -> TopicError {
     TopicError::Io(std::io::Error::new(error.kind(), why))
 }
 
+/// What a produce of a bad batch is told: a batch no client may send (a transactional one) is
+/// not called corrupt.
+fn refusal_of(error: &BatchError) -> String {
+    match error.is_forbidden() {
+        true => error.to_string(),
+        false => format!("corrupt record batch: {error}"),
+    }
+}
+
 /// Why a produce to one partition was refused; each maps to one Kafka error code.
 #[derive(Debug, Error)]
 pub enum AppendError {
-    #[error("corrupt record batch: {0}")]
+    #[error("{}", refusal_of(.0))]
     Corrupt(#[from] BatchError),
     #[error("record batch of {size} bytes is over max.message.bytes ({max})")]
     TooLarge { size: usize, max: u32 },
