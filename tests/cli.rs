@@ -320,6 +320,22 @@ fn search_without_a_server_names_the_address() {
     assert!(line.contains(&addr), "{line}");
 }
 
+/// The Kafka commands say which brokers they could not reach (`groups` timed out with a bare
+/// OperationTimedOut).
+#[test]
+fn kafka_commands_without_a_broker_name_the_address() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    for command in [&["groups", "list"][..], &["topics", "list"][..]] {
+        let out = sluice(&[command, &["--brokers", &addr]].concat());
+        assert_eq!(out.status.code(), Some(1));
+        let line = one_line_error(&out);
+        assert!(
+            line.contains(&addr) && line.contains("BrokerTransportFailure"),
+            "{line}"
+        );
+    }
+}
+
 #[test]
 fn every_command_has_help() {
     for args in [

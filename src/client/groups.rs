@@ -13,6 +13,11 @@ use crate::cli::{GroupsAction, GroupsArgs};
 pub fn run(args: GroupsArgs) -> anyhow::Result<()> {
     let brokers = &args.brokers.brokers;
     let consumer: BaseConsumer = config(brokers).create()?;
+    // A broker that cannot be reached is said at once, as the other commands say it: asking for
+    // the groups would only time out.
+    consumer
+        .fetch_metadata(None, TIMEOUT)
+        .with_context(|| format!("reading metadata from {brokers}"))?;
     let mut out = std::io::stdout().lock();
     match args.action {
         GroupsAction::List => {
