@@ -327,3 +327,42 @@ c.close()
     sluice.restart();
     assert_eq!(committed(&sluice, "-"), "-1001\n");
 }
+
+/// kafka-python's `delete_group_offsets` (OffsetDelete, as `kafka-consumer-groups
+/// --delete-offsets` sends it) deletes a group's committed offsets of a partition, lasting through
+/// a restart, and is refused for a topic a member is subscribed to. (It was not served:
+/// IncompatibleBrokerVersion.)
+#[test]
+fn offsets_of_a_partition_are_deleted_unless_the_group_reads_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::broker(
+        tmp.path(),
+        "[broker]\ngroup_initial_rebalance_delay_ms = 300\n",
+    );
+    sluice.create_topic("od", 2, &[]);
+    let out = run(
+        python().arg(client_script("offset_delete.py")).args([
+            "--bootstrap",
+            &sluice.kafka,
+            "--topic",
+            "od",
+            "--group",
+            "deleters",
+        ]),
+        Duration::from_secs(180),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("ok:"),
+        "{stdout}\n{}\nbroker log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sluice.log_tail(40)
+    );
+    assert!(sluice.stop_with("TERM").success());
+    sluice.restart();
+    let described = sluice.client(&["groups", "describe", "deleters"]);
+    let text = String::from_utf8_lossy(&described.stdout).into_owned();
+    let offsets: Vec<&str> = text.lines().filter(|l| l.starts_with("od\t")).collect();
+    assert_eq!(offsets.len(), 1, "one partition's offset left: {text}");
+    assert!(offsets[0].starts_with("od\t1\t7"), "{text}");
+}

@@ -1,9 +1,11 @@
 //! The group coordinator: consumer-group membership (`group`), and committed offsets kept in
 //! the compacted internal topic `__consumer_offsets` (one JSON record per group, topic and
 //! partition; a null value deletes), replayed into memory at start. A commit is acknowledged
-//! only once its record is fdatasynced.
+//! only once its record is fdatasynced. `offset_delete` deletes a group's offsets of some
+//! partitions.
 
 pub mod group;
+mod offset_delete;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,5 @@
 //! Consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
-//! OffsetCommit, OffsetFetch, DescribeGroups, ListGroups, DeleteGroups. This broker coordinates
+//! OffsetCommit, OffsetFetch, OffsetDelete, DescribeGroups, ListGroups, DeleteGroups. This broker coordinates
 //! every group; the state machine is `coordinator::group`.
 
 use std::sync::Arc;
@@ -13,6 +13,9 @@ use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
@@ -484,4 +487,44 @@ pub async fn delete_groups(ctx: &Arc<Context>, req: &mut Request) -> Result<Byte
         ApiKey::DeleteGroups,
         &DeleteGroupsResponse::default().with_results(results),
     )
+}
+
+/// Deletes a group's committed offsets of the partitions asked for (those of a topic a member
+/// is subscribed to are refused, GROUP_SUBSCRIBED_TO_TOPIC).
+pub async fn offset_delete(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close> {
+    let request: OffsetDeleteRequest = req.decode()?;
+    let asked = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.name.to_string(), p.partition_index))
+        })
+        .collect();
+    let body = match ctx
+        .coordinator
+        .delete_offsets(request.group_id.as_str(), asked)
+        .await
+    {
+        Ok(results) => {
+            let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
+            for ((topic, partition), error) in results {
+                let answer = OffsetDeleteResponsePartition::default()
+                    .with_partition_index(partition)
+                    .with_error_code(error);
+                match topics.last_mut() {
+                    Some(last) if last.name.as_str() == topic => last.partitions.push(answer),
+                    _ => topics.push(
+                        OffsetDeleteResponseTopic::default()
+                            .with_name(topic_name(&topic))
+                            .with_partitions(vec![answer]),
+                    ),
+                }
+            }
+            OffsetDeleteResponse::default().with_topics(topics)
+        }
+        Err(error) => OffsetDeleteResponse::default().with_error_code(error),
+    };
+    req.respond(ApiKey::OffsetDelete, &body)
 }

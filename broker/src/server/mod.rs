@@ -362,6 +362,7 @@ async fn dispatch(
         ApiKey::DescribeGroups => Reply::Now(Some(groups::describe_groups(ctx, &mut req)?)),
         ApiKey::ListGroups => Reply::Now(Some(groups::list_groups(ctx, &mut req)?)),
         ApiKey::DeleteGroups => Reply::Now(Some(groups::delete_groups(ctx, &mut req).await?)),
+        ApiKey::OffsetDelete => Reply::Now(Some(groups::offset_delete(ctx, &mut req).await?)),
         _ => return Err(Close::new("unknown_api", format!("{api:?} is not served"))),
     };
     Ok((name, reply))

@@ -57,6 +57,7 @@ const SUPPORTED: &[Supported] = &[
     api(ApiKey::DescribeGroups, "describe_groups", 0, 0, 4),
     api(ApiKey::ListGroups, "list_groups", 0, 0, 4),
     api(ApiKey::DeleteGroups, "delete_groups", 0, 0, 2),
+    api(ApiKey::OffsetDelete, "offset_delete", 0, 0, 0),
     api(ApiKey::InitProducerId, "init_producer_id", 0, 0, 4),
 ];
 
@@ -149,6 +150,7 @@ mod tests {
             ApiKey::DescribeGroups => range!(DescribeGroupsRequest, DescribeGroupsResponse),
             ApiKey::ListGroups => range!(ListGroupsRequest, ListGroupsResponse),
             ApiKey::DeleteGroups => range!(DeleteGroupsRequest, DeleteGroupsResponse),
+            ApiKey::OffsetDelete => range!(OffsetDeleteRequest, OffsetDeleteResponse),
             ApiKey::InitProducerId => range!(InitProducerIdRequest, InitProducerIdResponse),
             other => panic!("{other:?} missing from the test"),
         }
