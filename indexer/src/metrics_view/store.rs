@@ -525,41 +525,23 @@ mod tests {
     fn suffixed_names_are_not_written_twice() {
         let mut store = SeriesStore::new(20);
         let now = Instant::now();
-        store
-            .apply(
-                &sample("lat_bucket", "histogram", r#"{"le":"1"}"#, "1", 1),
-                now,
-            )
-            .unwrap();
-        store
-            .apply(&sample("lat_count", "histogram", "{}", "2", 1), now)
-            .unwrap();
+        let mut apply = |name: &str, kind: &str, labels: &str| {
+            store.apply(&sample(name, kind, labels, "1", 1), now)
+        };
+        let quantile = r#"{"quantile":"0.5"}"#;
+        apply("lat_bucket", "histogram", r#"{"le":"1"}"#).unwrap();
+        apply("lat_count", "histogram", "{}").unwrap();
         for (name, kind) in [("lat_count", "counter"), ("lat_bucket", "gauge")] {
-            assert_eq!(
-                store.apply(&sample(name, kind, "{}", "99", 1), now),
-                Err(Refused::TypeConflict)
-            );
+            assert_eq!(apply(name, kind, "{}"), Err(Refused::TypeConflict));
         }
-        store
-            .apply(&sample("rpc_sum", "gauge", "{}", "5", 1), now)
-            .unwrap();
+        apply("rpc_sum", "gauge", "{}").unwrap();
         assert_eq!(
-            store.apply(
-                &sample("rpc", "summary", r#"{"quantile":"0.5"}"#, "1", 1),
-                now
-            ),
+            apply("rpc", "summary", quantile),
             Err(Refused::TypeConflict)
         );
         // A summary writes no `_bucket`: a gauge of that name is its own family.
-        store
-            .apply(
-                &sample("q", "summary", r#"{"quantile":"0.5"}"#, "1", 1),
-                now,
-            )
-            .unwrap();
-        store
-            .apply(&sample("q_bucket", "gauge", "{}", "1", 1), now)
-            .unwrap();
+        apply("q", "summary", quantile).unwrap();
+        apply("q_bucket", "gauge", "{}").unwrap();
         let text = store.render();
         assert_eq!(text.matches("lat_count").count(), 1, "{text}");
         assert!(!text.contains("rpc{"), "{text}");
