@@ -456,8 +456,6 @@ impl Listeners {
             .retain(|addr, _| [&syslog.udp, &gelf.udp].contains(&addr));
         self.tcp
             .retain(|addr, _| [&syslog.tcp, &gelf.tcp].contains(&addr));
-        self.connections
-            .keep_only(&[("syslog_tcp", &syslog.tcp), ("gelf_tcp", &gelf.tcp)]);
     }
 
     /// The UDP socket of a listener that is on (a non-empty address): `reuse`'s, or bound

@@ -39,7 +39,8 @@ pub struct Connection {
 }
 
 /// Connections between two messages, by the input and address of the listener that accepted
-/// them, left by the inputs of one configuration for those of the next. Dropping it closes them.
+/// them, left by the inputs of one configuration for those of the next, which take those of
+/// their listeners. Dropping it closes the rest.
 #[derive(Default, Clone)]
 pub struct Handover(Arc<Mutex<Held>>);
 
@@ -65,12 +66,6 @@ impl Handover {
         self.held()
             .remove(&(input, addr.to_owned()))
             .unwrap_or_default()
-    }
-
-    /// Closes the connections of listeners other than `kept` (input and address).
-    pub fn keep_only(&self, kept: &[(&str, &String)]) {
-        self.held()
-            .retain(|(input, addr), _| kept.contains(&(*input, addr)));
     }
 
     /// Closes every connection held.
