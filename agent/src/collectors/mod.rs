@@ -1,10 +1,11 @@
 //! Metric collectors. Every `interval_ms` each collector that is on takes its samples (`cgroup`:
-//! containers' cgroup v2 files, `host`: procfs and the filesystems, `scrape`: Prometheus text
-//! endpoints) and the agent ships them to the metrics topic, one JSON `Sample` a record, keyed by
+//! containers' cgroup v2 files, `host`: procfs and the filesystems, `scrape`: Prometheus
+//! endpoints, whose answers `exposition` reads) and the agent ships them to the metrics topic, one JSON `Sample` a record, keyed by
 //! host so one host's samples stay in order on one partition. The targets are scraped side by
 //! side with the other collectors, and each target's samples are shipped when its scrape ends.
 
 mod cgroup;
+mod exposition;
 mod host;
 mod scrape;
 
