@@ -176,14 +176,12 @@ fn sample_line(line: &str, format: Format) -> Option<(&str, Labels<'_>, f64, Opt
     let value = words.next()?.parse().ok()?;
     let timestamp = match (words.next(), format) {
         (None, _) => None,
-        // Prometheus reads either as a float (`1.7e12` included).
-        (Some(time), format) => {
-            let time = time.parse::<f64>().ok().filter(|t| t.is_finite())?;
-            let ms = match format {
-                Format::Text => time,
-                Format::OpenMetrics => time * 1000.0,
-            };
-            Some(ms.round() as i64)
+        // As Prometheus reads them: whole milliseconds in the text format, seconds (a float)
+        // in OpenMetrics.
+        (Some(ms), Format::Text) => Some(ms.parse::<i64>().ok()?),
+        (Some(seconds), Format::OpenMetrics) => {
+            let seconds = seconds.parse::<f64>().ok().filter(|s| s.is_finite())?;
+            Some((seconds * 1000.0).round() as i64)
         }
     };
     if words.next().is_some() {
@@ -334,14 +332,16 @@ broken{label="open} 1
         assert_eq!(samples.out[4].timestamp, 0);
     }
 
-    /// Names Prometheus refuses, and a label named twice, are unreadable lines, counted.
+    /// Names Prometheus refuses, a label named twice, and a text-format timestamp that is not
+    /// whole milliseconds are unreadable lines, counted.
     #[test]
     fn invalid_names_and_repeated_labels_are_bad_lines() {
         let text = "0starts_with_digit 3\nbad_label{0a=\"1\"} 3\n\
-                    label_dup{a=\"1\",a=\"2\"} 3\ncolon_label{a:b=\"1\"} 1\nok:name{a=\"1\"} 1\n";
+                    label_dup{a=\"1\",a=\"2\"} 3\ncolon_label{a:b=\"1\"} 1\nok:name{a=\"1\"} 1\n\
+                    fraction_ms 1 1700000000000.5\n";
         let mut samples = Samples::new(0);
         let parsed = parse(text, Format::Text, 100, &mut samples);
-        assert_eq!(parsed.bad_lines, 4);
+        assert_eq!(parsed.bad_lines, 5);
         assert_eq!(samples.out.len(), 1);
         assert_eq!(samples.out[0].name, "ok:name");
     }
