@@ -12,8 +12,8 @@ use common::*;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse,
-    JoinGroupRequest, JoinGroupResponse, ProduceRequest, ProduceResponse, ProducerId,
-    RequestHeader, ResponseHeader, TopicName,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ProduceRequest,
+    ProduceResponse, ProducerId, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -359,7 +359,7 @@ fn exchange<Req: Encodable, Resp: Decodable>(
 }
 
 /// A group request with an empty group id gets INVALID_GROUP_ID, as from Kafka, not an error
-/// about the member.
+/// about the member (or none, from LeaveGroup).
 #[test]
 fn an_empty_group_id_is_invalid() {
     let tmp = tempfile::tempdir().unwrap();
@@ -373,4 +373,7 @@ fn an_empty_group_id_is_invalid() {
     let beat = HeartbeatRequest::default().with_member_id(StrBytes::from_static_str("m"));
     let beaten: HeartbeatResponse = exchange(&sluice.kafka, (12, 3, false), &beat);
     assert_eq!(beaten.error_code, ResponseError::InvalidGroupId.code());
+    let leave = LeaveGroupRequest::default();
+    let left: LeaveGroupResponse = exchange(&sluice.kafka, (13, 3, false), &leave);
+    assert_eq!(left.error_code, ResponseError::InvalidGroupId.code());
 }

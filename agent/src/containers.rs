@@ -71,7 +71,7 @@ impl DockerContainers {
             Ok(meta) => meta,
             Err(e) => {
                 if docker && held.is_none() {
-                    self.say(id, None, &path, &e.to_string());
+                    self.say(id, None, &path, &e.to_string(), None);
                 }
                 return held;
             }
@@ -95,7 +95,7 @@ impl DockerContainers {
         let config = match read {
             Ok(config) => config,
             Err(e) => {
-                self.say(id, Some(written), &path, &e);
+                self.say(id, Some(written), &path, &e, held.as_deref());
                 return held;
             }
         };
@@ -109,19 +109,38 @@ impl DockerContainers {
         Some(info)
     }
 
-    /// Says once (for each way the record is written) that a container is named by its id.
-    fn say(&mut self, id: &str, written: Option<Written>, path: &Path, error: &str) {
+    /// Says once (for each way the record is written) that a container's record cannot be
+    /// read, and what names it meanwhile: what was read of it before (`held`), or its id.
+    fn say(
+        &mut self,
+        id: &str,
+        written: Option<Written>,
+        path: &Path,
+        error: &str,
+        held: Option<&ContainerInfo>,
+    ) {
         if self.said.get(id) == Some(&written) {
             return;
         }
         self.said.insert(id.to_owned(), written);
-        tracing::warn!(
-            container = id,
-            record = %path.display(),
-            error,
-            "agent: Docker's record of the container cannot be read: it is named by its id, \
-             without image or labels, until the record can be read"
-        );
+        let record = path.display();
+        match held {
+            Some(info) => tracing::warn!(
+                container = id,
+                %record,
+                error,
+                name = info.name,
+                "agent: Docker's record of the container cannot be read: it keeps what was read \
+                 of it before"
+            ),
+            None => tracing::warn!(
+                container = id,
+                %record,
+                error,
+                "agent: Docker's record of the container cannot be read: it is named by its id, \
+                 without image or labels, until the record can be read"
+            ),
+        }
     }
 
     /// Forgets the containers not in `alive`.

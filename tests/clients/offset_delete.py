@@ -6,7 +6,8 @@ With kafka-python: commits offsets 5 and 7 of partitions 0 and 1 of --topic (2 p
 by the caller) for --group without joining it; deletes partition 0's; checks that only
 partition 1's is left; then, with a consumer of the group subscribed to the topic, checks that
 deleting partition 1's is refused (GROUP_SUBSCRIBED_TO_TOPIC) and that it is still there; and
-that a group with no offsets and no members is not found.
+that a partition the topic lacks is unknown, and that a group with no offsets and no members is
+not found.
 
 Exit status 0 and a last line "ok: ..." on success; "FAIL: ..." and status 1 otherwise. Every
 wait is bounded.
@@ -20,7 +21,12 @@ import time
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
-from kafka.errors import GroupIdNotFoundError, GroupSubscribedToTopicError, NoError
+from kafka.errors import (
+    GroupIdNotFoundError,
+    GroupSubscribedToTopicError,
+    NoError,
+    UnknownTopicOrPartitionError,
+)
 from kafka.structs import OffsetAndMetadata
 
 
@@ -71,6 +77,11 @@ def main():
     left = {tp.partition: om.offset for tp, om in admin.list_group_offsets(args.group)[args.group].items()}
     if left != {1: 7}:
         fail(f"offsets left after the refused delete: {left}")
+
+    beyond = TopicPartition(args.topic, 9)
+    unknown = admin.delete_group_offsets(args.group, [beyond])
+    if unknown.get(beyond) is not UnknownTopicOrPartitionError:
+        fail(f"deleting the offset of a partition the topic lacks: {unknown}")
 
     try:
         admin.delete_group_offsets(args.group + "-none", [tp0])

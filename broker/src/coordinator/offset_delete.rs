@@ -18,6 +18,9 @@ impl Coordinator {
         group_id: &str,
         partitions: Vec<(String, i32)>,
     ) -> Result<Vec<((String, i32), i16)>, i16> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId.code());
+        }
         let subscribed: Vec<bool> = {
             let groups = self.groups.lock().expect("groups lock");
             let has_offsets = self
@@ -47,7 +50,11 @@ impl Coordinator {
         for ((topic, partition), subscribed) in partitions.into_iter().zip(subscribed) {
             let error = if subscribed {
                 ResponseError::GroupSubscribedToTopic.code()
-            } else if self.storage.topic(&topic).is_none() {
+            } else if self
+                .storage
+                .topic(&topic)
+                .is_none_or(|t| t.partition(partition).is_none())
+            {
                 ResponseError::UnknownTopicOrPartition.code()
             } else {
                 0

@@ -233,7 +233,9 @@ pub fn heartbeat(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close> 
 pub fn leave_group(ctx: &Arc<Context>, req: &mut Request) -> Result<Bytes, Close> {
     let request: LeaveGroupRequest = req.decode()?;
     let now = Instant::now();
-    let body = if req.version >= 3 {
+    let body = if request.group_id.is_empty() {
+        LeaveGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code())
+    } else if req.version >= 3 {
         let members = request
             .members
             .iter()
