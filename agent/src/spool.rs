@@ -213,26 +213,26 @@ impl Spool {
 
     /// Ends the open segment, which is drained next in its turn (synced or not: its records
     /// are in the page cache). It is synced on the runtime's blocking pool: an input must not
-    /// hold a worker thread, nor the other inputs at the spool's lock, for a disk flush. A
-    /// failed sync is said, not made the record's failure (that would send it a second time).
+    /// hold a worker thread, nor the other inputs at the spool's lock, for a disk flush.
     fn seal(&self, state: &mut State) {
-        let Some((number, file, len)) = state.open.take() else {
+        let Some((number, file)) = self.end_segment(state) else {
             return;
         };
-        state.sealed.push_back((number, len));
-        let file = Arc::new(file);
         let unsynced = self.unsynced.clone();
-        lock(&unsynced).push((number, file.clone()));
-        let sync = move || {
-            if let Err(e) = file.sync_data() {
-                tracing::warn!(error = %e, "agent: syncing a spool segment");
-            }
-            lock(&unsynced).retain(|(synced, _)| *synced != number);
-        };
+        let sync = move || sync_segment(&unsynced, number, &file);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(sync)),
             Err(_) => sync(),
         }
+    }
+
+    /// Ends the open segment: it is drained in its turn, and unsynced until it is synced.
+    fn end_segment(&self, state: &mut State) -> Option<(u64, Arc<File>)> {
+        let (number, file, len) = state.open.take()?;
+        state.sealed.push_back((number, len));
+        let file = Arc::new(file);
+        lock(&self.unsynced).push((number, file.clone()));
+        Some((number, file))
     }
 
     /// The oldest segment, sealed first if it is the one being written.
@@ -259,13 +259,23 @@ impl Spool {
 
     /// Syncs the open segment and those whose sync has not ended, so a stop loses nothing the
     /// spool took, even to a power cut.
+    /// The open segment's failed sync is the error; a sealed one's is said, as when it is sealed.
     pub fn close(&self) -> std::io::Result<()> {
-        self.seal(&mut self.state());
-        let unsynced: Vec<Arc<File>> = lock(&self.unsynced)
+        let open = self.end_segment(&mut self.state());
+        let sealed: Vec<Unsynced> = lock(&self.unsynced)
             .iter()
-            .map(|(_, file)| file.clone())
+            .filter(|(number, _)| open.as_ref().is_none_or(|(open, _)| open != number))
+            .cloned()
             .collect();
-        unsynced.iter().try_for_each(|file| file.sync_data())
+        for (number, file) in sealed {
+            sync_segment(&self.unsynced, number, &file);
+        }
+        let Some((number, file)) = open else {
+            return Ok(());
+        };
+        let synced = file.sync_data();
+        lock(&self.unsynced).retain(|(unsynced, _)| *unsynced != number);
+        synced
     }
 
     /// Bytes waiting in the spool.
@@ -311,6 +321,15 @@ pub async fn drain(spool: Arc<Spool>, output: Arc<KafkaOutput>, topic: String) {
             None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// Syncs a sealed segment; a failed sync is said, not made the record's failure (that would send
+/// it a second time).
+fn sync_segment(unsynced: &Mutex<Vec<Unsynced>>, number: u64, file: &File) {
+    if let Err(e) = file.sync_data() {
+        tracing::warn!(segment = number, error = %e, "agent: syncing a spool segment");
+    }
+    lock(unsynced).retain(|(synced, _)| *synced != number);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
