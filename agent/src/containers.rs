@@ -123,24 +123,18 @@ impl DockerContainers {
             return;
         }
         self.said.insert(id.to_owned(), written);
-        let record = path.display();
-        match held {
-            Some(info) => tracing::warn!(
-                container = id,
-                %record,
-                error,
-                name = info.name,
-                "agent: Docker's record of the container cannot be read: it keeps what was read \
-                 of it before"
-            ),
-            None => tracing::warn!(
-                container = id,
-                %record,
-                error,
-                "agent: Docker's record of the container cannot be read: it is named by its id, \
-                 without image or labels, until the record can be read"
-            ),
-        }
+        let meanwhile = match held {
+            Some(info) => format!("it keeps what was read of it before (name {})", info.name),
+            None => "it is named by its id, without image or labels, until the record can be \
+                     read"
+                .to_owned(),
+        };
+        tracing::warn!(
+            container = id,
+            record = %path.display(),
+            error,
+            "agent: Docker's record of the container cannot be read: {meanwhile}"
+        );
     }
 
     /// Forgets the containers not in `alive`.
@@ -275,14 +269,20 @@ mod tests {
         assert!(links.get(&id).is_none());
     }
 
+    /// A Docker root holding the directory of container `id`; the path of its record.
+    fn docker_root(id: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let container = dir.path().join("containers").join(id);
+        std::fs::create_dir_all(&container).unwrap();
+        (dir, container.join("config.v2.json"))
+    }
+
     #[test]
     fn reads_name_image_and_labels() {
-        let dir = tempfile::tempdir().unwrap();
         let id = "a".repeat(64);
-        let container = dir.path().join("containers").join(&id);
-        std::fs::create_dir_all(&container).unwrap();
+        let (dir, record) = docker_root(&id);
         std::fs::write(
-            container.join("config.v2.json"),
+            record,
             r#"{"ID":"x","Name":"/web","Config":{"Image":"nginx:1.25","Labels":{"app":"shop"}},"State":{}}"#,
         )
         .unwrap();
@@ -298,11 +298,8 @@ mod tests {
     /// gone keeps the name it had.
     #[test]
     fn a_rewritten_record_is_read_again() {
-        let dir = tempfile::tempdir().unwrap();
         let id = "c".repeat(64);
-        let container = dir.path().join("containers").join(&id);
-        std::fs::create_dir_all(&container).unwrap();
-        let record = container.join("config.v2.json");
+        let (dir, record) = docker_root(&id);
         let mut containers = DockerContainers::new(dir.path().to_str().unwrap());
         assert!(containers.get(&id, true).is_none(), "no record yet");
         std::fs::write(&record, r#"{"Name": "#).unwrap();
